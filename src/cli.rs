@@ -1,0 +1,249 @@
+//! The command line: `serve`, `dev`, `check-config`, `simulate-intellia`, `healthcheck`,
+//! `--version`. Every failure ends as one line on stderr and a non-zero exit, never a panic.
+
+use std::collections::HashMap;
+use std::net::{SocketAddr, TcpListener};
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+
+use crate::app::{Application, BuildOptions};
+use crate::config::{Settings, resolve_config_path};
+use crate::intellia::simulator::{KeyPolicy, Simulator, SimulatorConfig};
+use crate::secrets::{SecretCell, SecretSource};
+use crate::telemetry::LogFormat;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "intellia-token-broker",
+    version,
+    about = "Mints short-lived Intellia chat tokens for your site's signed-in users, keeping the API key server-side.",
+    after_help = "Start with `intellia-token-broker dev` to see it work with nothing else installed.\nLog level: RUST_LOG (e.g. RUST_LOG=debug). Config overrides: BROKER__SECTION__KEY."
+)]
+pub struct Cli {
+    /// Log format: JSON lines (for log pipelines) or human-readable.
+    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json, env = "BROKER_LOG_FORMAT")]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the production server.
+    Serve {
+        /// Config file; defaults to $BROKER_CONFIG, else config/default.toml.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Try it locally: broker + simulated Intellia + dev sessions + a demo page at /dev/.
+    Dev {
+        /// Address to listen on.
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+        listen: SocketAddr,
+    },
+    /// Validate a config file and its secrets, and print it with secrets redacted.
+    CheckConfig {
+        /// Config file; defaults to $BROKER_CONFIG, else config/default.toml.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
+    /// Run the Intellia simulator alone (for benchmarks and tests in other languages).
+    SimulateIntellia {
+        /// Address to listen on, e.g. 127.0.0.1:9000 (port 0 picks a free port).
+        #[arg(long, value_name = "ADDR")]
+        listen: SocketAddr,
+        /// Accepted API keys, one per line; a line ending in ` !assume_role` is a key without the
+        /// assume_role permission (answers 403). Without this file any non-empty key is accepted.
+        #[arg(long, value_name = "PATH")]
+        api_key_file: Option<PathBuf>,
+        /// Only this organization id exists (others answer 404).
+        #[arg(long, value_name = "ID")]
+        organization_id: Option<String>,
+        /// Lifetime of minted tokens.
+        #[arg(long, default_value_t = 7200, value_name = "SECS")]
+        token_ttl_secs: u64,
+    },
+    /// Exit 0 when the broker's /healthz answers (for images without curl).
+    Healthcheck {
+        #[arg(long, default_value = "http://127.0.0.1:8080/healthz", value_name = "URL")]
+        url: String,
+    },
+}
+
+/// Parses the command line and runs the command.
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
+    };
+    crate::telemetry::init(cli.log_format);
+    let result = runtime.block_on(run(cli.command));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => fail(&message),
+    }
+}
+
+fn fail(message: &str) -> ExitCode {
+    eprintln!("error: {message}");
+    ExitCode::FAILURE
+}
+
+async fn run(command: Command) -> Result<(), String> {
+    match command {
+        Command::Serve { config } => serve(config).await,
+        Command::Dev { listen } => crate::dev::run(listen).await,
+        Command::CheckConfig { config } => check_config(config),
+        Command::SimulateIntellia {
+            listen,
+            api_key_file,
+            organization_id,
+            token_ttl_secs,
+        } => simulate(listen, api_key_file, organization_id, token_ttl_secs).await,
+        Command::Healthcheck { url } => healthcheck(&url).await,
+    }
+}
+
+async fn serve(config: Option<PathBuf>) -> Result<(), String> {
+    let path = resolve_config_path(config.as_deref());
+    let settings = Settings::load(&path).map_err(|e| e.to_string())?;
+    let app = Application::build(
+        settings,
+        BuildOptions {
+            handle_signals: true,
+            ..BuildOptions::default()
+        },
+    )
+    .await
+    .map_err(|e| e.to_string())?;
+    app.run_until_stopped()
+        .await
+        .map_err(|e| format!("server failed: {e}"))
+}
+
+fn check_config(config: Option<PathBuf>) -> Result<(), String> {
+    let path = resolve_config_path(config.as_deref());
+    let settings = Settings::load(&path).map_err(|e| e.to_string())?;
+    // Read every secret now, so a missing or empty file is reported here rather than at start-up.
+    let mut report = Vec::new();
+    let key_source = match (&settings.intellia.api_key_file, &settings.intellia.api_key_env) {
+        (Some(p), _) => ("intellia.api_key_file".to_owned(), SecretSource::File(p.clone())),
+        (None, Some(n)) => ("intellia.api_key_env".to_owned(), SecretSource::Env(n.clone())),
+        (None, None) => return Err("config key `intellia.api_key_file`: missing".into()),
+    };
+    let mut sources = vec![key_source];
+    if let Some(b) = &settings.backend {
+        sources.push(("backend.secret_file".to_owned(), SecretSource::File(b.secret_file.clone())));
+    }
+    for (n, jwt) in settings.session.jwt.iter().enumerate() {
+        if let Some(p) = &jwt.hs256_secret_file {
+            sources.push((
+                format!("session.jwt[{n}].hs256_secret_file"),
+                SecretSource::File(p.clone()),
+            ));
+        }
+    }
+    if let Some(i) = &settings.session.introspection {
+        sources.push((
+            "session.introspection.client_secret_file".to_owned(),
+            SecretSource::File(i.client_secret_file.clone()),
+        ));
+    }
+    for (key, source) in sources {
+        SecretCell::load(source.clone()).map_err(|e| format!("config key `{key}`: {e}"))?;
+        report.push(format!("# {key}: readable ({source:?}), value redacted"));
+    }
+    println!("# {} is valid", path.display());
+    for line in report {
+        println!("{line}");
+    }
+    print!("{}", settings.redacted_toml());
+    Ok(())
+}
+
+fn read_key_file(path: &PathBuf) -> Result<KeyPolicy, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("--api-key-file {}: {}", path.display(), e.kind()))?;
+    let mut keys = HashMap::new();
+    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+        match line.strip_suffix("!assume_role") {
+            Some(key) => keys.insert(key.trim().to_owned(), false),
+            None => keys.insert(line.to_owned(), true),
+        };
+    }
+    if keys.is_empty() {
+        return Err(format!("--api-key-file {}: holds no key", path.display()));
+    }
+    Ok(KeyPolicy::Keys(keys))
+}
+
+async fn simulate(
+    listen: SocketAddr,
+    api_key_file: Option<PathBuf>,
+    organization_id: Option<String>,
+    token_ttl_secs: u64,
+) -> Result<(), String> {
+    let keys = match &api_key_file {
+        Some(path) => read_key_file(path)?,
+        None => KeyPolicy::AnyNonEmpty,
+    };
+    let listener =
+        TcpListener::bind(listen).map_err(|e| format!("cannot listen on {listen}: {e}"))?;
+    let simulator = Simulator::start(
+        listener,
+        SimulatorConfig {
+            organization_id,
+            keys,
+            token_ttl: Duration::from_secs(token_ttl_secs),
+        },
+    )
+    .map_err(|e| format!("cannot start the simulator: {e}"))?;
+    tracing::info!(listen = %simulator.addr, "Intellia simulator listening");
+    println!("Intellia simulator listening on {}", simulator.base_url());
+    let handle = simulator.server.handle();
+    tokio::spawn(async move {
+        let _ = tokio::signal::ctrl_c().await;
+        handle.stop(false).await;
+    });
+    #[cfg(unix)]
+    {
+        let handle = simulator.server.handle();
+        if let Ok(mut term) =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        {
+            tokio::spawn(async move {
+                term.recv().await;
+                handle.stop(false).await;
+            });
+        }
+    }
+    simulator
+        .server
+        .await
+        .map_err(|e| format!("simulator failed: {e}"))
+}
+
+async fn healthcheck(url: &str) -> Result<(), String> {
+    let client = crate::http_client::builder()
+        .timeout(Duration::from_secs(3))
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    let response = client
+        .get(url)
+        .send()
+        .await
+        .map_err(|e| format!("{url} is not answering: {}", e.without_url()))?;
+    if response.status().is_success() {
+        println!("ok: {url} answered {}", response.status().as_u16());
+        Ok(())
+    } else {
+        Err(format!("{url} answered {}", response.status().as_u16()))
+    }
+}

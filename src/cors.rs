@@ -1,0 +1,345 @@
+//! CORS for the browser routes and the CSRF guard for cookie sessions.
+//!
+//! Origins are compared as parsed `scheme://host[:port]` triples, never as substrings. A pattern
+//! such as `https://*.example.com` matches one or more DNS labels in front of `example.com` on the
+//! same scheme and port; it never matches `example.com` itself nor `evil-example.com`. Only exact
+//! origins get `Access-Control-Allow-Credentials`, so cookies are never released to a pattern.
+
+use actix_web::HttpRequest;
+use actix_web::http::header::{self, HeaderMap, HeaderValue};
+
+/// Headers a widget may send.
+pub const ALLOWED_HEADERS: &str = "Authorization, Content-Type, X-Request-Id";
+/// Headers a widget may read.
+pub const EXPOSED_HEADERS: &str = "RateLimit, RateLimit-Policy, Retry-After, X-Request-Id";
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum OriginPattern {
+    Exact(String),
+    /// `scheme://*.suffix[:port]`, stored as the scheme, the suffix with its leading dot, and the
+    /// explicit port text (empty when absent).
+    Wildcard {
+        scheme: String,
+        suffix: String,
+        port: String,
+    },
+}
+
+impl OriginPattern {
+    /// Parses one configured origin; the error says what is wrong with it.
+    pub fn parse(text: &str) -> Result<OriginPattern, String> {
+        if text == "*" {
+            return Err("`*` is not allowed: list the exact origins of your sites".to_owned());
+        }
+        if text == "null" {
+            return Err("`null` is not an origin that can be trusted".to_owned());
+        }
+        let (scheme, rest) = text
+            .split_once("://")
+            .ok_or_else(|| format!("`{text}` is not an origin like https://www.example.com"))?;
+        if scheme != "https" && scheme != "http" {
+            return Err(format!("`{text}` must use http or https"));
+        }
+        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
+            return Err(format!(
+                "`{text}` must be scheme://host[:port] with no path or trailing slash"
+            ));
+        }
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((h, p)) if !h.contains(']') || h.ends_with(']') => {
+                if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().is_err() {
+                    return Err(format!("`{text}` has an invalid port"));
+                }
+                (h, p)
+            }
+            _ => (rest, ""),
+        };
+        if host != host.to_ascii_lowercase() {
+            return Err(format!("`{text}` must be lower case, as browsers send it"));
+        }
+        if let Some(suffix) = host.strip_prefix("*.") {
+            if suffix.contains('*') || !is_dns_name(suffix) || !suffix.contains('.') {
+                return Err(format!(
+                    "`{text}`: a wildcard must be a leading `*.` before a domain with at least two labels"
+                ));
+            }
+            return Ok(OriginPattern::Wildcard {
+                scheme: scheme.to_owned(),
+                suffix: format!(".{suffix}"),
+                port: port.to_owned(),
+            });
+        }
+        if host.contains('*') {
+            return Err(format!("`{text}`: `*` may only stand as the first label"));
+        }
+        if !(is_dns_name(host) || is_ip_literal(host)) {
+            return Err(format!("`{text}` does not have a valid host"));
+        }
+        Ok(OriginPattern::Exact(text.to_owned()))
+    }
+
+    fn matches(&self, origin: &str) -> bool {
+        match self {
+            OriginPattern::Exact(exact) => exact == origin,
+            OriginPattern::Wildcard {
+                scheme,
+                suffix,
+                port,
+            } => {
+                let Some(rest) = origin
+                    .strip_prefix(scheme.as_str())
+                    .and_then(|r| r.strip_prefix("://"))
+                else {
+                    return false;
+                };
+                let (host, origin_port) = match rest.rsplit_once(':') {
+                    Some((h, p)) => (h, p),
+                    None => (rest, ""),
+                };
+                if origin_port != port {
+                    return false;
+                }
+                match host.strip_suffix(suffix.as_str()) {
+                    Some(labels) => !labels.is_empty() && is_dns_name(labels),
+                    None => false,
+                }
+            }
+        }
+    }
+}
+
+fn is_dns_name(host: &str) -> bool {
+    !host.is_empty()
+        && host.len() <= 253
+        && host.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+                && !label.starts_with('-')
+                && !label.ends_with('-')
+        })
+}
+
+fn is_ip_literal(host: &str) -> bool {
+    host.parse::<std::net::Ipv4Addr>().is_ok()
+        || host
+            .strip_prefix('[')
+            .and_then(|h| h.strip_suffix(']'))
+            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
+}
+
+/// How much a request's origin is trusted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OriginTrust {
+    /// No `Origin` header.
+    Absent,
+    /// Listed exactly: CORS with credentials.
+    Exact,
+    /// Matched a wildcard pattern: CORS without credentials.
+    Pattern,
+    /// Anything else, including `null`.
+    Denied,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct CorsPolicy {
+    patterns: Vec<OriginPattern>,
+    max_age: String,
+}
+
+impl CorsPolicy {
+    pub fn new(origins: &[String], max_age_secs: u32) -> Result<CorsPolicy, String> {
+        let patterns = origins
+            .iter()
+            .map(|o| OriginPattern::parse(o))
+            .collect::<Result<Vec<_>, _>>()?;
+        Ok(CorsPolicy {
+            patterns,
+            max_age: max_age_secs.to_string(),
+        })
+    }
+
+    pub fn classify(&self, origin: Option<&str>) -> OriginTrust {
+        let Some(origin) = origin else {
+            return OriginTrust::Absent;
+        };
+        let mut trust = OriginTrust::Denied;
+        for pattern in &self.patterns {
+            if pattern.matches(origin) {
+                match pattern {
+                    OriginPattern::Exact(_) => return OriginTrust::Exact,
+                    OriginPattern::Wildcard { .. } => trust = OriginTrust::Pattern,
+                }
+            }
+        }
+        trust
+    }
+
+    /// Adds the CORS response headers for an actual (non-preflight) response. Every response on
+    /// a CORS route varies by `Origin`, whether or not it is allowed.
+    pub fn apply(&self, request_origin: Option<&HeaderValue>, headers: &mut HeaderMap) {
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+        let Some(origin) = request_origin else { return };
+        let trust = self.classify(origin.to_str().ok());
+        if !matches!(trust, OriginTrust::Exact | OriginTrust::Pattern) {
+            return;
+        }
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        if trust == OriginTrust::Exact {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        headers.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static(EXPOSED_HEADERS),
+        );
+    }
+
+    /// Adds the preflight answer's headers. Returns whether the preflight was granted.
+    pub fn apply_preflight(
+        &self,
+        req: &HttpRequest,
+        methods: &'static str,
+        headers: &mut HeaderMap,
+    ) -> bool {
+        headers.append(header::VARY, HeaderValue::from_static("Origin"));
+        headers.append(
+            header::VARY,
+            HeaderValue::from_static("Access-Control-Request-Method, Access-Control-Request-Headers"),
+        );
+        let origin = req.headers().get(header::ORIGIN);
+        let trust = self.classify(origin.and_then(|o| o.to_str().ok()));
+        let (Some(origin), OriginTrust::Exact | OriginTrust::Pattern) = (origin, trust) else {
+            return false;
+        };
+        let method_ok = req
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+            .and_then(|m| m.to_str().ok())
+            .is_some_and(|m| methods.split(", ").any(|allowed| allowed == m));
+        let headers_ok = req
+            .headers()
+            .get(header::ACCESS_CONTROL_REQUEST_HEADERS)
+            .and_then(|h| h.to_str().ok())
+            .is_none_or(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|h| !h.is_empty())
+                    .all(|h| {
+                        ALLOWED_HEADERS
+                            .split(", ")
+                            .any(|allowed| allowed.eq_ignore_ascii_case(h))
+                    })
+            });
+        if !method_ok || !headers_ok {
+            return false;
+        }
+        headers.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin.clone());
+        if trust == OriginTrust::Exact {
+            headers.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static(methods),
+        );
+        headers.insert(
+            header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static(ALLOWED_HEADERS),
+        );
+        if let Ok(max_age) = HeaderValue::from_str(&self.max_age) {
+            headers.insert(header::ACCESS_CONTROL_MAX_AGE, max_age);
+        }
+        true
+    }
+
+    /// The CSRF guard for cookie credentials: the request must come from an exactly allowed origin,
+    /// or carry no `Origin` and declare itself same-origin through `Sec-Fetch-Site`.
+    pub fn cookie_request_allowed(&self, req: &HttpRequest) -> bool {
+        let origin = req
+            .headers()
+            .get(header::ORIGIN)
+            .map(|o| o.to_str().unwrap_or("null"));
+        match self.classify(origin) {
+            OriginTrust::Exact => true,
+            OriginTrust::Absent => req
+                .headers()
+                .get("sec-fetch-site")
+                .is_some_and(|v| v.as_bytes() == b"same-origin"),
+            OriginTrust::Pattern | OriginTrust::Denied => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(origins: &[&str]) -> CorsPolicy {
+        CorsPolicy::new(
+            &origins.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
+            600,
+        )
+        .unwrap()
+    }
+
+    #[test]
+    fn exact_origins_match_exactly() {
+        let p = policy(&["https://www.example.com"]);
+        assert_eq!(p.classify(Some("https://www.example.com")), OriginTrust::Exact);
+        assert_eq!(p.classify(Some("http://www.example.com")), OriginTrust::Denied);
+        assert_eq!(p.classify(Some("https://www.example.com.evil.io")), OriginTrust::Denied);
+        assert_eq!(p.classify(Some("https://www.example.com:8443")), OriginTrust::Denied);
+        assert_eq!(p.classify(Some("null")), OriginTrust::Denied);
+        assert_eq!(p.classify(None), OriginTrust::Absent);
+    }
+
+    #[test]
+    fn wildcard_matches_subdomains_only() {
+        let p = policy(&["https://*.example.com"]);
+        assert_eq!(p.classify(Some("https://a.example.com")), OriginTrust::Pattern);
+        assert_eq!(p.classify(Some("https://a.b.example.com")), OriginTrust::Pattern);
+        assert_eq!(p.classify(Some("https://example.com")), OriginTrust::Denied);
+        assert_eq!(p.classify(Some("https://evilexample.com")), OriginTrust::Denied);
+        assert_eq!(p.classify(Some("https://a.example.com.evil.io")), OriginTrust::Denied);
+        assert_eq!(p.classify(Some("http://a.example.com")), OriginTrust::Denied);
+        assert_eq!(p.classify(Some("https://a.example.com:444")), OriginTrust::Denied);
+        assert_eq!(p.classify(Some("https://a_b.example.com")), OriginTrust::Denied);
+        assert_eq!(p.classify(Some("https://.example.com")), OriginTrust::Denied);
+    }
+
+    #[test]
+    fn bad_patterns_are_rejected() {
+        for bad in [
+            "*",
+            "null",
+            "https://*",
+            "https://*.com",
+            "https://a.*.example.com",
+            "https://www.example.com/",
+            "https://www.example.com/path",
+            "ftp://example.com",
+            "https://WWW.example.com",
+            "www.example.com",
+            "https://user@example.com",
+            "https://example.com:99999",
+        ] {
+            assert!(OriginPattern::parse(bad).is_err(), "{bad} should be rejected");
+        }
+        for good in [
+            "https://www.example.com",
+            "http://localhost:8080",
+            "http://127.0.0.1:3000",
+            "https://*.example.com",
+            "http://[::1]:8080",
+        ] {
+            assert!(OriginPattern::parse(good).is_ok(), "{good} should be accepted");
+        }
+    }
+}

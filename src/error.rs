@@ -1,0 +1,226 @@
+//! The broker's one domain error type and its single mapping to HTTP.
+//!
+//! `Display` is what a client may read: it never carries the API key, a session token, an upstream
+//! body or an internal error chain. Anything richer goes to the log through `Debug` at the point
+//! where the error is created.
+
+use actix_web::http::StatusCode;
+use actix_web::http::header::{self, HeaderValue};
+use actix_web::{HttpResponse, ResponseError};
+use serde::Serialize;
+
+use crate::limits::RateLimitHeaders;
+
+/// Why the caller's credential was not accepted. Kept coarse on purpose: a client learns that its
+/// session was refused, and the log learns why.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthFailure {
+    Missing,
+    Malformed,
+    TooLarge,
+    UnsupportedAlgorithm,
+    UntrustedIssuer,
+    UnknownKey,
+    BadSignature,
+    Expired,
+    NotYetValid,
+    WrongAudience,
+    MissingClaim,
+    InvalidUserId,
+    Inactive,
+    WrongBackendSecret,
+}
+
+impl AuthFailure {
+    /// A short, client-safe sentence.
+    pub fn describe(self) -> &'static str {
+        match self {
+            AuthFailure::Missing => "no session credential was presented",
+            AuthFailure::Malformed => "the session token is malformed",
+            AuthFailure::TooLarge => "the session token is too large",
+            AuthFailure::UnsupportedAlgorithm => "the session token's algorithm is not accepted",
+            AuthFailure::UntrustedIssuer => "the session token's issuer is not trusted",
+            AuthFailure::UnknownKey => "the session token is signed with an unknown key",
+            AuthFailure::BadSignature => "the session token's signature is invalid",
+            AuthFailure::Expired => "the session has expired",
+            AuthFailure::NotYetValid => "the session token is not valid yet",
+            AuthFailure::WrongAudience => "the session token is meant for another audience",
+            AuthFailure::MissingClaim => "the session token lacks a required claim",
+            AuthFailure::InvalidUserId => "the session's user id is not acceptable",
+            AuthFailure::Inactive => "the session is no longer active",
+            AuthFailure::WrongBackendSecret => "the backend credential is not valid",
+        }
+    }
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum BrokerError {
+    #[error("{0}")]
+    InvalidRequest(String),
+    #[error("{}", .0.describe())]
+    Unauthenticated(AuthFailure),
+    #[error("credentials sent by cookie are only accepted from an allowed origin")]
+    OriginForbidden,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("the request body is larger than {limit} bytes")]
+    PayloadTooLarge { limit: usize },
+    #[error("the {} rate limit is spent; retry in {} s", .0.name, .0.retry_after_secs)]
+    RateLimited(RateLimitHeaders),
+    #[error("Intellia refused to mint a token (HTTP {status})")]
+    UpstreamRejected { status: u16 },
+    #[error("Intellia returned a response the broker could not use")]
+    UpstreamInvalid,
+    #[error("Intellia is unavailable; try again later")]
+    UpstreamUnavailable { retry_after_secs: Option<u64> },
+    #[error("Intellia did not answer in time")]
+    UpstreamTimeout,
+    #[error("the session provider is unavailable; try again later")]
+    SessionProviderUnavailable,
+    #[error("no such route")]
+    NotFound,
+    #[error("method not allowed on this route")]
+    MethodNotAllowed,
+    #[error("internal error")]
+    Internal,
+}
+
+impl BrokerError {
+    /// The stable, documented error code of the public contract.
+    pub fn code(&self) -> &'static str {
+        match self {
+            BrokerError::InvalidRequest(_) => "invalid_request",
+            BrokerError::Unauthenticated(_) => "unauthenticated",
+            BrokerError::OriginForbidden => "origin_forbidden",
+            BrokerError::Forbidden(_) => "forbidden",
+            BrokerError::PayloadTooLarge { .. } => "payload_too_large",
+            BrokerError::RateLimited(_) => "rate_limited",
+            BrokerError::UpstreamRejected { .. } | BrokerError::UpstreamInvalid => {
+                "upstream_rejected"
+            }
+            BrokerError::UpstreamUnavailable { .. }
+            | BrokerError::SessionProviderUnavailable => "upstream_unavailable",
+            BrokerError::UpstreamTimeout => "upstream_timeout",
+            BrokerError::NotFound => "not_found",
+            BrokerError::MethodNotAllowed => "method_not_allowed",
+            BrokerError::Internal => "internal_error",
+        }
+    }
+}
+
+/// RFC 9457 body with the broker's `code` extension member.
+#[derive(Serialize)]
+struct Problem<'a> {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    title: &'a str,
+    status: u16,
+    code: &'static str,
+    detail: String,
+}
+
+/// The `code` of an error response, left on the response for the request log and metrics.
+#[derive(Debug, Clone, Copy)]
+pub struct OutcomeCode(pub &'static str);
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+
+impl ResponseError for BrokerError {
+    fn status_code(&self) -> StatusCode {
+        match self {
+            BrokerError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
+            BrokerError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
+            BrokerError::OriginForbidden | BrokerError::Forbidden(_) => StatusCode::FORBIDDEN,
+            BrokerError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BrokerError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
+            BrokerError::UpstreamRejected { .. } | BrokerError::UpstreamInvalid => {
+                StatusCode::BAD_GATEWAY
+            }
+            BrokerError::UpstreamUnavailable { .. }
+            | BrokerError::SessionProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            BrokerError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
+            BrokerError::NotFound => StatusCode::NOT_FOUND,
+            BrokerError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            BrokerError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn error_response(&self) -> HttpResponse {
+        let status = self.status_code();
+        let body = Problem {
+            kind: "about:blank",
+            title: status.canonical_reason().unwrap_or("Error"),
+            status: status.as_u16(),
+            code: self.code(),
+            detail: self.to_string(),
+        };
+        let mut response = HttpResponse::build(status);
+        response
+            .content_type(PROBLEM_JSON)
+            .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
+        match self {
+            BrokerError::Unauthenticated(_) => {
+                response.insert_header((
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"intellia-token-broker\""),
+                ));
+            }
+            BrokerError::RateLimited(limit) => {
+                limit.apply(&mut response);
+                response.insert_header((header::RETRY_AFTER, limit.retry_after_secs));
+            }
+            BrokerError::UpstreamUnavailable {
+                retry_after_secs: Some(secs),
+            } => {
+                response.insert_header((header::RETRY_AFTER, *secs));
+            }
+            BrokerError::SessionProviderUnavailable => {
+                response.insert_header((header::RETRY_AFTER, 1u64));
+            }
+            _ => {}
+        }
+        // Serializing a struct of strings and integers cannot fail; fall back to an empty body
+        // rather than panic if it ever did.
+        let mut response = response.body(serde_json::to_vec(&body).unwrap_or_default());
+        // The request log and metrics read the outcome code from here.
+        response.extensions_mut().insert(OutcomeCode(self.code()));
+        response
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use actix_web::body::MessageBody;
+
+    fn body_of(err: &BrokerError) -> serde_json::Value {
+        let resp = err.error_response();
+        let bytes = resp.into_body().try_into_bytes().unwrap_or_default();
+        serde_json::from_slice(&bytes).unwrap_or_default()
+    }
+
+    #[test]
+    fn problem_body_has_stable_code_and_status() {
+        let err = BrokerError::UpstreamRejected { status: 403 };
+        let body = body_of(&err);
+        assert_eq!(body["code"], "upstream_rejected");
+        assert_eq!(body["status"], 502);
+        assert_eq!(body["type"], "about:blank");
+        assert_eq!(body["title"], "Bad Gateway");
+    }
+
+    #[test]
+    fn unauthenticated_carries_www_authenticate() {
+        let resp = BrokerError::Unauthenticated(AuthFailure::Expired).error_response();
+        assert_eq!(resp.status(), StatusCode::UNAUTHORIZED);
+        assert!(
+            resp.headers()
+                .get(header::WWW_AUTHENTICATE)
+                .is_some_and(|v| v.as_bytes().starts_with(b"Bearer"))
+        );
+        assert_eq!(
+            resp.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+            Some(PROBLEM_JSON.as_bytes())
+        );
+    }
+}

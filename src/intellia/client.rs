@@ -1,0 +1,332 @@
+//! The client for Intellia's `POST /orgs/{organizationId}/assume-role`.
+//!
+//! One attempt is bounded by `timeout_ms`; a timed-out attempt is not retried (the caller has already
+//! waited long enough). Connect errors, 429 and 5xx are retried up to `max_retries` times with
+//! exponential backoff and full jitter, honouring a short `Retry-After`. Upstream bodies are never
+//! passed on: callers see a status class, operators see the status in the log.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rand::Rng;
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Serialize};
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+use crate::config::IntelliaSettings;
+use crate::error::BrokerError;
+use crate::metrics::Metrics;
+use crate::secrets::SecretCell;
+
+/// The identity Intellia should mint a token for.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "camelCase")]
+pub struct AssumeRoleRequest {
+    pub user_id: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_email: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub user_name: Option<String>,
+}
+
+/// A minted chat token. The token itself is a secret: `Debug` redacts it.
+pub struct MintedToken {
+    pub token: SecretString,
+    pub expires_at: OffsetDateTime,
+    pub user_id: String,
+    pub organization_id: String,
+    pub role: String,
+}
+
+impl std::fmt::Debug for MintedToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MintedToken")
+            .field("token", &"[REDACTED]")
+            .field("expires_at", &self.expires_at)
+            .field("user_id", &self.user_id)
+            .field("organization_id", &self.organization_id)
+            .field("role", &self.role)
+            .finish()
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AssumeRoleResponse {
+    token: SecretString,
+    expires_at: String,
+    user_id: String,
+    organization_id: String,
+    role: String,
+}
+
+/// What went wrong upstream, already classified for the error table.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum UpstreamError {
+    #[error("Intellia refused the request with HTTP {status}")]
+    Rejected { status: u16 },
+    #[error("Intellia answered with an unusable response ({reason})")]
+    Invalid { reason: &'static str },
+    #[error("Intellia is unavailable ({reason})")]
+    Unavailable {
+        reason: &'static str,
+        retry_after_secs: Option<u64>,
+    },
+    #[error("Intellia did not answer within the timeout")]
+    Timeout,
+}
+
+impl From<UpstreamError> for BrokerError {
+    fn from(e: UpstreamError) -> Self {
+        match e {
+            UpstreamError::Rejected { status } => BrokerError::UpstreamRejected { status },
+            UpstreamError::Invalid { .. } => BrokerError::UpstreamInvalid,
+            UpstreamError::Unavailable {
+                retry_after_secs, ..
+            } => BrokerError::UpstreamUnavailable { retry_after_secs },
+            UpstreamError::Timeout => BrokerError::UpstreamTimeout,
+        }
+    }
+}
+
+/// A `Retry-After` longer than this is not waited out inside a request; it is passed on instead.
+const MAX_INLINE_RETRY_AFTER: Duration = Duration::from_secs(2);
+const BACKOFF_BASE: Duration = Duration::from_millis(100);
+const BACKOFF_CAP: Duration = Duration::from_secs(1);
+/// Intellia's answer is a few hundred bytes; anything far larger is not an answer.
+const MAX_RESPONSE_BYTES: usize = 64 * 1024;
+
+pub struct IntelliaClient {
+    http: reqwest::Client,
+    url: reqwest::Url,
+    api_key: Arc<SecretCell>,
+    max_retries: u32,
+    metrics: Arc<Metrics>,
+}
+
+impl std::fmt::Debug for IntelliaClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IntelliaClient")
+            .field("url", &self.url.as_str())
+            .field("max_retries", &self.max_retries)
+            .finish_non_exhaustive()
+    }
+}
+
+impl IntelliaClient {
+    pub fn new(
+        settings: &IntelliaSettings,
+        api_key: Arc<SecretCell>,
+        metrics: Arc<Metrics>,
+    ) -> Result<IntelliaClient, String> {
+        let base = settings.base_url.trim_end_matches('/');
+        let url = reqwest::Url::parse(&format!(
+            "{base}/orgs/{}/assume-role",
+            settings.organization_id
+        ))
+        .map_err(|e| format!("config key `intellia.base_url`: {e}"))?;
+        let timeout = Duration::from_millis(settings.timeout_ms);
+        let http = crate::http_client::builder()
+            .timeout(timeout)
+            .connect_timeout(timeout.min(Duration::from_secs(3)))
+            .pool_idle_timeout(Duration::from_secs(60))
+            .build()
+            .map_err(|e| format!("cannot build the Intellia HTTP client: {e}"))?;
+        Ok(IntelliaClient {
+            http,
+            url,
+            api_key,
+            max_retries: settings.max_retries,
+            metrics,
+        })
+    }
+
+    /// Mints a token, retrying what is worth retrying.
+    #[tracing::instrument(name = "intellia.assume_role", skip_all)]
+    pub async fn assume_role(&self, req: &AssumeRoleRequest) -> Result<MintedToken, UpstreamError> {
+        let mut attempt = 0u32;
+        loop {
+            let started = Instant::now();
+            let outcome = self.attempt(req).await;
+            self.metrics
+                .observe_upstream(status_class(&outcome), started.elapsed());
+            let error = match outcome {
+                Ok(token) => return Ok(token),
+                Err(e) => e,
+            };
+            let UpstreamError::Unavailable {
+                retry_after_secs, ..
+            } = &error
+            else {
+                return Err(error);
+            };
+            if attempt >= self.max_retries {
+                return Err(error);
+            }
+            let wait = match retry_after_secs {
+                Some(secs) if Duration::from_secs(*secs) > MAX_INLINE_RETRY_AFTER => {
+                    return Err(error);
+                }
+                Some(secs) => Duration::from_secs(*secs) + jitter(BACKOFF_BASE),
+                None => jitter(BACKOFF_CAP.min(BACKOFF_BASE * 2u32.saturating_pow(attempt))),
+            };
+            tracing::info!(attempt = attempt + 1, wait_ms = wait.as_millis() as u64, error = %error, "retrying Intellia");
+            self.metrics.upstream_retries.inc();
+            tokio::time::sleep(wait).await;
+            attempt += 1;
+        }
+    }
+
+    async fn attempt(&self, req: &AssumeRoleRequest) -> Result<MintedToken, UpstreamError> {
+        let key = self.api_key.get();
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
+            .map_err(|_| UpstreamError::Rejected { status: 401 })?;
+        auth.set_sensitive(true);
+        let response = self
+            .http
+            .post(self.url.clone())
+            .header(AUTHORIZATION, auth)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .json(req)
+            .send()
+            .await
+            .map_err(classify_transport_error)?;
+
+        let status = response.status();
+        if status.is_success() {
+            return parse_success(response).await;
+        }
+        let retry_after_secs = response
+            .headers()
+            .get(RETRY_AFTER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.trim().parse::<u64>().ok())
+            .map(|s| s.clamp(1, 3600));
+        tracing::warn!(status = status.as_u16(), "Intellia answered with an error");
+        match status.as_u16() {
+            429 => Err(UpstreamError::Unavailable {
+                reason: "rate limited by Intellia",
+                retry_after_secs,
+            }),
+            500..=599 => Err(UpstreamError::Unavailable {
+                reason: "Intellia server error",
+                retry_after_secs,
+            }),
+            code @ 400..=499 => Err(UpstreamError::Rejected { status: code }),
+            _ => Err(UpstreamError::Invalid {
+                reason: "unexpected status",
+            }),
+        }
+    }
+}
+
+fn status_class(outcome: &Result<MintedToken, UpstreamError>) -> &'static str {
+    match outcome {
+        Ok(_) => "2xx",
+        Err(UpstreamError::Rejected { .. }) => "4xx",
+        Err(UpstreamError::Unavailable { reason, .. }) if reason.starts_with("rate") => "429",
+        Err(UpstreamError::Unavailable { reason, .. }) if reason.starts_with("Intellia") => "5xx",
+        Err(UpstreamError::Unavailable { .. }) => "connect_error",
+        Err(UpstreamError::Invalid { .. }) => "invalid",
+        Err(UpstreamError::Timeout) => "timeout",
+    }
+}
+
+fn classify_transport_error(e: reqwest::Error) -> UpstreamError {
+    // The error's text can contain the URL, never the key (headers are not part of it); log the
+    // kind only, to keep logs predictable.
+    if e.is_connect() {
+        tracing::warn!("cannot connect to Intellia");
+        UpstreamError::Unavailable {
+            reason: "connection failed",
+            retry_after_secs: None,
+        }
+    } else if e.is_timeout() {
+        tracing::warn!("Intellia timed out");
+        UpstreamError::Timeout
+    } else {
+        tracing::warn!("Intellia request failed in transport");
+        UpstreamError::Unavailable {
+            reason: "transport error",
+            retry_after_secs: None,
+        }
+    }
+}
+
+async fn parse_success(mut response: reqwest::Response) -> Result<MintedToken, UpstreamError> {
+    let mut body = Vec::with_capacity(512);
+    while let Some(chunk) = response.chunk().await.map_err(classify_transport_error)? {
+        if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
+            return Err(UpstreamError::Invalid {
+                reason: "response too large",
+            });
+        }
+        body.extend_from_slice(&chunk);
+    }
+    let parsed: AssumeRoleResponse =
+        serde_json::from_slice(&body).map_err(|_| UpstreamError::Invalid {
+            reason: "malformed JSON",
+        })?;
+    if parsed.token.expose_secret().is_empty() {
+        return Err(UpstreamError::Invalid {
+            reason: "empty token",
+        });
+    }
+    let expires_at = OffsetDateTime::parse(&parsed.expires_at, &Rfc3339).map_err(|_| {
+        UpstreamError::Invalid {
+            reason: "expiresAt is not RFC 3339",
+        }
+    })?;
+    Ok(MintedToken {
+        token: parsed.token,
+        expires_at: expires_at.to_offset(time::UtcOffset::UTC),
+        user_id: parsed.user_id,
+        organization_id: parsed.organization_id,
+        role: parsed.role,
+    })
+}
+
+/// Full jitter: uniformly random in `[0, cap]`.
+fn jitter(cap: Duration) -> Duration {
+    let cap_ms = u64::try_from(cap.as_millis()).unwrap_or(u64::MAX);
+    Duration::from_millis(rand::rng().random_range(0..=cap_ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_body_uses_intellia_field_names_and_omits_absent_fields() {
+        let req = AssumeRoleRequest {
+            user_id: "user-123".into(),
+            user_email: None,
+            user_name: Some("John".into()),
+        };
+        assert_eq!(
+            serde_json::to_string(&req).unwrap(),
+            r#"{"userId":"user-123","userName":"John"}"#
+        );
+    }
+
+    #[test]
+    fn minted_token_debug_redacts_the_token() {
+        let t = MintedToken {
+            token: SecretString::from("sim_supersecret"),
+            expires_at: OffsetDateTime::UNIX_EPOCH,
+            user_id: "u".into(),
+            organization_id: "o".into(),
+            role: "chat".into(),
+        };
+        assert!(!format!("{t:?}").contains("supersecret"));
+    }
+
+    #[test]
+    fn jitter_stays_within_cap() {
+        for _ in 0..100 {
+            assert!(jitter(Duration::from_millis(50)) <= Duration::from_millis(50));
+        }
+    }
+}

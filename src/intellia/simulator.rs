@@ -1,0 +1,373 @@
+//! An Intellia simulator: the same `POST /orgs/{organizationId}/assume-role` route, API-key check
+//! with a per-key `assume_role` permission, users created on first sight, two-hour tokens, and
+//! injectable faults. `dev` mode, the tests and the benchmarks run against it; other languages can
+//! run it alone with `simulate-intellia`.
+//!
+//! Control routes under `/__simulator/` (never part of the real API):
+//! - `GET /__simulator/stats` → `{"calls": n, "minted": n, "users": n}`
+//! - `POST /__simulator/faults` with `{"latencyMs": 0, "next": [Fault, ...], "always": Fault|null}`
+//!   where a fault is `{"status": 500, "retryAfter": 3}`, `{"hang": true}` or `{"garbage": true}`
+//! - `POST /__simulator/reset` clears faults and counters.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::{SocketAddr, TcpListener};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use actix_web::http::header;
+use actix_web::{App, HttpRequest, HttpResponse, HttpServer, web};
+use base64::Engine;
+use rand::RngCore;
+use serde::Deserialize;
+use serde_json::json;
+use time::OffsetDateTime;
+use time::format_description::well_known::Rfc3339;
+
+/// Which API keys the simulator accepts.
+#[derive(Clone)]
+pub enum KeyPolicy {
+    /// Any non-empty key, with `assume_role` permission.
+    AnyNonEmpty,
+    /// Exactly these keys; the flag is the key's `assume_role` write permission.
+    Keys(HashMap<String, bool>),
+}
+
+impl std::fmt::Debug for KeyPolicy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            KeyPolicy::AnyNonEmpty => f.write_str("AnyNonEmpty"),
+            KeyPolicy::Keys(keys) => write!(f, "Keys({} keys)", keys.len()),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct SimulatorConfig {
+    /// When set, other organization ids answer 404.
+    pub organization_id: Option<String>,
+    pub keys: KeyPolicy,
+    pub token_ttl: Duration,
+}
+
+impl Default for SimulatorConfig {
+    fn default() -> Self {
+        SimulatorConfig {
+            organization_id: None,
+            keys: KeyPolicy::AnyNonEmpty,
+            token_ttl: Duration::from_secs(2 * 60 * 60),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct Fault {
+    #[serde(default)]
+    pub status: Option<u16>,
+    #[serde(default)]
+    pub retry_after: Option<u64>,
+    #[serde(default)]
+    pub hang: bool,
+    #[serde(default)]
+    pub garbage: bool,
+}
+
+impl Fault {
+    pub fn status(status: u16) -> Fault {
+        Fault {
+            status: Some(status),
+            retry_after: None,
+            hang: false,
+            garbage: false,
+        }
+    }
+    pub fn too_many(retry_after: u64) -> Fault {
+        Fault {
+            retry_after: Some(retry_after),
+            ..Fault::status(429)
+        }
+    }
+    pub fn hang() -> Fault {
+        Fault {
+            status: None,
+            retry_after: None,
+            hang: true,
+            garbage: false,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+struct FaultPlan {
+    #[serde(default)]
+    latency_ms: u64,
+    #[serde(default)]
+    next: VecDeque<Fault>,
+    #[serde(default)]
+    always: Option<Fault>,
+}
+
+#[derive(Debug, Clone)]
+pub struct SimUser {
+    pub email: Option<String>,
+    pub name: Option<String>,
+}
+
+/// Shared state of a running simulator; tests hold it to inject faults and count calls.
+#[derive(Debug)]
+pub struct SimulatorState {
+    config: SimulatorConfig,
+    faults: Mutex<FaultPlan>,
+    users: Mutex<HashMap<String, SimUser>>,
+    calls: AtomicU64,
+    minted: AtomicU64,
+    last_authorization: Mutex<Option<String>>,
+}
+
+impl SimulatorState {
+    pub fn new(config: SimulatorConfig) -> Arc<SimulatorState> {
+        Arc::new(SimulatorState {
+            config,
+            faults: Mutex::new(FaultPlan::default()),
+            users: Mutex::new(HashMap::new()),
+            calls: AtomicU64::new(0),
+            minted: AtomicU64::new(0),
+            last_authorization: Mutex::new(None),
+        })
+    }
+
+    /// Every assume-role request that reached the simulator, faults included.
+    pub fn calls(&self) -> u64 {
+        self.calls.load(Ordering::SeqCst)
+    }
+
+    pub fn minted(&self) -> u64 {
+        self.minted.load(Ordering::SeqCst)
+    }
+
+    pub fn user(&self, id: &str) -> Option<SimUser> {
+        lock(&self.users).get(id).cloned()
+    }
+
+    /// The `Authorization` header of the last request, so tests can check the key sent.
+    pub fn last_authorization(&self) -> Option<String> {
+        lock(&self.last_authorization).clone()
+    }
+
+    pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
+        lock(&self.faults).next.extend(faults);
+    }
+
+    pub fn set_always(&self, fault: Option<Fault>) {
+        lock(&self.faults).always = fault;
+    }
+
+    pub fn set_latency(&self, latency: Duration) {
+        lock(&self.faults).latency_ms = u64::try_from(latency.as_millis()).unwrap_or(u64::MAX);
+    }
+
+    pub fn reset(&self) {
+        *lock(&self.faults) = FaultPlan::default();
+        self.calls.store(0, Ordering::SeqCst);
+        self.minted.store(0, Ordering::SeqCst);
+    }
+
+    fn next_fault(&self) -> (Duration, Option<Fault>) {
+        let mut plan = lock(&self.faults);
+        let latency = Duration::from_millis(plan.latency_ms);
+        let fault = plan.next.pop_front().or_else(|| plan.always.clone());
+        (latency, fault)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct AssumeRoleBody {
+    user_id: Option<String>,
+    user_email: Option<String>,
+    user_name: Option<String>,
+}
+
+fn error(status: actix_web::http::StatusCode, message: &str) -> HttpResponse {
+    HttpResponse::build(status).json(json!({ "error": message }))
+}
+
+async fn assume_role(
+    state: web::Data<Arc<SimulatorState>>,
+    path: web::Path<String>,
+    req: HttpRequest,
+    body: web::Bytes,
+) -> HttpResponse {
+    use actix_web::http::StatusCode;
+    state.calls.fetch_add(1, Ordering::SeqCst);
+    let (latency, fault) = state.next_fault();
+    if !latency.is_zero() {
+        tokio::time::sleep(latency).await;
+    }
+    if let Some(fault) = fault {
+        if fault.hang {
+            // Long enough to outlast any client timeout, short enough to end a forgotten test.
+            tokio::time::sleep(Duration::from_secs(300)).await;
+        }
+        if fault.garbage {
+            return HttpResponse::Ok()
+                .content_type("application/json")
+                .body("{\"token\": ");
+        }
+        if let Some(status) = fault.status.and_then(|s| StatusCode::from_u16(s).ok()) {
+            let mut resp = HttpResponse::build(status);
+            if let Some(secs) = fault.retry_after {
+                resp.insert_header((header::RETRY_AFTER, secs));
+            }
+            // A realistic upstream error body, which the broker must never pass on.
+            return resp.json(json!({"error": "simulated failure", "detail": "internal trace id sim-5f3a"}));
+        }
+    }
+
+    let auth = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    *lock(&state.last_authorization) = auth.clone();
+    let Some(key) = auth.as_deref().and_then(|a| a.strip_prefix("Bearer ")) else {
+        return error(StatusCode::UNAUTHORIZED, "missing API key");
+    };
+    let permitted = match &state.config.keys {
+        KeyPolicy::AnyNonEmpty => (!key.trim().is_empty()).then_some(true),
+        KeyPolicy::Keys(keys) => keys.get(key).copied(),
+    };
+    match permitted {
+        None => return error(StatusCode::UNAUTHORIZED, "invalid API key"),
+        Some(false) => {
+            return error(
+                StatusCode::FORBIDDEN,
+                "API key lacks assume_role write permission",
+            );
+        }
+        Some(true) => {}
+    }
+    let org = path.into_inner();
+    if state
+        .config
+        .organization_id
+        .as_ref()
+        .is_some_and(|o| *o != org)
+    {
+        return error(StatusCode::NOT_FOUND, "organization not found");
+    }
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.starts_with("application/json"));
+    if !is_json {
+        return error(StatusCode::BAD_REQUEST, "expected application/json");
+    }
+    let Ok(parsed) = serde_json::from_slice::<AssumeRoleBody>(&body) else {
+        return error(StatusCode::BAD_REQUEST, "malformed JSON");
+    };
+    let Some(user_id) = parsed.user_id.filter(|u| !u.is_empty()) else {
+        return error(StatusCode::UNPROCESSABLE_ENTITY, "userId is required");
+    };
+    lock(&state.users)
+        .entry(user_id.clone())
+        .and_modify(|u| {
+            if parsed.user_email.is_some() {
+                u.email.clone_from(&parsed.user_email);
+            }
+            if parsed.user_name.is_some() {
+                u.name.clone_from(&parsed.user_name);
+            }
+        })
+        .or_insert(SimUser {
+            email: parsed.user_email,
+            name: parsed.user_name,
+        });
+
+    let mut raw = [0u8; 32];
+    rand::rng().fill_bytes(&mut raw);
+    let token = format!(
+        "sim_{}",
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(raw)
+    );
+    let expires_at = (OffsetDateTime::now_utc() + state.config.token_ttl)
+        .replace_nanosecond(0)
+        .unwrap_or_else(|_| OffsetDateTime::now_utc());
+    state.minted.fetch_add(1, Ordering::SeqCst);
+    HttpResponse::Ok().json(json!({
+        "token": token,
+        "expiresAt": expires_at.format(&Rfc3339).unwrap_or_default(),
+        "userId": user_id,
+        "organizationId": org,
+        "role": "chat",
+    }))
+}
+
+async fn stats(state: web::Data<Arc<SimulatorState>>) -> HttpResponse {
+    HttpResponse::Ok().json(json!({
+        "calls": state.calls(),
+        "minted": state.minted(),
+        "users": lock(&state.users).len(),
+    }))
+}
+
+async fn set_faults(state: web::Data<Arc<SimulatorState>>, body: web::Bytes) -> HttpResponse {
+    match serde_json::from_slice::<FaultPlan>(&body) {
+        Ok(plan) => {
+            *lock(&state.faults) = plan;
+            HttpResponse::NoContent().finish()
+        }
+        Err(e) => error(actix_web::http::StatusCode::BAD_REQUEST, &e.to_string()),
+    }
+}
+
+async fn reset(state: web::Data<Arc<SimulatorState>>) -> HttpResponse {
+    state.reset();
+    HttpResponse::NoContent().finish()
+}
+
+/// A running simulator.
+pub struct Simulator {
+    pub addr: SocketAddr,
+    pub state: Arc<SimulatorState>,
+    pub server: actix_web::dev::Server,
+}
+
+impl Simulator {
+    /// Binds and starts serving on the current Tokio runtime. Port 0 picks a free port.
+    pub fn start(listener: TcpListener, config: SimulatorConfig) -> std::io::Result<Simulator> {
+        let state = SimulatorState::new(config);
+        let addr = listener.local_addr()?;
+        let data = web::Data::new(Arc::clone(&state));
+        let server = HttpServer::new(move || {
+            App::new()
+                .app_data(data.clone())
+                .app_data(web::PayloadConfig::new(64 * 1024))
+                .route("/orgs/{org}/assume-role", web::post().to(assume_role))
+                .route("/__simulator/stats", web::get().to(stats))
+                .route("/__simulator/faults", web::post().to(set_faults))
+                .route("/__simulator/reset", web::post().to(reset))
+        })
+        .workers(1)
+        .disable_signals()
+        .shutdown_timeout(1)
+        .listen(listener)?
+        .run();
+        Ok(Simulator {
+            addr,
+            state,
+            server,
+        })
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+}

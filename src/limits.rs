@@ -1,0 +1,342 @@
+//! Rate limits: per verified user, per client IP, and toward Intellia as a whole.
+//!
+//! Each limit is a GCRA bucket (`governor`): `burst` is the capacity, `per_minute`/`per_second` the
+//! refill rate. Decisions are lock-free atomic updates; idle keys are evicted by a periodic sweep so
+//! memory stays bounded by the number of recently active users and addresses.
+
+use std::hash::Hash;
+use std::net::IpAddr;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::Duration;
+
+use actix_web::HttpResponseBuilder;
+use governor::clock::{Clock, DefaultClock, QuantaClock};
+use governor::middleware::StateInformationMiddleware;
+use governor::state::keyed::DashMapStateStore;
+use governor::state::{InMemoryState, NotKeyed};
+use governor::{Quota, RateLimiter};
+
+use crate::config::RateLimitSettings;
+
+/// One limit's state after a decision, enough to write the draft-ietf-httpapi-ratelimit-headers
+/// fields and, on rejection, `Retry-After`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct RateLimitHeaders {
+    pub name: &'static str,
+    /// Quota units per window (the bucket's capacity).
+    pub quota: u32,
+    /// Window in seconds (60 for per-minute limits, 1 for per-second).
+    pub window: u32,
+    pub remaining: u32,
+    /// Seconds until the bucket is full again (on rejection: until the next request may pass).
+    pub reset_secs: u64,
+    /// Whole seconds before retrying; at least 1. Meaningful on rejection only.
+    pub retry_after_secs: u64,
+}
+
+impl RateLimitHeaders {
+    pub fn apply(&self, response: &mut HttpResponseBuilder) {
+        response.insert_header((
+            "RateLimit-Policy",
+            format!("\"{}\";q={};w={}", self.name, self.quota, self.window),
+        ));
+        response.insert_header((
+            "RateLimit",
+            format!("\"{}\";r={};t={}", self.name, self.remaining, self.reset_secs),
+        ));
+    }
+
+    /// Of two passed limits, the one a client should be told about: the fewest requests left,
+    /// then the longest wait to refill.
+    pub fn tightest(a: Option<Self>, b: Self) -> Self {
+        match a {
+            Some(a) if (a.remaining, std::cmp::Reverse(a.reset_secs))
+                <= (b.remaining, std::cmp::Reverse(b.reset_secs)) =>
+            {
+                a
+            }
+            _ => b,
+        }
+    }
+}
+
+type KeyedLimiter<K> =
+    RateLimiter<K, DashMapStateStore<K>, DefaultClock, StateInformationMiddleware>;
+type DirectLimiter =
+    RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+
+struct Shape {
+    name: &'static str,
+    window: u32,
+    quota: Quota,
+}
+
+impl Shape {
+    fn new(name: &'static str, window: u32, rate: u32, burst: u32) -> Option<Shape> {
+        let rate = NonZeroU32::new(rate)?;
+        let burst = NonZeroU32::new(burst)?;
+        let period = Duration::from_secs(u64::from(window)) / rate.get();
+        let quota = Quota::with_period(period)?.allow_burst(burst);
+        Some(Shape {
+            name,
+            window,
+            quota,
+        })
+    }
+
+    fn passed(&self, snapshot: &governor::middleware::StateSnapshot) -> RateLimitHeaders {
+        let remaining = snapshot.remaining_burst_capacity();
+        let missing = self.quota.burst_size().get().saturating_sub(remaining);
+        let refill = self.quota.replenish_interval() * missing;
+        RateLimitHeaders {
+            name: self.name,
+            quota: self.quota.burst_size().get(),
+            window: self.window,
+            remaining,
+            reset_secs: ceil_secs(refill),
+            retry_after_secs: 1,
+        }
+    }
+
+    fn rejected(&self, wait: Duration) -> RateLimitHeaders {
+        let secs = ceil_secs(wait).max(1);
+        RateLimitHeaders {
+            name: self.name,
+            quota: self.quota.burst_size().get(),
+            window: self.window,
+            remaining: 0,
+            reset_secs: secs,
+            retry_after_secs: secs,
+        }
+    }
+}
+
+fn ceil_secs(d: Duration) -> u64 {
+    d.as_secs() + u64::from(d.subsec_nanos() > 0)
+}
+
+struct Keyed<K: Hash + Eq + Clone> {
+    shape: Shape,
+    limiter: KeyedLimiter<K>,
+}
+
+impl<K: Hash + Eq + Clone> Keyed<K> {
+    fn new(shape: Shape) -> Self {
+        let limiter: KeyedLimiter<K> = RateLimiter::new(
+            shape.quota,
+            DashMapStateStore::default(),
+            DefaultClock::default(),
+        );
+        Keyed { shape, limiter }
+    }
+
+    fn check(&self, key: &K) -> Result<RateLimitHeaders, RateLimitHeaders> {
+        match self.limiter.check_key(key) {
+            Ok(snapshot) => Ok(self.shape.passed(&snapshot)),
+            Err(not_until) => Err(self
+                .shape
+                .rejected(not_until.wait_time_from(self.limiter_clock().now()))),
+        }
+    }
+
+    fn limiter_clock(&self) -> &QuantaClock {
+        self.limiter.clock()
+    }
+
+    fn sweep(&self) {
+        self.limiter.retain_recent();
+        self.limiter.shrink_to_fit();
+    }
+}
+
+/// All configured limits. A limit left out of the configuration is simply absent.
+pub struct Limits {
+    per_user: Option<Keyed<String>>,
+    per_ip: Option<Keyed<IpAddr>>,
+    upstream: Option<(Shape, DirectLimiter)>,
+}
+
+impl std::fmt::Debug for Limits {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limits")
+            .field("per_user", &self.per_user.is_some())
+            .field("per_ip", &self.per_ip.is_some())
+            .field("upstream", &self.upstream.is_some())
+            .finish()
+    }
+}
+
+impl Limits {
+    pub fn new(settings: &RateLimitSettings) -> Limits {
+        Limits {
+            per_user: settings
+                .per_user
+                .and_then(|l| Shape::new("user", 60, l.per_minute, l.burst))
+                .map(Keyed::new),
+            per_ip: settings
+                .per_ip
+                .and_then(|l| Shape::new("ip", 60, l.per_minute, l.burst))
+                .map(Keyed::new),
+            upstream: settings
+                .upstream
+                .and_then(|l| Shape::new("upstream", 1, l.per_second, l.burst))
+                .map(|shape| {
+                    let limiter: DirectLimiter =
+                        RateLimiter::new(shape.quota, InMemoryState::default(), DefaultClock::default());
+                    (shape, limiter)
+                }),
+        }
+    }
+
+    /// `Ok(None)` when no such limit is configured.
+    pub fn check_user(&self, user_id: &String) -> Result<Option<RateLimitHeaders>, RateLimitHeaders> {
+        self.per_user.as_ref().map(|l| l.check(user_id)).transpose()
+    }
+
+    pub fn check_ip(&self, ip: &IpAddr) -> Result<Option<RateLimitHeaders>, RateLimitHeaders> {
+        self.per_ip.as_ref().map(|l| l.check(ip)).transpose()
+    }
+
+    /// Counts one call toward Intellia.
+    pub fn check_upstream(&self) -> Result<(), RateLimitHeaders> {
+        let Some((shape, limiter)) = &self.upstream else {
+            return Ok(());
+        };
+        match limiter.check() {
+            Ok(_) => Ok(()),
+            Err(not_until) => Err(shape.rejected(not_until.wait_time_from(limiter.clock().now()))),
+        }
+    }
+
+    /// Drops the state of keys whose buckets have refilled completely: they carry no
+    /// information a fresh bucket would not.
+    pub fn sweep(&self) {
+        if let Some(l) = &self.per_user {
+            l.sweep();
+        }
+        if let Some(l) = &self.per_ip {
+            l.sweep();
+        }
+    }
+
+    /// Number of tracked keys, for metrics and the memory benchmark.
+    pub fn tracked_keys(&self) -> usize {
+        self.per_user.as_ref().map_or(0, |l| l.limiter.len())
+            + self.per_ip.as_ref().map_or(0, |l| l.limiter.len())
+    }
+
+    /// Runs [`Limits::sweep`] periodically until the process ends.
+    pub fn spawn_sweeper(self: &Arc<Self>, every: Duration) {
+        let weak = Arc::downgrade(self);
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(every);
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                match weak.upgrade() {
+                    Some(limits) => limits.sweep(),
+                    None => return,
+                }
+            }
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{PerMinuteLimit, PerSecondLimit};
+
+    fn limits(per_minute: u32, burst: u32) -> Limits {
+        Limits::new(&RateLimitSettings {
+            per_user: Some(PerMinuteLimit { per_minute, burst }),
+            per_ip: None,
+            upstream: Some(PerSecondLimit {
+                per_second: 1,
+                burst: 2,
+            }),
+        })
+    }
+
+    #[test]
+    fn admits_exactly_burst_then_rejects() {
+        let l = limits(10, 5);
+        let user = "alice".to_owned();
+        for n in 0..5u32 {
+            let h = l.check_user(&user).expect("within burst").expect("configured");
+            assert_eq!(h.remaining, 4 - n);
+            assert_eq!(h.quota, 5);
+            assert_eq!(h.window, 60);
+        }
+        let rejected = l.check_user(&user).expect_err("burst spent");
+        assert_eq!(rejected.remaining, 0);
+        // 10 per minute refills one cell every 6 s.
+        assert!((1..=6).contains(&rejected.retry_after_secs), "{rejected:?}");
+        // Another key has its own bucket.
+        assert!(l.check_user(&"bob".to_owned()).is_ok());
+    }
+
+    #[test]
+    fn reset_counts_seconds_to_full_bucket() {
+        let l = limits(60, 3);
+        let user = "carol".to_owned();
+        let first = l.check_user(&user).unwrap().unwrap();
+        assert_eq!(first.remaining, 2);
+        assert_eq!(first.reset_secs, 1);
+        let second = l.check_user(&user).unwrap().unwrap();
+        assert_eq!(second.reset_secs, 2);
+    }
+
+    #[test]
+    fn upstream_limit_is_global() {
+        let l = limits(10, 5);
+        assert!(l.check_upstream().is_ok());
+        assert!(l.check_upstream().is_ok());
+        assert!(l.check_upstream().is_err());
+    }
+
+    #[test]
+    fn absent_limits_pass() {
+        let l = Limits::new(&RateLimitSettings::default());
+        assert_eq!(l.check_user(&"x".to_owned()), Ok(None));
+        assert_eq!(l.check_ip(&IpAddr::from([127, 0, 0, 1])), Ok(None));
+        assert!(l.check_upstream().is_ok());
+    }
+
+    #[test]
+    fn tightest_prefers_fewest_remaining() {
+        let a = RateLimitHeaders {
+            name: "ip",
+            quota: 20,
+            window: 60,
+            remaining: 19,
+            reset_secs: 3,
+            retry_after_secs: 1,
+        };
+        let b = RateLimitHeaders {
+            name: "user",
+            remaining: 2,
+            ..a
+        };
+        assert_eq!(RateLimitHeaders::tightest(Some(a), b).name, "user");
+        assert_eq!(RateLimitHeaders::tightest(Some(b), a).name, "user");
+    }
+
+    #[test]
+    fn header_syntax_follows_the_draft() {
+        let h = RateLimitHeaders {
+            name: "user",
+            quota: 5,
+            window: 60,
+            remaining: 0,
+            reset_secs: 12,
+            retry_after_secs: 12,
+        };
+        let mut b = actix_web::HttpResponse::Ok();
+        h.apply(&mut b);
+        let resp = b.finish();
+        assert_eq!(resp.headers().get("RateLimit-Policy").unwrap(), "\"user\";q=5;w=60");
+        assert_eq!(resp.headers().get("RateLimit").unwrap(), "\"user\";r=0;t=12");
+    }
+}

@@ -1,0 +1,3 @@
+fn main() -> std::process::ExitCode {
+    intellia_token_broker::cli::main()
+}

@@ -1,0 +1,216 @@
+//! Prometheus metrics, served on `admin_listen` only. Labels are closed sets chosen by the code
+//! (route patterns, outcome codes, status classes); no user id, e-mail or token ever becomes a label.
+
+use std::time::Duration;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
+use prometheus_client::metrics::info::Info;
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub route: &'static str,
+    pub code: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct StatusClassLabels {
+    pub status_class: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabels {
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct LimitLabels {
+    pub limit: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerLabels {
+    /// Index of the `[[session.jwt]]` table: issuers are configuration, not user data, but an
+    /// index keeps labels short and stable.
+    pub issuer: String,
+    pub result: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SecretLabels {
+    pub secret: &'static str,
+}
+
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub upstream_requests: Family<StatusClassLabels, Counter>,
+    pub upstream_duration: Family<StatusClassLabels, Histogram>,
+    pub upstream_retries: Counter,
+    pub cache_requests: Family<ResultLabels, Counter>,
+    pub rate_limited: Family<LimitLabels, Counter>,
+    pub jwks_fetches: Family<IssuerLabels, Counter>,
+    pub secret_reloads: Family<SecretLabels, Counter>,
+    pub secret_reload_failures: Family<SecretLabels, Counter>,
+    pub secret_stale: Family<SecretLabels, Gauge>,
+    pub ready: Gauge,
+    pub limiter_keys: Gauge,
+}
+
+impl std::fmt::Debug for Metrics {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Metrics")
+    }
+}
+
+fn latency_histogram() -> Histogram {
+    // 5 ms .. ~20 s
+    Histogram::new(exponential_buckets(0.005, 2.0, 13))
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("broker");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "requests",
+            "Token and support requests by route and outcome code",
+            requests.clone(),
+        );
+        let upstream_requests = Family::<StatusClassLabels, Counter>::default();
+        registry.register(
+            "upstream_requests",
+            "Attempts to call Intellia by status class",
+            upstream_requests.clone(),
+        );
+        let upstream_duration =
+            Family::<StatusClassLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        registry.register(
+            "upstream_duration_seconds",
+            "Latency of attempts to call Intellia",
+            upstream_duration.clone(),
+        );
+        let upstream_retries = Counter::default();
+        registry.register(
+            "upstream_retries",
+            "Retries of Intellia calls after 429, 5xx or connect errors",
+            upstream_retries.clone(),
+        );
+        let cache_requests = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "cache_requests",
+            "Token cache lookups by result (hit, miss)",
+            cache_requests.clone(),
+        );
+        let rate_limited = Family::<LimitLabels, Counter>::default();
+        registry.register(
+            "rate_limited",
+            "Requests refused by a rate limit",
+            rate_limited.clone(),
+        );
+        let jwks_fetches = Family::<IssuerLabels, Counter>::default();
+        registry.register(
+            "jwks_fetches",
+            "JWKS (and discovery) fetches by issuer index and result",
+            jwks_fetches.clone(),
+        );
+        let secret_reloads = Family::<SecretLabels, Counter>::default();
+        registry.register(
+            "secret_reloads",
+            "Secrets re-read after they changed on disk",
+            secret_reloads.clone(),
+        );
+        let secret_reload_failures = Family::<SecretLabels, Counter>::default();
+        registry.register(
+            "secret_reload_failures",
+            "Failed re-reads of a secret; the last good value stays in use",
+            secret_reload_failures.clone(),
+        );
+        let secret_stale = Family::<SecretLabels, Gauge>::default();
+        registry.register(
+            "secret_stale",
+            "1 while a secret's source is unreadable or empty and the last good value is served",
+            secret_stale.clone(),
+        );
+        let ready = Gauge::default();
+        registry.register("ready", "1 when /readyz answers 200", ready.clone());
+        let limiter_keys = Gauge::default();
+        registry.register(
+            "limiter_keys",
+            "Keys tracked by the per-user and per-IP limiters",
+            limiter_keys.clone(),
+        );
+        let build_info = Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
+        registry.register("build", "Build information", build_info);
+        Metrics {
+            registry,
+            requests,
+            upstream_requests,
+            upstream_duration,
+            upstream_retries,
+            cache_requests,
+            rate_limited,
+            jwks_fetches,
+            secret_reloads,
+            secret_reload_failures,
+            secret_stale,
+            ready,
+            limiter_keys,
+        }
+    }
+
+    pub fn observe_upstream(&self, status_class: &'static str, elapsed: Duration) {
+        let labels = StatusClassLabels { status_class };
+        self.upstream_requests.get_or_create(&labels).inc();
+        self.upstream_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn count_request(&self, route: &'static str, code: &'static str) {
+        self.requests
+            .get_or_create(&RequestLabels { route, code })
+            .inc();
+    }
+
+    /// The Prometheus text exposition.
+    pub fn encode(&self) -> String {
+        let mut out = String::with_capacity(8 * 1024);
+        // Writing into a String cannot fail.
+        let _ = prometheus_client::encoding::text::encode(&mut out, &self.registry);
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exposition_names_the_documented_series() {
+        let m = Metrics::new();
+        m.count_request("/v1/token", "ok");
+        m.observe_upstream("2xx", Duration::from_millis(12));
+        m.cache_requests.get_or_create(&ResultLabels { result: "hit" }).inc();
+        let text = m.encode();
+        for series in [
+            "broker_requests_total{route=\"/v1/token\",code=\"ok\"} 1",
+            "broker_upstream_requests_total{status_class=\"2xx\"} 1",
+            "broker_upstream_duration_seconds_bucket",
+            "broker_cache_requests_total{result=\"hit\"} 1",
+            "broker_build_info{version=",
+        ] {
+            assert!(text.contains(series), "missing {series} in\n{text}");
+        }
+    }
+}
