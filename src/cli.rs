@@ -66,6 +66,8 @@ enum Command {
         #[arg(long, default_value_t = 7200, value_name = "SECS")]
         token_ttl_secs: u64,
     },
+    /// Print the OpenAPI document of the HTTP API.
+    Openapi,
     /// Exit 0 when the broker's /healthz answers (for images without curl).
     Healthcheck {
         #[arg(long, default_value = "http://127.0.0.1:8080/healthz", value_name = "URL")]
@@ -108,6 +110,10 @@ async fn run(command: Command) -> Result<(), String> {
             token_ttl_secs,
         } => simulate(listen, api_key_file, organization_id, token_ttl_secs).await,
         Command::Healthcheck { url } => healthcheck(&url).await,
+        Command::Openapi => {
+            print!("{}", crate::openapi::document_json());
+            Ok(())
+        }
     }
 }
 

@@ -215,6 +215,12 @@ pub async fn backend_token(
         ));
     }
     let body = read_body(&req, payload, state.settings.server.max_body_bytes).await?;
+    // serde would accept a positional array for a struct; the contract is an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(BrokerError::InvalidRequest(
+            "the body must be a JSON object".into(),
+        ));
+    }
     let parsed: BackendTokenRequest = serde_json::from_slice(&body)
         .map_err(|e| BrokerError::InvalidRequest(format!("invalid body: {}", json_error(&e))))?;
     let identity = validate_backend_request(parsed)?;

@@ -1,0 +1,84 @@
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn backend_names_the_user() {
+    let app = spawn_app(TestConfig::default()).await;
+    let resp = app
+        .backend(
+            BACKEND_SECRET,
+            json!({"userId": "user-123", "userEmail": "user@example.com", "userName": "John Doe"}),
+        )
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["cache-control"], "no-store");
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["userId"], "user-123");
+    assert_eq!(body["organizationId"], ORG);
+    let user = app.sim.user("user-123").unwrap();
+    assert_eq!(user.email.as_deref(), Some("user@example.com"));
+    assert_eq!(user.name.as_deref(), Some("John Doe"));
+    // Only userId is required.
+    let minimal = app.backend(BACKEND_SECRET, json!({"userId": "user-456"})).await;
+    assert_eq!(minimal.status(), 200);
+}
+
+#[tokio::test]
+async fn bad_bodies_are_400_and_never_reach_intellia() {
+    let app = spawn_app(TestConfig::default()).await;
+    let cases = vec![
+        ("missing userId", json!({"userEmail": "a@b.co"})),
+        ("empty userId", json!({"userId": ""})),
+        ("numeric userId", json!({"userId": 7})),
+        ("overlong userId", json!({"userId": "x".repeat(257)})),
+        ("control character", json!({"userId": "a\nb"})),
+        ("implausible email", json!({"userId": "u", "userEmail": "not-an-email"})),
+        ("overlong email", json!({"userId": "u", "userEmail": format!("{}@example.com", "a".repeat(320))})),
+        ("overlong name", json!({"userId": "u", "userName": "n".repeat(257)})),
+        ("unknown field", json!({"userId": "u", "userEmial": "a@b.co"})),
+        ("not an object", json!(["u"])),
+    ];
+    for (name, body) in cases {
+        let resp = app.backend(BACKEND_SECRET, body).await;
+        assert_eq!(resp.status(), 400, "{name}");
+        let problem: Value = resp.json().await.unwrap();
+        assert_eq!(problem["code"], "invalid_request", "{name}");
+    }
+    let malformed = app
+        .client
+        .post(app.url("/v1/backend/token"))
+        .bearer_auth(BACKEND_SECRET)
+        .header("Content-Type", "application/json")
+        .body("{\"userId\": ")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(malformed, 400, "invalid_request").await;
+    let wrong_type = app
+        .client
+        .post(app.url("/v1/backend/token"))
+        .bearer_auth(BACKEND_SECRET)
+        .header("Content-Type", "text/plain")
+        .body("{\"userId\": \"u\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_problem(wrong_type, 400, "invalid_request").await;
+    let huge = app
+        .backend(BACKEND_SECRET, json!({"userId": "u", "pad": "x".repeat(5000)}))
+        .await;
+    assert_problem(huge, 413, "payload_too_large").await;
+    assert_eq!(app.sim.calls(), 0);
+}
+
+#[tokio::test]
+async fn backend_route_is_unknown_without_backend_config() {
+    let app = spawn_app(TestConfig {
+        backend: false,
+        ..TestConfig::default()
+    })
+    .await;
+    let resp = app.backend(BACKEND_SECRET, json!({"userId": "u"})).await;
+    assert_problem(resp, 404, "not_found").await;
+}

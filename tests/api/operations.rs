@@ -1,0 +1,148 @@
+//! Health, readiness, draining, the client script, the OpenAPI document, metrics, request ids.
+
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::helpers::*;
+
+#[tokio::test]
+async fn health_and_readiness() {
+    let app = spawn_app(TestConfig::default()).await;
+    let health = app.client.get(app.url("/healthz")).send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    assert_eq!(ready["status"], "ready");
+}
+
+#[tokio::test]
+async fn draining_turns_readiness_503_while_still_serving() {
+    let app = spawn_app(TestConfig::default()).await;
+    let shutdown = app.shutdown.clone();
+    let stopper = tokio::spawn(async move { shutdown.drain_and_stop().await });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    let ready = app.client.get(app.url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    let body: Value = ready.json().await.unwrap();
+    assert_eq!(body["status"], "draining");
+    // During the drain delay the listener still serves token requests.
+    assert_eq!(app.token(&session("alice")).await.status(), 200);
+    stopper.await.unwrap();
+    assert!(app.client.get(app.url("/healthz")).send().await.is_err(), "stopped after draining");
+}
+
+#[tokio::test]
+async fn client_script_is_served_with_etag_and_cors() {
+    let app = spawn_app(TestConfig::default()).await;
+    let resp = app
+        .client
+        .get(app.url("/v1/client.js"))
+        .header("Origin", ALLOWED_ORIGIN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "text/javascript; charset=utf-8");
+    assert_eq!(resp.headers()["access-control-allow-origin"], ALLOWED_ORIGIN);
+    assert!(resp.headers()["cache-control"].to_str().unwrap().contains("max-age"));
+    let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
+    let body = resp.text().await.unwrap();
+    assert!(body.contains("IntelliaTokenClient"));
+    assert_eq!(body, include_str!("../../clients/js/intellia-token-client.js"));
+    let again = app
+        .client
+        .get(app.url("/v1/client.js"))
+        .header("If-None-Match", &etag)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(again.status(), 304);
+    let global = app.client.get(app.url("/v1/client.global.js")).send().await.unwrap();
+    assert_eq!(global.status(), 200);
+}
+
+#[tokio::test]
+async fn openapi_document_matches_the_committed_copy() {
+    let app = spawn_app(TestConfig::default()).await;
+    let served = app.client.get(app.url("/openapi.json")).send().await.unwrap().text().await.unwrap();
+    let doc: Value = serde_json::from_str(&served).unwrap();
+    assert!(doc["paths"]["/v1/token"]["post"].is_object());
+    assert!(doc["paths"]["/v1/backend/token"]["post"].is_object());
+    assert!(doc["components"]["schemas"]["Problem"].is_object());
+    let committed = std::fs::read_to_string(format!("{}/openapi.json", env!("CARGO_MANIFEST_DIR")))
+        .unwrap_or_default();
+    assert!(
+        committed == served,
+        "openapi.json is stale: run `cargo run -- openapi > openapi.json`"
+    );
+}
+
+#[tokio::test]
+async fn real_responses_have_the_documented_fields() {
+    let app = spawn_app(TestConfig::default()).await;
+    let doc: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let schema = &doc["components"]["schemas"]["TokenResponse"];
+    let required: Vec<&str> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let body: Value = app.token(&session("alice")).await.json().await.unwrap();
+    let fields: Vec<&String> = body.as_object().unwrap().keys().collect();
+    for name in &required {
+        assert!(body.get(*name).is_some(), "{name} documented but missing");
+    }
+    for name in fields {
+        assert!(schema["properties"].get(name).is_some(), "{name} returned but undocumented");
+    }
+    let problem_schema = &doc["components"]["schemas"]["Problem"]["properties"];
+    let problem: Value = app.client.post(app.url("/v1/token")).send().await.unwrap().json().await.unwrap();
+    for (name, _) in problem.as_object().unwrap() {
+        assert!(problem_schema.get(name).is_some(), "problem field {name} undocumented");
+    }
+}
+
+#[tokio::test]
+async fn metrics_are_on_the_admin_listener_only() {
+    let app = spawn_app(TestConfig {
+        admin: true,
+        ..TestConfig::default()
+    })
+    .await;
+    assert_eq!(app.token(&session("alice")).await.status(), 200);
+    assert_eq!(app.token(&session("alice")).await.status(), 200);
+    assert_eq!(app.client.post(app.url("/v1/token")).send().await.unwrap().status(), 401);
+    let public = app.client.get(app.url("/metrics")).send().await.unwrap();
+    assert_eq!(public.status(), 404);
+    let admin = app.admin.clone().unwrap();
+    let text = app.client.get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    for series in [
+        "broker_requests_total{route=\"/v1/token\",code=\"ok\"} 2",
+        "broker_requests_total{route=\"/v1/token\",code=\"unauthenticated\"} 1",
+        "broker_upstream_requests_total{status_class=\"2xx\"} 1",
+        "broker_cache_requests_total{result=\"hit\"} 1",
+        "broker_cache_requests_total{result=\"miss\"} 1",
+        "broker_build_info",
+    ] {
+        assert!(text.contains(series), "missing {series}:\n{text}");
+    }
+    assert!(!text.contains("alice"), "user ids never become labels");
+}
+
+#[tokio::test]
+async fn request_ids_are_honoured_or_generated() {
+    let app = spawn_app(TestConfig::default()).await;
+    let resp = app
+        .client
+        .get(app.url("/healthz"))
+        .header("X-Request-Id", "abc-123")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.headers()["x-request-id"], "abc-123");
+    let resp = app
+        .client
+        .get(app.url("/healthz"))
+        .header("X-Request-Id", "bad id with spaces")
+        .send()
+        .await
+        .unwrap();
+    let generated = resp.headers()["x-request-id"].to_str().unwrap();
+    assert_eq!(generated.len(), 36, "{generated}");
+}

@@ -1,0 +1,229 @@
+//! The real binary as an operator runs it: start-up errors, and no secret in any log line even at
+//! `RUST_LOG=trace`.
+
+use std::io::{BufRead, BufReader, Read};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+const BIN: &str = env!("CARGO_BIN_EXE_intellia-token-broker");
+
+fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(BIN)
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("BROKER_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn version_and_help() {
+    let (code, out, _) = run(&["--version"], &[]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), format!("intellia-token-broker {}", env!("CARGO_PKG_VERSION")));
+    let (code, out, _) = run(&["--help"], &[]);
+    assert_eq!(code, 0);
+    for cmd in ["serve", "dev", "check-config", "simulate-intellia", "healthcheck"] {
+        assert!(out.contains(cmd), "{cmd} missing from --help");
+    }
+}
+
+fn assert_one_clear_line(stderr: &str, must_contain: &[&str]) {
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    assert_eq!(lines.len(), 1, "{stderr}");
+    for needle in must_contain {
+        assert!(lines[0].contains(needle), "`{needle}` not in: {}", lines[0]);
+    }
+}
+
+#[test]
+fn missing_key_file_is_one_clear_line_naming_the_path() {
+    let dir = temp_dir();
+    let cfg = dir.join("config.toml");
+    std::fs::write(
+        &cfg,
+        "[server]\nlisten = \"127.0.0.1:0\"\n[intellia]\norganization_id = \"org-1\"\napi_key_file = \"/nonexistent/intellia/api-key\"\n",
+    )
+    .unwrap();
+    let (code, _, err) = run(&["serve", "--config", cfg.to_str().unwrap()], &[]);
+    assert_ne!(code, 0);
+    assert_one_clear_line(&err, &["/nonexistent/intellia/api-key", "does not exist"]);
+
+    std::fs::write(dir.join("empty-key"), "\n").unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[intellia]\norganization_id = \"org-1\"\napi_key_file = \"{}/empty-key\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(&["serve", "--config", cfg.to_str().unwrap()], &[]);
+    assert_ne!(code, 0);
+    assert_one_clear_line(&err, &["empty-key", "is empty"]);
+}
+
+#[test]
+fn typo_in_a_key_is_one_clear_line_naming_it() {
+    let dir = temp_dir();
+    let cfg = dir.join("config.toml");
+    std::fs::write(dir.join("k"), "key").unwrap();
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\nmax_body_byte = 10\n[intellia]\norganization_id = \"org-1\"\napi_key_file = \"{}/k\"\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let (code, _, err) = run(&["check-config", "--config", cfg.to_str().unwrap()], &[]);
+    assert_ne!(code, 0);
+    assert_one_clear_line(&err, &["max_body_byte"]);
+
+    let (code, _, err) = run(
+        &["serve", "--config", cfg.to_str().unwrap()],
+        &[("BROKER__INTELLIA__TIMEOUT_MS", "soon")],
+    );
+    assert_ne!(code, 0);
+    assert!(!err.contains("panicked"));
+
+    let (code, _, err) = run(&["serve", "--config", "/nonexistent/config.toml"], &[]);
+    assert_ne!(code, 0);
+    assert_one_clear_line(&err, &["/nonexistent/config.toml", "does not exist"]);
+}
+
+#[test]
+fn check_config_redacts_and_validates_secrets() {
+    let dir = temp_dir();
+    std::fs::write(dir.join("k"), API_KEY).unwrap();
+    let cfg = dir.join("config.toml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "[server]\nlisten = \"127.0.0.1:0\"\n[intellia]\norganization_id = \"org-1\"\napi_key_file = \"{}/k\"\n[cors]\nallowed_origins = [\"https://www.example.com\"]\n",
+            dir.display()
+        ),
+    )
+    .unwrap();
+    let (code, out, err) = run(&["check-config", "--config", cfg.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("organization_id = \"org-1\""));
+    assert!(!out.contains(API_KEY));
+}
+
+/// Runs the real binary at `RUST_LOG=trace` through every credential path and checks that no
+/// secret shows up in its output or in any response.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn secrets_never_appear_in_logs_or_responses() {
+    let (sim_url, sim) = start_simulator(Default::default());
+    let dir = temp_dir();
+    let cfg = TestConfig {
+        allowed_origins: vec![ALLOWED_ORIGIN.to_owned()],
+        ..TestConfig::default()
+    };
+    write_config(&cfg, &dir, &sim_url, "127.0.0.1:0");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--config", dir.join("config.toml").to_str().unwrap()])
+        .env("RUST_LOG", "trace")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let mut stderr = child.stderr.take().unwrap();
+    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+    let reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !sent
+                && let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["message"] == "broker listening"
+            {
+                let _ = addr_tx.send(v["listen"].as_str().unwrap_or_default().to_owned());
+                sent = true;
+            }
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let err_reader = std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = stderr.read_to_string(&mut s);
+        s
+    });
+    let addr = addr_rx.recv_timeout(Duration::from_secs(20)).expect("broker started");
+    let base = format!("http://{addr}");
+    let client = reqwest::Client::new();
+    let session_token = session("alice");
+    let cookie_token = session("bob");
+    let mut responses = String::new();
+    let requests = vec![
+        client.post(format!("{base}/v1/token")).bearer_auth(&session_token),
+        client
+            .post(format!("{base}/v1/token"))
+            .header("Cookie", format!("site_session={cookie_token}"))
+            .header("Origin", ALLOWED_ORIGIN),
+        client
+            .post(format!("{base}/v1/token"))
+            .header("Cookie", format!("site_session={cookie_token}"))
+            .header("Origin", "https://evil.test"),
+        client
+            .post(format!("{base}/v1/backend/token"))
+            .bearer_auth(BACKEND_SECRET)
+            .json(&json!({"userId": "carol", "userEmail": "carol.secret.mail@example.com"})),
+        client.post(format!("{base}/v1/backend/token")).bearer_auth("wrong-secret-guess"),
+        client.post(format!("{base}/v1/token?access_token={session_token}")),
+    ];
+    for req in requests {
+        let resp = req.send().await.unwrap();
+        responses.push_str(&format!("{:?}\n", resp.headers()));
+        responses.push_str(&resp.text().await.unwrap());
+    }
+    let minted: Vec<String> = responses
+        .split("\"token\":\"")
+        .skip(1)
+        .filter_map(|s| s.split('"').next())
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(minted.len(), 3, "three tokens minted: {responses}");
+    assert_eq!(sim.minted(), 3);
+
+    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let status = child.wait().unwrap();
+    assert!(status.success(), "clean exit on SIGTERM: {status:?}");
+    let logs = reader.join().unwrap() + &err_reader.join().unwrap();
+    assert!(logs.len() > 1000, "trace logs captured: {logs}");
+    assert!(logs.contains("\"route\":\"/v1/token\""), "request lines are logged");
+
+    let mut secrets = vec![
+        API_KEY.to_owned(),
+        BACKEND_SECRET.to_owned(),
+        HS_SECRET.to_owned(),
+        session_token.clone(),
+        cookie_token.clone(),
+        "carol.secret.mail@example.com".to_owned(),
+    ];
+    secrets.extend(minted.iter().cloned());
+    for secret in &secrets {
+        assert!(!logs.contains(secret.as_str()), "a secret leaked into the logs");
+        // Signatures alone are secrets too: a JWT's last segment must not appear either.
+        if let Some(sig) = secret.rsplit('.').next().filter(|s| s.len() > 20 && secret.contains('.')) {
+            assert!(!logs.contains(sig), "a session token's signature leaked into the logs");
+        }
+    }
+    for secret in [API_KEY, BACKEND_SECRET, HS_SECRET, session_token.as_str(), cookie_token.as_str()] {
+        assert!(!responses.contains(secret), "a secret leaked into a response");
+    }
+}
