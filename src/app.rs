@@ -247,18 +247,26 @@ fn configure(cfg: &mut web::ServiceConfig, with_backend: bool, with_dev: bool) {
 
 impl Application {
     /// Builds every part and binds the listeners. Must run inside a Tokio runtime.
-    pub async fn build(settings: Settings, options: BuildOptions) -> Result<Application, StartupError> {
+    pub async fn build(
+        settings: Settings,
+        options: BuildOptions,
+    ) -> Result<Application, StartupError> {
         let invalid = StartupError::Invalid;
         let metrics = Arc::new(Metrics::new());
 
         let api_key = match options.api_key {
             Some(key) => SecretCell::with_value(SecretSource::Inline, key),
             None => {
-                let (source, key) = match (&settings.intellia.api_key_file, &settings.intellia.api_key_env) {
+                let (source, key) = match (
+                    &settings.intellia.api_key_file,
+                    &settings.intellia.api_key_env,
+                ) {
                     (Some(path), _) => (SecretSource::File(path.clone()), "intellia.api_key_file"),
                     (None, Some(name)) => (SecretSource::Env(name.clone()), "intellia.api_key_env"),
                     (None, None) => {
-                        return Err(invalid("config key `intellia.api_key_file`: missing".into()));
+                        return Err(invalid(
+                            "config key `intellia.api_key_file`: missing".into(),
+                        ));
                     }
                 };
                 SecretCell::load(source).map_err(|e| invalid(format!("config key `{key}`: {e}")))?
@@ -289,8 +297,12 @@ impl Application {
             StartupError::Invalid(text) => StartupError::Invalid(text.replacen(": ", "`: ", 1)),
             other => other,
         })?;
-        let intellia = IntelliaClient::new(&settings.intellia, Arc::clone(&api_key), Arc::clone(&metrics))
-            .map_err(invalid)?;
+        let intellia = IntelliaClient::new(
+            &settings.intellia,
+            Arc::clone(&api_key),
+            Arc::clone(&metrics),
+        )
+        .map_err(invalid)?;
         let limits = Arc::new(Limits::new(&settings.rate_limit));
         let cache = TokenCache::new(&settings.cache);
         let cors = CorsPolicy::new(&settings.cors.allowed_origins, settings.cors.max_age_secs)
@@ -323,9 +335,10 @@ impl Application {
         );
 
         let listener = bind(settings.server.listen)?;
-        let public_addr = listener
-            .local_addr()
-            .map_err(|source| StartupError::Bind { addr: settings.server.listen, source })?;
+        let public_addr = listener.local_addr().map_err(|source| StartupError::Bind {
+            addr: settings.server.listen,
+            source,
+        })?;
         let workers = match settings.server.workers {
             0 => std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
             n => n,
@@ -348,7 +361,10 @@ impl Application {
         .shutdown_timeout(stop_timeout)
         .disable_signals()
         .listen(listener)
-        .map_err(|source| StartupError::Bind { addr: public_addr, source })?
+        .map_err(|source| StartupError::Bind {
+            addr: public_addr,
+            source,
+        })?
         .run();
 
         let (admin, admin_addr) = match settings.server.admin_listen {
@@ -369,7 +385,10 @@ impl Application {
                 .shutdown_timeout(1)
                 .disable_signals()
                 .listen(listener)
-                .map_err(|source| StartupError::Bind { addr: bound, source })?
+                .map_err(|source| StartupError::Bind {
+                    addr: bound,
+                    source,
+                })?
                 .run();
                 (Some(admin), Some(bound))
             }
@@ -467,7 +486,10 @@ async fn wait_for_signal() {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
-        match (signal(SignalKind::terminate()), signal(SignalKind::interrupt())) {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
             (Ok(mut term), Ok(mut int)) => {
                 tokio::select! {
                     _ = term.recv() => tracing::info!("SIGTERM received"),

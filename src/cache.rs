@@ -106,7 +106,10 @@ impl TokenCache {
         let min_remaining = self.min_remaining;
         let Some(cache) = &self.cache else {
             let minted = mint().await?;
-            return Ok((Arc::new(CachedToken::new(minted, min_remaining)), Provenance::Minted));
+            return Ok((
+                Arc::new(CachedToken::new(minted, min_remaining)),
+                Provenance::Minted,
+            ));
         };
         let entry = cache
             .entry_by_ref(user_id)

@@ -70,7 +70,11 @@ enum Command {
     Openapi,
     /// Exit 0 when the broker's /healthz answers (for images without curl).
     Healthcheck {
-        #[arg(long, default_value = "http://127.0.0.1:8080/healthz", value_name = "URL")]
+        #[arg(
+            long,
+            default_value = "http://127.0.0.1:8080/healthz",
+            value_name = "URL"
+        )]
         url: String,
     },
 }
@@ -139,14 +143,26 @@ fn check_config(config: Option<PathBuf>) -> Result<(), String> {
     let settings = Settings::load(&path).map_err(|e| e.to_string())?;
     // Read every secret now, so a missing or empty file is reported here rather than at start-up.
     let mut report = Vec::new();
-    let key_source = match (&settings.intellia.api_key_file, &settings.intellia.api_key_env) {
-        (Some(p), _) => ("intellia.api_key_file".to_owned(), SecretSource::File(p.clone())),
-        (None, Some(n)) => ("intellia.api_key_env".to_owned(), SecretSource::Env(n.clone())),
+    let key_source = match (
+        &settings.intellia.api_key_file,
+        &settings.intellia.api_key_env,
+    ) {
+        (Some(p), _) => (
+            "intellia.api_key_file".to_owned(),
+            SecretSource::File(p.clone()),
+        ),
+        (None, Some(n)) => (
+            "intellia.api_key_env".to_owned(),
+            SecretSource::Env(n.clone()),
+        ),
         (None, None) => return Err("config key `intellia.api_key_file`: missing".into()),
     };
     let mut sources = vec![key_source];
     if let Some(b) = &settings.backend {
-        sources.push(("backend.secret_file".to_owned(), SecretSource::File(b.secret_file.clone())));
+        sources.push((
+            "backend.secret_file".to_owned(),
+            SecretSource::File(b.secret_file.clone()),
+        ));
     }
     for (n, jwt) in settings.session.jwt.iter().enumerate() {
         if let Some(p) = &jwt.hs256_secret_file {
@@ -178,7 +194,11 @@ fn read_key_file(path: &PathBuf) -> Result<KeyPolicy, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("--api-key-file {}: {}", path.display(), e.kind()))?;
     let mut keys = HashMap::new();
-    for line in text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')) {
+    for line in text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+    {
         match line.strip_suffix("!assume_role") {
             Some(key) => keys.insert(key.trim().to_owned(), false),
             None => keys.insert(line.to_owned(), true),

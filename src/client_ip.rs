@@ -7,7 +7,11 @@ use std::net::{IpAddr, SocketAddr};
 
 use ipnet::IpNet;
 
-pub fn client_ip(peer: Option<SocketAddr>, forwarded_for: Option<&str>, trusted: &[IpNet]) -> Option<IpAddr> {
+pub fn client_ip(
+    peer: Option<SocketAddr>,
+    forwarded_for: Option<&str>,
+    trusted: &[IpNet],
+) -> Option<IpAddr> {
     let peer_ip = peer.map(|p| canonical(p.ip()))?;
     let is_trusted = |ip: &IpAddr| trusted.iter().any(|net| net.contains(ip));
     if !is_trusted(&peer_ip) {
@@ -56,7 +60,10 @@ mod tests {
 
     #[test]
     fn untrusted_peer_header_is_ignored() {
-        assert_eq!(client_ip(peer("203.0.113.9"), Some("1.2.3.4"), &[]), ip("203.0.113.9"));
+        assert_eq!(
+            client_ip(peer("203.0.113.9"), Some("1.2.3.4"), &[]),
+            ip("203.0.113.9")
+        );
         assert_eq!(
             client_ip(peer("203.0.113.9"), Some("1.2.3.4"), &nets(&["10.0.0.0/8"])),
             ip("203.0.113.9")
@@ -68,7 +75,11 @@ mod tests {
         let trusted = nets(&["10.0.0.0/8"]);
         // The client forged "6.6.6.6"; the proxy appended the real peer 198.51.100.7.
         assert_eq!(
-            client_ip(peer("10.0.0.5"), Some("6.6.6.6, 198.51.100.7, 10.0.0.3"), &trusted),
+            client_ip(
+                peer("10.0.0.5"),
+                Some("6.6.6.6, 198.51.100.7, 10.0.0.3"),
+                &trusted
+            ),
             ip("198.51.100.7")
         );
     }
@@ -84,6 +95,9 @@ mod tests {
 
     #[test]
     fn mapped_ipv4_is_canonical() {
-        assert_eq!(client_ip(peer("::ffff:192.0.2.1"), None, &[]), ip("192.0.2.1"));
+        assert_eq!(
+            client_ip(peer("::ffff:192.0.2.1"), None, &[]),
+            ip("192.0.2.1")
+        );
     }
 }

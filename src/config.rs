@@ -291,14 +291,15 @@ impl Settings {
         let text = std::fs::read_to_string(path).map_err(|e| {
             let reason = match e.kind() {
                 std::io::ErrorKind::NotFound => "does not exist".to_owned(),
-                std::io::ErrorKind::PermissionDenied => "is not readable (permission denied)".to_owned(),
+                std::io::ErrorKind::PermissionDenied => {
+                    "is not readable (permission denied)".to_owned()
+                }
                 kind => format!("cannot be read ({kind})"),
             };
             ConfigError(format!("config file {}: {reason}", path.display()))
         })?;
-        Self::from_toml_with_env(&text, env).map_err(|e| {
-            ConfigError(format!("{}: {}", path.display(), e.0))
-        })
+        Self::from_toml_with_env(&text, env)
+            .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
     }
 
     /// Parses TOML text plus overrides. Used by tests and `dev`.
@@ -360,7 +361,9 @@ impl Settings {
         if s.workers > 256 {
             return Err(ConfigError::key("server.workers", "must be at most 256"));
         }
-        if s.admin_listen.is_some_and(|a| a == s.listen && a.port() != 0) {
+        if s.admin_listen
+            .is_some_and(|a| a == s.listen && a.port() != 0)
+        {
             return Err(ConfigError::key(
                 "server.admin_listen",
                 "must differ from server.listen: metrics never share the public listener",
@@ -370,7 +373,10 @@ impl Settings {
         let i = &self.intellia;
         validate_http_url("intellia.base_url", &i.base_url)?;
         if i.organization_id.trim().is_empty() {
-            return Err(ConfigError::key("intellia.organization_id", "must not be empty"));
+            return Err(ConfigError::key(
+                "intellia.organization_id",
+                "must not be empty",
+            ));
         }
         if i.organization_id.len() > 128
             || !i
@@ -397,7 +403,10 @@ impl Settings {
                 ));
             }
             (None, Some(name)) if name.trim().is_empty() => {
-                return Err(ConfigError::key("intellia.api_key_env", "must name a variable"));
+                return Err(ConfigError::key(
+                    "intellia.api_key_env",
+                    "must name a variable",
+                ));
             }
             _ => {}
         }
@@ -408,7 +417,10 @@ impl Settings {
             ));
         }
         if i.max_retries > 10 {
-            return Err(ConfigError::key("intellia.max_retries", "must be at most 10"));
+            return Err(ConfigError::key(
+                "intellia.max_retries",
+                "must be at most 10",
+            ));
         }
 
         for (n, origin) in self.cors.allowed_origins.iter().enumerate() {
@@ -417,7 +429,10 @@ impl Settings {
             })?;
         }
         if self.cors.max_age_secs > 86_400 {
-            return Err(ConfigError::key("cors.max_age_secs", "must be at most 86400"));
+            return Err(ConfigError::key(
+                "cors.max_age_secs",
+                "must be at most 86400",
+            ));
         }
 
         let mut issuers = std::collections::HashSet::new();
@@ -446,19 +461,31 @@ impl Settings {
         ] {
             if let Some(l) = limit {
                 if l.per_minute == 0 {
-                    return Err(ConfigError::key(&format!("{name}.per_minute"), "must be at least 1"));
+                    return Err(ConfigError::key(
+                        &format!("{name}.per_minute"),
+                        "must be at least 1",
+                    ));
                 }
                 if l.burst == 0 {
-                    return Err(ConfigError::key(&format!("{name}.burst"), "must be at least 1"));
+                    return Err(ConfigError::key(
+                        &format!("{name}.burst"),
+                        "must be at least 1",
+                    ));
                 }
             }
         }
         if let Some(l) = self.rate_limit.upstream {
             if l.per_second == 0 {
-                return Err(ConfigError::key("rate_limit.upstream.per_second", "must be at least 1"));
+                return Err(ConfigError::key(
+                    "rate_limit.upstream.per_second",
+                    "must be at least 1",
+                ));
             }
             if l.burst == 0 {
-                return Err(ConfigError::key("rate_limit.upstream.burst", "must be at least 1"));
+                return Err(ConfigError::key(
+                    "rate_limit.upstream.burst",
+                    "must be at least 1",
+                ));
             }
         }
 
@@ -503,10 +530,16 @@ impl Settings {
 impl JwtIssuerSettings {
     fn validate(&self, at: &str) -> Result<(), ConfigError> {
         if self.issuer.trim().is_empty() {
-            return Err(ConfigError::key(&format!("{at}.issuer"), "must not be empty"));
+            return Err(ConfigError::key(
+                &format!("{at}.issuer"),
+                "must not be empty",
+            ));
         }
         if self.audience.trim().is_empty() {
-            return Err(ConfigError::key(&format!("{at}.audience"), "must not be empty"));
+            return Err(ConfigError::key(
+                &format!("{at}.audience"),
+                "must not be empty",
+            ));
         }
         let sources = usize::from(self.jwks_url.is_some())
             + usize::from(self.discovery)
@@ -535,7 +568,9 @@ impl JwtIssuerSettings {
             if !symmetric && !asymmetric {
                 return Err(ConfigError::key(
                     &format!("{at}.algorithms"),
-                    format!("`{alg}` is not accepted; use HS256 or one of {ASYMMETRIC_ALGORITHMS:?}"),
+                    format!(
+                        "`{alg}` is not accepted; use HS256 or one of {ASYMMETRIC_ALGORITHMS:?}"
+                    ),
                 ));
             }
             // Mixing families per issuer is how algorithm confusion happens: a public key used as
@@ -566,11 +601,17 @@ impl JwtIssuerSettings {
             ("name_claim", &self.name_claim),
         ] {
             if value.is_empty() {
-                return Err(ConfigError::key(&format!("{at}.{key}"), "must not be empty"));
+                return Err(ConfigError::key(
+                    &format!("{at}.{key}"),
+                    "must not be empty",
+                ));
             }
         }
         if self.leeway_secs > 300 {
-            return Err(ConfigError::key(&format!("{at}.leeway_secs"), "must be at most 300"));
+            return Err(ConfigError::key(
+                &format!("{at}.leeway_secs"),
+                "must be at most 300",
+            ));
         }
         if self.user_id_prefix.len() > 64 || self.user_id_prefix.chars().any(char::is_control) {
             return Err(ConfigError::key(
@@ -586,7 +627,10 @@ fn validate_http_url(key: &str, value: &str) -> Result<(), ConfigError> {
     let url = reqwest::Url::parse(value)
         .map_err(|e| ConfigError::key(key, format!("not a valid URL ({e})")))?;
     if !matches!(url.scheme(), "http" | "https") || url.host_str().is_none() {
-        return Err(ConfigError::key(key, "must be an http:// or https:// URL with a host"));
+        return Err(ConfigError::key(
+            key,
+            "must be an http:// or https:// URL with a host",
+        ));
     }
     if !url.username().is_empty() || url.password().is_some() {
         return Err(ConfigError::key(
@@ -650,7 +694,8 @@ api_key_file = "/tmp/key"
 
     #[test]
     fn unknown_key_is_named() {
-        let err = parse(&format!("{MINIMAL}\n[cache]\nenabeld = true\n")).expect_err("typo rejected");
+        let err =
+            parse(&format!("{MINIMAL}\n[cache]\nenabeld = true\n")).expect_err("typo rejected");
         assert!(err.0.contains("enabeld"), "{}", err.0);
         assert!(!err.0.contains('\n'));
     }
@@ -664,7 +709,10 @@ api_key_file = "/tmp/key"
         let s = Settings::from_toml_with_env(MINIMAL, env).expect("override applies");
         assert_eq!(s.intellia.organization_id, "org-999");
 
-        let env = vec![("BROKER__INTELLIA__ORGANISATION_ID".to_owned(), "x".to_owned())];
+        let env = vec![(
+            "BROKER__INTELLIA__ORGANISATION_ID".to_owned(),
+            "x".to_owned(),
+        )];
         let err = Settings::from_toml_with_env(MINIMAL, env).expect_err("typo in env rejected");
         assert!(err.0.contains("organisation_id"), "{}", err.0);
     }

@@ -47,7 +47,10 @@ impl OriginPattern {
         }
         let (host, port) = match rest.rsplit_once(':') {
             Some((h, p)) if !h.contains(']') || h.ends_with(']') => {
-                if p.is_empty() || !p.bytes().all(|b| b.is_ascii_digit()) || p.parse::<u16>().is_err() {
+                if p.is_empty()
+                    || !p.bytes().all(|b| b.is_ascii_digit())
+                    || p.parse::<u16>().is_err()
+                {
                     return Err(format!("`{text}` has an invalid port"));
                 }
                 (h, p)
@@ -209,7 +212,9 @@ impl CorsPolicy {
         headers.append(header::VARY, HeaderValue::from_static("Origin"));
         headers.append(
             header::VARY,
-            HeaderValue::from_static("Access-Control-Request-Method, Access-Control-Request-Headers"),
+            HeaderValue::from_static(
+                "Access-Control-Request-Method, Access-Control-Request-Headers",
+            ),
         );
         let origin = req.headers().get(header::ORIGIN);
         let trust = self.classify(origin.and_then(|o| o.to_str().ok()));
@@ -292,10 +297,22 @@ mod tests {
     #[test]
     fn exact_origins_match_exactly() {
         let p = policy(&["https://www.example.com"]);
-        assert_eq!(p.classify(Some("https://www.example.com")), OriginTrust::Exact);
-        assert_eq!(p.classify(Some("http://www.example.com")), OriginTrust::Denied);
-        assert_eq!(p.classify(Some("https://www.example.com.evil.io")), OriginTrust::Denied);
-        assert_eq!(p.classify(Some("https://www.example.com:8443")), OriginTrust::Denied);
+        assert_eq!(
+            p.classify(Some("https://www.example.com")),
+            OriginTrust::Exact
+        );
+        assert_eq!(
+            p.classify(Some("http://www.example.com")),
+            OriginTrust::Denied
+        );
+        assert_eq!(
+            p.classify(Some("https://www.example.com.evil.io")),
+            OriginTrust::Denied
+        );
+        assert_eq!(
+            p.classify(Some("https://www.example.com:8443")),
+            OriginTrust::Denied
+        );
         assert_eq!(p.classify(Some("null")), OriginTrust::Denied);
         assert_eq!(p.classify(None), OriginTrust::Absent);
     }
@@ -303,15 +320,39 @@ mod tests {
     #[test]
     fn wildcard_matches_subdomains_only() {
         let p = policy(&["https://*.example.com"]);
-        assert_eq!(p.classify(Some("https://a.example.com")), OriginTrust::Pattern);
-        assert_eq!(p.classify(Some("https://a.b.example.com")), OriginTrust::Pattern);
+        assert_eq!(
+            p.classify(Some("https://a.example.com")),
+            OriginTrust::Pattern
+        );
+        assert_eq!(
+            p.classify(Some("https://a.b.example.com")),
+            OriginTrust::Pattern
+        );
         assert_eq!(p.classify(Some("https://example.com")), OriginTrust::Denied);
-        assert_eq!(p.classify(Some("https://evilexample.com")), OriginTrust::Denied);
-        assert_eq!(p.classify(Some("https://a.example.com.evil.io")), OriginTrust::Denied);
-        assert_eq!(p.classify(Some("http://a.example.com")), OriginTrust::Denied);
-        assert_eq!(p.classify(Some("https://a.example.com:444")), OriginTrust::Denied);
-        assert_eq!(p.classify(Some("https://a_b.example.com")), OriginTrust::Denied);
-        assert_eq!(p.classify(Some("https://.example.com")), OriginTrust::Denied);
+        assert_eq!(
+            p.classify(Some("https://evilexample.com")),
+            OriginTrust::Denied
+        );
+        assert_eq!(
+            p.classify(Some("https://a.example.com.evil.io")),
+            OriginTrust::Denied
+        );
+        assert_eq!(
+            p.classify(Some("http://a.example.com")),
+            OriginTrust::Denied
+        );
+        assert_eq!(
+            p.classify(Some("https://a.example.com:444")),
+            OriginTrust::Denied
+        );
+        assert_eq!(
+            p.classify(Some("https://a_b.example.com")),
+            OriginTrust::Denied
+        );
+        assert_eq!(
+            p.classify(Some("https://.example.com")),
+            OriginTrust::Denied
+        );
     }
 
     #[test]
@@ -330,7 +371,10 @@ mod tests {
             "https://user@example.com",
             "https://example.com:99999",
         ] {
-            assert!(OriginPattern::parse(bad).is_err(), "{bad} should be rejected");
+            assert!(
+                OriginPattern::parse(bad).is_err(),
+                "{bad} should be rejected"
+            );
         }
         for good in [
             "https://www.example.com",
@@ -339,7 +383,10 @@ mod tests {
             "https://*.example.com",
             "http://[::1]:8080",
         ] {
-            assert!(OriginPattern::parse(good).is_ok(), "{good} should be accepted");
+            assert!(
+                OriginPattern::parse(good).is_ok(),
+                "{good} should be accepted"
+            );
         }
     }
 }

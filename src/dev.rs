@@ -61,7 +61,13 @@ impl DevIssuer {
         (DevIssuer { key }, secret)
     }
 
-    pub fn mint(&self, user_id: &str, email: &str, name: &str, ttl: Duration) -> Result<String, jsonwebtoken::errors::Error> {
+    pub fn mint(
+        &self,
+        user_id: &str,
+        email: &str,
+        name: &str,
+        ttl: Duration,
+    ) -> Result<String, jsonwebtoken::errors::Error> {
         let now = jsonwebtoken::get_current_timestamp();
         let claims = DevClaims {
             iss: DEV_ISSUER,
@@ -168,13 +174,22 @@ pub async fn run(listen: SocketAddr) -> Result<(), String> {
         addr
     };
     let token = issuer
-        .mint("dev-user", "dev.user@example.com", "Dev User", Duration::from_secs(12 * 60 * 60))
+        .mint(
+            "dev-user",
+            "dev.user@example.com",
+            "Dev User",
+            Duration::from_secs(12 * 60 * 60),
+        )
         .map_err(|e| format!("cannot mint a dev session: {e}"))?;
     println!();
-    println!("  intellia-token-broker dev mode (simulated Intellia at {sim_url}, nothing real is called)");
+    println!(
+        "  intellia-token-broker dev mode (simulated Intellia at {sim_url}, nothing real is called)"
+    );
     println!();
     println!("  Demo page:   http://{shown}/dev/");
-    println!("  Get a token: curl -s -X POST http://{shown}/v1/token -H 'Authorization: Bearer {token}'");
+    println!(
+        "  Get a token: curl -s -X POST http://{shown}/v1/token -H 'Authorization: Bearer {token}'"
+    );
     println!();
     println!("  The dev session above is valid for 12 hours. Press Ctrl-C to stop.");
     println!();
@@ -223,7 +238,10 @@ mod tests {
     #[test]
     fn dev_settings_are_valid() {
         let s = dev_settings("127.0.0.1:8080".parse().unwrap(), "http://127.0.0.1:9999").unwrap();
-        assert_eq!(s.cors.allowed_origins, vec!["http://127.0.0.1:8080", "http://localhost:8080"]);
+        assert_eq!(
+            s.cors.allowed_origins,
+            vec!["http://127.0.0.1:8080", "http://localhost:8080"]
+        );
         assert_eq!(s.intellia.base_url, "http://127.0.0.1:9999");
     }
 }

@@ -98,8 +98,9 @@ impl BrokerError {
             BrokerError::UpstreamRejected { .. } | BrokerError::UpstreamInvalid => {
                 "upstream_rejected"
             }
-            BrokerError::UpstreamUnavailable { .. }
-            | BrokerError::SessionProviderUnavailable => "upstream_unavailable",
+            BrokerError::UpstreamUnavailable { .. } | BrokerError::SessionProviderUnavailable => {
+                "upstream_unavailable"
+            }
             BrokerError::UpstreamTimeout => "upstream_timeout",
             BrokerError::NotFound => "not_found",
             BrokerError::MethodNotAllowed => "method_not_allowed",
@@ -136,8 +137,9 @@ impl ResponseError for BrokerError {
             BrokerError::UpstreamRejected { .. } | BrokerError::UpstreamInvalid => {
                 StatusCode::BAD_GATEWAY
             }
-            BrokerError::UpstreamUnavailable { .. }
-            | BrokerError::SessionProviderUnavailable => StatusCode::SERVICE_UNAVAILABLE,
+            BrokerError::UpstreamUnavailable { .. } | BrokerError::SessionProviderUnavailable => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
             BrokerError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             BrokerError::NotFound => StatusCode::NOT_FOUND,
             BrokerError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
@@ -219,7 +221,9 @@ mod tests {
                 .is_some_and(|v| v.as_bytes().starts_with(b"Bearer"))
         );
         assert_eq!(
-            resp.headers().get(header::CONTENT_TYPE).map(|v| v.as_bytes()),
+            resp.headers()
+                .get(header::CONTENT_TYPE)
+                .map(|v| v.as_bytes()),
             Some(PROBLEM_JSON.as_bytes())
         );
     }

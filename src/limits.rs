@@ -43,7 +43,10 @@ impl RateLimitHeaders {
         ));
         response.insert_header((
             "RateLimit",
-            format!("\"{}\";r={};t={}", self.name, self.remaining, self.reset_secs),
+            format!(
+                "\"{}\";r={};t={}",
+                self.name, self.remaining, self.reset_secs
+            ),
         ));
     }
 
@@ -51,8 +54,9 @@ impl RateLimitHeaders {
     /// then the longest wait to refill.
     pub fn tightest(a: Option<Self>, b: Self) -> Self {
         match a {
-            Some(a) if (a.remaining, std::cmp::Reverse(a.reset_secs))
-                <= (b.remaining, std::cmp::Reverse(b.reset_secs)) =>
+            Some(a)
+                if (a.remaining, std::cmp::Reverse(a.reset_secs))
+                    <= (b.remaining, std::cmp::Reverse(b.reset_secs)) =>
             {
                 a
             }
@@ -63,8 +67,7 @@ impl RateLimitHeaders {
 
 type KeyedLimiter<K> =
     RateLimiter<K, DashMapStateStore<K>, DefaultClock, StateInformationMiddleware>;
-type DirectLimiter =
-    RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
+type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInformationMiddleware>;
 
 struct Shape {
     name: &'static str,
@@ -182,15 +185,21 @@ impl Limits {
                 .upstream
                 .and_then(|l| Shape::new("upstream", 1, l.per_second, l.burst))
                 .map(|shape| {
-                    let limiter: DirectLimiter =
-                        RateLimiter::new(shape.quota, InMemoryState::default(), DefaultClock::default());
+                    let limiter: DirectLimiter = RateLimiter::new(
+                        shape.quota,
+                        InMemoryState::default(),
+                        DefaultClock::default(),
+                    );
                     (shape, limiter)
                 }),
         }
     }
 
     /// `Ok(None)` when no such limit is configured.
-    pub fn check_user(&self, user_id: &String) -> Result<Option<RateLimitHeaders>, RateLimitHeaders> {
+    pub fn check_user(
+        &self,
+        user_id: &String,
+    ) -> Result<Option<RateLimitHeaders>, RateLimitHeaders> {
         self.per_user.as_ref().map(|l| l.check(user_id)).transpose()
     }
 
@@ -264,7 +273,10 @@ mod tests {
         let l = limits(10, 5);
         let user = "alice".to_owned();
         for n in 0..5u32 {
-            let h = l.check_user(&user).expect("within burst").expect("configured");
+            let h = l
+                .check_user(&user)
+                .expect("within burst")
+                .expect("configured");
             assert_eq!(h.remaining, 4 - n);
             assert_eq!(h.quota, 5);
             assert_eq!(h.window, 60);
@@ -336,7 +348,13 @@ mod tests {
         let mut b = actix_web::HttpResponse::Ok();
         h.apply(&mut b);
         let resp = b.finish();
-        assert_eq!(resp.headers().get("RateLimit-Policy").unwrap(), "\"user\";q=5;w=60");
-        assert_eq!(resp.headers().get("RateLimit").unwrap(), "\"user\";r=0;t=12");
+        assert_eq!(
+            resp.headers().get("RateLimit-Policy").unwrap(),
+            "\"user\";q=5;w=60"
+        );
+        assert_eq!(
+            resp.headers().get("RateLimit").unwrap(),
+            "\"user\";r=0;t=12"
+        );
     }
 }

@@ -93,8 +93,9 @@ impl Metrics {
             "Attempts to call Intellia by status class",
             upstream_requests.clone(),
         );
-        let upstream_duration =
-            Family::<StatusClassLabels, Histogram>::new_with_constructor(latency_histogram as fn() -> Histogram);
+        let upstream_duration = Family::<StatusClassLabels, Histogram>::new_with_constructor(
+            latency_histogram as fn() -> Histogram,
+        );
         registry.register(
             "upstream_duration_seconds",
             "Latency of attempts to call Intellia",
@@ -201,7 +202,9 @@ mod tests {
         let m = Metrics::new();
         m.count_request("/v1/token", "ok");
         m.observe_upstream("2xx", Duration::from_millis(12));
-        m.cache_requests.get_or_create(&ResultLabels { result: "hit" }).inc();
+        m.cache_requests
+            .get_or_create(&ResultLabels { result: "hit" })
+            .inc();
         let text = m.encode();
         for series in [
             "broker_requests_total{route=\"/v1/token\",code=\"ok\"} 1",

@@ -69,7 +69,9 @@ async fn read_body(
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| BrokerError::InvalidRequest("the request body could not be read".into()))?;
+        let chunk = chunk.map_err(|_| {
+            BrokerError::InvalidRequest("the request body could not be read".into())
+        })?;
         if body.len() + chunk.len() > limit {
             return Err(BrokerError::PayloadTooLarge { limit });
         }
@@ -200,7 +202,9 @@ pub async fn backend_token(
     // Comparing digests keeps the comparison constant-time in the secret's length as well.
     let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
     if !bool::from(presented.ct_eq(&secret.fingerprint())) {
-        return Err(BrokerError::Unauthenticated(AuthFailure::WrongBackendSecret));
+        return Err(BrokerError::Unauthenticated(
+            AuthFailure::WrongBackendSecret,
+        ));
     }
 
     let is_json = req
@@ -237,7 +241,9 @@ pub async fn backend_token(
 fn json_error(e: &serde_json::Error) -> String {
     use serde_json::error::Category;
     match e.classify() {
-        Category::Syntax | Category::Eof => format!("malformed JSON at line {} column {}", e.line(), e.column()),
+        Category::Syntax | Category::Eof => {
+            format!("malformed JSON at line {} column {}", e.line(), e.column())
+        }
         Category::Data | Category::Io => {
             let text = e.to_string();
             if text.len() > 200 {
@@ -360,10 +366,14 @@ async fn issue(
 }
 
 /// `OPTIONS` on a CORS route: the preflight answer.
-pub fn preflight(methods: &'static str) -> impl Fn(HttpRequest, web::Data<AppState>) -> std::future::Ready<HttpResponse> + Clone {
+pub fn preflight(
+    methods: &'static str,
+) -> impl Fn(HttpRequest, web::Data<AppState>) -> std::future::Ready<HttpResponse> + Clone {
     move |req: HttpRequest, state: web::Data<AppState>| {
         let mut response = HttpResponse::NoContent().finish();
-        state.cors.apply_preflight(&req, methods, response.headers_mut());
+        state
+            .cors
+            .apply_preflight(&req, methods, response.headers_mut());
         std::future::ready(response)
     }
 }
@@ -437,7 +447,10 @@ impl StaticAsset {
             .headers()
             .get(header::IF_NONE_MATCH)
             .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.split(',').any(|t| t.trim() == self.etag || t.trim() == "*"));
+            .is_some_and(|v| {
+                v.split(',')
+                    .any(|t| t.trim() == self.etag || t.trim() == "*")
+            });
         let mut response = if not_modified {
             HttpResponse::NotModified()
         } else {
@@ -467,7 +480,10 @@ pub async fn client_js(req: HttpRequest, state: web::Data<AppState>) -> HttpResp
 }
 
 pub async fn client_global_js(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
-    state.assets.client_global.respond(&req, "public, max-age=300")
+    state
+        .assets
+        .client_global
+        .respond(&req, "public, max-age=300")
 }
 
 /// The OpenAPI document of the public routes.
@@ -505,7 +521,17 @@ mod tests {
         for good in ["a@b.co", "john.doe+chat@example.com", "ü@exämple.de"] {
             assert!(plausible_email(good), "{good}");
         }
-        for bad in ["", "a", "a@b", "@b.com", "a@.com", "a@b.com.", "a b@c.com", "a@b..com", "a\n@b.com"] {
+        for bad in [
+            "",
+            "a",
+            "a@b",
+            "@b.com",
+            "a@.com",
+            "a@b.com.",
+            "a b@c.com",
+            "a@b..com",
+            "a\n@b.com",
+        ] {
             assert!(!plausible_email(bad), "{bad}");
         }
         assert!(!plausible_email(&format!("{}@example.com", "a".repeat(65))));

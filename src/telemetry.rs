@@ -143,7 +143,10 @@ impl RootSpanBuilder for BrokerRootSpan {
     fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
         let Ok(response) = outcome else {
             let _entered = span.enter();
-            tracing::error!(code = "internal_error", "request failed before a response was built");
+            tracing::error!(
+                code = "internal_error",
+                "request failed before a response was built"
+            );
             return;
         };
         let status = response.status();
@@ -151,7 +154,16 @@ impl RootSpanBuilder for BrokerRootSpan {
             .response()
             .extensions()
             .get::<OutcomeCode>()
-            .map_or_else(|| if status.is_success() || status.is_redirection() { "ok" } else { "error" }, |c| c.0);
+            .map_or_else(
+                || {
+                    if status.is_success() || status.is_redirection() {
+                        "ok"
+                    } else {
+                        "error"
+                    }
+                },
+                |c| c.0,
+            );
         let request = response.request();
         let latency_ms = request
             .extensions()
@@ -180,10 +192,16 @@ mod tests {
             acceptable_request_id(&HeaderValue::from_static("abc-123_x.y:z")),
             Some("abc-123_x.y:z")
         );
-        assert_eq!(acceptable_request_id(&HeaderValue::from_static("has space")), None);
+        assert_eq!(
+            acceptable_request_id(&HeaderValue::from_static("has space")),
+            None
+        );
         assert_eq!(acceptable_request_id(&HeaderValue::from_static("")), None);
         let long = "a".repeat(129);
-        assert_eq!(acceptable_request_id(&HeaderValue::from_str(&long).unwrap()), None);
+        assert_eq!(
+            acceptable_request_id(&HeaderValue::from_str(&long).unwrap()),
+            None
+        );
     }
 
     #[test]

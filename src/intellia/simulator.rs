@@ -226,7 +226,9 @@ async fn assume_role(
                 resp.insert_header((header::RETRY_AFTER, secs));
             }
             // A realistic upstream error body, which the broker must never pass on.
-            return resp.json(json!({"error": "simulated failure", "detail": "internal trace id sim-5f3a"}));
+            return resp.json(
+                json!({"error": "simulated failure", "detail": "internal trace id sim-5f3a"}),
+            );
         }
     }
 

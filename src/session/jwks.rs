@@ -73,7 +73,9 @@ struct KeySet {
 pub enum JwksSource {
     Url(String),
     /// `{issuer}/.well-known/openid-configuration`, whose `issuer` must match exactly.
-    Discovery { issuer: String },
+    Discovery {
+        issuer: String,
+    },
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -211,8 +213,8 @@ impl JwksCache {
                     Err(p) => *p.into_inner() = Arc::new(set),
                 }
                 self.loaded.store(true, Ordering::Release);
-                *lock(&self.next_refresh) = max_age
-                    .map_or(DEFAULT_REFRESH, |a| a.clamp(MIN_REFRESH, MAX_REFRESH));
+                *lock(&self.next_refresh) =
+                    max_age.map_or(DEFAULT_REFRESH, |a| a.clamp(MIN_REFRESH, MAX_REFRESH));
                 tracing::info!(issuer = self.issuer_index, keys = count, "JWKS loaded");
                 Ok(())
             }
@@ -243,7 +245,9 @@ impl JwksCache {
                     }
                     set.all.push(key);
                 }
-                Err(reason) => tracing::debug!(issuer = self.issuer_index, reason, "JWKS key skipped"),
+                Err(reason) => {
+                    tracing::debug!(issuer = self.issuer_index, reason, "JWKS key skipped")
+                }
             }
         }
         if set.all.is_empty() {
@@ -269,7 +273,10 @@ impl JwksCache {
         if doc.issuer != issuer {
             return Err(FetchError::Invalid {
                 what: "discovery document",
-                reason: format!("its issuer `{}` differs from the configured one", doc.issuer),
+                reason: format!(
+                    "its issuer `{}` differs from the configured one",
+                    doc.issuer
+                ),
             });
         }
         Ok(doc.jwks_uri)
@@ -306,10 +313,14 @@ impl JwksCache {
             .and_then(|v| v.to_str().ok())
             .and_then(parse_max_age);
         let mut body = Vec::new();
-        while let Some(chunk) = response.chunk().await.map_err(|_| FetchError::Unreachable {
-            what,
-            reason: "connection broke".to_owned(),
-        })? {
+        while let Some(chunk) = response
+            .chunk()
+            .await
+            .map_err(|_| FetchError::Unreachable {
+                what,
+                reason: "connection broke".to_owned(),
+            })?
+        {
             if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
                 return Err(FetchError::Invalid {
                     what,
@@ -379,7 +390,9 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, &'static str> {
             EllipticCurve::P384 => Family::P384,
             _ => return Err("unsupported curve"),
         },
-        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => Family::Ed25519,
+        AlgorithmParameters::OctetKeyPair(p) if p.curve == EllipticCurve::Ed25519 => {
+            Family::Ed25519
+        }
         // Symmetric keys never come from a JWKS we trust: they would turn into HMAC secrets.
         _ => return Err("unsupported key type"),
     };

@@ -169,7 +169,9 @@ fn validation_for(settings: &JwtIssuerSettings, alg: Algorithm) -> Validation {
 }
 
 fn hmac_key(secret: &SecretCell) -> Arc<DecodingKey> {
-    Arc::new(DecodingKey::from_secret(secret.get().expose_secret().as_bytes()))
+    Arc::new(DecodingKey::from_secret(
+        secret.get().expose_secret().as_bytes(),
+    ))
 }
 
 impl SessionVerifier {
@@ -320,13 +322,15 @@ impl SessionVerifier {
         else {
             return Err(BrokerError::Unauthenticated(AuthFailure::Malformed));
         };
-        let header: PeekHeader = decode_segment(header_b64).map_err(BrokerError::Unauthenticated)?;
+        let header: PeekHeader =
+            decode_segment(header_b64).map_err(BrokerError::Unauthenticated)?;
         if header.crit.is_some() {
             // We understand no extension, so a token that demands one must be refused (RFC 7515 §4.1.11).
             return Err(BrokerError::Unauthenticated(AuthFailure::Malformed));
         }
-        let alg = parse_algorithm(&header.alg)
-            .ok_or(BrokerError::Unauthenticated(AuthFailure::UnsupportedAlgorithm))?;
+        let alg = parse_algorithm(&header.alg).ok_or(BrokerError::Unauthenticated(
+            AuthFailure::UnsupportedAlgorithm,
+        ))?;
         let peek: PeekClaims = decode_segment(payload_b64).map_err(BrokerError::Unauthenticated)?;
         let index = peek
             .iss
@@ -335,9 +339,9 @@ impl SessionVerifier {
             .copied()
             .ok_or(BrokerError::Unauthenticated(AuthFailure::UntrustedIssuer))?;
         let issuer = &self.issuers[index];
-        let policy = issuer
-            .policy(alg)
-            .ok_or(BrokerError::Unauthenticated(AuthFailure::UnsupportedAlgorithm))?;
+        let policy = issuer.policy(alg).ok_or(BrokerError::Unauthenticated(
+            AuthFailure::UnsupportedAlgorithm,
+        ))?;
 
         let claims = match &issuer.keys {
             IssuerKeys::Hmac { key, .. } => {
@@ -426,7 +430,9 @@ fn identity_from_claims(
     let text_claim = |name: &str, max: usize| {
         claim(claims, name)
             .and_then(serde_json::Value::as_str)
-            .filter(|v| !v.is_empty() && v.chars().count() <= max && !v.chars().any(char::is_control))
+            .filter(|v| {
+                !v.is_empty() && v.chars().count() <= max && !v.chars().any(char::is_control)
+            })
             .map(str::to_owned)
     };
     Ok(Identity {

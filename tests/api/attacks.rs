@@ -104,23 +104,55 @@ async fn time_claims_are_enforced_with_leeway() {
     let mut within = claims("alice");
     within["exp"] = json!(now() - 2);
     within["nbf"] = json!(now() + 2);
-    assert_eq!(app.token(&hs256(&within)).await.status(), 200, "within the 5 s leeway");
+    assert_eq!(
+        app.token(&hs256(&within)).await.status(),
+        200,
+        "within the 5 s leeway"
+    );
 }
 
 #[tokio::test]
 async fn issuer_audience_and_subject_are_enforced() {
     let app = spawn_app(TestConfig::default()).await;
-    let cases: Vec<(&str, Box<dyn Fn(&mut Value)>)> = vec![
-        ("wrong iss", Box::new(|c| c["iss"] = json!("https://evil.test"))),
-        ("missing iss", Box::new(|c| { c.as_object_mut().unwrap().remove("iss"); })),
+    type Mutation = Box<dyn Fn(&mut Value)>;
+    let cases: Vec<(&str, Mutation)> = vec![
+        (
+            "wrong iss",
+            Box::new(|c| c["iss"] = json!("https://evil.test")),
+        ),
+        (
+            "missing iss",
+            Box::new(|c| {
+                c.as_object_mut().unwrap().remove("iss");
+            }),
+        ),
         ("wrong aud", Box::new(|c| c["aud"] = json!("another-app"))),
-        ("aud array without ours", Box::new(|c| c["aud"] = json!(["a", "b"]))),
-        ("missing aud", Box::new(|c| { c.as_object_mut().unwrap().remove("aud"); })),
-        ("missing sub", Box::new(|c| { c.as_object_mut().unwrap().remove("sub"); })),
+        (
+            "aud array without ours",
+            Box::new(|c| c["aud"] = json!(["a", "b"])),
+        ),
+        (
+            "missing aud",
+            Box::new(|c| {
+                c.as_object_mut().unwrap().remove("aud");
+            }),
+        ),
+        (
+            "missing sub",
+            Box::new(|c| {
+                c.as_object_mut().unwrap().remove("sub");
+            }),
+        ),
         ("empty sub", Box::new(|c| c["sub"] = json!(""))),
         ("numeric sub", Box::new(|c| c["sub"] = json!(42))),
-        ("control characters in sub", Box::new(|c| c["sub"] = json!("a\u{0}b"))),
-        ("overlong sub", Box::new(|c| c["sub"] = json!("x".repeat(300)))),
+        (
+            "control characters in sub",
+            Box::new(|c| c["sub"] = json!("a\u{0}b")),
+        ),
+        (
+            "overlong sub",
+            Box::new(|c| c["sub"] = json!("x".repeat(300))),
+        ),
     ];
     for (name, mutate) in cases {
         let mut c = claims("alice");
@@ -130,7 +162,11 @@ async fn issuer_audience_and_subject_are_enforced() {
     assert_eq!(app.sim.calls(), 0);
     let mut array = claims("alice");
     array["aud"] = json!(["other", AUDIENCE]);
-    assert_eq!(app.token(&hs256(&array)).await.status(), 200, "aud array containing ours");
+    assert_eq!(
+        app.token(&hs256(&array)).await.status(),
+        200,
+        "aud array containing ours"
+    );
 }
 
 #[tokio::test]
@@ -145,15 +181,32 @@ async fn tampering_and_malformed_tokens_are_refused() {
     refused(&app, &tampered, "payload swapped").await;
     let mut sig = b64.decode(parts[2]).unwrap();
     sig[0] ^= 1;
-    refused(&app, &format!("{}.{}.{}", parts[0], parts[1], b64.encode(sig)), "signature bit flip").await;
+    refused(
+        &app,
+        &format!("{}.{}.{}", parts[0], parts[1], b64.encode(sig)),
+        "signature bit flip",
+    )
+    .await;
 
-    for junk in ["abc", "a.b", "a.b.c", "a.b.c.d", "....", "eyJ.eyJ.x", &format!("{good}.extra")] {
+    for junk in [
+        "abc",
+        "a.b",
+        "a.b.c",
+        "a.b.c.d",
+        "....",
+        "eyJ.eyJ.x",
+        &format!("{good}.extra"),
+    ] {
         refused(&app, junk, junk).await;
     }
     let huge_claims = json!({"iss": ISSUER, "aud": AUDIENCE, "sub": "alice", "exp": now() + 60, "pad": "x".repeat(17 * 1024)});
     refused(&app, &hs256(&huge_claims), "token over 16 KiB").await;
 
-    let crit = raw_jwt(&json!({"alg": "HS256", "crit": ["exp"]}), &claims("alice"), b"x");
+    let crit = raw_jwt(
+        &json!({"alg": "HS256", "crit": ["exp"]}),
+        &claims("alice"),
+        b"x",
+    );
     refused(&app, &crit, "crit header").await;
     assert_eq!(app.sim.calls(), 0);
 }
@@ -245,7 +298,9 @@ async fn wrong_backend_credentials_are_refused() {
     assert_problem(wrong, 401, "unauthenticated").await;
     let prefix = app.backend(&BACKEND_SECRET[..10], body.clone()).await;
     assert_problem(prefix, 401, "unauthenticated").await;
-    let longer = app.backend(&format!("{BACKEND_SECRET}x"), body.clone()).await;
+    let longer = app
+        .backend(&format!("{BACKEND_SECRET}x"), body.clone())
+        .await;
     assert_problem(longer, 401, "unauthenticated").await;
     // A session token is not a backend credential.
     let session_token = app.backend(&session("alice"), body.clone()).await;

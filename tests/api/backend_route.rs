@@ -20,7 +20,9 @@ async fn backend_names_the_user() {
     assert_eq!(user.email.as_deref(), Some("user@example.com"));
     assert_eq!(user.name.as_deref(), Some("John Doe"));
     // Only userId is required.
-    let minimal = app.backend(BACKEND_SECRET, json!({"userId": "user-456"})).await;
+    let minimal = app
+        .backend(BACKEND_SECRET, json!({"userId": "user-456"}))
+        .await;
     assert_eq!(minimal.status(), 200);
 }
 
@@ -33,10 +35,22 @@ async fn bad_bodies_are_400_and_never_reach_intellia() {
         ("numeric userId", json!({"userId": 7})),
         ("overlong userId", json!({"userId": "x".repeat(257)})),
         ("control character", json!({"userId": "a\nb"})),
-        ("implausible email", json!({"userId": "u", "userEmail": "not-an-email"})),
-        ("overlong email", json!({"userId": "u", "userEmail": format!("{}@example.com", "a".repeat(320))})),
-        ("overlong name", json!({"userId": "u", "userName": "n".repeat(257)})),
-        ("unknown field", json!({"userId": "u", "userEmial": "a@b.co"})),
+        (
+            "implausible email",
+            json!({"userId": "u", "userEmail": "not-an-email"}),
+        ),
+        (
+            "overlong email",
+            json!({"userId": "u", "userEmail": format!("{}@example.com", "a".repeat(320))}),
+        ),
+        (
+            "overlong name",
+            json!({"userId": "u", "userName": "n".repeat(257)}),
+        ),
+        (
+            "unknown field",
+            json!({"userId": "u", "userEmial": "a@b.co"}),
+        ),
         ("not an object", json!(["u"])),
     ];
     for (name, body) in cases {
@@ -66,7 +80,10 @@ async fn bad_bodies_are_400_and_never_reach_intellia() {
         .unwrap();
     assert_problem(wrong_type, 400, "invalid_request").await;
     let huge = app
-        .backend(BACKEND_SECRET, json!({"userId": "u", "pad": "x".repeat(5000)}))
+        .backend(
+            BACKEND_SECRET,
+            json!({"userId": "u", "pad": "x".repeat(5000)}),
+        )
         .await;
     assert_problem(huge, 413, "payload_too_large").await;
     assert_eq!(app.sim.calls(), 0);

@@ -33,7 +33,9 @@ async fn twenty_concurrent_requests_make_one_upstream_call() {
 async fn failed_mints_are_not_cached() {
     let app = spawn_app(TestConfig::default()).await;
     app.sim
-        .push_faults([intellia_token_broker::intellia::simulator::Fault::status(500)]);
+        .push_faults([intellia_token_broker::intellia::simulator::Fault::status(
+            500,
+        )]);
     let failed = app.token(&session("alice")).await;
     assert_problem(failed, 503, "upstream_unavailable").await;
     let ok = app.token(&session("alice")).await;

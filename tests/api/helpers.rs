@@ -88,14 +88,14 @@ pub fn raw_jwt(header: &Value, claims: &Value, signature: &[u8]) -> String {
 /// counts fetches.
 pub struct FakeIdp {
     pub base: String,
-    pub keys: Arc<Mutex<Vec<Value>>>,
     pub fetches: Arc<AtomicUsize>,
     pub up: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeIdp {
     pub fn start(kids: &[&str]) -> FakeIdp {
-        let all: Value = serde_json::from_slice(&std::fs::read(fixture("jwks.json")).unwrap()).unwrap();
+        let all: Value =
+            serde_json::from_slice(&std::fs::read(fixture("jwks.json")).unwrap()).unwrap();
         let keys = Arc::new(Mutex::new(
             kids.iter().map(|k| all[*k].clone()).collect::<Vec<_>>(),
         ));
@@ -144,21 +144,11 @@ impl FakeIdp {
         .unwrap()
         .run();
         tokio::spawn(server);
-        FakeIdp {
-            base,
-            keys,
-            fetches,
-            up,
-        }
+        FakeIdp { base, fetches, up }
     }
 
     pub fn jwks_url(&self) -> String {
         format!("{}/jwks.json", self.base)
-    }
-
-    pub fn set_keys(&self, kids: &[&str]) {
-        let all: Value = serde_json::from_slice(&std::fs::read(fixture("jwks.json")).unwrap()).unwrap();
-        *self.keys.lock().unwrap() = kids.iter().map(|k| all[*k].clone()).collect();
     }
 
     pub fn fetches(&self) -> usize {
@@ -194,7 +184,10 @@ impl Default for TestConfig {
             cache: true,
             backend: true,
             trusted_proxies: Vec::new(),
-            allowed_origins: vec![ALLOWED_ORIGIN.to_owned(), "https://*.example.org".to_owned()],
+            allowed_origins: vec![
+                ALLOWED_ORIGIN.to_owned(),
+                "https://*.example.org".to_owned(),
+            ],
             timeout_ms: 2000,
             max_retries: 0,
             max_body_bytes: 4096,
@@ -216,7 +209,10 @@ pub struct TestApp {
 }
 
 fn quoted(list: &[String]) -> String {
-    list.iter().map(|s| format!("\"{s}\"")).collect::<Vec<_>>().join(", ")
+    list.iter()
+        .map(|s| format!("\"{s}\""))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 pub fn temp_dir() -> PathBuf {
@@ -226,7 +222,12 @@ pub fn temp_dir() -> PathBuf {
 }
 
 /// Writes the config and secret files a test broker runs with; returns the config text.
-pub fn write_config(cfg: &TestConfig, dir: &std::path::Path, simulator: &str, listen: &str) -> String {
+pub fn write_config(
+    cfg: &TestConfig,
+    dir: &std::path::Path,
+    simulator: &str,
+    listen: &str,
+) -> String {
     std::fs::write(dir.join("api-key"), format!("{API_KEY}\n")).unwrap();
     std::fs::write(dir.join("hs256"), HS_SECRET).unwrap();
     std::fs::write(dir.join("backend"), BACKEND_SECRET).unwrap();
@@ -267,7 +268,11 @@ min_remaining_secs = 900
 "#,
         proxies = quoted(&cfg.trusted_proxies),
         max_body = cfg.max_body_bytes,
-        admin = if cfg.admin { "admin_listen = \"127.0.0.1:0\"" } else { "" },
+        admin = if cfg.admin {
+            "admin_listen = \"127.0.0.1:0\""
+        } else {
+            ""
+        },
         dir = dir.display(),
         timeout = cfg.timeout_ms,
         retries = cfg.max_retries,
@@ -276,16 +281,25 @@ min_remaining_secs = 900
         cache = cfg.cache,
     );
     if cfg.backend {
-        text.push_str(&format!("\n[backend]\nsecret_file = \"{}/backend\"\n", dir.display()));
+        text.push_str(&format!(
+            "\n[backend]\nsecret_file = \"{}/backend\"\n",
+            dir.display()
+        ));
     }
     if let Some((per_minute, burst)) = cfg.per_user {
-        text.push_str(&format!("\n[rate_limit.per_user]\nper_minute = {per_minute}\nburst = {burst}\n"));
+        text.push_str(&format!(
+            "\n[rate_limit.per_user]\nper_minute = {per_minute}\nburst = {burst}\n"
+        ));
     }
     if let Some((per_minute, burst)) = cfg.per_ip {
-        text.push_str(&format!("\n[rate_limit.per_ip]\nper_minute = {per_minute}\nburst = {burst}\n"));
+        text.push_str(&format!(
+            "\n[rate_limit.per_ip]\nper_minute = {per_minute}\nburst = {burst}\n"
+        ));
     }
     if let Some((per_second, burst)) = cfg.upstream {
-        text.push_str(&format!("\n[rate_limit.upstream]\nper_second = {per_second}\nburst = {burst}\n"));
+        text.push_str(&format!(
+            "\n[rate_limit.upstream]\nper_second = {per_second}\nburst = {burst}\n"
+        ));
     }
     std::fs::write(dir.join("config.toml"), &text).unwrap();
     text
@@ -302,20 +316,27 @@ pub fn start_simulator(config: SimulatorConfig) -> (String, Arc<SimulatorState>)
 pub async fn spawn_app(cfg: TestConfig) -> TestApp {
     let (sim_url, sim) = start_simulator(SimulatorConfig {
         organization_id: Some(ORG.to_owned()),
-        keys: intellia_token_broker::intellia::simulator::KeyPolicy::Keys(HashMap::from([
-            (API_KEY.to_owned(), true),
-        ])),
+        keys: intellia_token_broker::intellia::simulator::KeyPolicy::Keys(HashMap::from([(
+            API_KEY.to_owned(),
+            true,
+        )])),
         ..SimulatorConfig::default()
     });
     spawn_app_with_simulator(cfg, sim_url, sim).await
 }
 
-pub async fn spawn_app_with_simulator(cfg: TestConfig, sim_url: String, sim: Arc<SimulatorState>) -> TestApp {
+pub async fn spawn_app_with_simulator(
+    cfg: TestConfig,
+    sim_url: String,
+    sim: Arc<SimulatorState>,
+) -> TestApp {
     let dir = temp_dir();
     let expect_ready = cfg.expect_ready;
     let text = write_config(&cfg, &dir, &sim_url, "127.0.0.1:0");
     let settings = Settings::from_toml_with_env(&text, Vec::<(String, String)>::new()).unwrap();
-    let app = Application::build(settings, BuildOptions::default()).await.unwrap();
+    let app = Application::build(settings, BuildOptions::default())
+        .await
+        .unwrap();
     let base = format!("http://{}", app.public_addr());
     let admin = app.admin_addr().map(|a| format!("http://{a}"));
     let shutdown = app.shutdown_handle();
@@ -343,7 +364,11 @@ pub async fn spawn_app_with_simulator(cfg: TestConfig, sim_url: String, sim: Arc
 impl TestApp {
     pub async fn wait_ready(&self) {
         for _ in 0..100 {
-            if let Ok(r) = self.client.get(format!("{}/readyz", self.base)).send().await
+            if let Ok(r) = self
+                .client
+                .get(format!("{}/readyz", self.base))
+                .send()
+                .await
                 && r.status() == 200
             {
                 return;
@@ -381,7 +406,9 @@ impl TestApp {
 pub async fn assert_problem(resp: reqwest::Response, status: u16, code: &str) -> Value {
     assert_eq!(resp.status().as_u16(), status, "status");
     assert_eq!(
-        resp.headers().get("content-type").map(|v| v.to_str().unwrap().to_owned()),
+        resp.headers()
+            .get("content-type")
+            .map(|v| v.to_str().unwrap().to_owned()),
         Some("application/problem+json".to_owned())
     );
     let body: Value = resp.json().await.unwrap();

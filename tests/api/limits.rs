@@ -15,13 +15,25 @@ async fn per_user_limit_admits_exactly_burst_then_429() {
         assert_eq!(resp.status(), 200);
         assert_eq!(resp.headers()["ratelimit-policy"], "\"user\";q=3;w=60");
         let rl = resp.headers()["ratelimit"].to_str().unwrap().to_owned();
-        assert!(rl.starts_with(&format!("\"user\";r={remaining};t=")), "{rl}");
+        assert!(
+            rl.starts_with(&format!("\"user\";r={remaining};t=")),
+            "{rl}"
+        );
     }
     let limited = app.token(&token).await;
-    let retry_after: u64 = limited.headers()["retry-after"].to_str().unwrap().parse().unwrap();
+    let retry_after: u64 = limited.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!((1..=6).contains(&retry_after), "{retry_after}");
     assert_eq!(limited.headers()["ratelimit-policy"], "\"user\";q=3;w=60");
-    assert!(limited.headers()["ratelimit"].to_str().unwrap().starts_with("\"user\";r=0;t="));
+    assert!(
+        limited.headers()["ratelimit"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"user\";r=0;t=")
+    );
     assert_problem(limited, 429, "rate_limited").await;
     // Cache hits count too, but other users are unaffected.
     assert_eq!(app.token(&session("bob")).await.status(), 200);
@@ -42,8 +54,16 @@ async fn per_user_limit_also_covers_the_backend_route() {
     .into_iter()
     .map(|r| r.status().as_u16())
     .collect::<Vec<_>>();
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 2, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 1, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        1,
+        "{statuses:?}"
+    );
 }
 
 #[tokio::test]
@@ -58,7 +78,12 @@ async fn upstream_limit_counts_only_intellia_calls() {
     // Cache hits do not touch the upstream budget.
     assert_eq!(app.token(&session("u1")).await.status(), 200);
     let third_user = app.token(&session("u3")).await;
-    assert!(third_user.headers()["ratelimit-policy"].to_str().unwrap().starts_with("\"upstream\""));
+    assert!(
+        third_user.headers()["ratelimit-policy"]
+            .to_str()
+            .unwrap()
+            .starts_with("\"upstream\"")
+    );
     assert_problem(third_user, 429, "rate_limited").await;
     assert_eq!(app.sim.calls(), 2);
 }
@@ -76,6 +101,14 @@ async fn burst_of_concurrent_requests_admits_exactly_burst() {
         .into_iter()
         .map(|r| r.status().as_u16())
         .collect::<Vec<_>>();
-    assert_eq!(statuses.iter().filter(|s| **s == 200).count(), 5, "{statuses:?}");
-    assert_eq!(statuses.iter().filter(|s| **s == 429).count(), 20, "{statuses:?}");
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 429).count(),
+        20,
+        "{statuses:?}"
+    );
 }

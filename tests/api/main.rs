@@ -1,6 +1,9 @@
 //! Integration tests: the real broker on a random port, over HTTP, against the Intellia
 //! simulator. One test binary, so the crate is linked once.
 
+// A failed expectation in a test should panic loudly; the no-unwrap rule is for the service.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 mod attacks;
 mod backend_route;
 mod cache;

@@ -11,7 +11,15 @@ async fn health_and_readiness() {
     let app = spawn_app(TestConfig::default()).await;
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let ready: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["status"], "ready");
 }
 
@@ -28,7 +36,10 @@ async fn draining_turns_readiness_503_while_still_serving() {
     // During the drain delay the listener still serves token requests.
     assert_eq!(app.token(&session("alice")).await.status(), 200);
     stopper.await.unwrap();
-    assert!(app.client.get(app.url("/healthz")).send().await.is_err(), "stopped after draining");
+    assert!(
+        app.client.get(app.url("/healthz")).send().await.is_err(),
+        "stopped after draining"
+    );
 }
 
 #[tokio::test]
@@ -42,13 +53,27 @@ async fn client_script_is_served_with_etag_and_cors() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["content-type"], "text/javascript; charset=utf-8");
-    assert_eq!(resp.headers()["access-control-allow-origin"], ALLOWED_ORIGIN);
-    assert!(resp.headers()["cache-control"].to_str().unwrap().contains("max-age"));
+    assert_eq!(
+        resp.headers()["content-type"],
+        "text/javascript; charset=utf-8"
+    );
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        ALLOWED_ORIGIN
+    );
+    assert!(
+        resp.headers()["cache-control"]
+            .to_str()
+            .unwrap()
+            .contains("max-age")
+    );
     let etag = resp.headers()["etag"].to_str().unwrap().to_owned();
     let body = resp.text().await.unwrap();
     assert!(body.contains("IntelliaTokenClient"));
-    assert_eq!(body, include_str!("../../clients/js/intellia-token-client.js"));
+    assert_eq!(
+        body,
+        include_str!("../../clients/js/intellia-token-client.js")
+    );
     let again = app
         .client
         .get(app.url("/v1/client.js"))
@@ -57,14 +82,27 @@ async fn client_script_is_served_with_etag_and_cors() {
         .await
         .unwrap();
     assert_eq!(again.status(), 304);
-    let global = app.client.get(app.url("/v1/client.global.js")).send().await.unwrap();
+    let global = app
+        .client
+        .get(app.url("/v1/client.global.js"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(global.status(), 200);
 }
 
 #[tokio::test]
 async fn openapi_document_matches_the_committed_copy() {
     let app = spawn_app(TestConfig::default()).await;
-    let served = app.client.get(app.url("/openapi.json")).send().await.unwrap().text().await.unwrap();
+    let served = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     let doc: Value = serde_json::from_str(&served).unwrap();
     assert!(doc["paths"]["/v1/token"]["post"].is_object());
     assert!(doc["paths"]["/v1/backend/token"]["post"].is_object());
@@ -80,21 +118,48 @@ async fn openapi_document_matches_the_committed_copy() {
 #[tokio::test]
 async fn real_responses_have_the_documented_fields() {
     let app = spawn_app(TestConfig::default()).await;
-    let doc: Value = app.client.get(app.url("/openapi.json")).send().await.unwrap().json().await.unwrap();
+    let doc: Value = app
+        .client
+        .get(app.url("/openapi.json"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     let schema = &doc["components"]["schemas"]["TokenResponse"];
-    let required: Vec<&str> = schema["required"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect();
+    let required: Vec<&str> = schema["required"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v.as_str().unwrap())
+        .collect();
     let body: Value = app.token(&session("alice")).await.json().await.unwrap();
     let fields: Vec<&String> = body.as_object().unwrap().keys().collect();
     for name in &required {
         assert!(body.get(*name).is_some(), "{name} documented but missing");
     }
     for name in fields {
-        assert!(schema["properties"].get(name).is_some(), "{name} returned but undocumented");
+        assert!(
+            schema["properties"].get(name).is_some(),
+            "{name} returned but undocumented"
+        );
     }
     let problem_schema = &doc["components"]["schemas"]["Problem"]["properties"];
-    let problem: Value = app.client.post(app.url("/v1/token")).send().await.unwrap().json().await.unwrap();
+    let problem: Value = app
+        .client
+        .post(app.url("/v1/token"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     for (name, _) in problem.as_object().unwrap() {
-        assert!(problem_schema.get(name).is_some(), "problem field {name} undocumented");
+        assert!(
+            problem_schema.get(name).is_some(),
+            "problem field {name} undocumented"
+        );
     }
 }
 
@@ -107,11 +172,27 @@ async fn metrics_are_on_the_admin_listener_only() {
     .await;
     assert_eq!(app.token(&session("alice")).await.status(), 200);
     assert_eq!(app.token(&session("alice")).await.status(), 200);
-    assert_eq!(app.client.post(app.url("/v1/token")).send().await.unwrap().status(), 401);
+    assert_eq!(
+        app.client
+            .post(app.url("/v1/token"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
     let public = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(public.status(), 404);
     let admin = app.admin.clone().unwrap();
-    let text = app.client.get(format!("{admin}/metrics")).send().await.unwrap().text().await.unwrap();
+    let text = app
+        .client
+        .get(format!("{admin}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
     for series in [
         "broker_requests_total{route=\"/v1/token\",code=\"ok\"} 2",
         "broker_requests_total{route=\"/v1/token\",code=\"unauthenticated\"} 1",
@@ -145,4 +226,75 @@ async fn request_ids_are_honoured_or_generated() {
         .unwrap();
     let generated = resp.headers()["x-request-id"].to_str().unwrap();
     assert_eq!(generated.len(), 36, "{generated}");
+}
+
+async fn wait_for_key(app: &TestApp, key: &str) {
+    for n in 0..60 {
+        let resp = app.token(&session(&format!("rotation-{n}"))).await;
+        assert_eq!(resp.status(), 200, "no failed request during rotation");
+        if app.sim.last_authorization().as_deref() == Some(&format!("Bearer {key}")) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("the broker never picked up the rotated key");
+}
+
+#[tokio::test]
+async fn api_key_rotation_through_a_kubernetes_style_symlink_swap() {
+    use std::os::unix::fs::symlink;
+    let (url, sim) = start_simulator(Default::default());
+    let app = spawn_app_with_simulator(
+        TestConfig {
+            cache: false,
+            ..TestConfig::default()
+        },
+        url,
+        sim,
+    )
+    .await;
+    assert_eq!(app.token(&session("alice")).await.status(), 200);
+    assert_eq!(
+        app.sim.last_authorization().unwrap(),
+        format!("Bearer {API_KEY}")
+    );
+
+    // Kubernetes mounts api-key -> ..data/api-key, ..data -> ..2026_11_28_v1, and rotates by
+    // swapping ..data atomically.
+    let dir = &app.dir;
+    for (version, key) in [("v1", "rotated-key-one"), ("v2", "rotated-key-two")] {
+        let versioned = dir.join(format!("..{version}"));
+        std::fs::create_dir(&versioned).unwrap();
+        std::fs::write(versioned.join("api-key"), format!("{key}\n")).unwrap();
+        let tmp = dir.join("..data_tmp");
+        symlink(&versioned, &tmp).unwrap();
+        std::fs::rename(&tmp, dir.join("..data")).unwrap();
+        if version == "v1" {
+            let tmp = dir.join("api-key.tmp");
+            symlink(dir.join("..data/api-key"), &tmp).unwrap();
+            std::fs::rename(&tmp, dir.join("api-key")).unwrap();
+        }
+        wait_for_key(&app, key).await;
+    }
+
+    // An emptied key keeps the last good one, and readiness says so without going unready.
+    std::fs::write(dir.join("..v2/api-key"), "").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(app.token(&session("after-empty")).await.status(), 200);
+    assert_eq!(
+        app.sim.last_authorization().unwrap(),
+        "Bearer rotated-key-two"
+    );
+    assert_eq!(app.state.stale_secrets(), vec!["intellia.api_key"]);
+    let ready: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(ready["checks"]["secrets"], "stale");
+    assert_eq!(ready["status"], "ready");
 }

@@ -29,10 +29,19 @@ fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
 fn version_and_help() {
     let (code, out, _) = run(&["--version"], &[]);
     assert_eq!(code, 0);
-    assert_eq!(out.trim(), format!("intellia-token-broker {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        out.trim(),
+        format!("intellia-token-broker {}", env!("CARGO_PKG_VERSION"))
+    );
     let (code, out, _) = run(&["--help"], &[]);
     assert_eq!(code, 0);
-    for cmd in ["serve", "dev", "check-config", "simulate-intellia", "healthcheck"] {
+    for cmd in [
+        "serve",
+        "dev",
+        "check-config",
+        "simulate-intellia",
+        "healthcheck",
+    ] {
         assert!(out.contains(cmd), "{cmd} missing from --help");
     }
 }
@@ -133,7 +142,11 @@ async fn secrets_never_appear_in_logs_or_responses() {
     };
     write_config(&cfg, &dir, &sim_url, "127.0.0.1:0");
     let mut child = Command::new(BIN)
-        .args(["serve", "--config", dir.join("config.toml").to_str().unwrap()])
+        .args([
+            "serve",
+            "--config",
+            dir.join("config.toml").to_str().unwrap(),
+        ])
         .env("RUST_LOG", "trace")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -163,14 +176,18 @@ async fn secrets_never_appear_in_logs_or_responses() {
         let _ = stderr.read_to_string(&mut s);
         s
     });
-    let addr = addr_rx.recv_timeout(Duration::from_secs(20)).expect("broker started");
+    let addr = addr_rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("broker started");
     let base = format!("http://{addr}");
     let client = reqwest::Client::new();
     let session_token = session("alice");
     let cookie_token = session("bob");
     let mut responses = String::new();
     let requests = vec![
-        client.post(format!("{base}/v1/token")).bearer_auth(&session_token),
+        client
+            .post(format!("{base}/v1/token"))
+            .bearer_auth(&session_token),
         client
             .post(format!("{base}/v1/token"))
             .header("Cookie", format!("site_session={cookie_token}"))
@@ -183,7 +200,9 @@ async fn secrets_never_appear_in_logs_or_responses() {
             .post(format!("{base}/v1/backend/token"))
             .bearer_auth(BACKEND_SECRET)
             .json(&json!({"userId": "carol", "userEmail": "carol.secret.mail@example.com"})),
-        client.post(format!("{base}/v1/backend/token")).bearer_auth("wrong-secret-guess"),
+        client
+            .post(format!("{base}/v1/backend/token"))
+            .bearer_auth("wrong-secret-guess"),
         client.post(format!("{base}/v1/token?access_token={session_token}")),
     ];
     for req in requests {
@@ -200,12 +219,17 @@ async fn secrets_never_appear_in_logs_or_responses() {
     assert_eq!(minted.len(), 3, "three tokens minted: {responses}");
     assert_eq!(sim.minted(), 3);
 
-    let _ = Command::new("kill").args(["-TERM", &child.id().to_string()]).status();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
     let status = child.wait().unwrap();
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
     let logs = reader.join().unwrap() + &err_reader.join().unwrap();
     assert!(logs.len() > 1000, "trace logs captured: {logs}");
-    assert!(logs.contains("\"route\":\"/v1/token\""), "request lines are logged");
+    assert!(
+        logs.contains("\"route\":\"/v1/token\""),
+        "request lines are logged"
+    );
 
     let mut secrets = vec![
         API_KEY.to_owned(),
@@ -217,13 +241,32 @@ async fn secrets_never_appear_in_logs_or_responses() {
     ];
     secrets.extend(minted.iter().cloned());
     for secret in &secrets {
-        assert!(!logs.contains(secret.as_str()), "a secret leaked into the logs");
+        assert!(
+            !logs.contains(secret.as_str()),
+            "a secret leaked into the logs"
+        );
         // Signatures alone are secrets too: a JWT's last segment must not appear either.
-        if let Some(sig) = secret.rsplit('.').next().filter(|s| s.len() > 20 && secret.contains('.')) {
-            assert!(!logs.contains(sig), "a session token's signature leaked into the logs");
+        if let Some(sig) = secret
+            .rsplit('.')
+            .next()
+            .filter(|s| s.len() > 20 && secret.contains('.'))
+        {
+            assert!(
+                !logs.contains(sig),
+                "a session token's signature leaked into the logs"
+            );
         }
     }
-    for secret in [API_KEY, BACKEND_SECRET, HS_SECRET, session_token.as_str(), cookie_token.as_str()] {
-        assert!(!responses.contains(secret), "a secret leaked into a response");
+    for secret in [
+        API_KEY,
+        BACKEND_SECRET,
+        HS_SECRET,
+        session_token.as_str(),
+        cookie_token.as_str(),
+    ] {
+        assert!(
+            !responses.contains(secret),
+            "a secret leaked into a response"
+        );
     }
 }

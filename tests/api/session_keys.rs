@@ -26,11 +26,22 @@ async fn rs256_and_es256_sessions_verify_against_the_jwks() {
         ..TestConfig::default()
     })
     .await;
-    let rs = app.token(&rs256(&idp_claims(&idp, "alice"), Some("rsa-1"), "rsa-private.pem")).await;
+    let rs = app
+        .token(&rs256(
+            &idp_claims(&idp, "alice"),
+            Some("rsa-1"),
+            "rsa-private.pem",
+        ))
+        .await;
     assert_eq!(rs.status(), 200);
     let body: Value = rs.json().await.unwrap();
-    assert_eq!(body["userId"], "idp:alice", "the issuer's prefix keeps user ids apart");
-    let es = app.token(&es256(&idp_claims(&idp, "bob"), Some("ec-1"))).await;
+    assert_eq!(
+        body["userId"], "idp:alice",
+        "the issuer's prefix keeps user ids apart"
+    );
+    let es = app
+        .token(&es256(&idp_claims(&idp, "bob"), Some("ec-1")))
+        .await;
     assert_eq!(es.status(), 200);
     // The HS256 issuer's "alice" is a different person from the JWKS issuer's.
     let hs: Value = app.token(&session("alice")).await.json().await.unwrap();
@@ -46,7 +57,13 @@ async fn discovery_finds_the_jwks() {
         ..TestConfig::default()
     })
     .await;
-    let resp = app.token(&rs256(&idp_claims(&idp, "alice"), Some("rsa-1"), "rsa-private.pem")).await;
+    let resp = app
+        .token(&rs256(
+            &idp_claims(&idp, "alice"),
+            Some("rsa-1"),
+            "rsa-private.pem",
+        ))
+        .await;
     assert_eq!(resp.status(), 200);
 }
 
@@ -60,11 +77,21 @@ async fn unknown_kid_storm_costs_at_most_one_fetch() {
     .await;
     let before = idp.fetches();
     let forged: Vec<String> = (0..30)
-        .map(|n| rs256(&idp_claims(&idp, "alice"), Some(&format!("forged-{n}")), "rsa-private-2.pem"))
+        .map(|n| {
+            rs256(
+                &idp_claims(&idp, "alice"),
+                Some(&format!("forged-{n}")),
+                "rsa-private-2.pem",
+            )
+        })
         .collect();
     let statuses = futures_util::future::join_all(forged.iter().map(|t| app.token(t))).await;
     assert!(statuses.iter().all(|r| r.status() == 401));
-    assert!(idp.fetches() <= before + 1, "{} fetches for a storm", idp.fetches() - before);
+    assert!(
+        idp.fetches() <= before + 1,
+        "{} fetches for a storm",
+        idp.fetches() - before
+    );
     assert_eq!(app.sim.calls(), 0);
 }
 
@@ -77,9 +104,23 @@ async fn known_keys_keep_working_while_the_provider_is_down() {
     })
     .await;
     idp.up.store(false, std::sync::atomic::Ordering::SeqCst);
-    let resp = app.token(&rs256(&idp_claims(&idp, "alice"), Some("rsa-1"), "rsa-private.pem")).await;
+    let resp = app
+        .token(&rs256(
+            &idp_claims(&idp, "alice"),
+            Some("rsa-1"),
+            "rsa-private.pem",
+        ))
+        .await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), 200);
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
 }
 
 #[tokio::test]
@@ -93,9 +134,23 @@ async fn provider_down_from_the_start_is_not_ready_and_503() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ready: Value = app.client.get(app.url("/readyz")).send().await.unwrap().json().await.unwrap();
+    let ready: Value = app
+        .client
+        .get(app.url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["status"], "starting");
-    let resp = app.token(&rs256(&idp_claims(&idp, "alice"), Some("rsa-1"), "rsa-private.pem")).await;
+    let resp = app
+        .token(&rs256(
+            &idp_claims(&idp, "alice"),
+            Some("rsa-1"),
+            "rsa-private.pem",
+        ))
+        .await;
     assert_problem(resp, 503, "upstream_unavailable").await;
     // HS256 sessions do not depend on the provider.
     assert_eq!(app.token(&session("bob")).await.status(), 200);
@@ -118,5 +173,13 @@ async fn discovery_with_a_foreign_issuer_is_refused() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(app.client.get(app.url("/readyz")).send().await.unwrap().status(), 503);
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        503
+    );
 }

@@ -27,7 +27,10 @@ async fn bearer_session_gets_a_two_hour_token() {
     let user = app.sim.user("alice").expect("user created upstream");
     assert_eq!(user.email.as_deref(), Some("alice@example.com"));
     assert_eq!(user.name.as_deref(), Some("User alice"));
-    assert_eq!(app.sim.last_authorization().unwrap(), format!("Bearer {API_KEY}"));
+    assert_eq!(
+        app.sim.last_authorization().unwrap(),
+        format!("Bearer {API_KEY}")
+    );
 }
 
 #[tokio::test]
@@ -37,7 +40,9 @@ async fn identity_fields_in_the_body_are_ignored() {
         .client
         .post(app.url("/v1/token"))
         .bearer_auth(session("alice"))
-        .json(&json!({"userId": "mallory", "userEmail": "mallory@evil.test", "userName": "Mallory"}))
+        .json(
+            &json!({"userId": "mallory", "userEmail": "mallory@evil.test", "userName": "Mallory"}),
+        )
         .send()
         .await
         .unwrap();
@@ -45,7 +50,10 @@ async fn identity_fields_in_the_body_are_ignored() {
     let body: Value = resp.json().await.unwrap();
     assert_eq!(body["userId"], "alice");
     assert!(app.sim.user("mallory").is_none());
-    assert_eq!(app.sim.user("alice").unwrap().email.as_deref(), Some("alice@example.com"));
+    assert_eq!(
+        app.sim.user("alice").unwrap().email.as_deref(),
+        Some("alice@example.com")
+    );
 }
 
 #[tokio::test]
@@ -67,16 +75,30 @@ async fn cookie_session_from_an_allowed_origin_gets_cors_with_credentials() {
     let resp = app
         .client
         .post(app.url("/v1/token"))
-        .header("Cookie", format!("other=1; site_session={}", session("carol")))
+        .header(
+            "Cookie",
+            format!("other=1; site_session={}", session("carol")),
+        )
         .header("Origin", ALLOWED_ORIGIN)
         .send()
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["access-control-allow-origin"], ALLOWED_ORIGIN);
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        ALLOWED_ORIGIN
+    );
     assert_eq!(resp.headers()["access-control-allow-credentials"], "true");
-    let exposed = resp.headers()["access-control-expose-headers"].to_str().unwrap().to_owned();
-    for h in ["RateLimit", "RateLimit-Policy", "Retry-After", "X-Request-Id"] {
+    let exposed = resp.headers()["access-control-expose-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
+    for h in [
+        "RateLimit",
+        "RateLimit-Policy",
+        "Retry-After",
+        "X-Request-Id",
+    ] {
         assert!(exposed.contains(h), "{exposed}");
     }
     assert!(resp.headers().get_all("vary").iter().any(|v| v == "Origin"));
@@ -104,23 +126,47 @@ async fn cookie_session_csrf_guard() {
     let cookie = format!("site_session={}", session("erin"));
     let cases: Vec<(&str, Vec<(&str, &str)>)> = vec![
         ("no origin, no fetch metadata", vec![]),
-        ("cross-site fetch metadata", vec![("Sec-Fetch-Site", "cross-site")]),
+        (
+            "cross-site fetch metadata",
+            vec![("Sec-Fetch-Site", "cross-site")],
+        ),
         ("disallowed origin", vec![("Origin", "https://evil.test")]),
         ("null origin", vec![("Origin", "null")]),
-        ("lookalike origin", vec![("Origin", "https://www.example.com.evil.test")]),
+        (
+            "lookalike origin",
+            vec![("Origin", "https://www.example.com.evil.test")],
+        ),
         // Patterns get CORS without credentials, so they never carry cookie sessions.
-        ("pattern origin", vec![("Origin", "https://shop.example.org")]),
-        ("disallowed origin claiming same-origin", vec![("Origin", "https://evil.test"), ("Sec-Fetch-Site", "same-origin")]),
+        (
+            "pattern origin",
+            vec![("Origin", "https://shop.example.org")],
+        ),
+        (
+            "disallowed origin claiming same-origin",
+            vec![
+                ("Origin", "https://evil.test"),
+                ("Sec-Fetch-Site", "same-origin"),
+            ],
+        ),
     ];
     for (name, headers) in cases {
-        let mut req = app.client.post(app.url("/v1/token")).header("Cookie", &cookie);
+        let mut req = app
+            .client
+            .post(app.url("/v1/token"))
+            .header("Cookie", &cookie);
         for (k, v) in headers {
             req = req.header(k, v);
         }
         let resp = req.send().await.unwrap();
-        let origin_header = resp.headers().get("access-control-allow-credentials").cloned();
+        let origin_header = resp
+            .headers()
+            .get("access-control-allow-credentials")
+            .cloned();
         let body = assert_problem(resp, 403, "origin_forbidden").await;
-        assert!(origin_header.is_none(), "{name}: credentials must not be allowed");
+        assert!(
+            origin_header.is_none(),
+            "{name}: credentials must not be allowed"
+        );
         assert!(!body["detail"].as_str().unwrap().is_empty(), "{name}");
     }
     assert_eq!(app.sim.calls(), 0);
@@ -154,8 +200,15 @@ async fn pattern_origins_get_cors_without_credentials() {
         .await
         .unwrap();
     assert_eq!(resp.status(), 200);
-    assert_eq!(resp.headers()["access-control-allow-origin"], "https://shop.example.org");
-    assert!(resp.headers().get("access-control-allow-credentials").is_none());
+    assert_eq!(
+        resp.headers()["access-control-allow-origin"],
+        "https://shop.example.org"
+    );
+    assert!(
+        resp.headers()
+            .get("access-control-allow-credentials")
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -169,19 +222,36 @@ async fn preflight_answers_allowed_origins_only() {
             .header("Access-Control-Request-Headers", headers)
             .send()
     };
-    let ok = preflight(ALLOWED_ORIGIN, "authorization, content-type, x-request-id").await.unwrap();
+    let ok = preflight(ALLOWED_ORIGIN, "authorization, content-type, x-request-id")
+        .await
+        .unwrap();
     assert_eq!(ok.status(), 204);
     assert_eq!(ok.headers()["access-control-allow-origin"], ALLOWED_ORIGIN);
     assert_eq!(ok.headers()["access-control-allow-credentials"], "true");
     assert_eq!(ok.headers()["access-control-allow-methods"], "POST");
     assert_eq!(ok.headers()["access-control-max-age"], "600");
-    let allowed = ok.headers()["access-control-allow-headers"].to_str().unwrap().to_owned();
+    let allowed = ok.headers()["access-control-allow-headers"]
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(allowed.contains("Authorization") && allowed.contains("X-Request-Id"));
 
-    let denied = preflight("https://evil.test", "authorization").await.unwrap();
-    assert!(denied.headers().get("access-control-allow-origin").is_none());
+    let denied = preflight("https://evil.test", "authorization")
+        .await
+        .unwrap();
+    assert!(
+        denied
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
     let odd_header = preflight(ALLOWED_ORIGIN, "x-forwarded-for").await.unwrap();
-    assert!(odd_header.headers().get("access-control-allow-origin").is_none());
+    assert!(
+        odd_header
+            .headers()
+            .get("access-control-allow-origin")
+            .is_none()
+    );
 }
 
 #[tokio::test]
@@ -249,7 +319,12 @@ async fn unknown_routes_and_methods() {
 async fn no_session_is_401_with_www_authenticate() {
     let app = spawn_app(TestConfig::default()).await;
     let resp = app.client.post(app.url("/v1/token")).send().await.unwrap();
-    assert!(resp.headers()["www-authenticate"].to_str().unwrap().starts_with("Bearer"));
+    assert!(
+        resp.headers()["www-authenticate"]
+            .to_str()
+            .unwrap()
+            .starts_with("Bearer")
+    );
     assert_problem(resp, 401, "unauthenticated").await;
     let basic = app
         .client

@@ -10,7 +10,13 @@ use crate::helpers::*;
 
 fn assert_no_upstream_body(body: &Value) {
     let text = body.to_string();
-    for leak in ["simulated", "sim-5f3a", "invalid API key", "lacks assume_role", API_KEY] {
+    for leak in [
+        "simulated",
+        "sim-5f3a",
+        "invalid API key",
+        "lacks assume_role",
+        API_KEY,
+    ] {
         assert!(!text.contains(leak), "{leak} leaked into {text}");
     }
 }
@@ -58,7 +64,8 @@ async fn intellia_failures_map_to_the_error_table() {
     ];
     for (n, (fault, status, code)) in cases.into_iter().enumerate() {
         app.sim.push_faults([fault]);
-        let body = assert_problem(app.token(&session(&format!("user{n}"))).await, status, code).await;
+        let body =
+            assert_problem(app.token(&session(&format!("user{n}"))).await, status, code).await;
         assert_no_upstream_body(&body);
     }
 }
@@ -85,7 +92,10 @@ async fn a_hanging_intellia_is_504_within_the_timeout() {
     let resp = app.token(&session("alice")).await;
     let took = started.elapsed();
     assert_problem(resp, 504, "upstream_timeout").await;
-    assert!(took >= Duration::from_millis(350) && took < Duration::from_secs(2), "{took:?}");
+    assert!(
+        took >= Duration::from_millis(350) && took < Duration::from_secs(2),
+        "{took:?}"
+    );
     assert_eq!(app.sim.calls(), 1, "a timed-out attempt is not retried");
 }
 
@@ -96,7 +106,8 @@ async fn transient_failures_are_retried() {
         ..TestConfig::default()
     })
     .await;
-    app.sim.push_faults([Fault::status(502), Fault::too_many(1)]);
+    app.sim
+        .push_faults([Fault::status(502), Fault::too_many(1)]);
     let resp = app.token(&session("alice")).await;
     assert_eq!(resp.status(), 200);
     assert_eq!(app.sim.calls(), 3);
@@ -105,7 +116,12 @@ async fn transient_failures_are_retried() {
     assert_eq!(app.token(&session("bob")).await.status(), 502);
     assert_eq!(app.sim.calls(), 4);
     // Retries are bounded.
-    app.sim.push_faults([Fault::status(500), Fault::status(500), Fault::status(500), Fault::status(500)]);
+    app.sim.push_faults([
+        Fault::status(500),
+        Fault::status(500),
+        Fault::status(500),
+        Fault::status(500),
+    ]);
     assert_eq!(app.token(&session("carol")).await.status(), 503);
     assert_eq!(app.sim.calls(), 7);
 }
@@ -117,5 +133,10 @@ async fn unreachable_intellia_is_503() {
     drop(closed);
     let (_, sim) = start_simulator(SimulatorConfig::default());
     let app = spawn_app_with_simulator(TestConfig::default(), url, sim).await;
-    assert_problem(app.token(&session("alice")).await, 503, "upstream_unavailable").await;
+    assert_problem(
+        app.token(&session("alice")).await,
+        503,
+        "upstream_unavailable",
+    )
+    .await;
 }
