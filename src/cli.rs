@@ -256,20 +256,49 @@ async fn simulate(
         .map_err(|e| format!("simulator failed: {e}"))
 }
 
+/// A plain HTTP/1.1 GET on loopback: minimal images have no CA bundle and no curl, and a health
+/// probe needs neither TLS nor a full client.
 async fn healthcheck(url: &str) -> Result<(), String> {
-    let client = crate::http_client::builder()
-        .timeout(Duration::from_secs(3))
-        .build()
-        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
-    let response = client
-        .get(url)
-        .send()
+    let rest = url
+        .strip_prefix("http://")
+        .ok_or_else(|| format!("{url}: healthcheck supports http:// URLs only"))?;
+    let (authority, path) = match rest.find('/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, "/"),
+    };
+    let probe = async {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut stream = tokio::net::TcpStream::connect(authority)
+            .await
+            .map_err(|e| format!("{url} is not answering: {}", e.kind()))?;
+        let request = format!(
+            "GET {path} HTTP/1.1\r\nHost: {authority}\r\nUser-Agent: intellia-token-broker-healthcheck\r\nConnection: close\r\n\r\n"
+        );
+        stream
+            .write_all(request.as_bytes())
+            .await
+            .map_err(|e| format!("{url}: {}", e.kind()))?;
+        let mut head = vec![0u8; 64];
+        let n = stream
+            .read(&mut head)
+            .await
+            .map_err(|e| format!("{url}: {}", e.kind()))?;
+        let line = String::from_utf8_lossy(&head[..n]);
+        let status = line
+            .strip_prefix("HTTP/1.1 ")
+            .or_else(|| line.strip_prefix("HTTP/1.0 "))
+            .and_then(|r| r.get(..3))
+            .and_then(|c| c.parse::<u16>().ok())
+            .ok_or_else(|| format!("{url} did not answer HTTP"))?;
+        Ok::<u16, String>(status)
+    };
+    let status = tokio::time::timeout(Duration::from_secs(3), probe)
         .await
-        .map_err(|e| format!("{url} is not answering: {}", e.without_url()))?;
-    if response.status().is_success() {
-        println!("ok: {url} answered {}", response.status().as_u16());
+        .map_err(|_| format!("{url} did not answer within 3 s"))??;
+    if (200..300).contains(&status) {
+        println!("ok: {url} answered {status}");
         Ok(())
     } else {
-        Err(format!("{url} answered {}", response.status().as_u16()))
+        Err(format!("{url} answered {status}"))
     }
 }

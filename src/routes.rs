@@ -157,7 +157,7 @@ pub async fn token(
         Ok(None) => {}
         Err(h) => return Err(rate_limited(&state, h)),
     }
-    issue(&state, identity, limit).await
+    issue(&state, &identity, limit).await
 }
 
 /// `POST /v1/backend/token`: the sidecar path. A backend that already knows the user names them.
@@ -234,7 +234,7 @@ pub async fn backend_token(
         Ok(h) => h,
         Err(h) => return Err(rate_limited(&state, h)),
     };
-    issue(&state, identity, limit).await
+    issue(&state, &identity, limit).await
 }
 
 /// serde's message without the echo of long values: the category and position are enough.
@@ -303,25 +303,20 @@ pub fn plausible_email(email: &str) -> bool {
 /// Returns the user's token: cached when fresh enough, else minted (one mint per user at a time).
 async fn issue(
     state: &AppState,
-    identity: Identity,
+    identity: &Identity,
     limit: Option<RateLimitHeaders>,
 ) -> Result<HttpResponse, BrokerError> {
-    let Identity {
-        user_id,
-        email,
-        name,
-    } = identity;
     let (cached, provenance) = state
         .cache
-        .get_or_mint(&user_id, || async {
+        .get_or_mint(&identity.user_id, || async {
             state
                 .limits
                 .check_upstream()
                 .map_err(|h| rate_limited(state, h))?;
             let request = AssumeRoleRequest {
-                user_id: user_id.clone(),
-                user_email: email,
-                user_name: name,
+                user_id: identity.user_id.clone(),
+                user_email: identity.email.clone(),
+                user_name: identity.name.clone(),
             };
             state
                 .intellia

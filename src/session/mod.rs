@@ -9,6 +9,7 @@ pub mod jwks;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
+use std::time::{Duration, Instant};
 
 use actix_web::HttpRequest;
 use actix_web::http::header;
@@ -17,6 +18,7 @@ use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use secrecy::ExposeSecret;
 use serde::Deserialize;
+use sha2::{Digest, Sha256};
 
 use crate::config::{JwtIssuerSettings, SessionSettings};
 use crate::error::{AuthFailure, BrokerError};
@@ -104,11 +106,36 @@ impl Issuer {
     }
 }
 
+/// A verified token's identity, remembered until the token's `exp`.
+struct VerifiedSession {
+    identity: Arc<Identity>,
+    valid_until: Instant,
+}
+
+struct UntilTokenExpiry;
+
+impl moka::Expiry<[u8; 32], Arc<VerifiedSession>> for UntilTokenExpiry {
+    fn expire_after_create(
+        &self,
+        _key: &[u8; 32],
+        value: &Arc<VerifiedSession>,
+        created_at: Instant,
+    ) -> Option<Duration> {
+        Some(value.valid_until.saturating_duration_since(created_at))
+    }
+}
+
+/// How many verified sessions are remembered; beyond it the least recently used are dropped.
+const VERIFIED_CACHE_ENTRIES: u64 = 100_000;
+
 /// Verifies session tokens for every configured issuer.
 pub struct SessionVerifier {
     issuers: Vec<Issuer>,
     by_iss: HashMap<String, usize>,
     cookie_names: Vec<String>,
+    /// Keyed by SHA-256 of the token, so an asymmetric signature is checked once per token, not
+    /// once per request, and the cache holds no token.
+    verified: moka::future::Cache<[u8; 32], Arc<VerifiedSession>>,
 }
 
 impl std::fmt::Debug for SessionVerifier {
@@ -247,6 +274,10 @@ impl SessionVerifier {
             issuers,
             by_iss,
             cookie_names,
+            verified: moka::future::Cache::builder()
+                .max_capacity(VERIFIED_CACHE_ENTRIES)
+                .expire_after(UntilTokenExpiry)
+                .build(),
         })
     }
 
@@ -283,6 +314,9 @@ impl SessionVerifier {
                             Ok(mut g) => *g = fresh,
                             Err(p) => *p.into_inner() = fresh,
                         }
+                        // A secret is rotated when it may be compromised: sessions signed with
+                        // the old one must be verified again, and fail.
+                        self.verified.invalidate_all();
                         tracing::info!(issuer = index, "session HS256 secret reloaded");
                     }
                     Ok(false) => {}
@@ -311,11 +345,32 @@ impl SessionVerifier {
             .ok_or(AuthFailure::Missing)
     }
 
-    /// Verifies a session token and maps its claims to an identity.
-    pub async fn verify(&self, token: &str) -> Result<Identity, BrokerError> {
+    /// Verifies a session token and maps its claims to an identity. A token verified before is
+    /// answered from memory until its `exp`.
+    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, BrokerError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(BrokerError::Unauthenticated(AuthFailure::TooLarge));
         }
+        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        if let Some(seen) = self.verified.get(&digest).await
+            && seen.valid_until > Instant::now()
+        {
+            return Ok(Arc::clone(&seen.identity));
+        }
+        let (identity, exp) = self.verify_uncached(token).await?;
+        let identity = Arc::new(identity);
+        let left = exp.saturating_sub(jsonwebtoken::get_current_timestamp());
+        if left > 0 {
+            let session = VerifiedSession {
+                identity: Arc::clone(&identity),
+                valid_until: Instant::now() + Duration::from_secs(left),
+            };
+            self.verified.insert(digest, Arc::new(session)).await;
+        }
+        Ok(identity)
+    }
+
+    async fn verify_uncached(&self, token: &str) -> Result<(Identity, u64), BrokerError> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(_sig), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -359,7 +414,12 @@ impl SessionVerifier {
                 KeyLookup::Unavailable => return Err(BrokerError::SessionProviderUnavailable),
             },
         };
-        identity_from_claims(&issuer.settings, &claims)
+        // `exp` is required and was validated, so it is a number here.
+        let exp = claims
+            .get("exp")
+            .and_then(serde_json::Value::as_u64)
+            .unwrap_or(0);
+        Ok((identity_from_claims(&issuer.settings, &claims)?, exp))
     }
 }
 

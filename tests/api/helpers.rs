@@ -305,6 +305,16 @@ min_remaining_secs = 900
     text
 }
 
+/// A plain test client. reqwest needs the process's rustls provider installed first, whichever
+/// test happens to build a client first.
+pub fn http_client() -> reqwest::Client {
+    intellia_token_broker::http_client::install_crypto_provider();
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
 pub fn start_simulator(config: SimulatorConfig) -> (String, Arc<SimulatorState>) {
     let sim = Simulator::start(TcpListener::bind("127.0.0.1:0").unwrap(), config).unwrap();
     let url = sim.base_url();
@@ -342,10 +352,7 @@ pub async fn spawn_app_with_simulator(
     let shutdown = app.shutdown_handle();
     let state = app.state();
     tokio::spawn(app.run_until_stopped());
-    let client = reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap();
+    let client = http_client();
     let test_app = TestApp {
         base,
         admin,

@@ -9,6 +9,7 @@ mod backend_route;
 mod cache;
 mod helpers;
 mod limits;
+mod oidc_provider;
 mod operations;
 mod process;
 mod session_keys;

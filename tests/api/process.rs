@@ -180,7 +180,7 @@ async fn secrets_never_appear_in_logs_or_responses() {
         .recv_timeout(Duration::from_secs(20))
         .expect("broker started");
     let base = format!("http://{addr}");
-    let client = reqwest::Client::new();
+    let client = http_client();
     let session_token = session("alice");
     let cookie_token = session("bob");
     let mut responses = String::new();
@@ -269,4 +269,26 @@ async fn secrets_never_appear_in_logs_or_responses() {
             "a secret leaked into a response"
         );
     }
+}
+
+#[tokio::test]
+async fn healthcheck_command_probes_a_running_broker() {
+    let app = spawn_app(TestConfig::default()).await;
+    let url = app.url("/healthz");
+    let ok = tokio::task::spawn_blocking(move || run(&["healthcheck", "--url", &url], &[]))
+        .await
+        .unwrap();
+    assert_eq!(ok.0, 0, "{ok:?}");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let dead = format!("http://{}/healthz", closed.local_addr().unwrap());
+    drop(closed);
+    let (code, _, err) = run(&["healthcheck", "--url", &dead], &[]);
+    assert_ne!(code, 0);
+    assert_one_clear_line(&err, &["not answering"]);
+    let missing = app.url("/nope");
+    let (code, _, _) =
+        tokio::task::spawn_blocking(move || run(&["healthcheck", "--url", &missing], &[]))
+            .await
+            .unwrap();
+    assert_ne!(code, 0, "a 404 is not healthy");
 }

@@ -183,3 +183,27 @@ async fn discovery_with_a_foreign_issuer_is_refused() {
         503
     );
 }
+
+#[tokio::test]
+async fn rotating_the_hs256_secret_revokes_sessions_signed_with_the_old_one() {
+    let app = spawn_app(TestConfig::default()).await;
+    let old = session("alice");
+    assert_eq!(app.token(&old).await.status(), 200);
+    // Verified once, the session is remembered; rotation must still end it.
+    let new_secret = "a-brand-new-hs256-secret-after-rotation-0123456789";
+    std::fs::write(app.dir.join("hs256"), new_secret).unwrap();
+    let fresh = jsonwebtoken::encode(
+        &jsonwebtoken::Header::new(jsonwebtoken::Algorithm::HS256),
+        &claims("alice"),
+        &jsonwebtoken::EncodingKey::from_secret(new_secret.as_bytes()),
+    )
+    .unwrap();
+    for _ in 0..40 {
+        if app.token(&fresh).await.status() == 200 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert_eq!(app.token(&fresh).await.status(), 200, "new secret in use");
+    assert_problem(app.token(&old).await, 401, "unauthenticated").await;
+}

@@ -1,0 +1,358 @@
+//! Benchmarks: hot-path micro costs (limiter check, session verify, cache hit, limiter memory) and
+//! the HTTP cost of the token route against a trivial route of the same server, measured in one
+//! run so the machine's noise affects both alike. Run with `cargo bench` (or
+//! `./scripts/bench.sh`); results are written to stdout as a Markdown table.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::hint::black_box;
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use intellia_token_broker::app::{Application, BuildOptions};
+use intellia_token_broker::cache::TokenCache;
+use intellia_token_broker::config::{CacheSettings, PerMinuteLimit, RateLimitSettings, Settings};
+use intellia_token_broker::intellia::MintedToken;
+use intellia_token_broker::intellia::simulator::{Simulator, SimulatorConfig};
+use intellia_token_broker::limits::Limits;
+use intellia_token_broker::metrics::Metrics;
+use intellia_token_broker::session::SessionVerifier;
+use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use secrecy::SecretString;
+use serde_json::json;
+
+const SECRET: &str = "bench-hs256-secret-that-is-long-enough-0123456789";
+
+fn per_op(total: Duration, n: u64) -> String {
+    let ns = total.as_nanos() as f64 / n as f64;
+    if ns < 1000.0 {
+        format!("{ns:.0} ns")
+    } else {
+        format!("{:.2} µs", ns / 1000.0)
+    }
+}
+
+fn time<F: FnMut()>(n: u64, mut f: F) -> Duration {
+    for _ in 0..n / 10 {
+        f();
+    }
+    let start = Instant::now();
+    for _ in 0..n {
+        f();
+    }
+    start.elapsed()
+}
+
+fn rss_bytes() -> u64 {
+    std::fs::read_to_string("/proc/self/statm")
+        .ok()
+        .and_then(|s| {
+            s.split_whitespace()
+                .nth(1)
+                .and_then(|v| v.parse::<u64>().ok())
+        })
+        .map_or(0, |pages| pages * 4096)
+}
+
+fn claims(sub: &str) -> serde_json::Value {
+    let now = jsonwebtoken::get_current_timestamp();
+    json!({"iss": "https://bench.example", "aud": "chat-widget", "sub": sub, "email": "a@b.co", "name": "A", "exp": now + 3600, "iat": now})
+}
+
+async fn micro(rows: &mut Vec<(String, String)>) {
+    // Limiter check: one key, a bucket large enough never to reject.
+    let limits = Limits::new(&RateLimitSettings {
+        per_user: Some(PerMinuteLimit {
+            per_minute: u32::MAX / 2,
+            burst: u32::MAX / 2,
+        }),
+        per_ip: None,
+        upstream: None,
+    });
+    let key = "user-1234567890".to_owned();
+    let n = 2_000_000;
+    let t = time(n, || {
+        black_box(limits.check_user(black_box(&key)).ok());
+    });
+    rows.push(("local limiter check (existing key)".into(), per_op(t, n)));
+
+    // Limiter memory per active key.
+    let limits = Limits::new(&RateLimitSettings {
+        per_user: Some(PerMinuteLimit {
+            per_minute: 10,
+            burst: 5,
+        }),
+        per_ip: None,
+        upstream: None,
+    });
+    let keys: Vec<String> = (0..200_000).map(|i| format!("user-{i:012}")).collect();
+    let before = rss_bytes();
+    for k in &keys {
+        let _ = limits.check_user(k);
+    }
+    let after = rss_bytes();
+    rows.push((
+        "limiter memory per active key (RSS delta / 200k keys, 17-byte ids)".into(),
+        format!(
+            "{} bytes",
+            (after.saturating_sub(before)) / keys.len() as u64
+        ),
+    ));
+
+    // HS256 session verification through the broker's verifier.
+    let settings: Settings = Settings::from_toml_with_env(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+[intellia]
+organization_id = "org"
+api_key_env = "UNUSED"
+[[session.jwt]]
+issuer = "https://bench.example"
+audience = "chat-widget"
+hs256_secret_file = "/dev/null"
+algorithms = ["HS256"]
+"#,
+        Vec::<(String, String)>::new(),
+    )
+    .unwrap();
+    let http = reqwest::Client::new();
+    let verifier = SessionVerifier::new(
+        &settings.session,
+        &http,
+        &Arc::new(Metrics::new()),
+        std::collections::HashMap::from([(
+            0,
+            intellia_token_broker::secrets::SecretCell::with_value(
+                intellia_token_broker::secrets::SecretSource::Inline,
+                SecretString::from(SECRET),
+            ),
+        )]),
+    )
+    .unwrap();
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims("alice"),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    let n = 100_000;
+    for _ in 0..1000 {
+        verifier.verify(&token).await.unwrap();
+    }
+    let start = Instant::now();
+    for _ in 0..n {
+        black_box(verifier.verify(black_box(&token)).await.unwrap());
+    }
+    rows.push((
+        "HS256 session verify (full: parse, MAC, claims)".into(),
+        per_op(start.elapsed(), n),
+    ));
+
+    // First-seen RS256 signature verification (what a JWKS issuer pays per new token).
+    let pem = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rsa-private.pem"
+    ))
+    .unwrap();
+    let public = std::fs::read(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/rsa-public.pem"
+    ))
+    .unwrap();
+    let rs_token = jsonwebtoken::encode(
+        &Header::new(Algorithm::RS256),
+        &claims("alice"),
+        &EncodingKey::from_rsa_pem(&pem).unwrap(),
+    )
+    .unwrap();
+    let key = DecodingKey::from_rsa_pem(&public).unwrap();
+    let mut validation = Validation::new(Algorithm::RS256);
+    validation.set_audience(&["chat-widget"]);
+    validation.set_issuer(&["https://bench.example"]);
+    let n = 2_000;
+    let t = time(n, || {
+        black_box(jsonwebtoken::decode::<serde_json::Value>(&rs_token, &key, &validation).unwrap());
+    });
+    rows.push((
+        "RS256 verify, 2048-bit key (first-seen token)".into(),
+        per_op(t, n),
+    ));
+
+    // Token cache hit.
+    let cache = TokenCache::new(&CacheSettings {
+        enabled: true,
+        min_remaining_secs: 900,
+        max_entries: 10_000,
+    });
+    let mint = || async {
+        Ok(MintedToken {
+            token: SecretString::from("sim_token"),
+            expires_at: time::OffsetDateTime::now_utc() + Duration::from_secs(7200),
+            user_id: "alice".into(),
+            organization_id: "org".into(),
+            role: "chat".into(),
+        })
+    };
+    cache.get_or_mint("alice", mint).await.unwrap();
+    let n = 500_000;
+    let start = Instant::now();
+    for _ in 0..n {
+        black_box(cache.get_or_mint(black_box("alice"), mint).await.unwrap());
+    }
+    rows.push(("token cache hit".into(), per_op(start.elapsed(), n)));
+}
+
+struct Load {
+    rps: f64,
+    p50: Duration,
+    p99: Duration,
+}
+
+async fn load(
+    client: &reqwest::Client,
+    url: &str,
+    token: Option<&str>,
+    concurrency: usize,
+    duration: Duration,
+) -> Load {
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let client = client.clone();
+        let url = url.to_owned();
+        let token = token.map(str::to_owned);
+        tasks.push(tokio::spawn(async move {
+            let mut latencies = Vec::with_capacity(50_000);
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                let req = match &token {
+                    Some(t) => client.post(&url).bearer_auth(t),
+                    None => client.get(&url),
+                };
+                let resp = req.send().await.unwrap();
+                assert!(resp.status().is_success(), "{}", resp.status());
+                let _ = resp.bytes().await.unwrap();
+                latencies.push(start.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    Load {
+        rps: all.len() as f64 / duration.as_secs_f64(),
+        p50: all[all.len() / 2],
+        p99: all[all.len() * 99 / 100],
+    }
+}
+
+async fn http(rows: &mut Vec<(String, String)>) {
+    let sim = Simulator::start(
+        TcpListener::bind("127.0.0.1:0").unwrap(),
+        SimulatorConfig::default(),
+    )
+    .unwrap();
+    let sim_url = sim.base_url();
+    tokio::spawn(sim.server);
+    let text = format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+workers = 1
+[intellia]
+base_url = "{sim_url}"
+organization_id = "org"
+api_key_env = "UNUSED"
+[[session.jwt]]
+issuer = "https://bench.example"
+audience = "chat-widget"
+hs256_secret_file = "/dev/null"
+algorithms = ["HS256"]
+[cache]
+enabled = true
+"#
+    );
+    let settings = Settings::from_toml_with_env(&text, Vec::<(String, String)>::new()).unwrap();
+    let app = Application::build(
+        settings,
+        BuildOptions {
+            api_key: Some(SecretString::from("bench-key")),
+            session_secrets: std::collections::HashMap::from([(
+                0,
+                intellia_token_broker::secrets::SecretCell::with_value(
+                    intellia_token_broker::secrets::SecretSource::Inline,
+                    SecretString::from(SECRET),
+                ),
+            )]),
+            ..BuildOptions::default()
+        },
+    )
+    .await
+    .unwrap();
+    let base = format!("http://{}", app.public_addr());
+    tokio::spawn(app.run_until_stopped());
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(64)
+        .build()
+        .unwrap();
+    let token = jsonwebtoken::encode(
+        &Header::new(Algorithm::HS256),
+        &claims("alice"),
+        &EncodingKey::from_secret(SECRET.as_bytes()),
+    )
+    .unwrap();
+    // Warm up: first mint, connections, caches.
+    let _ = load(
+        &client,
+        &format!("{base}/v1/token"),
+        Some(&token),
+        8,
+        Duration::from_secs(1),
+    )
+    .await;
+    let secs = Duration::from_secs(5);
+    let health = load(&client, &format!("{base}/healthz"), None, 16, secs).await;
+    let token_route = load(&client, &format!("{base}/v1/token"), Some(&token), 16, secs).await;
+    rows.push((
+        "GET /healthz, 1 worker, 16 connections".into(),
+        format!(
+            "{:.0} req/s, p50 {:?}, p99 {:?}",
+            health.rps, health.p50, health.p99
+        ),
+    ));
+    rows.push((
+        "POST /v1/token cache hit (HS256 session), same server".into(),
+        format!(
+            "{:.0} req/s, p50 {:?}, p99 {:?}",
+            token_route.rps, token_route.p50, token_route.p99
+        ),
+    ));
+    rows.push((
+        "token route throughput / healthz throughput".into(),
+        format!("{:.2}", token_route.rps / health.rps),
+    ));
+}
+
+fn main() {
+    // `cargo test --benches` runs bench targets with --bench absent; do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    intellia_token_broker::http_client::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    runtime.block_on(micro(&mut rows));
+    runtime.block_on(http(&mut rows));
+    println!("| measurement | result |\n|---|---|");
+    for (name, value) in rows {
+        println!("| {name} | {value} |");
+    }
+}

@@ -1,0 +1,173 @@
+//! End to end with a real OpenID provider (`oidc-provider` on Node, tests/oidc-provider): discovery,
+//! JWKS, RS256/ES256/EdDSA access tokens minted by the provider, key rotation, and an outage.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use serde_json::{Value, json};
+
+use crate::helpers::*;
+
+struct Provider {
+    child: Child,
+    info: Value,
+    http: reqwest::Client,
+}
+
+impl Drop for Provider {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Provider {
+    fn start() -> Provider {
+        let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc-provider");
+        let install = Command::new("bash")
+            .args([&format!("{dir}/run.sh"), "--install-only"])
+            .status()
+            .expect("bash runs the fixture installer");
+        assert!(install.success(), "npm ci of the OIDC fixture failed");
+        let mut child = Command::new("node")
+            .args([&format!("{dir}/server.mjs"), "--port", "0"])
+            // The fixture exits when this pipe closes, so a crashed test leaves no orphan.
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("node starts the OIDC fixture");
+        let stdout = child.stdout.take().unwrap();
+        let mut line = String::new();
+        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let info: Value = serde_json::from_str(&line).expect("the fixture prints its endpoints");
+        Provider {
+            child,
+            info,
+            http: http_client(),
+        }
+    }
+
+    fn issuer(&self) -> &str {
+        self.info["issuer"].as_str().unwrap()
+    }
+
+    async fn control(&self, path: &str, body: Value) -> Value {
+        let url = format!("{}{path}", self.info["control"].as_str().unwrap());
+        let resp = self.http.post(url).json(&body).send().await.unwrap();
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+        resp.json().await.unwrap_or(Value::Null)
+    }
+
+    async fn token(&self, sub: &str, alg: &str) -> String {
+        let minted = self
+            .control(
+                "/token",
+                json!({"sub": sub, "email": format!("{sub}@example.com"), "name": format!("User {sub}"),
+                       "format": "jwt", "audience": AUDIENCE, "alg": alg}),
+            )
+            .await;
+        minted["access_token"].as_str().unwrap().to_owned()
+    }
+}
+
+fn issuer_table(provider: &Provider) -> String {
+    format!(
+        "\n[[session.jwt]]\nissuer = \"{}\"\naudience = \"{AUDIENCE}\"\ndiscovery = true\nalgorithms = [\"RS256\", \"ES256\", \"EdDSA\"]\nuser_id_prefix = \"op:\"\n",
+        provider.issuer()
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn real_provider_tokens_of_every_algorithm_are_accepted() {
+    let provider = Provider::start();
+    let app = spawn_app(TestConfig {
+        extra_issuers: issuer_table(&provider),
+        ..TestConfig::default()
+    })
+    .await;
+    for (n, alg) in ["RS256", "ES256", "EdDSA"].into_iter().enumerate() {
+        let sub = format!("person-{n}");
+        let resp = app.token(&provider.token(&sub, alg).await).await;
+        assert_eq!(resp.status(), 200, "{alg}");
+        let body: Value = resp.json().await.unwrap();
+        assert_eq!(body["userId"], format!("op:{sub}"));
+        let user = app.sim.user(&format!("op:{sub}")).unwrap();
+        assert_eq!(
+            user.email.as_deref(),
+            Some(format!("{sub}@example.com").as_str())
+        );
+    }
+    // A token for another audience from the same provider is refused.
+    let other = provider
+        .control(
+            "/token",
+            json!({"sub": "x", "format": "jwt", "audience": "another-api"}),
+        )
+        .await;
+    let resp = app.token(other["access_token"].as_str().unwrap()).await;
+    assert_problem(resp, 401, "unauthenticated").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_rotation_and_provider_outage() {
+    let provider = Provider::start();
+    let app = spawn_app(TestConfig {
+        extra_issuers: issuer_table(&provider),
+        ..TestConfig::default()
+    })
+    .await;
+    let before = provider.token("alice", "RS256").await;
+    assert_eq!(app.token(&before).await.status(), 200);
+
+    // The provider rotates: new kids sign, old ones stay published. A token with a new kid is
+    // unknown until a refetch, which the broker allows once per 30 s after its last fetch.
+    provider.control("/rotate", json!({})).await;
+    let after = provider.token("bob", "RS256").await;
+    let mut accepted = false;
+    for _ in 0..40 {
+        if app.token(&after).await.status() == 200 {
+            accepted = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_secs(1)).await;
+    }
+    assert!(
+        accepted,
+        "the rotated key was picked up within the refetch window"
+    );
+    let stats: Value = provider
+        .http
+        .get(format!(
+            "{}/stats",
+            provider.info["control"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let jwks_fetches = stats["counts"]["jwks"].as_u64().unwrap();
+    assert!(
+        jwks_fetches <= 3,
+        "40 attempts with an unknown kid cost {jwks_fetches} JWKS fetches"
+    );
+    // Old-key tokens still verify while published.
+    assert_eq!(app.token(&before).await.status(), 200);
+
+    // Outage: the last good keys keep serving known tokens, and readiness stays up.
+    provider.control("/down", json!({"mode": "503"})).await;
+    let carol = provider.token("carol", "ES256").await;
+    assert_eq!(app.token(&carol).await.status(), 200);
+    assert_eq!(
+        app.client
+            .get(app.url("/readyz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+}
