@@ -1,0 +1,534 @@
+"""Offline checks of the Helm chart (called by tests/deploy/run.sh).
+
+No cluster is needed: Helm's own SDK (helm-python-sdk) lints and renders the
+chart and enforces values.schema.json; kubernetes-validate checks the rendered
+manifests against the Kubernetes OpenAPI schemas; the ServiceMonitor (a CRD
+that kubernetes-validate does not know) is checked against a strict JSON
+schema derived from the prometheus-operator CRD models; then the rendered
+objects are asserted on (security, secrets as files, checksums, grace period,
+config keys).
+
+Prints one "PASS name" / "FAIL name: why" line per check and exits 1 when any
+check failed. Writes the rendered manifests and the rendered broker configs to
+--out (one <set>.yaml and <set>.config.toml per values set).
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import json
+import re
+import subprocess
+import sys
+import tomllib
+from pathlib import Path
+from typing import Any, Callable
+
+import yaml
+import helm_python as helm
+
+# Kubernetes versions to validate against: the chart's kubeVersion floor
+# (Chart.yaml: >=1.30, for the preStop sleep action) and the newest schema
+# bundled with kubernetes-validate.
+KUBE_VERSIONS = ["1.30.0", "1.37.0"]
+RELEASE = "broker"
+NAMESPACE = "web"
+API_KEY_DIR = "/var/run/secrets/intellia"
+API_KEY_FILE = f"{API_KEY_DIR}/api-key"
+CONFIG_DIR = "/etc/intellia-token-broker"
+UID = 65532
+
+# DESIGN.md §3: every key the broker's config knows, plus the few the broker
+# added (src/config.rs: server.drain_delay_secs, server.secret_poll_secs,
+# server.workers, cors.max_age_secs, cache.max_entries). The rendered TOML
+# must use no other (the broker rejects unknown keys).
+DESIGN_KEYS: dict[str, set[str]] = {
+    "server": {"listen", "admin_listen", "trusted_proxies", "max_body_bytes", "shutdown_grace_secs",
+               "drain_delay_secs", "secret_poll_secs", "workers"},
+    "intellia": {"base_url", "organization_id", "api_key_file", "api_key_env", "timeout_ms", "max_retries"},
+    "cors": {"allowed_origins", "max_age_secs"},
+    "session": {"jwt", "introspection"},
+    "session.jwt[]": {"issuer", "audience", "jwks_url", "discovery", "hs256_secret_file", "algorithms",
+                      "cookie", "user_id_claim", "email_claim", "name_claim", "leeway_secs", "user_id_prefix"},
+    "session.introspection": {"url", "client_id", "client_secret_file"},
+    "backend": {"secret_file"},
+    "rate_limit": {"per_user", "per_ip", "upstream"},
+    "rate_limit.per_user": {"per_minute", "burst"},
+    "rate_limit.per_ip": {"per_minute", "burst"},
+    "rate_limit.upstream": {"per_second", "burst"},
+    "cache": {"enabled", "min_remaining_secs", "max_entries"},
+    "redis": {"url", "on_unavailable"},
+}
+
+
+class Checks:
+    def __init__(self) -> None:
+        self.failed: list[str] = []
+        self.count = 0
+
+    def check(self, name: str, fn: Callable[[], Any]) -> Any:
+        self.count += 1
+        try:
+            result = fn()
+        except AssertionError as e:
+            self.failed.append(name)
+            print(f"FAIL {name}: {e}", flush=True)
+            return None
+        except Exception as e:  # noqa: BLE001 - report any crash as a failure
+            self.failed.append(name)
+            print(f"FAIL {name}: {type(e).__name__}: {str(e).strip()[:600]}", flush=True)
+            return None
+        print(f"PASS {name}", flush=True)
+        return result
+
+
+def load_values(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    data = yaml.safe_load(path.read_text()) or {}
+    assert isinstance(data, dict), f"{path}: not a mapping"
+    return data
+
+
+def render(chart: helm.Chart, values: dict[str, Any]) -> list[dict[str, Any]]:
+    out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    docs: list[dict[str, Any]] = []
+    for path in sorted(out):
+        if not path.endswith((".yaml", ".yml")):
+            continue
+        for doc in yaml.safe_load_all(out[path]):
+            if doc:
+                doc.setdefault("metadata", {}).setdefault("annotations", {})
+                docs.append(doc)
+    return docs
+
+
+def dump(docs: list[dict[str, Any]]) -> str:
+    return yaml.safe_dump_all(docs, sort_keys=False)
+
+
+def one(docs: list[dict[str, Any]], kind: str) -> dict[str, Any]:
+    found = [d for d in docs if d["kind"] == kind]
+    assert len(found) == 1, f"expected one {kind}, found {len(found)}"
+    return found[0]
+
+
+def kinds(docs: list[dict[str, Any]]) -> list[str]:
+    return [f"{d['kind']}/{d['metadata']['name']}" for d in docs]
+
+
+def lint(chart_dir: Path, values: dict[str, Any]) -> None:
+    report = helm.lint(str(chart_dir), values=values, strict=True, namespace=NAMESPACE)
+    problems = [m for m in report.get("messages", []) if m.get("severity", 0) >= 2]
+    assert not report.get("errors") and not problems, json.dumps(problems or report.get("errors"))[:800]
+
+
+def kubernetes_validate(venv_bin: Path, path: Path, version: str) -> None:
+    proc = subprocess.run(
+        [str(venv_bin / "kubernetes-validate"), "--strict", "-k", version, str(path)],
+        capture_output=True, text=True, check=False,
+    )
+    output = (proc.stdout + proc.stderr).strip()
+    # A kind kubernetes-validate has no schema for is only a warning to it; to
+    # us it is a failure (CRDs are split out before this and checked apart).
+    assert proc.returncode == 0 and "WARN" not in output and "ERROR" not in output, output[:1200]
+
+
+def strict_servicemonitor_schema() -> dict[str, Any]:
+    from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+
+    schema = ServiceMonitor.model_json_schema(by_alias=True, mode="validation")
+
+    def close(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node:
+                node["additionalProperties"] = False
+            for v in node.values():
+                close(v)
+        elif isinstance(node, list):
+            for v in node:
+                close(v)
+
+    close(schema)
+    return schema
+
+
+def validate_servicemonitors(docs: list[dict[str, Any]], schema: dict[str, Any]) -> None:
+    import jsonschema
+
+    validator = jsonschema.Draft202012Validator(schema)
+    for d in docs:
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(d)]
+        assert not errors, "; ".join(errors)[:800]
+        eps = d["spec"]["endpoints"]
+        assert [e.get("port") for e in eps] == ["metrics"], "ServiceMonitor must scrape the metrics port only"
+
+
+# --- assertions on rendered objects -------------------------------------------------------------
+
+def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    return one(docs, "Deployment")["spec"]["template"]["spec"]
+
+
+def broker_toml(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    cm = one(docs, "ConfigMap")
+    return tomllib.loads(cm["data"]["config.toml"])
+
+
+def assert_security(docs: list[dict[str, Any]]) -> None:
+    spec = pod_spec(docs)
+    psc = spec.get("securityContext", {})
+    assert psc.get("runAsNonRoot") is True, "pod runAsNonRoot"
+    assert psc.get("runAsUser") == UID and psc.get("runAsGroup") == UID and psc.get("fsGroup") == UID, \
+        f"pod uid/gid/fsGroup must be {UID}: {psc}"
+    assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", "pod seccomp RuntimeDefault"
+    assert spec.get("automountServiceAccountToken") is False, "pod automountServiceAccountToken must be false"
+    for sa in [d for d in docs if d["kind"] == "ServiceAccount"]:
+        assert sa.get("automountServiceAccountToken") is False, "ServiceAccount automountServiceAccountToken"
+    assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), "no host namespaces"
+    assert_security_containers(spec)
+
+
+def assert_security_containers(spec: dict[str, Any], names: set[str] | None = None) -> None:
+    for c in spec["containers"] + spec.get("initContainers", []):
+        if names is not None and c["name"] not in names:
+            continue
+        sc = c.get("securityContext", {})
+        want = {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}
+        for k, v in want.items():
+            assert sc.get(k) is v, f"container {c['name']}: {k} must be {v}"
+        assert sc.get("runAsUser") == UID and sc.get("runAsGroup") == UID, f"container {c['name']} uid/gid"
+        assert sc.get("privileged") in (None, False), "not privileged"
+        assert sc.get("capabilities", {}).get("drop") == ["ALL"], f"container {c['name']}: drop ALL"
+        assert not sc.get("capabilities", {}).get("add"), f"container {c['name']}: no added capabilities"
+        assert sc.get("seccompProfile", {}).get("type") == "RuntimeDefault", "container seccomp"
+        assert "resources" in c and c["resources"].get("requests") and c["resources"].get("limits"), \
+            "container resources (requests and limits)"
+
+
+def assert_api_key_is_a_file(docs: list[dict[str, Any]], values: dict[str, Any], chart_values: dict[str, Any]) -> None:
+    spec = pod_spec(docs)
+    key_name = (values.get("secret", {}).get("keys", {}) or {}).get("apiKey") \
+        or chart_values["secret"]["keys"]["apiKey"]
+    secret_name = values.get("secret", {}).get("existingSecret") or f"{RELEASE}-intellia-token-broker"
+    # 1. no environment variable carries it
+    for c in spec["containers"] + spec.get("initContainers", []):
+        assert not c.get("envFrom"), f"container {c['name']}: envFrom would expose whole Secrets as env"
+        for e in c.get("env", []):
+            assert not re.search(r"API_?KEY", e["name"], re.I), f"env {e['name']} looks like an API key"
+            ref = (e.get("valueFrom") or {}).get("secretKeyRef")
+            if ref:
+                assert not (ref.get("name") == secret_name and ref.get("key") == key_name), \
+                    f"env {e['name']} reads the API key from the Secret"
+                assert ref.get("key") == (values.get("redisUrlSecret", {}) or {}).get("key", "redis-url") and \
+                    e["name"] == "BROKER__REDIS__URL", f"unexpected secret env {e['name']}"
+    # 2. it is mounted as a file, from the Secret, as a directory (no subPath: rotation reaches the pod)
+    vols = {v["name"]: v for v in spec["volumes"]}
+    mounts = [m for m in spec["containers"][0]["volumeMounts"] if m["mountPath"] == API_KEY_DIR]
+    assert len(mounts) == 1 and "subPath" not in mounts[0] and mounts[0].get("readOnly") is True, \
+        f"{API_KEY_DIR} must be one read-only directory mount"
+    vol = vols[mounts[0]["name"]]["secret"]
+    assert vol["secretName"] == secret_name, f"api key volume from {vol['secretName']}, want {secret_name}"
+    assert vol["items"] == [{"key": key_name, "path": "api-key"}], f"api key item: {vol['items']}"
+    assert vol.get("defaultMode") == 0o440, "secret files mode 0440"
+    for m in spec["containers"][0]["volumeMounts"]:
+        assert "subPath" not in m, f"{m['mountPath']}: subPath mounts never see Secret/ConfigMap updates"
+    # 3. the broker is told that path
+    conf = broker_toml(docs)
+    assert conf["intellia"]["api_key_file"] == API_KEY_FILE and "api_key_env" not in conf["intellia"], \
+        "config must read the key from the mounted file"
+    # 4. a plaintext secret value never appears outside a Secret
+    plain = [v for v in (values.get("secret", {}).get("values", {}) or {}).values() if v]
+    for d in docs:
+        if d["kind"] == "Secret":
+            for k, v in (d.get("data") or {}).items():
+                assert base64.b64decode(v).decode() in plain + [""], f"Secret key {k} holds an unexpected value"
+            continue
+        text = dump([d])
+        for p in plain:
+            assert p not in text and base64.b64encode(p.encode()).decode() not in text, \
+                f"a secret value appears in {d['kind']}/{d['metadata']['name']}"
+
+
+def assert_config_mount(docs: list[dict[str, Any]]) -> None:
+    c = pod_spec(docs)["containers"][0]
+    assert c["args"] == ["serve", "--config", f"{CONFIG_DIR}/config.toml"], f"args {c['args']}"
+    mounts = [m for m in c["volumeMounts"] if m["mountPath"] == CONFIG_DIR]
+    assert len(mounts) == 1 and mounts[0].get("readOnly") is True, "config dir mount"
+    vol = {v["name"]: v for v in pod_spec(docs)["volumes"]}[mounts[0]["name"]]
+    assert vol["configMap"]["name"] == one(docs, "ConfigMap")["metadata"]["name"], "config from the ConfigMap"
+
+
+def check_design_keys(conf: dict[str, Any]) -> None:
+    """Every section and key of a broker config is one DESIGN.md §3 names."""
+
+    def walk(table: dict[str, Any], path: str) -> None:
+        allowed = DESIGN_KEYS.get(path)
+        assert allowed is not None, f"[{path}] is not a DESIGN.md §3 section"
+        extra = set(table) - allowed
+        assert not extra, f"[{path}] has keys not in DESIGN.md §3: {sorted(extra)}"
+        for k, v in table.items():
+            sub = f"{path}.{k}" if path else k
+            if isinstance(v, dict):
+                walk(v, sub)
+            elif k == "jwt" and path == "session":
+                assert isinstance(v, list), "session.jwt must be an array of tables"
+                for item in v:
+                    walk(item, "session.jwt[]")
+
+    for section, table in conf.items():
+        assert isinstance(table, dict), f"top-level key {section} must be a table"
+        walk(table, section)
+
+
+def assert_config_keys(docs: list[dict[str, Any]]) -> None:
+    conf = broker_toml(docs)
+    check_design_keys(conf)
+    srv = conf["server"]
+    assert srv["listen"] == "0.0.0.0:8080", "listen on 8080"
+    for k in ("max_body_bytes", "shutdown_grace_secs"):
+        assert isinstance(srv[k], int) and not isinstance(srv[k], bool), f"server.{k} must be a TOML integer"
+
+
+def assert_probes_and_ports(docs: list[dict[str, Any]], metrics: bool) -> None:
+    c = pod_spec(docs)["containers"][0]
+    assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, "liveness /healthz on http"
+    assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, "readiness /readyz on http"
+    ports = {p["name"]: p["containerPort"] for p in c["ports"]}
+    want = {"http": 8080} | ({"metrics": 9091} if metrics else {})
+    assert ports == want, f"container ports {ports}"
+    svc = one(docs, "Service")
+    sports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
+    want_s = {"http": (8080, "http")} | ({"metrics": (9091, "metrics")} if metrics else {})
+    assert sports == want_s, f"service ports {sports}"
+    conf = broker_toml(docs)
+    assert ("admin_listen" in conf["server"]) == metrics, "admin_listen present iff metrics.enabled"
+    for ing in [d for d in docs if d["kind"] == "Ingress"]:
+        for rule in ing["spec"]["rules"]:
+            for p in rule["http"]["paths"]:
+                assert p["backend"]["service"]["port"] == {"name": "http"}, "Ingress must target the http port only"
+
+
+def assert_checksums(chart: helm.Chart, docs: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    ann = one(docs, "Deployment")["spec"]["template"]["metadata"].get("annotations", {})
+    for k in ("checksum/config", "checksum/secret"):
+        assert re.fullmatch(r"[0-9a-f]{64}", str(ann.get(k, ""))), f"pod annotation {k} missing"
+    # a config change and a secret change each roll the pods
+    changed = json.loads(json.dumps(values))
+    changed.setdefault("config", {}).setdefault("server", {})["max_body_bytes"] = 8191
+    ann2 = one(render(chart, changed), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert ann2["checksum/config"] != ann["checksum/config"], "a config change must change checksum/config"
+    changed = json.loads(json.dumps(values))
+    sec = changed.setdefault("secret", {})
+    if sec.get("existingSecret"):
+        sec["existingSecret"] = sec["existingSecret"] + "-v2"
+    else:
+        sec.setdefault("values", {})["apiKey"] = "rotated-test-key"
+    ann3 = one(render(chart, changed), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    assert ann3["checksum/secret"] != ann["checksum/secret"], "a secret change must change checksum/secret"
+
+
+def assert_grace(docs: list[dict[str, Any]]) -> None:
+    spec = pod_spec(docs)
+    grace = broker_toml(docs)["server"]["shutdown_grace_secs"]
+    pre = ((spec["containers"][0].get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
+    tgps = spec["terminationGracePeriodSeconds"]
+    assert tgps > pre + grace, f"terminationGracePeriodSeconds {tgps} <= preStop {pre} + shutdown_grace_secs {grace}"
+
+
+def assert_spread(docs: list[dict[str, Any]]) -> None:
+    tsc = pod_spec(docs).get("topologySpreadConstraints") or []
+    assert tsc, "topologySpreadConstraints"
+    sel = one(docs, "Deployment")["spec"]["selector"]["matchLabels"]
+    for t in tsc:
+        assert t["labelSelector"]["matchLabels"] == sel, "spread constraint selects this release's pods"
+
+
+def assert_production(docs: list[dict[str, Any]]) -> None:
+    assert "lifecycle" not in pod_spec(docs)["containers"][0], "preStopSleepSeconds 0: no hook"
+    ks = {d["kind"] for d in docs}
+    for k in ("HorizontalPodAutoscaler", "PodDisruptionBudget", "NetworkPolicy", "Ingress", "ServiceMonitor"):
+        assert k in ks, f"{k} missing"
+    assert "Secret" not in ks, "existingSecret: the chart must not create a Secret"
+    assert "replicas" not in one(docs, "Deployment")["spec"], "with the HPA the Deployment leaves replicas alone"
+    hpa = one(docs, "HorizontalPodAutoscaler")
+    assert hpa["apiVersion"] == "autoscaling/v2", "HPA autoscaling/v2"
+    env = {e["name"]: e for e in pod_spec(docs)["containers"][0]["env"]}
+    ref = env["BROKER__REDIS__URL"]["valueFrom"]["secretKeyRef"]
+    assert ref == {"name": "intellia-token-broker", "key": "redis-url"}, f"redis url secretKeyRef {ref}"
+    conf = broker_toml(docs)
+    assert conf["redis"] == {"on_unavailable": "local"}, f"[redis] {conf['redis']}"
+    np = one(docs, "NetworkPolicy")["spec"]
+    assert set(np["policyTypes"]) == {"Ingress", "Egress"}, "policyTypes"
+    ing_ports = [p["port"] for r in np["ingress"] for p in r["ports"]]
+    assert ing_ports == ["http", "metrics"], f"ingress ports {ing_ports}"
+    metrics_rule = np["ingress"][1]
+    assert metrics_rule["from"][0]["namespaceSelector"]["matchLabels"] == \
+        {"kubernetes.io/metadata.name": "monitoring"}, "metrics only from the monitoring namespace"
+    eg_ports = sorted({p["port"] for r in np["egress"] for p in r["ports"]})
+    assert eg_ports == [53, 443, 6379], f"egress ports {eg_ports}: only DNS, Intellia/IdP and Redis"
+    pdb = one(docs, "PodDisruptionBudget")["spec"]
+    assert pdb["minAvailable"] == 2 and pdb["minAvailable"] < hpa["spec"]["minReplicas"], "PDB below HPA floor"
+
+
+def assert_all_features(docs: list[dict[str, Any]]) -> None:
+    conf = broker_toml(docs)
+    assert conf["backend"] == {"secret_file": "/var/run/secrets/broker/backend-secret"}, f"[backend] {conf.get('backend')}"
+    assert conf["session"]["introspection"]["client_secret_file"] == "/var/run/secrets/broker/introspection-secret"
+    assert isinstance(conf["session"]["jwt"], list) and len(conf["session"]["jwt"]) == 2, "[[session.jwt]] x2"
+    assert "per_ip" not in conf["rate_limit"], "per_ip: null leaves the section out"
+    spec = pod_spec(docs)
+    vols = {v["name"]: v for v in spec["volumes"]}
+    items = {i["path"] for i in vols["broker-secrets"]["secret"]["items"]}
+    assert items == {"backend-secret", "hs256-secret", "introspection-secret"}, f"broker secret files {items}"
+    assert spec["terminationGracePeriodSeconds"] == 45, "explicit grace period kept"
+    assert spec["containers"][0]["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}, "preStop sleep hook"
+    assert spec["serviceAccountName"] == "web-backend" and \
+        not [d for d in docs if d["kind"] == "ServiceAccount"], "serviceAccount.create false"
+
+
+def expect_rejected(chart: helm.Chart, chart_dir: Path, values: dict[str, Any], want: str, by_schema: bool) -> None:
+    try:
+        chart.render(values, name=RELEASE, namespace=NAMESPACE)
+    except helm.HelmError as e:
+        msg = str(e)
+        assert re.search(want, msg), f"rejected, but not for the expected reason ({want!r}): {msg[:400]}"
+    else:
+        raise AssertionError("rendered without error; it must be rejected")
+    if by_schema:
+        # Helm's lint reports schema violations; a template `fail` it only logs
+        # (lint renders leniently), so those cases are checked by rendering.
+        report = helm.lint(str(chart_dir), values=values, strict=True, namespace=NAMESPACE)
+        assert report.get("errors"), "helm lint accepted it"
+
+
+def sidecar_checks(path: Path, out: Path) -> int:
+    checks = Checks()
+    docs = [d for d in yaml.safe_load_all(path.read_text()) if d]
+    out.mkdir(parents=True, exist_ok=True)
+
+    def config() -> None:
+        text = one(docs, "ConfigMap")["data"]["config.toml"]
+        (out / "sidecar.config.toml").write_text(text)
+        conf = tomllib.loads(text)
+        check_design_keys(conf)
+        assert conf["server"]["listen"] == "127.0.0.1:8080", "the sidecar listens on loopback only"
+        assert conf["backend"]["secret_file"].startswith("/var/run/secrets/"), "backend secret from a file"
+        assert conf["intellia"]["api_key_file"] == API_KEY_FILE, "API key from the mounted file"
+
+    def security() -> None:
+        assert_security_containers(pod_spec(docs), names={"token-broker"})
+        spec = pod_spec(docs)
+        broker = [c for c in spec["initContainers"] if c["name"] == "token-broker"][0]
+        assert broker.get("restartPolicy") == "Always", "a native sidecar"
+        app = spec["containers"][0]
+        assert not [m for m in app.get("volumeMounts", []) if m["mountPath"] == API_KEY_DIR], \
+            "the app container must not see the Intellia API key"
+        for c in spec["containers"] + spec["initContainers"]:
+            for e in c.get("env", []):
+                assert not re.search(r"API_?KEY", e["name"], re.I), f"env {e['name']}"
+
+    checks.check(f"{path.name}: broker config parses, DESIGN.md §3 keys, listen 127.0.0.1:8080, [backend]", config)
+    checks.check(f"{path.name}: broker container hardened, native sidecar, API key hidden from the app", security)
+    return 1 if checks.failed else 0
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--chart", type=Path, required=True)
+    ap.add_argument("--out", type=Path, required=True)
+    ap.add_argument("--venv-bin", type=Path, required=True)
+    ap.add_argument("--sidecar", type=Path, help="only check the sidecar manifest's broker config")
+    args = ap.parse_args()
+    if args.sidecar:
+        return sidecar_checks(args.sidecar, args.out)
+    chart_dir: Path = args.chart
+    out: Path = args.out
+    out.mkdir(parents=True, exist_ok=True)
+    here = Path(__file__).resolve().parent
+    checks = Checks()
+    helm.disable_logging()
+
+    chart = helm.Chart.load(str(chart_dir))
+    chart_values = chart.values
+    sm_schema = checks.check("servicemonitor-schema: build strict schema from prometheus-operator v0.80 models",
+                             strict_servicemonitor_schema)
+
+    sets: dict[str, Path | None] = {
+        "default": None,
+        "production": chart_dir / "ci" / "production-values.yaml",
+        "all-features": chart_dir / "ci" / "all-features-values.yaml",
+    }
+    for name, path in sets.items():
+        values = load_values(path)
+        checks.check(f"{name}: helm lint --strict", lambda: lint(chart_dir, values))
+        docs = checks.check(f"{name}: render (helm template, schema enforced)", lambda: render(chart, values))
+        if docs is None:
+            continue
+        print(f"     {name} resources: {', '.join(kinds(docs))}")
+        crds = [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
+        core = [d for d in docs if d not in crds]
+        manifest = out / f"{name}.yaml"
+        manifest.write_text(dump(core))
+        (out / f"{name}.servicemonitor.yaml").write_text(dump(crds))
+        (out / f"{name}.config.toml").write_text(one(docs, "ConfigMap")["data"]["config.toml"])
+        for kv in KUBE_VERSIONS:
+            checks.check(f"{name}: kubernetes-validate --strict -k {kv} ({len(core)} objects)",
+                         lambda kv=kv: kubernetes_validate(args.venv_bin, manifest, kv))
+        if crds and sm_schema is not None:
+            checks.check(f"{name}: ServiceMonitor against the CRD schema (strict)",
+                         lambda: validate_servicemonitors(crds, sm_schema))
+        metrics = (values.get("metrics") or {}).get("enabled", True)
+        checks.check(f"{name}: securityContext (non-root 65532, read-only root, no privilege escalation, "
+                     f"caps dropped, seccomp) and resources", lambda: assert_security(docs))
+        checks.check(f"{name}: API key only as a file (no env var, no subPath, no plaintext outside the Secret)",
+                     lambda: assert_api_key_is_a_file(docs, values, chart_values))
+        checks.check(f"{name}: config mounted from the ConfigMap at {CONFIG_DIR}/config.toml",
+                     lambda: assert_config_mount(docs))
+        checks.check(f"{name}: rendered config.toml parses and uses only DESIGN.md §3 keys",
+                     lambda: assert_config_keys(docs))
+        checks.check(f"{name}: probes /healthz and /readyz on http; ports 8080/9091; Ingress on http only",
+                     lambda: assert_probes_and_ports(docs, metrics))
+        checks.check(f"{name}: checksum/config and checksum/secret present and change with their inputs",
+                     lambda: assert_checksums(chart, docs, values))
+        checks.check(f"{name}: terminationGracePeriodSeconds > preStop sleep + shutdown_grace_secs",
+                     lambda: assert_grace(docs))
+        checks.check(f"{name}: topologySpreadConstraints select this release", lambda: assert_spread(docs))
+        if name == "production":
+            checks.check("production: HPA v2, PDB, NetworkPolicy (DNS/443/Redis egress, metrics from monitoring), "
+                         "Ingress, ServiceMonitor, no chart Secret, Redis URL from secretKeyRef",
+                         lambda: assert_production(docs))
+        if name == "all-features":
+            checks.check("all-features: backend/HS256/introspection secrets as files, per_ip null, preStop sleep, "
+                         "explicit grace",
+                         lambda: assert_all_features(docs))
+
+    negative = [
+        # (values file, expected message, rejected by values.schema.json?)
+        ("bad-unknown-key.yaml", r"organisation_id", True),
+        ("bad-unknown-top-key.yaml", r"replicas", True),
+        ("bad-wrong-type.yaml", r"shutdown_grace_secs.*(got string|want integer)", True),
+        ("bad-wrong-type-bool.yaml", r"networkPolicy/enabled.*(got string|want boolean)", True),
+        ("bad-managed-key.yaml", r"api_key_file", True),
+        ("bad-wildcard-origin.yaml", r"allowed_origins", True),
+        ("bad-grace.yaml", r"terminationGracePeriodSeconds \(30\) must be larger", False),
+        ("bad-jwt-two-key-sources.yaml", r"session/jwt/0", True),
+        ("bad-jwt-hs256-with-jwks.yaml", r"session/jwt/0", True),
+        ("bad-backend-without-secret.yaml", r"backendRoute.enabled needs secret.values.backendSecret", False),
+        ("bad-drain.yaml", r"drain_delay_secs \(20\) must be shorter", False),
+        ("bad-redis-url-twice.yaml", r"set the Redis URL once", False),
+    ]
+    for fname, want, by_schema in negative:
+        values = load_values(here / "values" / fname)
+        how = "schema: render and lint fail" if by_schema else "template fail: render fails"
+        checks.check(f"negative: values/{fname} is rejected ({how})",
+                     lambda values=values, want=want, by_schema=by_schema:
+                     expect_rejected(chart, chart_dir, values, want, by_schema))
+
+    print(f"chart checks: {checks.count - len(checks.failed)}/{checks.count} passed; rendered files in {out}")
+    return 1 if checks.failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
