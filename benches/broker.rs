@@ -18,7 +18,7 @@ use intellia_token_broker::intellia::simulator::{Simulator, SimulatorConfig};
 use intellia_token_broker::limits::Limits;
 use intellia_token_broker::metrics::Metrics;
 use intellia_token_broker::session::SessionVerifier;
-use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::SecretString;
 use serde_json::json;
 
@@ -146,38 +146,120 @@ algorithms = ["HS256"]
         black_box(verifier.verify(black_box(&token)).await.unwrap());
     }
     rows.push((
-        "HS256 session verify (full: parse, MAC, claims)".into(),
+        "HS256 session verify, previously seen token (verified-session cache)".into(),
         per_op(start.elapsed(), n),
     ));
 
-    // First-seen RS256 signature verification (what a JWKS issuer pays per new token).
+    // First-seen HS256 tokens (distinct tokens, so the verified-session cache never hits).
+    let fresh: Vec<String> = (0..20_000)
+        .map(|i| {
+            jsonwebtoken::encode(
+                &Header::new(Algorithm::HS256),
+                &claims(&format!("user-{i}")),
+                &EncodingKey::from_secret(SECRET.as_bytes()),
+            )
+            .unwrap()
+        })
+        .collect();
+    let start = Instant::now();
+    for t in &fresh {
+        black_box(verifier.verify(black_box(t)).await.unwrap());
+    }
+    rows.push((
+        "HS256 session verify, first-seen token (MAC + claims + cache insert)".into(),
+        per_op(start.elapsed(), fresh.len() as u64),
+    ));
+
+    // RS256 through the broker's verifier, keys from a JWKS served on loopback.
+    let jwks: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/jwks.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let doc = json!({"keys": [jwks["rsa-1"].clone()]}).to_string();
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let jwks_url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+    let server = actix_web::HttpServer::new(move || {
+        let doc = doc.clone();
+        actix_web::App::new().route(
+            "/jwks.json",
+            actix_web::web::get().to(move || {
+                let doc = doc.clone();
+                async move {
+                    actix_web::HttpResponse::Ok()
+                        .content_type("application/json")
+                        .body(doc)
+                }
+            }),
+        )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .unwrap()
+    .run();
+    tokio::spawn(server);
+    let rs_settings = Settings::from_toml_with_env(
+        &format!(
+            r#"
+[server]
+listen = "127.0.0.1:0"
+[intellia]
+organization_id = "org"
+api_key_env = "UNUSED"
+[[session.jwt]]
+issuer = "https://bench.example"
+audience = "chat-widget"
+jwks_url = "{jwks_url}"
+algorithms = ["RS256"]
+"#
+        ),
+        Vec::<(String, String)>::new(),
+    )
+    .unwrap();
+    let rs_verifier = SessionVerifier::new(
+        &rs_settings.session,
+        &intellia_token_broker::http_client::builder()
+            .build()
+            .unwrap(),
+        &Arc::new(Metrics::new()),
+        std::collections::HashMap::new(),
+    )
+    .unwrap();
     let pem = std::fs::read(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/fixtures/rsa-private.pem"
     ))
     .unwrap();
-    let public = std::fs::read(concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/tests/fixtures/rsa-public.pem"
-    ))
-    .unwrap();
-    let rs_token = jsonwebtoken::encode(
-        &Header::new(Algorithm::RS256),
-        &claims("alice"),
-        &EncodingKey::from_rsa_pem(&pem).unwrap(),
-    )
-    .unwrap();
-    let key = DecodingKey::from_rsa_pem(&public).unwrap();
-    let mut validation = Validation::new(Algorithm::RS256);
-    validation.set_audience(&["chat-widget"]);
-    validation.set_issuer(&["https://bench.example"]);
-    let n = 2_000;
-    let t = time(n, || {
-        black_box(jsonwebtoken::decode::<serde_json::Value>(&rs_token, &key, &validation).unwrap());
-    });
+    let rs_key = EncodingKey::from_rsa_pem(&pem).unwrap();
+    let rs_tokens: Vec<String> = (0..2_000)
+        .map(|i| {
+            let mut header = Header::new(Algorithm::RS256);
+            header.kid = Some("rsa-1".into());
+            jsonwebtoken::encode(&header, &claims(&format!("rs-user-{i}")), &rs_key).unwrap()
+        })
+        .collect();
+    rs_verifier.verify(&rs_tokens[0]).await.unwrap(); // loads the JWKS
+    let start = Instant::now();
+    for t in &rs_tokens[1..] {
+        black_box(rs_verifier.verify(black_box(t)).await.unwrap());
+    }
     rows.push((
-        "RS256 verify, 2048-bit key (first-seen token)".into(),
-        per_op(t, n),
+        "RS256 session verify, first-seen token, 2048-bit key".into(),
+        per_op(start.elapsed(), rs_tokens.len() as u64 - 1),
+    ));
+    let n = 200_000;
+    let seen = &rs_tokens[1];
+    let start = Instant::now();
+    for _ in 0..n {
+        black_box(rs_verifier.verify(black_box(seen)).await.unwrap());
+    }
+    rows.push((
+        "RS256 session verify, previously seen token (verified-session cache)".into(),
+        per_op(start.elapsed(), n),
     ));
 
     // Token cache hit.
