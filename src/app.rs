@@ -343,10 +343,14 @@ impl Application {
             0 => std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
             n => n,
         };
+        // In-flight requests get what is left of the grace period after the drain delay, less a
+        // second, so the process is gone within `shutdown_grace_secs` even when idle keep-alive
+        // connections hold the graceful stop open until its timeout.
         let stop_timeout = settings
             .server
             .shutdown_grace_secs
             .saturating_sub(settings.server.drain_delay_secs)
+            .saturating_sub(1)
             .max(1);
         let app_state = state.clone();
         let server = HttpServer::new(move || {

@@ -96,7 +96,17 @@ pub async fn request_context(
             ext.insert(ClientIp(ip));
         }
     }
+    let draining = req
+        .app_data::<web::Data<AppState>>()
+        .is_some_and(|state| state.is_draining());
     let mut res = next.call(req).await?;
+    if draining {
+        // Clients should not reuse this connection: idle keep-alive connections would otherwise
+        // hold the graceful stop open until its timeout.
+        res.response_mut()
+            .head_mut()
+            .set_connection_type(actix_web::http::ConnectionType::Close);
+    }
     if let Ok(value) = HeaderValue::from_str(&id) {
         res.headers_mut().insert(
             actix_web::http::header::HeaderName::from_static("x-request-id"),

@@ -292,3 +292,146 @@ async fn healthcheck_command_probes_a_running_broker() {
             .unwrap();
     assert_ne!(code, 0, "a 404 is not healthy");
 }
+
+/// Starts the real binary with the test config; returns the child and its public base URL.
+fn spawn_binary(dir: &std::path::Path) -> (std::process::Child, String) {
+    let mut child = Command::new(BIN)
+        .args([
+            "serve",
+            "--config",
+            dir.join("config.toml").to_str().unwrap(),
+        ])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut sent = false;
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            if !sent
+                && let Ok(v) = serde_json::from_str::<Value>(&line)
+                && v["message"] == "broker listening"
+            {
+                let _ = tx.send(v["listen"].as_str().unwrap_or_default().to_owned());
+                sent = true;
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(20))
+        .expect("broker started");
+    (child, format!("http://{addr}"))
+}
+
+/// SIGTERM under a steady stream of requests: readiness flips at once, the stream (which stops
+/// when readiness flips, as a load balancer would) sees no error, an in-flight slow request
+/// finishes, and the process exits within the grace period.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_drains_without_failing_a_request() {
+    let (sim_url, sim) = start_simulator(Default::default());
+    let dir = temp_dir();
+    write_config(
+        &TestConfig {
+            cache: false,
+            ..TestConfig::default()
+        },
+        &dir,
+        &sim_url,
+        "127.0.0.1:0",
+    );
+    let (mut child, base) = spawn_binary(&dir);
+    let client = http_client();
+    for _ in 0..100 {
+        if client
+            .get(format!("{base}/readyz"))
+            .send()
+            .await
+            .is_ok_and(|r| r.status() == 200)
+        {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let stream = {
+        let (client, base, stop) = (client.clone(), base.clone(), stop.clone());
+        tokio::spawn(async move {
+            let (mut ok, mut failed) = (0u32, Vec::new());
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::SeqCst) {
+                n += 1;
+                match client
+                    .post(format!("{base}/v1/token"))
+                    .bearer_auth(session(&format!("s{n}")))
+                    .send()
+                    .await
+                {
+                    Ok(r) if r.status() == 200 => ok += 1,
+                    Ok(r) => failed.push(format!("status {}", r.status())),
+                    Err(e) => failed.push(format!("connection: {e}")),
+                }
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            (ok, failed)
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // A slow request in flight when the listener stops must still complete.
+    sim.set_latency(Duration::from_millis(800));
+    let slow = {
+        let (client, base) = (client.clone(), base.clone());
+        tokio::spawn(async move {
+            // Sent just before the drain delay (1 s) ends, finishing after it.
+            tokio::time::sleep(Duration::from_millis(600)).await;
+            client
+                .post(format!("{base}/v1/token"))
+                .bearer_auth(session("slow"))
+                .send()
+                .await
+        })
+    };
+    let started = std::time::Instant::now();
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status();
+    // Readiness turns 503 at once.
+    let mut flipped = None;
+    for _ in 0..50 {
+        match client.get(format!("{base}/readyz")).send().await {
+            Ok(r) if r.status() == 503 => {
+                flipped = Some(started.elapsed());
+                break;
+            }
+            _ => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+    let flipped = flipped.expect("readyz turned 503");
+    assert!(flipped < Duration::from_millis(500), "{flipped:?}");
+    // The load balancer reacts within a probe period; the stream stops then.
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+    let (ok, failed) = stream.await.unwrap();
+    assert!(ok > 10, "{ok} requests served");
+    assert!(failed.is_empty(), "failed during drain: {failed:?}");
+    let slow = slow
+        .await
+        .unwrap()
+        .expect("the in-flight request was not cut off");
+    assert_eq!(slow.status(), 200);
+    let status = tokio::task::spawn_blocking(move || child.wait())
+        .await
+        .unwrap()
+        .unwrap();
+    let exited = started.elapsed();
+    assert!(status.success(), "{status:?}");
+    assert!(
+        exited < Duration::from_secs(3),
+        "exited after {exited:?}, grace is 3 s"
+    );
+    assert!(
+        exited >= Duration::from_secs(1),
+        "the drain delay was honoured"
+    );
+}
