@@ -200,43 +200,48 @@ fn configure(cfg: &mut web::ServiceConfig, with_backend: bool, with_dev: bool) {
             .wrap(from_fn(cors_layer))
             .route(web::post().to(routes::token))
             .route(web::method(Method::OPTIONS).to(routes::preflight("POST")))
-            .default_service(web::to(routes::method_not_allowed)),
+            .default_service(web::to(routes::method_not_allowed("POST, OPTIONS"))),
     );
     cfg.service(
         web::resource("/v1/client.js")
             .wrap(from_fn(cors_layer))
             .route(web::get().to(routes::client_js))
+            .route(web::head().to(routes::client_js))
             .route(web::method(Method::OPTIONS).to(routes::preflight("GET")))
-            .default_service(web::to(routes::method_not_allowed)),
+            .default_service(web::to(routes::method_not_allowed("GET, HEAD, OPTIONS"))),
     );
     cfg.service(
         web::resource("/v1/client.global.js")
             .wrap(from_fn(cors_layer))
             .route(web::get().to(routes::client_global_js))
+            .route(web::head().to(routes::client_global_js))
             .route(web::method(Method::OPTIONS).to(routes::preflight("GET")))
-            .default_service(web::to(routes::method_not_allowed)),
+            .default_service(web::to(routes::method_not_allowed("GET, HEAD, OPTIONS"))),
     );
     if with_backend {
         cfg.service(
             web::resource("/v1/backend/token")
                 .route(web::post().to(routes::backend_token))
-                .default_service(web::to(routes::method_not_allowed)),
+                .default_service(web::to(routes::method_not_allowed("POST"))),
         );
     }
     cfg.service(
         web::resource("/healthz")
             .route(web::get().to(routes::healthz))
-            .default_service(web::to(routes::method_not_allowed)),
+            .route(web::head().to(routes::healthz))
+            .default_service(web::to(routes::method_not_allowed("GET, HEAD"))),
     );
     cfg.service(
         web::resource("/readyz")
             .route(web::get().to(routes::readyz))
-            .default_service(web::to(routes::method_not_allowed)),
+            .route(web::head().to(routes::readyz))
+            .default_service(web::to(routes::method_not_allowed("GET, HEAD"))),
     );
     cfg.service(
         web::resource("/openapi.json")
             .route(web::get().to(routes::openapi))
-            .default_service(web::to(routes::method_not_allowed)),
+            .route(web::head().to(routes::openapi))
+            .default_service(web::to(routes::method_not_allowed("GET, HEAD"))),
     );
     if with_dev {
         cfg.route("/dev", web::get().to(crate::dev::redirect_to_page));

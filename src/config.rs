@@ -136,6 +136,16 @@ pub struct JwtIssuerSettings {
     pub leeway_secs: u64,
     #[serde(default)]
     pub user_id_prefix: String,
+    /// `claim=value` conditions a session must meet (a string claim equal to the value, or an
+    /// array claim containing it); otherwise 403 `forbidden`.
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    /// Fetch a missing e-mail or name from the provider's userinfo endpoint.
+    #[serde(default)]
+    pub userinfo: bool,
+    /// The userinfo endpoint; with `discovery = true` it is taken from the discovery document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userinfo_url: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -144,6 +154,30 @@ pub struct IntrospectionSettings {
     pub url: String,
     pub client_id: String,
     pub client_secret_file: PathBuf,
+    /// When set, an `iss` in the introspection answer must equal it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer: Option<String>,
+    /// When set, an `aud` in the introspection answer must contain it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audience: Option<String>,
+    #[serde(default = "default_user_id_claim")]
+    pub user_id_claim: String,
+    #[serde(default = "default_email_claim")]
+    pub email_claim: String,
+    #[serde(default = "default_name_claim")]
+    pub name_claim: String,
+    #[serde(default)]
+    pub user_id_prefix: String,
+    #[serde(default)]
+    pub required_claims: Vec<String>,
+    #[serde(default = "default_leeway_secs")]
+    pub leeway_secs: u64,
+    /// An active answer is reused for at most this long (and never past the token's `exp`).
+    #[serde(default = "default_introspection_ttl")]
+    pub cache_ttl_secs: u64,
+    /// An inactive answer is remembered this long, so a replayed dead token costs one call.
+    #[serde(default = "default_negative_ttl")]
+    pub negative_cache_secs: u64,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -252,6 +286,12 @@ fn default_name_claim() -> String {
 }
 fn default_leeway_secs() -> u64 {
     30
+}
+fn default_introspection_ttl() -> u64 {
+    300
+}
+fn default_negative_ttl() -> u64 {
+    10
 }
 fn default_true() -> bool {
     true
@@ -453,6 +493,30 @@ impl Settings {
                     "must not be empty",
                 ));
             }
+            if !(1..=3600).contains(&intro.cache_ttl_secs) {
+                return Err(ConfigError::key(
+                    "session.introspection.cache_ttl_secs",
+                    "must be between 1 and 3600",
+                ));
+            }
+            if intro.negative_cache_secs > 300 {
+                return Err(ConfigError::key(
+                    "session.introspection.negative_cache_secs",
+                    "must be at most 300",
+                ));
+            }
+            if intro.leeway_secs > 300 {
+                return Err(ConfigError::key(
+                    "session.introspection.leeway_secs",
+                    "must be at most 300",
+                ));
+            }
+            validate_claim_names(
+                "session.introspection",
+                [&intro.user_id_claim, &intro.email_claim, &intro.name_claim],
+                &intro.user_id_prefix,
+                &intro.required_claims,
+            )?;
         }
 
         for (name, limit) in [
@@ -595,17 +659,20 @@ impl JwtIssuerSettings {
                 "must be a plain cookie name (letters, digits, '-', '_', '.')",
             ));
         }
-        for (key, value) in [
-            ("user_id_claim", &self.user_id_claim),
-            ("email_claim", &self.email_claim),
-            ("name_claim", &self.name_claim),
-        ] {
-            if value.is_empty() {
-                return Err(ConfigError::key(
-                    &format!("{at}.{key}"),
-                    "must not be empty",
-                ));
-            }
+        validate_claim_names(
+            at,
+            [&self.user_id_claim, &self.email_claim, &self.name_claim],
+            &self.user_id_prefix,
+            &self.required_claims,
+        )?;
+        if self.userinfo && self.userinfo_url.is_none() && !self.discovery {
+            return Err(ConfigError::key(
+                &format!("{at}.userinfo"),
+                "needs discovery = true or a userinfo_url",
+            ));
+        }
+        if let Some(url) = &self.userinfo_url {
+            validate_http_url(&format!("{at}.userinfo_url"), url)?;
         }
         if self.leeway_secs > 300 {
             return Err(ConfigError::key(
@@ -613,14 +680,45 @@ impl JwtIssuerSettings {
                 "must be at most 300",
             ));
         }
-        if self.user_id_prefix.len() > 64 || self.user_id_prefix.chars().any(char::is_control) {
-            return Err(ConfigError::key(
-                &format!("{at}.user_id_prefix"),
-                "must be at most 64 printable characters",
-            ));
-        }
         Ok(())
     }
+}
+
+fn validate_claim_names(
+    at: &str,
+    names: [&String; 3],
+    prefix: &str,
+    required: &[String],
+) -> Result<(), ConfigError> {
+    for (key, value) in ["user_id_claim", "email_claim", "name_claim"]
+        .iter()
+        .zip(names)
+    {
+        if value.is_empty() {
+            return Err(ConfigError::key(
+                &format!("{at}.{key}"),
+                "must not be empty",
+            ));
+        }
+    }
+    if prefix.len() > 64 || prefix.chars().any(char::is_control) {
+        return Err(ConfigError::key(
+            &format!("{at}.user_id_prefix"),
+            "must be at most 64 printable characters",
+        ));
+    }
+    for (n, condition) in required.iter().enumerate() {
+        if !condition
+            .split_once('=')
+            .is_some_and(|(claim, value)| !claim.is_empty() && !value.is_empty())
+        {
+            return Err(ConfigError::key(
+                &format!("{at}.required_claims[{n}]"),
+                "must look like `claim=value`, e.g. `groups=chat-users`",
+            ));
+        }
+    }
+    Ok(())
 }
 
 fn validate_http_url(key: &str, value: &str) -> Result<(), ConfigError> {

@@ -81,6 +81,7 @@ impl Modify for Security {
         crate::routes::healthz,
         crate::routes::readyz,
         crate::routes::client_js,
+        crate::routes::client_global_js,
     ),
     components(schemas(
         crate::routes::TokenResponse,

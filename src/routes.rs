@@ -44,12 +44,22 @@ pub struct TokenResponse {
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct BackendTokenRequest {
     /// 1–256 printable characters.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$"
+    )]
     pub user_id: String,
-    /// A plausible e-mail address, at most 320 characters.
+    /// A plausible e-mail address (`local@domain.tld`), at most 320 characters.
     #[serde(default)]
+    #[schema(
+        max_length = 320,
+        pattern = r"^[^@\s\u0000-\u001f\u007f-\u009f]{1,64}@[^@\s.\u0000-\u001f\u007f-\u009f]+(\.[^@\s.\u0000-\u001f\u007f-\u009f]+)+$"
+    )]
     pub user_email: Option<String>,
     /// At most 256 printable characters.
     #[serde(default)]
+    #[schema(max_length = 256, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
     pub user_name: Option<String>,
 }
 
@@ -285,14 +295,14 @@ fn validate_backend_request(body: BackendTokenRequest) -> Result<Identity, Broke
 /// `local@domain.tld`, no spaces or control characters, at most 320 characters. Deliverability is
 /// Intellia's business; this only stops obvious garbage.
 pub fn plausible_email(email: &str) -> bool {
-    if email.len() > 320 || email.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if email.chars().count() > 320 || email.chars().any(|c| c.is_control() || c.is_whitespace()) {
         return false;
     }
     let Some((local, domain)) = email.rsplit_once('@') else {
         return false;
     };
     !local.is_empty()
-        && local.len() <= 64
+        && local.chars().count() <= 64
         && !local.contains('@')
         && domain.contains('.')
         && !domain.starts_with('.')
@@ -474,6 +484,13 @@ pub async fn client_js(req: HttpRequest, state: web::Data<AppState>) -> HttpResp
     state.assets.client_esm.respond(&req, "public, max-age=300")
 }
 
+/// `GET /v1/client.global.js`: the browser client for `<script>` tags (defines
+/// `window.IntelliaTokenClient`).
+#[utoipa::path(get, path = "/v1/client.global.js", tag = "browser",
+    responses(
+        (status = 200, description = "The script", content_type = "text/javascript", body = String,
+            headers(("ETag" = String), ("Cache-Control" = String))),
+        (status = 304, description = "Not modified (If-None-Match)")))]
 pub async fn client_global_js(req: HttpRequest, state: web::Data<AppState>) -> HttpResponse {
     state
         .assets
@@ -496,8 +513,18 @@ pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, BrokerError> {
     Err(BrokerError::NotFound)
 }
 
-pub async fn method_not_allowed() -> Result<HttpResponse, BrokerError> {
-    Err(BrokerError::MethodNotAllowed)
+/// The 405 of a route, with the `Allow` header RFC 9110 requires.
+pub fn method_not_allowed(
+    allow: &'static str,
+) -> impl Fn() -> std::future::Ready<HttpResponse> + Clone {
+    move || {
+        use actix_web::ResponseError;
+        let mut response = BrokerError::MethodNotAllowed.error_response();
+        response
+            .headers_mut()
+            .insert(header::ALLOW, HeaderValue::from_static(allow));
+        std::future::ready(response)
+    }
 }
 
 /// `GET /metrics` on the admin listener.

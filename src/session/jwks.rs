@@ -107,6 +107,7 @@ pub struct JwksCache {
     last_fetch: Mutex<Option<Instant>>,
     fetch_lock: tokio::sync::Mutex<()>,
     next_refresh: Mutex<Duration>,
+    userinfo_endpoint: RwLock<Option<String>>,
 }
 
 impl std::fmt::Debug for JwksCache {
@@ -139,6 +140,15 @@ impl JwksCache {
             last_fetch: Mutex::new(None),
             fetch_lock: tokio::sync::Mutex::new(()),
             next_refresh: Mutex::new(DEFAULT_REFRESH),
+            userinfo_endpoint: RwLock::new(None),
+        }
+    }
+
+    /// The provider's userinfo endpoint, when discovery announced one.
+    pub fn userinfo_endpoint(&self) -> Option<String> {
+        match self.userinfo_endpoint.read() {
+            Ok(g) => g.clone(),
+            Err(p) => p.into_inner().clone(),
         }
     }
 
@@ -279,6 +289,10 @@ impl JwksCache {
                 ),
             });
         }
+        match self.userinfo_endpoint.write() {
+            Ok(mut g) => g.clone_from(&doc.userinfo_endpoint),
+            Err(p) => p.into_inner().clone_from(&doc.userinfo_endpoint),
+        }
         Ok(doc.jwks_uri)
     }
 
@@ -364,6 +378,8 @@ struct JwksDocument {
 struct DiscoveryDocument {
     issuer: String,
     jwks_uri: String,
+    #[serde(default)]
+    userinfo_endpoint: Option<String>,
 }
 
 fn parse_max_age(cache_control: &str) -> Option<Duration> {

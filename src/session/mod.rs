@@ -5,6 +5,7 @@
 //! key family per issuer), signature, `iss`, `aud`, `exp` (required), `nbf`, with leeway. The
 //! identity comes from the verified claims only.
 
+pub mod introspection;
 pub mod jwks;
 
 use std::collections::HashMap;
@@ -24,6 +25,7 @@ use crate::config::{JwtIssuerSettings, SessionSettings};
 use crate::error::{AuthFailure, BrokerError};
 use crate::metrics::Metrics;
 use crate::secrets::{SecretCell, SecretSource};
+use introspection::Introspector;
 use jwks::{JwksCache, JwksSource, KeyLookup};
 
 /// Tokens larger than this are refused before any parsing.
@@ -95,9 +97,128 @@ enum IssuerKeys {
 }
 
 struct Issuer {
-    settings: JwtIssuerSettings,
     keys: IssuerKeys,
     policies: Vec<AlgorithmPolicy>,
+    claims: ClaimPolicy,
+    /// Where to look up a missing e-mail or name, when enabled.
+    userinfo: Option<UserinfoSource>,
+}
+
+enum UserinfoSource {
+    Url(String),
+    Discovered(Arc<JwksCache>),
+}
+
+/// How verified claims become an identity: claim names, prefix and required claims.
+pub struct ClaimPolicy {
+    user_id_claim: String,
+    email_claim: String,
+    name_claim: String,
+    user_id_prefix: String,
+    required: Vec<(String, String)>,
+}
+
+impl ClaimPolicy {
+    pub fn new(
+        user_id_claim: &str,
+        email_claim: &str,
+        name_claim: &str,
+        user_id_prefix: &str,
+        required: &[String],
+    ) -> ClaimPolicy {
+        ClaimPolicy {
+            user_id_claim: user_id_claim.to_owned(),
+            email_claim: email_claim.to_owned(),
+            name_claim: name_claim.to_owned(),
+            user_id_prefix: user_id_prefix.to_owned(),
+            required: required
+                .iter()
+                .filter_map(|c| c.split_once('='))
+                .map(|(k, v)| (k.to_owned(), v.to_owned()))
+                .collect(),
+        }
+    }
+
+    /// Whether the claims meet every `claim=value` condition: a string (or number or boolean)
+    /// equal to the value, or an array containing it.
+    fn satisfied(&self, claims: &serde_json::Map<String, serde_json::Value>) -> bool {
+        self.required.iter().all(|(name, wanted)| {
+            let matches = |v: &serde_json::Value| match v {
+                serde_json::Value::String(s) => s == wanted,
+                serde_json::Value::Bool(b) => b.to_string() == *wanted,
+                serde_json::Value::Number(n) => n.to_string() == *wanted,
+                _ => false,
+            };
+            match claim(claims, name) {
+                Some(serde_json::Value::Array(items)) => items.iter().any(matches),
+                Some(v) => matches(v),
+                None => false,
+            }
+        })
+    }
+
+    fn text(
+        claims: &serde_json::Map<String, serde_json::Value>,
+        name: &str,
+        max: usize,
+    ) -> Option<String> {
+        claim(claims, name)
+            .and_then(serde_json::Value::as_str)
+            .filter(|v| {
+                !v.is_empty() && v.chars().count() <= max && !v.chars().any(char::is_control)
+            })
+            .map(str::to_owned)
+    }
+
+    fn email(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+        Self::text(claims, &self.email_claim, 320).filter(|e| crate::routes::plausible_email(e))
+    }
+
+    fn name(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
+        Self::text(claims, &self.name_claim, 256)
+    }
+
+    /// Maps verified claims to an identity, enforcing the user-id rules and required claims.
+    pub fn identity(
+        &self,
+        claims: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<Identity, BrokerError> {
+        let raw_id = match claim(claims, &self.user_id_claim) {
+            Some(serde_json::Value::String(s)) => s.as_str(),
+            _ => return Err(BrokerError::Unauthenticated(AuthFailure::MissingClaim)),
+        };
+        let user_id = if self.user_id_prefix.is_empty() {
+            raw_id.to_owned()
+        } else {
+            format!("{}{raw_id}", self.user_id_prefix)
+        };
+        if raw_id.is_empty() || !valid_user_id(&user_id) {
+            return Err(BrokerError::Unauthenticated(AuthFailure::InvalidUserId));
+        }
+        if !self.satisfied(claims) {
+            return Err(BrokerError::Forbidden(
+                "the session lacks a claim this service requires".into(),
+            ));
+        }
+        Ok(Identity {
+            user_id,
+            email: self.email(claims),
+            name: self.name(claims),
+        })
+    }
+}
+
+/// Why a token was not verified locally; some of these let introspection have a go.
+enum LocalOutcome {
+    /// Not a JWT, or a JWT from an issuer not configured here.
+    NotForUs(AuthFailure),
+    Refused(BrokerError),
+}
+
+impl From<BrokerError> for LocalOutcome {
+    fn from(e: BrokerError) -> Self {
+        LocalOutcome::Refused(e)
+    }
 }
 
 impl Issuer {
@@ -136,6 +257,8 @@ pub struct SessionVerifier {
     /// Keyed by SHA-256 of the token, so an asymmetric signature is checked once per token, not
     /// once per request, and the cache holds no token.
     verified: moka::future::Cache<[u8; 32], Arc<VerifiedSession>>,
+    introspector: Option<Introspector>,
+    http: reqwest::Client,
 }
 
 impl std::fmt::Debug for SessionVerifier {
@@ -258,6 +381,14 @@ impl SessionVerifier {
                     validation: validation_for(s, alg),
                 })
                 .collect();
+            let userinfo = match (&s.userinfo_url, &keys) {
+                (_, _) if !s.userinfo => None,
+                (Some(url), _) => Some(UserinfoSource::Url(url.clone())),
+                (None, IssuerKeys::Jwks(cache)) => {
+                    Some(UserinfoSource::Discovered(Arc::clone(cache)))
+                }
+                (None, IssuerKeys::Hmac { .. }) => None,
+            };
             if let Some(cookie) = &s.cookie
                 && !cookie_names.contains(cookie)
             {
@@ -265,11 +396,23 @@ impl SessionVerifier {
             }
             by_iss.insert(s.issuer.clone(), index);
             issuers.push(Issuer {
-                settings: s.clone(),
                 keys,
                 policies,
+                claims: ClaimPolicy::new(
+                    &s.user_id_claim,
+                    &s.email_claim,
+                    &s.name_claim,
+                    &s.user_id_prefix,
+                    &s.required_claims,
+                ),
+                userinfo,
             });
         }
+        let introspector = settings
+            .introspection
+            .as_ref()
+            .map(|i| Introspector::new(i, http.clone()))
+            .transpose()?;
         Ok(SessionVerifier {
             issuers,
             by_iss,
@@ -278,11 +421,14 @@ impl SessionVerifier {
                 .max_capacity(VERIFIED_CACHE_ENTRIES)
                 .expire_after(UntilTokenExpiry)
                 .build(),
+            introspector,
+            http: http.clone(),
         })
     }
 
+    /// True when no session of any kind can be verified (no issuer, no introspection).
     pub fn is_empty(&self) -> bool {
-        self.issuers.is_empty()
+        self.issuers.is_empty() && self.introspector.is_none()
     }
 
     /// Starts background JWKS refreshers (the first fetch happens at once).
@@ -324,6 +470,11 @@ impl SessionVerifier {
                 }
             }
         }
+        if let Some(introspector) = &self.introspector
+            && let Err(e) = introspector.secret().reload()
+        {
+            failures.push((self.issuers.len(), e.to_string()));
+        }
         failures
     }
 
@@ -357,9 +508,19 @@ impl SessionVerifier {
         {
             return Ok(Arc::clone(&seen.identity));
         }
-        let (identity, exp) = self.verify_uncached(token).await?;
+        let (identity, reuse_until) = match self.verify_jwt(token).await {
+            Ok(verified) => verified,
+            Err(LocalOutcome::Refused(e)) => return Err(e),
+            Err(LocalOutcome::NotForUs(failure)) => match &self.introspector {
+                Some(introspector) => {
+                    let answer = introspector.introspect(token, &digest).await?;
+                    (answer.identity, answer.reuse_until)
+                }
+                None => return Err(BrokerError::Unauthenticated(failure)),
+            },
+        };
         let identity = Arc::new(identity);
-        let left = exp.saturating_sub(jsonwebtoken::get_current_timestamp());
+        let left = reuse_until.saturating_sub(jsonwebtoken::get_current_timestamp());
         if left > 0 {
             let session = VerifiedSession {
                 identity: Arc::clone(&identity),
@@ -370,29 +531,29 @@ impl SessionVerifier {
         Ok(identity)
     }
 
-    async fn verify_uncached(&self, token: &str) -> Result<(Identity, u64), BrokerError> {
+    /// Verifies a JWT locally; returns the identity and the token's `exp`.
+    async fn verify_jwt(&self, token: &str) -> Result<(Identity, u64), LocalOutcome> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(_sig), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
-            return Err(BrokerError::Unauthenticated(AuthFailure::Malformed));
+            return Err(LocalOutcome::NotForUs(AuthFailure::Malformed));
         };
-        let header: PeekHeader =
-            decode_segment(header_b64).map_err(BrokerError::Unauthenticated)?;
+        let header: PeekHeader = decode_segment(header_b64).map_err(LocalOutcome::NotForUs)?;
         if header.crit.is_some() {
             // We understand no extension, so a token that demands one must be refused (RFC 7515 §4.1.11).
-            return Err(BrokerError::Unauthenticated(AuthFailure::Malformed));
+            return Err(BrokerError::Unauthenticated(AuthFailure::Malformed).into());
         }
         let alg = parse_algorithm(&header.alg).ok_or(BrokerError::Unauthenticated(
             AuthFailure::UnsupportedAlgorithm,
         ))?;
-        let peek: PeekClaims = decode_segment(payload_b64).map_err(BrokerError::Unauthenticated)?;
+        let peek: PeekClaims = decode_segment(payload_b64).map_err(LocalOutcome::NotForUs)?;
         let index = peek
             .iss
             .as_deref()
             .and_then(|iss| self.by_iss.get(iss))
             .copied()
-            .ok_or(BrokerError::Unauthenticated(AuthFailure::UntrustedIssuer))?;
+            .ok_or(LocalOutcome::NotForUs(AuthFailure::UntrustedIssuer))?;
         let issuer = &self.issuers[index];
         let policy = issuer.policy(alg).ok_or(BrokerError::Unauthenticated(
             AuthFailure::UnsupportedAlgorithm,
@@ -409,9 +570,11 @@ impl SessionVerifier {
             IssuerKeys::Jwks(cache) => match cache.lookup(header.kid.as_deref(), alg).await {
                 KeyLookup::Found(key) => decode_claims(token, &key.key, &policy.validation)?,
                 KeyLookup::Unknown => {
-                    return Err(BrokerError::Unauthenticated(AuthFailure::UnknownKey));
+                    return Err(BrokerError::Unauthenticated(AuthFailure::UnknownKey).into());
                 }
-                KeyLookup::Unavailable => return Err(BrokerError::SessionProviderUnavailable),
+                KeyLookup::Unavailable => {
+                    return Err(BrokerError::SessionProviderUnavailable.into());
+                }
             },
         };
         // `exp` is required and was validated, so it is a number here.
@@ -419,7 +582,60 @@ impl SessionVerifier {
             .get("exp")
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0);
-        Ok((identity_from_claims(&issuer.settings, &claims)?, exp))
+        let mut identity = issuer.claims.identity(&claims)?;
+        if let Some(source) = &issuer.userinfo
+            && (identity.email.is_none() || identity.name.is_none())
+        {
+            self.complete_from_userinfo(source, &issuer.claims, token, &mut identity)
+                .await;
+        }
+        Ok((identity, exp))
+    }
+
+    /// Fills a missing e-mail or name from the provider's userinfo endpoint. Best effort: the
+    /// session is already verified, so a failing endpoint only leaves the fields out.
+    async fn complete_from_userinfo(
+        &self,
+        source: &UserinfoSource,
+        policy: &ClaimPolicy,
+        token: &str,
+        identity: &mut Identity,
+    ) {
+        let url = match source {
+            UserinfoSource::Url(url) => Some(url.clone()),
+            UserinfoSource::Discovered(cache) => cache.userinfo_endpoint(),
+        };
+        let Some(url) = url else { return };
+        let answer = async {
+            let response = self.http.get(&url).bearer_auth(token).send().await.ok()?;
+            if !response.status().is_success() {
+                tracing::warn!(
+                    status = response.status().as_u16(),
+                    "userinfo refused the session token"
+                );
+                return None;
+            }
+            let bytes = response.bytes().await.ok()?;
+            if bytes.len() > 64 * 1024 {
+                return None;
+            }
+            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).ok()
+        }
+        .await;
+        let Some(info) = answer else {
+            tracing::warn!("userinfo lookup failed; e-mail or name left out");
+            return;
+        };
+        // The answer must be about the same person (OIDC Core §5.3.2).
+        if ClaimPolicy::text(&info, "sub", MAX_USER_ID_CHARS).is_none() {
+            return;
+        }
+        if identity.email.is_none() {
+            identity.email = policy.email(&info);
+        }
+        if identity.name.is_none() {
+            identity.name = policy.name(&info);
+        }
     }
 }
 
@@ -469,37 +685,6 @@ pub fn claim<'a>(
 pub fn valid_user_id(id: &str) -> bool {
     let count = id.chars().count();
     (1..=MAX_USER_ID_CHARS).contains(&count) && !id.chars().any(char::is_control)
-}
-
-fn identity_from_claims(
-    settings: &JwtIssuerSettings,
-    claims: &serde_json::Map<String, serde_json::Value>,
-) -> Result<Identity, BrokerError> {
-    let raw_id = match claim(claims, &settings.user_id_claim) {
-        Some(serde_json::Value::String(s)) => s.as_str(),
-        _ => return Err(BrokerError::Unauthenticated(AuthFailure::MissingClaim)),
-    };
-    let user_id = if settings.user_id_prefix.is_empty() {
-        raw_id.to_owned()
-    } else {
-        format!("{}{raw_id}", settings.user_id_prefix)
-    };
-    if raw_id.is_empty() || !valid_user_id(&user_id) {
-        return Err(BrokerError::Unauthenticated(AuthFailure::InvalidUserId));
-    }
-    let text_claim = |name: &str, max: usize| {
-        claim(claims, name)
-            .and_then(serde_json::Value::as_str)
-            .filter(|v| {
-                !v.is_empty() && v.chars().count() <= max && !v.chars().any(char::is_control)
-            })
-            .map(str::to_owned)
-    };
-    Ok(Identity {
-        user_id,
-        email: text_claim(&settings.email_claim, 320).filter(|e| crate::routes::plausible_email(e)),
-        name: text_claim(&settings.name_claim, 256),
-    })
 }
 
 #[cfg(test)]

@@ -1,0 +1,174 @@
+//! Opaque session tokens, checked by the provider's RFC 7662 introspection endpoint with
+//! `client_secret_basic`. `active` must be true; `exp`, `nbf`, `iss` and `aud` are checked when
+//! present. Inactive answers are remembered briefly; an unreachable endpoint is a 503, never a 401,
+//! so an outage does not look like everybody signing out.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use secrecy::ExposeSecret;
+use serde_json::{Map, Value};
+
+use crate::config::IntrospectionSettings;
+use crate::error::{AuthFailure, BrokerError};
+use crate::secrets::{SecretCell, SecretSource};
+
+use super::{ClaimPolicy, Identity};
+
+const MAX_ANSWER_BYTES: usize = 64 * 1024;
+
+pub struct Introspector {
+    settings: IntrospectionSettings,
+    secret: Arc<SecretCell>,
+    http: reqwest::Client,
+    pub(super) policy: ClaimPolicy,
+    inactive: moka::future::Cache<[u8; 32], ()>,
+}
+
+impl std::fmt::Debug for Introspector {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Introspector")
+            .field("url", &self.settings.url)
+            .finish_non_exhaustive()
+    }
+}
+
+/// An active token's identity and until when (Unix seconds) it may be reused.
+pub struct Introspected {
+    pub identity: Identity,
+    pub reuse_until: u64,
+}
+
+impl Introspector {
+    pub fn new(
+        settings: &IntrospectionSettings,
+        http: reqwest::Client,
+    ) -> Result<Introspector, String> {
+        let secret = SecretCell::load(SecretSource::File(settings.client_secret_file.clone()))
+            .map_err(|e| format!("session.introspection.client_secret_file: {e}"))?;
+        Ok(Introspector {
+            policy: ClaimPolicy::new(
+                &settings.user_id_claim,
+                &settings.email_claim,
+                &settings.name_claim,
+                &settings.user_id_prefix,
+                &settings.required_claims,
+            ),
+            settings: settings.clone(),
+            secret: Arc::new(secret),
+            http,
+            inactive: moka::future::Cache::builder()
+                .max_capacity(100_000)
+                .time_to_live(Duration::from_secs(settings.negative_cache_secs.max(1)))
+                .build(),
+        })
+    }
+
+    pub fn secret(&self) -> &SecretCell {
+        &self.secret
+    }
+
+    pub async fn introspect(
+        &self,
+        token: &str,
+        digest: &[u8; 32],
+    ) -> Result<Introspected, BrokerError> {
+        if self.settings.negative_cache_secs > 0 && self.inactive.contains_key(digest) {
+            return Err(BrokerError::Unauthenticated(AuthFailure::Inactive));
+        }
+        let secret = self.secret.get();
+        let response = self
+            .http
+            .post(&self.settings.url)
+            .basic_auth(&self.settings.client_id, Some(secret.expose_secret()))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(&[("token", token), ("token_type_hint", "access_token")])
+            .send()
+            .await
+            .map_err(|e| {
+                tracing::warn!(
+                    timeout = e.is_timeout(),
+                    "introspection endpoint unreachable"
+                );
+                BrokerError::SessionProviderUnavailable
+            })?;
+        let status = response.status();
+        if !status.is_success() {
+            // 401/403 here mean *our* client credentials are wrong: an operator problem, not the
+            // visitor's, so it must not read as "signed out".
+            tracing::error!(
+                status = status.as_u16(),
+                "introspection endpoint refused the broker"
+            );
+            return Err(BrokerError::SessionProviderUnavailable);
+        }
+        let answer = read_answer(response).await?;
+        match self.check(&answer) {
+            Ok(reuse_until) => Ok(Introspected {
+                identity: self.policy.identity(&answer)?,
+                reuse_until,
+            }),
+            Err(failure) => {
+                if failure == AuthFailure::Inactive && self.settings.negative_cache_secs > 0 {
+                    self.inactive.insert(*digest, ()).await;
+                }
+                Err(BrokerError::Unauthenticated(failure))
+            }
+        }
+    }
+
+    /// Validates the answer; returns until when it may be reused.
+    fn check(&self, answer: &Map<String, Value>) -> Result<u64, AuthFailure> {
+        if answer.get("active") != Some(&Value::Bool(true)) {
+            return Err(AuthFailure::Inactive);
+        }
+        let now = jsonwebtoken::get_current_timestamp();
+        let leeway = self.settings.leeway_secs;
+        let exp = answer.get("exp").and_then(Value::as_u64);
+        if exp.is_some_and(|exp| exp + leeway < now) {
+            return Err(AuthFailure::Expired);
+        }
+        if answer
+            .get("nbf")
+            .and_then(Value::as_u64)
+            .is_some_and(|nbf| nbf > now + leeway)
+        {
+            return Err(AuthFailure::NotYetValid);
+        }
+        if let (Some(expected), Some(iss)) = (&self.settings.issuer, answer.get("iss"))
+            && iss.as_str() != Some(expected.as_str())
+        {
+            return Err(AuthFailure::UntrustedIssuer);
+        }
+        if let (Some(expected), Some(aud)) = (&self.settings.audience, answer.get("aud")) {
+            let ok = match aud {
+                Value::String(a) => a == expected,
+                Value::Array(list) => list.iter().any(|a| a.as_str() == Some(expected.as_str())),
+                _ => false,
+            };
+            if !ok {
+                return Err(AuthFailure::WrongAudience);
+            }
+        }
+        let ttl_end = now + self.settings.cache_ttl_secs;
+        Ok(exp.map_or(ttl_end, |exp| exp.min(ttl_end)))
+    }
+}
+
+async fn read_answer(mut response: reqwest::Response) -> Result<Map<String, Value>, BrokerError> {
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|_| BrokerError::SessionProviderUnavailable)?
+    {
+        if body.len() + chunk.len() > MAX_ANSWER_BYTES {
+            return Err(BrokerError::SessionProviderUnavailable);
+        }
+        body.extend_from_slice(&chunk);
+    }
+    serde_json::from_slice(&body).map_err(|_| {
+        tracing::error!("introspection endpoint answered something that is not a JSON object");
+        BrokerError::SessionProviderUnavailable
+    })
+}
