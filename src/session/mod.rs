@@ -586,7 +586,8 @@ impl SessionVerifier {
         if let Some(source) = &issuer.userinfo
             && (identity.email.is_none() || identity.name.is_none())
         {
-            self.complete_from_userinfo(source, &issuer.claims, token, &mut identity)
+            let subject = claims.get("sub").and_then(serde_json::Value::as_str);
+            self.complete_from_userinfo(source, &issuer.claims, token, subject, &mut identity)
                 .await;
         }
         Ok((identity, exp))
@@ -599,6 +600,7 @@ impl SessionVerifier {
         source: &UserinfoSource,
         policy: &ClaimPolicy,
         token: &str,
+        subject: Option<&str>,
         identity: &mut Identity,
     ) {
         let url = match source {
@@ -627,7 +629,9 @@ impl SessionVerifier {
             return;
         };
         // The answer must be about the same person (OIDC Core §5.3.2).
-        if ClaimPolicy::text(&info, "sub", MAX_USER_ID_CHARS).is_none() {
+        let answered = info.get("sub").and_then(serde_json::Value::as_str);
+        if answered.is_none() || answered != subject {
+            tracing::warn!("userinfo answered for another subject; ignored");
             return;
         }
         if identity.email.is_none() {

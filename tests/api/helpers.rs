@@ -123,6 +123,40 @@ impl FakeIdp {
                     }),
                 )
                 .route(
+                    "/userinfo",
+                    web::get().to(|req: actix_web::HttpRequest| async move {
+                        // Answers only for a Bearer token, like a real userinfo endpoint.
+                        use base64::Engine;
+                        let sub = req
+                            .headers()
+                            .get("authorization")
+                            .and_then(|v| v.to_str().ok())
+                            .and_then(|v| v.strip_prefix("Bearer "))
+                            .and_then(|t| t.split('.').nth(1))
+                            .and_then(|p| {
+                                base64::engine::general_purpose::URL_SAFE_NO_PAD
+                                    .decode(p)
+                                    .ok()
+                            })
+                            .and_then(|p| serde_json::from_slice::<Value>(&p).ok())
+                            .and_then(|c| c["sub"].as_str().map(str::to_owned));
+                        let Some(sub) = sub else {
+                            return HttpResponse::Unauthorized().finish();
+                        };
+                        // A token whose subject starts with "other" gets someone else's answer.
+                        let sub = if sub.starts_with("other") {
+                            "somebody-else".to_owned()
+                        } else {
+                            sub
+                        };
+                        HttpResponse::Ok().json(json!({
+                            "sub": sub,
+                            "email": "looked.up@example.com",
+                            "name": "Looked Up",
+                        }))
+                    }),
+                )
+                .route(
                     "/.well-known/openid-configuration",
                     web::get().to(move || {
                         let (u, b) = (u2.clone(), b2.clone());
@@ -133,6 +167,7 @@ impl FakeIdp {
                             HttpResponse::Ok().json(json!({
                                 "issuer": b,
                                 "jwks_uri": format!("{b}/jwks.json"),
+                                "userinfo_endpoint": format!("{b}/userinfo"),
                             }))
                         }
                     }),

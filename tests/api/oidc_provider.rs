@@ -171,3 +171,143 @@ async fn key_rotation_and_provider_outage() {
         200
     );
 }
+
+fn introspection_table(provider: &Provider, ttl: u64) -> String {
+    let dir = temp_dir();
+    std::fs::write(dir.join("introspection-secret"), "broker-secret\n").unwrap();
+    format!(
+        "\n[session.introspection]\nurl = \"{}\"\nclient_id = \"broker\"\nclient_secret_file = \"{}/introspection-secret\"\nissuer = \"{}\"\ncache_ttl_secs = {ttl}\nnegative_cache_secs = 30\nuser_id_prefix = \"op:\"\n",
+        provider.info["introspection_endpoint"].as_str().unwrap(),
+        dir.display(),
+        provider.issuer(),
+    )
+}
+
+async fn stats(provider: &Provider) -> Value {
+    provider
+        .http
+        .get(format!(
+            "{}/stats",
+            provider.info["control"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn opaque_tokens_are_introspected() {
+    let provider = Provider::start();
+    let app = spawn_app(TestConfig {
+        extra_issuers: introspection_table(&provider, 1),
+        ..TestConfig::default()
+    })
+    .await;
+    let minted = provider
+        .control(
+            "/token",
+            json!({"sub": "olga", "email": "olga@example.com", "name": "Olga", "format": "opaque"}),
+        )
+        .await;
+    let opaque = minted["access_token"].as_str().unwrap().to_owned();
+    assert_eq!(opaque.split('.').count(), 1, "an opaque token");
+    let resp = app.token(&opaque).await;
+    assert_eq!(resp.status(), 200);
+    let body: Value = resp.json().await.unwrap();
+    assert_eq!(body["userId"], "op:olga");
+    assert_eq!(
+        app.sim.user("op:olga").unwrap().email.as_deref(),
+        Some("olga@example.com")
+    );
+
+    // Revoked at the provider: once the 1 s positive cache lapses, the session is refused.
+    let revoke = provider
+        .http
+        .post(provider.info["revocation_endpoint"].as_str().unwrap())
+        .basic_auth("broker", Some("broker-secret"))
+        .form(&[("token", opaque.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert!(revoke.status().is_success());
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    assert_problem(app.token(&opaque).await, 401, "unauthenticated").await;
+
+    // A dead token replayed costs one introspection call, then the negative cache answers.
+    let before = stats(&provider).await["counts"]["introspection"]
+        .as_u64()
+        .unwrap();
+    for _ in 0..5 {
+        assert_eq!(app.token("not-a-real-token-at-all").await.status(), 401);
+    }
+    let after = stats(&provider).await["counts"]["introspection"]
+        .as_u64()
+        .unwrap();
+    assert_eq!(after - before, 1, "negative answers are cached");
+    assert_eq!(app.sim.calls(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_outage_is_503_not_401() {
+    let provider = Provider::start();
+    let app = spawn_app(TestConfig {
+        extra_issuers: introspection_table(&provider, 60),
+        ..TestConfig::default()
+    })
+    .await;
+    let known = provider
+        .control("/token", json!({"sub": "kim", "format": "opaque"}))
+        .await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_eq!(app.token(&known).await.status(), 200);
+    let fresh = provider
+        .control("/token", json!({"sub": "lou", "format": "opaque"}))
+        .await["access_token"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    provider.control("/down", json!({"mode": "close"})).await;
+    let resp = app.token(&fresh).await;
+    assert_eq!(resp.headers()["retry-after"], "1");
+    assert_problem(resp, 503, "upstream_unavailable").await;
+    // An answer already cached keeps its session working through the outage.
+    assert_eq!(app.token(&known).await.status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn required_claims_gate_access() {
+    let provider = Provider::start();
+    let table = issuer_table(&provider)
+        + "required_claims = [\"groups=chat-users\", \"urn:zitadel:iam:org:id=org-1\"]\n";
+    let app = spawn_app(TestConfig {
+        extra_issuers: table,
+        ..TestConfig::default()
+    })
+    .await;
+    let mint = |groups: Value, org: &str| {
+        provider.control(
+            "/token",
+            json!({"sub": "gina", "format": "jwt", "audience": AUDIENCE,
+                   "extra_claims": {"groups": groups, "urn:zitadel:iam:org:id": org}}),
+        )
+    };
+    let member = mint(json!(["staff", "chat-users"]), "org-1").await;
+    assert_eq!(
+        app.token(member["access_token"].as_str().unwrap())
+            .await
+            .status(),
+        200
+    );
+    let outsider = mint(json!(["staff"]), "org-1").await;
+    let resp = app.token(outsider["access_token"].as_str().unwrap()).await;
+    assert_problem(resp, 403, "forbidden").await;
+    let other_org = mint(json!(["chat-users"]), "org-2").await;
+    let resp = app.token(other_org["access_token"].as_str().unwrap()).await;
+    assert_problem(resp, 403, "forbidden").await;
+    assert_eq!(app.sim.calls(), 1);
+}

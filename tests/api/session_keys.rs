@@ -207,3 +207,40 @@ async fn rotating_the_hs256_secret_revokes_sessions_signed_with_the_old_one() {
     assert_eq!(app.token(&fresh).await.status(), 200, "new secret in use");
     assert_problem(app.token(&old).await, 401, "unauthenticated").await;
 }
+
+#[tokio::test]
+async fn userinfo_fills_missing_email_and_name() {
+    let idp = FakeIdp::start(&["rsa-1"]);
+    let app = spawn_app(TestConfig {
+        extra_issuers: jwks_issuer(&idp.base, "discovery = true\nuserinfo = true"),
+        ..TestConfig::default()
+    })
+    .await;
+    let mut c = idp_claims(&idp, "uma");
+    c.as_object_mut().unwrap().remove("email");
+    c.as_object_mut().unwrap().remove("name");
+    let resp = app
+        .token(&rs256(&c, Some("rsa-1"), "rsa-private.pem"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    let user = app.sim.user("idp:uma").unwrap();
+    assert_eq!(user.email.as_deref(), Some("looked.up@example.com"));
+    assert_eq!(user.name.as_deref(), Some("Looked Up"));
+}
+
+#[tokio::test]
+async fn userinfo_about_another_subject_is_ignored() {
+    let idp = FakeIdp::start(&["rsa-1"]);
+    let app = spawn_app(TestConfig {
+        extra_issuers: jwks_issuer(&idp.base, "discovery = true\nuserinfo = true"),
+        ..TestConfig::default()
+    })
+    .await;
+    let mut c = idp_claims(&idp, "other-person");
+    c.as_object_mut().unwrap().remove("email");
+    let resp = app
+        .token(&rs256(&c, Some("rsa-1"), "rsa-private.pem"))
+        .await;
+    assert_eq!(resp.status(), 200);
+    assert_eq!(app.sim.user("idp:other-person").unwrap().email, None);
+}
