@@ -315,3 +315,29 @@ async fn wrong_backend_credentials_are_refused() {
     assert_problem(none, 401, "unauthenticated").await;
     assert_eq!(app.sim.calls(), 0);
 }
+
+#[tokio::test]
+async fn a_kid_of_another_issuers_key_is_refused() {
+    let idp_a = FakeIdp::start(&["rsa-1"]);
+    let idp_b = FakeIdp::start(&["rsa-2"]);
+    let app = spawn_app(TestConfig {
+        extra_issuers: rs_issuer(&idp_a) + &rs_issuer(&idp_b),
+        ..TestConfig::default()
+    })
+    .await;
+    // Signed by B's key, claiming to come from A: A's key set has no such kid.
+    let forged = rs256(
+        &rs_claims(&idp_a, "alice"),
+        Some("rsa-2"),
+        "rsa-private-2.pem",
+    );
+    refused(&app, &forged, "kid of issuer B on a token of issuer A").await;
+    // The same key is fine for B's own tokens.
+    let genuine = rs256(
+        &rs_claims(&idp_b, "alice"),
+        Some("rsa-2"),
+        "rsa-private-2.pem",
+    );
+    assert_eq!(app.token(&genuine).await.status(), 200);
+    assert_eq!(app.sim.calls(), 1);
+}
