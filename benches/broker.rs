@@ -33,17 +33,6 @@ fn per_op(total: Duration, n: u64) -> String {
     }
 }
 
-fn time<F: FnMut()>(n: u64, mut f: F) -> Duration {
-    for _ in 0..n / 10 {
-        f();
-    }
-    let start = Instant::now();
-    for _ in 0..n {
-        f();
-    }
-    start.elapsed()
-}
-
 fn rss_bytes() -> u64 {
     std::fs::read_to_string("/proc/self/statm")
         .ok()
@@ -72,10 +61,14 @@ async fn micro(rows: &mut Vec<(String, String)>) {
     });
     let key = "user-1234567890".to_owned();
     let n = 2_000_000;
-    let t = time(n, || {
-        black_box(limits.check_user(black_box(&key)).ok());
-    });
-    rows.push(("local limiter check (existing key)".into(), per_op(t, n)));
+    let start = Instant::now();
+    for _ in 0..n {
+        black_box(limits.check_user(black_box(&key)).await.ok());
+    }
+    rows.push((
+        "local limiter check (existing key)".into(),
+        per_op(start.elapsed(), n),
+    ));
 
     // Limiter memory per active key.
     let limits = Limits::new(&RateLimitSettings {
@@ -89,7 +82,7 @@ async fn micro(rows: &mut Vec<(String, String)>) {
     let keys: Vec<String> = (0..200_000).map(|i| format!("user-{i:012}")).collect();
     let before = rss_bytes();
     for k in &keys {
-        let _ = limits.check_user(k);
+        let _ = limits.check_user(k).await;
     }
     let after = rss_bytes();
     rows.push((
@@ -286,6 +279,104 @@ algorithms = ["RS256"]
     rows.push(("token cache hit".into(), per_op(start.elapsed(), n)));
 }
 
+/// Shared (Redis) limiter decisions from one broker: 64 concurrent callers over one multiplexed
+/// connection to a local `redis-server`, as many user keys as callers.
+async fn redis_limiter(rows: &mut Vec<(String, String)>) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Ok(mut server) = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+    else {
+        rows.push(("Redis limiter".into(), "skipped: no redis-server".into()));
+        return;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settings = intellia_token_broker::config::RedisSettings {
+        url: format!("redis://127.0.0.1:{port}"),
+        on_unavailable: intellia_token_broker::config::RedisFallback::Deny,
+        timeout_ms: 1000,
+        replicas: 1,
+        key_prefix: "bench".into(),
+        cache_secret_file: None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let store = intellia_token_broker::redis_store::RedisStore::start(
+        &settings,
+        &SecretString::from("bench"),
+        Arc::clone(&metrics),
+    )
+    .unwrap();
+    while !metrics.encode().contains("broker_redis_up 1") {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let limits = Arc::new(Limits::with_shared(
+        &RateLimitSettings {
+            per_user: Some(PerMinuteLimit {
+                per_minute: 1_000_000,
+                burst: 1_000_000,
+            }),
+            per_ip: None,
+            upstream: None,
+        },
+        Some(store),
+        1,
+    ));
+    let duration = Duration::from_secs(5);
+    let run = |duration: Duration| {
+        let limits = Arc::clone(&limits);
+        async move {
+            let deadline = Instant::now() + duration;
+            let mut tasks = Vec::new();
+            for caller in 0..64 {
+                let limits = Arc::clone(&limits);
+                tasks.push(tokio::spawn(async move {
+                    let key = format!("user-{caller}");
+                    let mut latencies = Vec::with_capacity(100_000);
+                    while Instant::now() < deadline {
+                        let start = Instant::now();
+                        limits.check_user(&key).await.unwrap();
+                        latencies.push(start.elapsed());
+                    }
+                    latencies
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all.sort();
+            all
+        }
+    };
+    let _ = run(Duration::from_secs(1)).await;
+    let all = run(duration).await;
+    let _ = server.kill();
+    let _ = server.wait();
+    rows.push((
+        "Redis limiter decisions, 64 concurrent callers, one connection".into(),
+        format!(
+            "{:.0} decisions/s, p50 {:?}, p99 {:?}",
+            all.len() as f64 / duration.as_secs_f64(),
+            all[all.len() / 2],
+            all[all.len() * 99 / 100]
+        ),
+    ));
+}
+
 struct Load {
     rps: f64,
     p50: Duration,
@@ -432,6 +523,7 @@ fn main() {
         .unwrap();
     let mut rows = Vec::new();
     runtime.block_on(micro(&mut rows));
+    runtime.block_on(redis_limiter(&mut rows));
     runtime.block_on(http(&mut rows));
     println!("| measurement | result |\n|---|---|");
     for (name, value) in rows {

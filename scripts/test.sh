@@ -34,8 +34,25 @@ stage_lint() {
   cargo fmt --all -- --check && cargo clippy --locked --all-targets -- -D warnings
 }
 
+# Installs Debian packages whose commands are missing (CI runs as root on a fresh machine).
+ensure_commands() {
+  local missing=() pkg cmd
+  for pair in "$@"; do
+    cmd=${pair%%=*}; pkg=${pair#*=}
+    command -v "$cmd" >/dev/null 2>&1 || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "installing: ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
+}
+
 stage_rust() {
-  cargo test --locked
+  # The integration tests start their own redis-server and a Node OpenID provider.
+  ensure_commands redis-server=redis-server redis-cli=redis-tools node=nodejs npm=npm &&
+    bash tests/oidc-provider/run.sh --install-only &&
+    cargo test --locked
 }
 
 stage_js() {

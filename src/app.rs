@@ -308,8 +308,33 @@ impl Application {
             Arc::clone(&metrics),
         )
         .map_err(invalid)?;
-        let limits = Arc::new(Limits::new(&settings.rate_limit));
-        let cache = TokenCache::new(&settings.cache);
+        let shared = match &settings.redis {
+            Some(redis) => {
+                let material = match &redis.cache_secret_file {
+                    Some(path) => SecretCell::load(SecretSource::File(path.clone()))
+                        .map_err(|e| invalid(format!("config key `redis.cache_secret_file`: {e}")))?
+                        .get(),
+                    None => api_key.get(),
+                };
+                metrics.redis_up.set(0);
+                Some(
+                    crate::redis_store::RedisStore::start(redis, &material, Arc::clone(&metrics))
+                        .map_err(invalid)?,
+                )
+            }
+            None => None,
+        };
+        let replicas = settings.redis.as_ref().map_or(1, |r| r.replicas);
+        let limits = Arc::new(Limits::with_shared(
+            &settings.rate_limit,
+            shared.clone(),
+            replicas,
+        ));
+        // The longest a mint can take: every attempt timing out, plus backoff.
+        let mint_deadline = Duration::from_millis(settings.intellia.timeout_ms)
+            * (settings.intellia.max_retries + 1)
+            + Duration::from_secs(1);
+        let cache = TokenCache::with_shared(&settings.cache, shared, mint_deadline);
         let cors = CorsPolicy::new(&settings.cors.allowed_origins, settings.cors.max_age_secs)
             .map_err(|e| invalid(format!("config key `cors.allowed_origins`: {e}")))?;
 

@@ -1,6 +1,10 @@
 //! The token cache: a user who still holds a token with at least `min_remaining_secs` left gets the
 //! same token back, with no call to Intellia. Concurrent requests for one user share one mint
 //! (single flight), and a failed mint is never cached.
+//!
+//! Two tiers: the replica's own memory (`moka`) in front, and — with Redis — a shared, encrypted
+//! tier behind it, with a short mint lock so concurrent requests for one user on different replicas
+//! still make one Intellia call.
 
 use std::future::Future;
 use std::sync::Arc;
@@ -10,15 +14,18 @@ use moka::Expiry;
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
-use crate::config::CacheSettings;
+use crate::config::{CacheSettings, RedisFallback};
 use crate::error::BrokerError;
 use crate::intellia::MintedToken;
+use crate::redis_store::RedisStore;
 
 /// A minted token as the cache keeps it.
 pub struct CachedToken {
     pub minted: MintedToken,
     /// Monotonic instant after which the token no longer has `min_remaining_secs` left.
     fresh_until: Instant,
+    /// Whether this replica minted it or found it in the shared tier.
+    origin: Provenance,
 }
 
 impl std::fmt::Debug for CachedToken {
@@ -27,15 +34,28 @@ impl std::fmt::Debug for CachedToken {
     }
 }
 
+/// How long a token still has at least `min_remaining` left.
+fn fresh_for(minted: &MintedToken, min_remaining: Duration) -> Duration {
+    Duration::try_from(minted.expires_at - OffsetDateTime::now_utc())
+        .unwrap_or(Duration::ZERO)
+        .saturating_sub(min_remaining)
+}
+
 impl CachedToken {
     pub fn new(minted: MintedToken, min_remaining: Duration) -> CachedToken {
-        let left = minted.expires_at - OffsetDateTime::now_utc();
-        let fresh_for = Duration::try_from(left)
-            .unwrap_or(Duration::ZERO)
-            .saturating_sub(min_remaining);
+        Self::with_origin(minted, min_remaining, Provenance::Minted)
+    }
+
+    fn with_origin(
+        minted: MintedToken,
+        min_remaining: Duration,
+        origin: Provenance,
+    ) -> CachedToken {
+        let fresh = fresh_for(&minted, min_remaining);
         CachedToken {
             minted,
-            fresh_until: Instant::now() + fresh_for,
+            fresh_until: Instant::now() + fresh,
+            origin,
         }
     }
 
@@ -67,6 +87,10 @@ pub enum Provenance {
 pub struct TokenCache {
     cache: Option<moka::future::Cache<String, Arc<CachedToken>>>,
     min_remaining: Duration,
+    shared: Option<Arc<RedisStore>>,
+    /// How long a replica holds a user's mint lock, and how long others wait for its result:
+    /// the longest a mint can take.
+    mint_deadline: Duration,
 }
 
 impl std::fmt::Debug for TokenCache {
@@ -80,6 +104,14 @@ impl std::fmt::Debug for TokenCache {
 
 impl TokenCache {
     pub fn new(settings: &CacheSettings) -> TokenCache {
+        Self::with_shared(settings, None, Duration::from_secs(5))
+    }
+
+    pub fn with_shared(
+        settings: &CacheSettings,
+        shared: Option<Arc<RedisStore>>,
+        mint_deadline: Duration,
+    ) -> TokenCache {
         let cache = settings.enabled.then(|| {
             moka::future::Cache::builder()
                 .max_capacity(settings.max_entries)
@@ -87,8 +119,10 @@ impl TokenCache {
                 .build()
         });
         TokenCache {
+            shared: shared.filter(|_| settings.enabled),
             cache,
             min_remaining: Duration::from_secs(settings.min_remaining_secs),
+            mint_deadline,
         }
     }
 
@@ -111,17 +145,24 @@ impl TokenCache {
                 Provenance::Minted,
             ));
         };
+        let shared = self.shared.clone();
+        let mint_deadline = self.mint_deadline;
         let entry = cache
             .entry_by_ref(user_id)
             .or_try_insert_with(async move {
-                mint()
-                    .await
-                    .map(|minted| Arc::new(CachedToken::new(minted, min_remaining)))
+                let token = match shared {
+                    Some(store) => {
+                        shared_get_or_mint(&store, user_id, min_remaining, mint_deadline, mint)
+                            .await?
+                    }
+                    None => CachedToken::new(mint().await?, min_remaining),
+                };
+                Ok::<_, BrokerError>(Arc::new(token))
             })
             .await
             .map_err(Arc::unwrap_or_clone)?;
         let provenance = if entry.is_fresh() {
-            Provenance::Minted
+            entry.value().origin
         } else {
             Provenance::Cached
         };
@@ -134,6 +175,75 @@ impl TokenCache {
             cache.invalidate(user_id).await;
         }
     }
+}
+
+/// The shared tier: a fresh token another replica minted, else this replica mints under the
+/// user's lock (others wait for the shared result), else — Redis being unavailable — it mints
+/// alone or refuses, as configured.
+async fn shared_get_or_mint<F, Fut>(
+    store: &RedisStore,
+    user_id: &str,
+    min_remaining: Duration,
+    mint_deadline: Duration,
+    mint: F,
+) -> Result<CachedToken, BrokerError>
+where
+    F: FnOnce() -> Fut,
+    Fut: Future<Output = Result<MintedToken, BrokerError>>,
+{
+    let deny = store.fallback() == RedisFallback::Deny;
+    let unavailable = || BrokerError::UpstreamUnavailable {
+        retry_after_secs: Some(1),
+    };
+    let fresh = |minted: MintedToken| {
+        (!fresh_for(&minted, min_remaining).is_zero())
+            .then(|| CachedToken::with_origin(minted, min_remaining, Provenance::Cached))
+    };
+    match store.get_token(user_id).await {
+        Ok(Some(found)) => {
+            if let Some(token) = fresh(found) {
+                return Ok(token);
+            }
+        }
+        Ok(None) => {}
+        Err(_) if deny => return Err(unavailable()),
+        Err(_) => return Ok(CachedToken::new(mint().await?, min_remaining)),
+    }
+    // Take the user's lock and mint, or wait for the replica holding it to share its result;
+    // if that replica fails (its lock goes without a token), take the lock in turn.
+    let deadline = Instant::now() + mint_deadline;
+    loop {
+        match store.lock(user_id, mint_deadline).await {
+            Ok(Some(lock)) => {
+                let minted = mint().await;
+                if let Ok(token) = &minted {
+                    let _ = store
+                        .put_token(token, fresh_for(token, min_remaining))
+                        .await;
+                }
+                store.unlock(user_id, &lock).await;
+                return Ok(CachedToken::new(minted?, min_remaining));
+            }
+            Ok(None) => {}
+            Err(_) if deny => return Err(unavailable()),
+            Err(_) => break,
+        }
+        if Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        match store.get_token(user_id).await {
+            Ok(Some(found)) => {
+                if let Some(token) = fresh(found) {
+                    return Ok(token);
+                }
+            }
+            Ok(None) => {}
+            Err(_) if deny => return Err(unavailable()),
+            Err(_) => break,
+        }
+    }
+    Ok(CachedToken::new(mint().await?, min_remaining))
 }
 
 #[cfg(test)]

@@ -91,6 +91,12 @@ pub struct IntelliaSettings {
     pub timeout_ms: u64,
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// Consecutive failed mints (after retries) that open the circuit breaker.
+    #[serde(default = "default_breaker_failures")]
+    pub breaker_failures: u32,
+    /// How long the open breaker answers 503 at once before letting one probe through.
+    #[serde(default = "default_breaker_open_secs")]
+    pub breaker_open_secs: u64,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -238,6 +244,20 @@ pub struct RedisSettings {
     pub url: String,
     #[serde(default)]
     pub on_unavailable: RedisFallback,
+    /// Bound on every Redis call; past it the call counts as a failure.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Replicas sharing the limits: while Redis is unavailable under `on_unavailable = "local"`,
+    /// each replica enforces 1/replicas of every limit.
+    #[serde(default = "default_replicas")]
+    pub replicas: u32,
+    /// Namespace of every key the broker writes.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: String,
+    /// Key material for encrypting cached tokens; when absent it is derived from the API key
+    /// (all replicas share it, and rotating the key simply empties the shared cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_secret_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -272,6 +292,12 @@ fn default_timeout_ms() -> u64 {
 fn default_max_retries() -> u32 {
     2
 }
+fn default_breaker_failures() -> u32 {
+    5
+}
+fn default_breaker_open_secs() -> u64 {
+    10
+}
 fn default_cors_max_age() -> u32 {
     600
 }
@@ -292,6 +318,15 @@ fn default_introspection_ttl() -> u64 {
 }
 fn default_negative_ttl() -> u64 {
     10
+}
+fn default_redis_timeout_ms() -> u64 {
+    50
+}
+fn default_replicas() -> u32 {
+    1
+}
+fn default_key_prefix() -> String {
+    "itb".to_owned()
 }
 fn default_true() -> bool {
     true
@@ -571,12 +606,30 @@ impl Settings {
                     "must start with redis:// or rediss://",
                 ));
             }
-            // Shared limits and cache land with the multi-replica work; refusing beats silently
-            // running per-replica while the operator believes they are shared.
-            return Err(ConfigError::key(
-                "redis",
-                "Redis-shared limits and cache are not available in this version; remove the [redis] section",
-            ));
+            if !(1..=5000).contains(&redis.timeout_ms) {
+                return Err(ConfigError::key(
+                    "redis.timeout_ms",
+                    "must be between 1 and 5000",
+                ));
+            }
+            if !(1..=1000).contains(&redis.replicas) {
+                return Err(ConfigError::key(
+                    "redis.replicas",
+                    "must be between 1 and 1000",
+                ));
+            }
+            if redis.key_prefix.is_empty()
+                || redis.key_prefix.len() > 32
+                || !redis
+                    .key_prefix
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
+            {
+                return Err(ConfigError::key(
+                    "redis.key_prefix",
+                    "must be 1-32 characters of letters, digits, '-', '_', '.' or ':'",
+                ));
+            }
         }
         Ok(())
     }

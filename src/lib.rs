@@ -4,6 +4,7 @@
 //! `main.rs` only calls [`cli::main`]; [`app`] wires the parts below together.
 
 pub mod app;
+pub mod breaker;
 pub mod cache;
 pub mod cli;
 pub mod client_ip;
@@ -16,6 +17,7 @@ pub mod intellia;
 pub mod limits;
 pub mod metrics;
 pub mod openapi;
+pub mod redis_store;
 pub mod routes;
 pub mod secrets;
 pub mod session;

@@ -1,8 +1,10 @@
 //! Rate limits: per verified user, per client IP, and toward Intellia as a whole.
 //!
-//! Each limit is a GCRA bucket (`governor`): `burst` is the capacity, `per_minute`/`per_second` the
-//! refill rate. Decisions are lock-free atomic updates; idle keys are evicted by a periodic sweep so
-//! memory stays bounded by the number of recently active users and addresses.
+//! Each limit is a GCRA bucket: `burst` is the capacity, `per_minute`/`per_second` the refill rate.
+//! With Redis the buckets are shared by every replica (one Lua script, Redis's clock); without it,
+//! or while Redis is unavailable under `on_unavailable = "local"`, each replica keeps its own
+//! (`governor`, lock-free atomics) holding 1/replicas of every limit. Idle local keys are evicted by
+//! a periodic sweep so memory stays bounded by the number of recently active users and addresses.
 
 use std::hash::Hash;
 use std::net::IpAddr;
@@ -17,7 +19,17 @@ use governor::state::keyed::DashMapStateStore;
 use governor::state::{InMemoryState, NotKeyed};
 use governor::{Quota, RateLimiter};
 
-use crate::config::RateLimitSettings;
+use crate::config::{RateLimitSettings, RedisFallback};
+use crate::redis_store::{RedisStore, SharedDecision};
+
+/// Why a request may not proceed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LimitError {
+    /// The limit is spent.
+    Limited(RateLimitHeaders),
+    /// Limits are shared through Redis, Redis is unavailable, and the operator chose `deny`.
+    Unavailable,
+}
 
 /// One limit's state after a decision, enough to write the draft-ietf-httpapi-ratelimit-headers
 /// fields and, on rejection, `Retry-After`.
@@ -72,20 +84,47 @@ type DirectLimiter = RateLimiter<NotKeyed, InMemoryState, DefaultClock, StateInf
 struct Shape {
     name: &'static str,
     window: u32,
+    /// The replica-local bucket (a share of the limit when replicas share it through Redis).
     quota: Quota,
+    /// The whole limit, as Redis enforces it for all replicas together.
+    shared_interval: Duration,
+    shared_burst: u32,
 }
 
 impl Shape {
-    fn new(name: &'static str, window: u32, rate: u32, burst: u32) -> Option<Shape> {
-        let rate = NonZeroU32::new(rate)?;
-        let burst = NonZeroU32::new(burst)?;
-        let period = Duration::from_secs(u64::from(window)) / rate.get();
-        let quota = Quota::with_period(period)?.allow_burst(burst);
+    fn new(name: &'static str, window: u32, rate: u32, burst: u32, replicas: u32) -> Option<Shape> {
+        let replicas = replicas.max(1);
+        let local_rate = NonZeroU32::new((rate / replicas).max(1))?;
+        let local_burst = NonZeroU32::new((burst / replicas).max(1))?;
+        let window_len = Duration::from_secs(u64::from(window));
+        let quota = Quota::with_period(window_len / local_rate.get())?.allow_burst(local_burst);
         Some(Shape {
             name,
             window,
             quota,
+            shared_interval: window_len / NonZeroU32::new(rate)?.get(),
+            shared_burst: NonZeroU32::new(burst)?.get(),
         })
+    }
+
+    fn shared(&self, d: SharedDecision) -> Result<RateLimitHeaders, RateLimitHeaders> {
+        let headers = RateLimitHeaders {
+            name: self.name,
+            quota: self.shared_burst,
+            window: self.window,
+            remaining: d.remaining,
+            reset_secs: ceil_secs(d.reset),
+            retry_after_secs: ceil_secs(d.retry_after).max(1),
+        };
+        if d.allowed {
+            Ok(headers)
+        } else {
+            Err(RateLimitHeaders {
+                remaining: 0,
+                reset_secs: headers.retry_after_secs,
+                ..headers
+            })
+        }
     }
 
     fn passed(&self, snapshot: &governor::middleware::StateSnapshot) -> RateLimitHeaders {
@@ -158,6 +197,7 @@ pub struct Limits {
     per_user: Option<Keyed<String>>,
     per_ip: Option<Keyed<IpAddr>>,
     upstream: Option<(Shape, DirectLimiter)>,
+    shared: Option<Arc<RedisStore>>,
 }
 
 impl std::fmt::Debug for Limits {
@@ -166,24 +206,37 @@ impl std::fmt::Debug for Limits {
             .field("per_user", &self.per_user.is_some())
             .field("per_ip", &self.per_ip.is_some())
             .field("upstream", &self.upstream.is_some())
+            .field("shared", &self.shared.is_some())
             .finish()
     }
 }
 
 impl Limits {
+    /// Per-replica limits only.
     pub fn new(settings: &RateLimitSettings) -> Limits {
+        Self::with_shared(settings, None, 1)
+    }
+
+    /// Limits shared through Redis when `shared` is given; the local fallback then holds
+    /// 1/`replicas` of each limit.
+    pub fn with_shared(
+        settings: &RateLimitSettings,
+        shared: Option<Arc<RedisStore>>,
+        replicas: u32,
+    ) -> Limits {
+        let replicas = if shared.is_some() { replicas } else { 1 };
         Limits {
             per_user: settings
                 .per_user
-                .and_then(|l| Shape::new("user", 60, l.per_minute, l.burst))
+                .and_then(|l| Shape::new("user", 60, l.per_minute, l.burst, replicas))
                 .map(Keyed::new),
             per_ip: settings
                 .per_ip
-                .and_then(|l| Shape::new("ip", 60, l.per_minute, l.burst))
+                .and_then(|l| Shape::new("ip", 60, l.per_minute, l.burst, replicas))
                 .map(Keyed::new),
             upstream: settings
                 .upstream
-                .and_then(|l| Shape::new("upstream", 1, l.per_second, l.burst))
+                .and_then(|l| Shape::new("upstream", 1, l.per_second, l.burst, replicas))
                 .map(|shape| {
                     let limiter: DirectLimiter = RateLimiter::new(
                         shape.quota,
@@ -192,29 +245,71 @@ impl Limits {
                     );
                     (shape, limiter)
                 }),
+            shared,
+        }
+    }
+
+    /// Asks Redis first when limits are shared; `None` means "decide locally".
+    async fn shared_decision(
+        &self,
+        shape: &Shape,
+        subject: &str,
+    ) -> Option<Result<RateLimitHeaders, LimitError>> {
+        let store = self.shared.as_ref()?;
+        match store
+            .gcra(
+                shape.name,
+                subject,
+                shape.shared_interval,
+                shape.shared_burst,
+            )
+            .await
+        {
+            Ok(decision) => Some(shape.shared(decision).map_err(LimitError::Limited)),
+            Err(_) if store.fallback() == RedisFallback::Deny => Some(Err(LimitError::Unavailable)),
+            Err(_) => None,
         }
     }
 
     /// `Ok(None)` when no such limit is configured.
-    pub fn check_user(
+    pub async fn check_user(
         &self,
         user_id: &String,
-    ) -> Result<Option<RateLimitHeaders>, RateLimitHeaders> {
-        self.per_user.as_ref().map(|l| l.check(user_id)).transpose()
+    ) -> Result<Option<RateLimitHeaders>, LimitError> {
+        let Some(limit) = &self.per_user else {
+            return Ok(None);
+        };
+        if let Some(decision) = self.shared_decision(&limit.shape, user_id).await {
+            return decision.map(Some);
+        }
+        limit.check(user_id).map(Some).map_err(LimitError::Limited)
     }
 
-    pub fn check_ip(&self, ip: &IpAddr) -> Result<Option<RateLimitHeaders>, RateLimitHeaders> {
-        self.per_ip.as_ref().map(|l| l.check(ip)).transpose()
+    pub async fn check_ip(&self, ip: &IpAddr) -> Result<Option<RateLimitHeaders>, LimitError> {
+        let Some(limit) = &self.per_ip else {
+            return Ok(None);
+        };
+        if self.shared.is_some()
+            && let Some(decision) = self.shared_decision(&limit.shape, &ip.to_string()).await
+        {
+            return decision.map(Some);
+        }
+        limit.check(ip).map(Some).map_err(LimitError::Limited)
     }
 
     /// Counts one call toward Intellia.
-    pub fn check_upstream(&self) -> Result<(), RateLimitHeaders> {
+    pub async fn check_upstream(&self) -> Result<(), LimitError> {
         let Some((shape, limiter)) = &self.upstream else {
             return Ok(());
         };
+        if let Some(decision) = self.shared_decision(shape, "all").await {
+            return decision.map(|_| ());
+        }
         match limiter.check() {
             Ok(_) => Ok(()),
-            Err(not_until) => Err(shape.rejected(not_until.wait_time_from(limiter.clock().now()))),
+            Err(not_until) => Err(LimitError::Limited(
+                shape.rejected(not_until.wait_time_from(limiter.clock().now())),
+            )),
         }
     }
 
@@ -268,52 +363,63 @@ mod tests {
         })
     }
 
-    #[test]
-    fn admits_exactly_burst_then_rejects() {
+    #[tokio::test]
+    async fn admits_exactly_burst_then_rejects() {
         let l = limits(10, 5);
         let user = "alice".to_owned();
         for n in 0..5u32 {
             let h = l
                 .check_user(&user)
+                .await
                 .expect("within burst")
                 .expect("configured");
             assert_eq!(h.remaining, 4 - n);
             assert_eq!(h.quota, 5);
             assert_eq!(h.window, 60);
         }
-        let rejected = l.check_user(&user).expect_err("burst spent");
+        let Err(LimitError::Limited(rejected)) = l.check_user(&user).await else {
+            panic!("burst spent");
+        };
         assert_eq!(rejected.remaining, 0);
         // 10 per minute refills one cell every 6 s.
         assert!((1..=6).contains(&rejected.retry_after_secs), "{rejected:?}");
         // Another key has its own bucket.
-        assert!(l.check_user(&"bob".to_owned()).is_ok());
+        assert!(l.check_user(&"bob".to_owned()).await.is_ok());
     }
 
-    #[test]
-    fn reset_counts_seconds_to_full_bucket() {
+    #[tokio::test]
+    async fn reset_counts_seconds_to_full_bucket() {
         let l = limits(60, 3);
         let user = "carol".to_owned();
-        let first = l.check_user(&user).unwrap().unwrap();
+        let first = l.check_user(&user).await.unwrap().unwrap();
         assert_eq!(first.remaining, 2);
         assert_eq!(first.reset_secs, 1);
-        let second = l.check_user(&user).unwrap().unwrap();
+        let second = l.check_user(&user).await.unwrap().unwrap();
         assert_eq!(second.reset_secs, 2);
     }
 
-    #[test]
-    fn upstream_limit_is_global() {
+    #[tokio::test]
+    async fn upstream_limit_is_global() {
         let l = limits(10, 5);
-        assert!(l.check_upstream().is_ok());
-        assert!(l.check_upstream().is_ok());
-        assert!(l.check_upstream().is_err());
+        assert!(l.check_upstream().await.is_ok());
+        assert!(l.check_upstream().await.is_ok());
+        assert!(l.check_upstream().await.is_err());
+    }
+
+    #[tokio::test]
+    async fn absent_limits_pass() {
+        let l = Limits::new(&RateLimitSettings::default());
+        assert_eq!(l.check_user(&"x".to_owned()).await, Ok(None));
+        assert_eq!(l.check_ip(&IpAddr::from([127, 0, 0, 1])).await, Ok(None));
+        assert!(l.check_upstream().await.is_ok());
     }
 
     #[test]
-    fn absent_limits_pass() {
-        let l = Limits::new(&RateLimitSettings::default());
-        assert_eq!(l.check_user(&"x".to_owned()), Ok(None));
-        assert_eq!(l.check_ip(&IpAddr::from([127, 0, 0, 1])), Ok(None));
-        assert!(l.check_upstream().is_ok());
+    fn local_share_divides_by_replicas() {
+        let shape = Shape::new("user", 60, 10, 5, 3).unwrap();
+        assert_eq!(shape.quota.burst_size().get(), 1);
+        assert_eq!(shape.shared_burst, 5);
+        assert_eq!(shape.shared_interval, Duration::from_secs(6));
     }
 
     #[test]

@@ -59,6 +59,9 @@ pub struct Metrics {
     pub secret_stale: Family<SecretLabels, Gauge>,
     pub ready: Gauge,
     pub limiter_keys: Gauge,
+    pub redis_up: Gauge,
+    pub redis_failures: Counter,
+    pub upstream_circuit_open: Gauge,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -151,6 +154,24 @@ impl Metrics {
             "Keys tracked by the per-user and per-IP limiters",
             limiter_keys.clone(),
         );
+        let redis_up = Gauge::default();
+        registry.register(
+            "redis_up",
+            "1 while Redis answers (shared limits and cache), 0 while the fallback is in use",
+            redis_up.clone(),
+        );
+        let redis_failures = Counter::default();
+        registry.register(
+            "redis_failures",
+            "Redis calls that failed or timed out",
+            redis_failures.clone(),
+        );
+        let upstream_circuit_open = Gauge::default();
+        registry.register(
+            "upstream_circuit_open",
+            "1 while the circuit breaker toward Intellia is open",
+            upstream_circuit_open.clone(),
+        );
         let build_info = Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
         registry.register("build", "Build information", build_info);
         Metrics {
@@ -167,6 +188,9 @@ impl Metrics {
             secret_stale,
             ready,
             limiter_keys,
+            redis_up,
+            redis_failures,
+            upstream_circuit_open,
         }
     }
 

@@ -19,7 +19,7 @@ use crate::app::AppState;
 use crate::cache::Provenance;
 use crate::error::{AuthFailure, BrokerError};
 use crate::intellia::AssumeRoleRequest;
-use crate::limits::RateLimitHeaders;
+use crate::limits::{LimitError, RateLimitHeaders};
 use crate::metrics::{LimitLabels, ResultLabels};
 use crate::session::{CredentialSource, Identity, bearer_token, valid_user_id};
 use crate::telemetry::ClientIp;
@@ -90,15 +90,23 @@ async fn read_body(
     Ok(body)
 }
 
-fn rate_limited(state: &AppState, headers: RateLimitHeaders) -> BrokerError {
-    state
-        .metrics
-        .rate_limited
-        .get_or_create(&LimitLabels {
-            limit: headers.name,
-        })
-        .inc();
-    BrokerError::RateLimited(headers)
+fn rate_limited(state: &AppState, error: LimitError) -> BrokerError {
+    match error {
+        LimitError::Limited(headers) => {
+            state
+                .metrics
+                .rate_limited
+                .get_or_create(&LimitLabels {
+                    limit: headers.name,
+                })
+                .inc();
+            BrokerError::RateLimited(headers)
+        }
+        // Shared limits cannot be checked and the operator chose to refuse rather than guess.
+        LimitError::Unavailable => BrokerError::UpstreamUnavailable {
+            retry_after_secs: Some(1),
+        },
+    }
 }
 
 fn record_user(user_id: &str) {
@@ -142,7 +150,7 @@ pub async fn token(
     let mut limit = None;
     let client_ip = req.extensions().get::<ClientIp>().map(|c| c.0);
     if let Some(ip) = client_ip {
-        match state.limits.check_ip(&ip) {
+        match state.limits.check_ip(&ip).await {
             Ok(Some(h)) => limit = Some(h),
             Ok(None) => {}
             Err(h) => return Err(rate_limited(&state, h)),
@@ -162,7 +170,7 @@ pub async fn token(
     let identity = state.verifier.verify(credential.token).await?;
     record_user(&identity.user_id);
 
-    match state.limits.check_user(&identity.user_id) {
+    match state.limits.check_user(&identity.user_id).await {
         Ok(Some(h)) => limit = Some(RateLimitHeaders::tightest(limit, h)),
         Ok(None) => {}
         Err(h) => return Err(rate_limited(&state, h)),
@@ -240,7 +248,7 @@ pub async fn backend_token(
     let identity = validate_backend_request(parsed)?;
     record_user(&identity.user_id);
 
-    let limit = match state.limits.check_user(&identity.user_id) {
+    let limit = match state.limits.check_user(&identity.user_id).await {
         Ok(h) => h,
         Err(h) => return Err(rate_limited(&state, h)),
     };
@@ -322,7 +330,8 @@ async fn issue(
             state
                 .limits
                 .check_upstream()
-                .map_err(|h| rate_limited(state, h))?;
+                .await
+                .map_err(|e| rate_limited(state, e))?;
             let request = AssumeRoleRequest {
                 user_id: identity.user_id.clone(),
                 user_email: identity.email.clone(),

@@ -15,6 +15,7 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
+use crate::breaker::CircuitBreaker;
 use crate::config::IntelliaSettings;
 use crate::error::BrokerError;
 use crate::metrics::Metrics;
@@ -104,6 +105,7 @@ pub struct IntelliaClient {
     api_key: Arc<SecretCell>,
     max_retries: u32,
     metrics: Arc<Metrics>,
+    breaker: CircuitBreaker,
 }
 
 impl std::fmt::Debug for IntelliaClient {
@@ -140,12 +142,46 @@ impl IntelliaClient {
             api_key,
             max_retries: settings.max_retries,
             metrics,
+            breaker: CircuitBreaker::new(
+                settings.breaker_failures,
+                Duration::from_secs(settings.breaker_open_secs),
+            ),
         })
     }
 
-    /// Mints a token, retrying what is worth retrying.
+    /// Mints a token, retrying what is worth retrying, behind the circuit breaker: while Intellia
+    /// is failing, callers get 503 at once instead of queueing behind timeouts.
     #[tracing::instrument(name = "intellia.assume_role", skip_all)]
     pub async fn assume_role(&self, req: &AssumeRoleRequest) -> Result<MintedToken, UpstreamError> {
+        if !self.breaker.allow() {
+            let wait = self.breaker.retry_after();
+            return Err(UpstreamError::Unavailable {
+                reason: "circuit open",
+                retry_after_secs: Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
+            });
+        }
+        let outcome = self.assume_role_with_retries(req).await;
+        match &outcome {
+            Ok(_) | Err(UpstreamError::Rejected { .. }) => {
+                if self.breaker.success() {
+                    tracing::info!("Intellia answers again; circuit closed");
+                    self.metrics.upstream_circuit_open.set(0);
+                }
+            }
+            Err(_) => {
+                if self.breaker.failure() {
+                    tracing::warn!("Intellia keeps failing; circuit open");
+                    self.metrics.upstream_circuit_open.set(1);
+                }
+            }
+        }
+        outcome
+    }
+
+    async fn assume_role_with_retries(
+        &self,
+        req: &AssumeRoleRequest,
+    ) -> Result<MintedToken, UpstreamError> {
         let mut attempt = 0u32;
         loop {
             let started = Instant::now();

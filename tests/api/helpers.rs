@@ -208,6 +208,10 @@ pub struct TestConfig {
     pub admin: bool,
     /// Wait for `/readyz` before handing the app to the test.
     pub expect_ready: bool,
+    /// `(breaker_failures, breaker_open_secs)` for `[intellia]`.
+    pub breaker: Option<(u32, u64)>,
+    /// Appended to the config as is (e.g. a `[redis]` section).
+    pub extra_toml: String,
 }
 
 impl Default for TestConfig {
@@ -229,6 +233,8 @@ impl Default for TestConfig {
             extra_issuers: String::new(),
             admin: false,
             expect_ready: true,
+            breaker: None,
+            extra_toml: String::new(),
         }
     }
 }
@@ -284,6 +290,7 @@ organization_id = "{ORG}"
 api_key_file = "{dir}/api-key"
 timeout_ms = {timeout}
 max_retries = {retries}
+{breaker}
 
 [cors]
 allowed_origins = [{origins}]
@@ -311,6 +318,11 @@ min_remaining_secs = 900
         dir = dir.display(),
         timeout = cfg.timeout_ms,
         retries = cfg.max_retries,
+        breaker = cfg
+            .breaker
+            .map_or(String::new(), |(failures, secs)| format!(
+                "breaker_failures = {failures}\nbreaker_open_secs = {secs}"
+            )),
         origins = quoted(&cfg.allowed_origins),
         extra = cfg.extra_issuers,
         cache = cfg.cache,
@@ -336,6 +348,7 @@ min_remaining_secs = 900
             "\n[rate_limit.upstream]\nper_second = {per_second}\nburst = {burst}\n"
         ));
     }
+    text.push_str(&cfg.extra_toml);
     std::fs::write(dir.join("config.toml"), &text).unwrap();
     text
 }

@@ -140,3 +140,36 @@ async fn unreachable_intellia_is_503() {
     )
     .await;
 }
+
+#[tokio::test]
+async fn the_circuit_breaker_opens_on_sustained_failure_and_closes_after_a_probe() {
+    let app = spawn_app(TestConfig {
+        breaker: Some((3, 1)),
+        cache: false,
+        ..TestConfig::default()
+    })
+    .await;
+    app.sim.set_always(Some(Fault::status(500)));
+    for n in 0..3 {
+        assert_eq!(app.token(&session(&format!("f{n}"))).await.status(), 503);
+    }
+    assert_eq!(app.sim.calls(), 3);
+    // Open: answered at once, with Retry-After, without calling Intellia.
+    let started = Instant::now();
+    let resp = app.token(&session("fast")).await;
+    assert!(started.elapsed() < Duration::from_millis(200));
+    let retry_after: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!((1..=1).contains(&retry_after), "{retry_after}");
+    assert_problem(resp, 503, "upstream_unavailable").await;
+    assert_eq!(app.sim.calls(), 3);
+    // After the cool-down one probe goes through; Intellia has recovered, so the circuit closes.
+    app.sim.set_always(None);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    assert_eq!(app.token(&session("probe")).await.status(), 200);
+    assert_eq!(app.token(&session("after")).await.status(), 200);
+    assert_eq!(app.sim.calls(), 5);
+}

@@ -1,0 +1,306 @@
+//! Several broker instances sharing a real `redis-server` (started here on a free port, killed
+//! to test outages): exact limits across replicas, one mint per user across replicas, encrypted
+//! tokens in Redis, and the `local` / `deny` fallbacks.
+
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use intellia_token_broker::intellia::simulator::{KeyPolicy, SimulatorConfig, SimulatorState};
+use serde_json::Value;
+
+use crate::helpers::*;
+
+struct RedisServer {
+    port: u16,
+    child: Option<Child>,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut server = RedisServer { port, child: None };
+        server.restart();
+        server
+    }
+
+    fn restart(&mut self) {
+        let child = Command::new("redis-server")
+            .args([
+                "--port",
+                &self.port.to_string(),
+                "--bind",
+                "127.0.0.1",
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+            ])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is installed (scripts/test.sh installs it)");
+        self.child = Some(child);
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("redis-server did not start");
+    }
+
+    fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    }
+
+    fn section(&self, mode: &str) -> String {
+        format!(
+            "\n[redis]\nurl = \"redis://127.0.0.1:{}\"\non_unavailable = \"{mode}\"\ntimeout_ms = 100\nreplicas = 2\n",
+            self.port
+        )
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn shared_simulator() -> (String, Arc<SimulatorState>) {
+    start_simulator(SimulatorConfig {
+        organization_id: Some(ORG.to_owned()),
+        keys: KeyPolicy::Keys(std::collections::HashMap::from([(
+            API_KEY.to_owned(),
+            true,
+        )])),
+        ..SimulatorConfig::default()
+    })
+}
+
+async fn replicas(n: usize, cfg: impl Fn() -> TestConfig) -> (Vec<TestApp>, Arc<SimulatorState>) {
+    let (url, sim) = shared_simulator();
+    let mut apps = Vec::new();
+    for _ in 0..n {
+        apps.push(spawn_app_with_simulator(cfg(), url.clone(), sim.clone()).await);
+    }
+    (apps, sim)
+}
+
+async fn wait_for_redis(app: &TestApp) {
+    for _ in 0..100 {
+        if app.state.metrics.encode().contains("broker_redis_up 1") {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("the broker never connected to Redis");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_spread_over_replicas_admits_exactly_burst() {
+    let redis = RedisServer::start();
+    let (apps, _) = replicas(3, || TestConfig {
+        per_user: Some((10, 5)),
+        extra_toml: redis.section("local"),
+        ..TestConfig::default()
+    })
+    .await;
+    for app in &apps {
+        wait_for_redis(app).await;
+    }
+    let token = session("spread");
+    let mut statuses = Vec::new();
+    for n in 0..12 {
+        let resp = apps[n % 3].token(&token).await;
+        if resp.status() == 200 {
+            assert_eq!(resp.headers()["ratelimit-policy"], "\"user\";q=5;w=60");
+        }
+        statuses.push(resp.status().as_u16());
+    }
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        5,
+        "{statuses:?}"
+    );
+    assert!(statuses[5..].iter().all(|s| *s == 429), "{statuses:?}");
+    // Redis holds hashed keys only: no user id in clear.
+    let keys = redis.cli(&["--scan"]);
+    assert!(keys.contains("itb:{"), "{keys}");
+    assert!(!keys.contains("spread"), "{keys}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fifty_concurrent_requests_across_replicas_make_one_upstream_call() {
+    let redis = RedisServer::start();
+    let (apps, sim) = replicas(3, || TestConfig {
+        extra_toml: redis.section("local"),
+        ..TestConfig::default()
+    })
+    .await;
+    for app in &apps {
+        wait_for_redis(app).await;
+    }
+    sim.set_latency(Duration::from_millis(300));
+    let token = session("crowd");
+    let bodies = futures_util::future::join_all((0..50).map(|n| {
+        let app = &apps[n % 3];
+        let token = &token;
+        async move {
+            let resp = app.token(token).await;
+            assert_eq!(resp.status(), 200);
+            resp.json::<Value>().await.unwrap()
+        }
+    }))
+    .await;
+    assert_eq!(sim.calls(), 1, "one Intellia call for the whole crowd");
+    assert!(bodies.iter().all(|b| b["token"] == bodies[0]["token"]));
+
+    // The token is in Redis, encrypted: neither it nor the user id shows in redis-cli output.
+    let minted = bodies[0]["token"].as_str().unwrap();
+    let mut dump = redis.cli(&["--scan"]);
+    for key in dump.clone().lines() {
+        dump.push_str(&redis.cli(&["GET", key]));
+        dump.push_str(&redis.cli(&["--no-raw", "GET", key]));
+    }
+    assert!(
+        dump.contains(":token"),
+        "a shared token entry exists: {dump}"
+    );
+    assert!(!dump.contains(minted), "the raw token is in Redis");
+    assert!(
+        !dump.contains(&minted[4..20]),
+        "part of the raw token is in Redis"
+    );
+    assert!(!dump.contains("crowd"), "the user id is in Redis");
+}
+
+async fn timed(app: &TestApp, sub: &str) -> (u16, Duration) {
+    let started = Instant::now();
+    let status = app.token(&session(sub)).await.status().as_u16();
+    (status, started.elapsed())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_falls_back_to_local_limits_and_recovers() {
+    let mut redis = RedisServer::start();
+    let (apps, _) = replicas(2, || TestConfig {
+        per_user: Some((600, 4)),
+        extra_toml: redis.section("local"),
+        ..TestConfig::default()
+    })
+    .await;
+    for app in &apps {
+        wait_for_redis(app).await;
+    }
+    for n in 0..10 {
+        assert_eq!(timed(&apps[n % 2], &format!("before-{n}")).await.0, 200);
+    }
+    redis.kill();
+    let mut slowest = Duration::ZERO;
+    for n in 0..30 {
+        let (status, took) = timed(&apps[n % 2], &format!("during-{n}")).await;
+        assert_eq!(status, 200, "request {n} during the outage");
+        slowest = slowest.max(took);
+    }
+    assert!(
+        slowest < Duration::from_millis(600),
+        "slowest request during the outage took {slowest:?}"
+    );
+    // Fallback: each replica enforces half of the limit (burst 4 / 2 replicas).
+    let token = session("local-share");
+    let statuses: Vec<u16> = futures_util::future::join_all((0..4).map(|_| apps[0].token(&token)))
+        .await
+        .iter()
+        .map(|r| r.status().as_u16())
+        .collect();
+    assert_eq!(
+        statuses.iter().filter(|s| **s == 200).count(),
+        2,
+        "{statuses:?}"
+    );
+    let metrics = apps[0].state.metrics.encode();
+    assert!(
+        metrics.contains("broker_redis_up 0"),
+        "the degraded state is visible"
+    );
+
+    // Redis returns: the brokers reconnect by themselves and share limits again.
+    redis.restart();
+    let mut shared_again = false;
+    for attempt in 0..60 {
+        tokio::time::sleep(Duration::from_millis(250)).await;
+        let token = session(&format!("back-{attempt}"));
+        let mut ok = 0;
+        for n in 0..6 {
+            if apps[n % 2].token(&token).await.status() == 200 {
+                ok += 1;
+            }
+        }
+        if ok == 4 {
+            shared_again = true;
+            break;
+        }
+    }
+    assert!(shared_again, "shared limits never came back");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_outage_under_deny_answers_503_quickly() {
+    let mut redis = RedisServer::start();
+    let (apps, sim) = replicas(1, || TestConfig {
+        per_user: Some((600, 100)),
+        extra_toml: redis.section("deny"),
+        ..TestConfig::default()
+    })
+    .await;
+    wait_for_redis(&apps[0]).await;
+    assert_eq!(apps[0].token(&session("d0")).await.status(), 200);
+    redis.kill();
+    let calls = sim.calls();
+    for n in 0..10 {
+        let started = Instant::now();
+        let resp = apps[0].token(&session(&format!("deny-{n}"))).await;
+        assert!(started.elapsed() < Duration::from_millis(600));
+        assert_problem(resp, 503, "upstream_unavailable").await;
+    }
+    assert_eq!(
+        sim.calls(),
+        calls,
+        "nothing minted while limits cannot be checked"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_broker_starts_and_serves_while_redis_is_down() {
+    let mut redis = RedisServer::start();
+    let section = redis.section("local");
+    redis.kill();
+    let (apps, _) = replicas(1, || TestConfig {
+        per_user: Some((600, 10)),
+        extra_toml: section.clone(),
+        ..TestConfig::default()
+    })
+    .await;
+    assert_eq!(apps[0].token(&session("early")).await.status(), 200);
+    redis.restart();
+    wait_for_redis(&apps[0]).await;
+    assert_eq!(apps[0].token(&session("later")).await.status(), 200);
+}
