@@ -143,11 +143,15 @@ impl Metrics {
         let secret_stale = Family::<SecretLabels, Gauge>::default();
         registry.register(
             "secret_stale",
-            "1 while a secret's source is unreadable or empty and the last good value is served",
+            "Whether a secret's source is unreadable or empty (1) and the last good value is served",
             secret_stale.clone(),
         );
         let ready = Gauge::default();
-        registry.register("ready", "1 when /readyz answers 200", ready.clone());
+        registry.register(
+            "ready",
+            "Whether /readyz answers 200 (1) or not (0)",
+            ready.clone(),
+        );
         let limiter_keys = Gauge::default();
         registry.register(
             "limiter_keys",
@@ -157,7 +161,7 @@ impl Metrics {
         let redis_up = Gauge::default();
         registry.register(
             "redis_up",
-            "1 while Redis answers (shared limits and cache), 0 while the fallback is in use",
+            "Whether Redis answers: 1 = shared limits and cache, 0 = the fallback is in use",
             redis_up.clone(),
         );
         let redis_failures = Counter::default();
@@ -169,7 +173,7 @@ impl Metrics {
         let upstream_circuit_open = Gauge::default();
         registry.register(
             "upstream_circuit_open",
-            "1 while the circuit breaker toward Intellia is open",
+            "Whether the circuit breaker toward Intellia is open (1) or closed (0)",
             upstream_circuit_open.clone(),
         );
         let build_info = Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);

@@ -39,7 +39,8 @@ local allow_at = new_tat - tolerance
 if allow_at > now then
   return {0, 0, allow_at - now, tat - now}
 end
-redis.call('SET', KEYS[1], new_tat, 'PX', math.ceil((new_tat - now) / 1000) + 1)
+-- %.0f: a bare number would be converted with 14 significant digits, losing microseconds.
+redis.call('SET', KEYS[1], string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
 return {1, math.floor((now + tolerance - new_tat) / interval), 0, new_tat - now}
 ";
 
@@ -205,8 +206,12 @@ impl RedisStore {
                 Ok(value)
             }
             outcome => {
-                if let Ok(Err(e)) = &outcome {
-                    tracing::debug!(error = e.category(), "Redis call failed");
+                match &outcome {
+                    Ok(Err(e)) => tracing::debug!(error = %e, "Redis call failed"),
+                    _ => tracing::debug!(
+                        timeout_ms = self.timeout.as_millis() as u64,
+                        "Redis call timed out"
+                    ),
                 }
                 self.metrics.redis_failures.inc();
                 if self.breaker.failure() {

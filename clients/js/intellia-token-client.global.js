@@ -107,7 +107,6 @@ class IntelliaTokenClient {
     this._jsonBody = Boolean(options.jsonBody);
     this._fetch = fetchImpl;
     this._now = options.now ?? (() => Date.now());
-    this._wallNow = options.now ?? (() => Date.now());
     this._random = options.random ?? Math.random;
     this._setTimeout = options.setTimeout ?? ((fn, ms) => globalThis.setTimeout(fn, ms));
     this._clearTimeout = options.clearTimeout ?? ((id) => globalThis.clearTimeout(id));
@@ -138,7 +137,6 @@ class IntelliaTokenClient {
     this._listeners = [];
     const doc = eventTarget(options.document !== undefined ? options.document : globalThis.document);
     const win = eventTarget(options.window !== undefined ? options.window : globalThis.window);
-    this._document = doc;
     if (doc) this._listen(doc, "visibilitychange", () => {
       if (doc.visibilityState === undefined || doc.visibilityState === "visible") this._wake("visible");
     });
@@ -191,14 +189,18 @@ class IntelliaTokenClient {
   onToken(cb) {
     if (typeof cb !== "function") throw new TypeError("onToken expects a function");
     this._tokenListeners.add(cb);
-    return () => this._tokenListeners.delete(cb);
+    return () => {
+      this._tokenListeners.delete(cb);
+    };
   }
 
   /** Calls `cb(error)` on every failure, background refreshes included; returns an unsubscribe function. */
   onError(cb) {
     if (typeof cb !== "function") throw new TypeError("onError expects a function");
     this._errorListeners.add(cb);
-    return () => this._errorListeners.delete(cb);
+    return () => {
+      this._errorListeners.delete(cb);
+    };
   }
 
   /** Forgets the token, a terminal error and the backoff (a 429's Retry-After still holds). */
@@ -270,20 +272,33 @@ class IntelliaTokenClient {
       title: last && last.title,
       detail: last && last.detail,
       retryAfterSecs: secs,
-      retryable: true,
+      retryable: last ? last.retryable : true,
+      terminal: false,
       requestId: last && last.requestId,
     });
   }
 
   async _sessionChanged() {
     if (!this._getSessionToken) return false;
+    const refused = this._terminal.sessionToken; // read before awaiting: a concurrent call may clear it
     let token;
     try {
-      token = await this._getSessionToken();
+      token = await this._askSession();
     } catch {
       return false;
     }
-    return typeof token === "string" && token !== "" && token !== this._terminal.sessionToken;
+    return typeof token === "string" && token !== "" && token !== refused;
+  }
+
+  // The site's session token, bounded by timeoutMs like the request itself.
+  _askSession() {
+    const asked = Promise.resolve().then(() => this._getSessionToken());
+    if (!(this._timeoutMs > 0)) return asked;
+    let timer;
+    const timeout = new Promise((_, reject) => {
+      timer = this._setTimeout(() => reject(new Error("getSessionToken() timed out")), this._timeoutMs);
+    });
+    return Promise.race([asked, timeout]).finally(() => this._clearTimeout(timer));
   }
 
   _clearTerminal() {
@@ -320,7 +335,7 @@ class IntelliaTokenClient {
     let sessionToken;
     if (this._getSessionToken) {
       try {
-        sessionToken = await this._getSessionToken();
+        sessionToken = await this._askSession();
       } catch (cause) {
         throw new IntelliaTokenError("Could not get the site session token", {
           code: "session_unavailable",
@@ -440,7 +455,7 @@ class IntelliaTokenClient {
     const code = typeof problem.code === "string" ? problem.code : `http_${status}`;
     const title = typeof problem.title === "string" ? problem.title : res.statusText || undefined;
     const detail = typeof problem.detail === "string" ? problem.detail : undefined;
-    let retryAfterMs = parseRetryAfterMs(res.headers.get("Retry-After"), this._wallNow);
+    let retryAfterMs = parseRetryAfterMs(res.headers.get("Retry-After"), this._now);
     if (retryAfterMs === undefined && status === 429) {
       retryAfterMs = parseRateLimitResetMs(res.headers.get("RateLimit"));
     }
@@ -467,18 +482,17 @@ class IntelliaTokenClient {
     this._abort = null;
     this._sentSessionToken = undefined;
     const previous = this._current;
-    const kept = cur;
-    this._current = kept;
+    this._current = cur;
     this._failures = 0;
     this._lastError = null;
     this._nextAttemptAt = 0;
     this._retryPending = false;
     this._arm();
     if (!previous || previous.data.token !== cur.data.token) {
-      const view = this._view(kept, this._now());
+      const view = this._view(cur, this._now());
       for (const cb of [...this._tokenListeners]) this._call(cb, view);
     }
-    return { ok: true, cur: kept };
+    return { ok: true, cur };
   }
 
   _failed(p, error) {
@@ -491,8 +505,10 @@ class IntelliaTokenClient {
     }
     const now = this._now();
     this._lastError = error;
+    const sentSessionToken = this._sentSessionToken;
+    this._sentSessionToken = undefined;
     if (error.terminal) {
-      this._terminal = { error, sessionToken: this._sentSessionToken };
+      this._terminal = { error, sessionToken: sentSessionToken };
       this._current = null;
       this._retryPending = false;
       this._clearTimer();

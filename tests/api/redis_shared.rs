@@ -106,7 +106,13 @@ async fn replicas(n: usize, cfg: impl Fn() -> TestConfig) -> (Vec<TestApp>, Arc<
 
 async fn wait_for_redis(app: &TestApp) {
     for _ in 0..100 {
-        if app.state.metrics.encode().contains("broker_redis_up 1") {
+        if app
+            .state
+            .metrics
+            .encode()
+            .lines()
+            .any(|l| l == "broker_redis_up 1")
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;

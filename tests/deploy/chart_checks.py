@@ -39,10 +39,13 @@ API_KEY_FILE = f"{API_KEY_DIR}/api-key"
 CONFIG_DIR = "/etc/intellia-token-broker"
 UID = 65532
 
-# DESIGN.md §3: every key the broker's config knows, plus the few the broker
-# added (src/config.rs: server.drain_delay_secs, server.secret_poll_secs,
-# server.workers, cors.max_age_secs, cache.max_entries). The rendered TOML
-# must use no other (the broker rejects unknown keys).
+# DESIGN.md §3: every key the broker's config knows, plus the ones the broker
+# added since (src/config.rs: server.drain_delay_secs, server.secret_poll_secs,
+# server.workers, cors.max_age_secs, cache.max_entries; per issuer
+# required_claims, userinfo, userinfo_url; in [session.introspection] issuer,
+# audience, the claim names, user_id_prefix, required_claims, leeway_secs,
+# cache_ttl_secs, negative_cache_secs). The rendered TOML must use no other
+# (the broker rejects unknown keys).
 DESIGN_KEYS: dict[str, set[str]] = {
     "server": {"listen", "admin_listen", "trusted_proxies", "max_body_bytes", "shutdown_grace_secs",
                "drain_delay_secs", "secret_poll_secs", "workers"},
@@ -50,8 +53,11 @@ DESIGN_KEYS: dict[str, set[str]] = {
     "cors": {"allowed_origins", "max_age_secs"},
     "session": {"jwt", "introspection"},
     "session.jwt[]": {"issuer", "audience", "jwks_url", "discovery", "hs256_secret_file", "algorithms",
-                      "cookie", "user_id_claim", "email_claim", "name_claim", "leeway_secs", "user_id_prefix"},
-    "session.introspection": {"url", "client_id", "client_secret_file"},
+                      "cookie", "user_id_claim", "email_claim", "name_claim", "leeway_secs", "user_id_prefix",
+                      "required_claims", "userinfo", "userinfo_url"},
+    "session.introspection": {"url", "client_id", "client_secret_file", "issuer", "audience", "user_id_claim",
+                              "email_claim", "name_claim", "user_id_prefix", "required_claims", "leeway_secs",
+                              "cache_ttl_secs", "negative_cache_secs"},
     "backend": {"secret_file"},
     "rate_limit": {"per_user", "per_ip", "upstream"},
     "rate_limit.per_user": {"per_minute", "burst"},
@@ -377,6 +383,7 @@ def assert_all_features(docs: list[dict[str, Any]]) -> None:
     assert conf["backend"] == {"secret_file": "/var/run/secrets/broker/backend-secret"}, f"[backend] {conf.get('backend')}"
     assert conf["session"]["introspection"]["client_secret_file"] == "/var/run/secrets/broker/introspection-secret"
     assert isinstance(conf["session"]["jwt"], list) and len(conf["session"]["jwt"]) == 2, "[[session.jwt]] x2"
+    assert_session_keys(conf["session"])
     assert "per_ip" not in conf["rate_limit"], "per_ip: null leaves the section out"
     spec = pod_spec(docs)
     vols = {v["name"]: v for v in spec["volumes"]}
@@ -386,6 +393,41 @@ def assert_all_features(docs: list[dict[str, Any]]) -> None:
     assert spec["containers"][0]["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}, "preStop sleep hook"
     assert spec["serviceAccountName"] == "web-backend" and \
         not [d for d in docs if d["kind"] == "ServiceAccount"], "serviceAccount.create false"
+
+
+def assert_session_keys(session: dict[str, Any]) -> None:
+    """all-features sets every optional session key: each reaches the TOML with its TOML type."""
+
+    def exact(got: Any, want: Any, where: str) -> None:
+        # type() too: TOML must not turn 0 into 0.0, true into "true", or 60 into true
+        assert got == want and type(got) is type(want), f"{where} = {got!r}, want {want!r}"
+
+    modern, legacy = session["jwt"]
+    exact(modern.get("required_claims"), ["groups=chat-users", "tenant=acme"], "session.jwt[0].required_claims")
+    exact(modern.get("userinfo"), True, "session.jwt[0].userinfo")
+    assert "userinfo_url" not in modern, "session.jwt[0]: userinfo_url comes from discovery"
+    exact(legacy.get("userinfo"), True, "session.jwt[1].userinfo")
+    exact(legacy.get("userinfo_url"), "https://legacy.example.test/userinfo", "session.jwt[1].userinfo_url")
+    assert "required_claims" not in legacy, "session.jwt[1]: no required_claims unless set"
+    want = {
+        "url": "https://auth.example.test/oauth/v2/introspect",
+        "client_id": "broker",
+        "client_secret_file": "/var/run/secrets/broker/introspection-secret",
+        "issuer": "https://auth.example.test",
+        "audience": "123456789012345678",
+        "user_id_claim": "sub",
+        "email_claim": "email",
+        "name_claim": "preferred_username",
+        "user_id_prefix": "zitadel:",
+        "required_claims": ["urn:zitadel:iam:org:id=987654321"],
+        "leeway_secs": 60,
+        "cache_ttl_secs": 120,
+        "negative_cache_secs": 0,
+    }
+    intro = session["introspection"]
+    assert set(intro) == set(want), f"[session.introspection] keys {sorted(intro)}, want {sorted(want)}"
+    for k, v in want.items():
+        exact(intro[k], v, f"session.introspection.{k}")
 
 
 def expect_rejected(chart: helm.Chart, chart_dir: Path, values: dict[str, Any], want: str, by_schema: bool) -> None:
@@ -501,7 +543,7 @@ def main() -> int:
                          lambda: assert_production(docs))
         if name == "all-features":
             checks.check("all-features: backend/HS256/introspection secrets as files, per_ip null, preStop sleep, "
-                         "explicit grace",
+                         "explicit grace; required_claims, userinfo(_url) and every introspection key in the TOML",
                          lambda: assert_all_features(docs))
 
     negative = [
@@ -518,6 +560,9 @@ def main() -> int:
         ("bad-backend-without-secret.yaml", r"backendRoute.enabled needs secret.values.backendSecret", False),
         ("bad-drain.yaml", r"drain_delay_secs \(20\) must be shorter", False),
         ("bad-redis-url-twice.yaml", r"set the Redis URL once", False),
+        ("bad-required-claim.yaml", r"session/jwt/0/required_claims/1", True),
+        ("bad-introspection-cache-ttl.yaml", r"session/introspection/cache_ttl_secs", True),
+        ("bad-jwt-userinfo-without-endpoint.yaml", r"session/jwt/0.*missing property 'userinfo_url'", True),
     ]
     for fname, want, by_schema in negative:
         values = load_values(here / "values" / fname)

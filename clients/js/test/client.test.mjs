@@ -11,7 +11,7 @@ import {
   baseOptions,
   flush,
   ENDPOINT,
-} from "./support.mjs";
+} from "../testing/support.mjs";
 
 const SECOND = 1000;
 
@@ -563,4 +563,51 @@ test("constructor validates its options", () => {
     () => new IntelliaTokenClient({ endpoint: ENDPOINT, fetch: async () => {}, getSessionToken: "x" }),
     TypeError,
   );
+});
+
+test("a getSessionToken() that never answers times out instead of blocking every caller", async () => {
+  const clock = new FakeClock();
+  const f = fakeFetch(clock);
+  let hang = true;
+  const client = new IntelliaTokenClient(
+    baseOptions(clock, f.fetch, {
+      timeoutMs: 5000,
+      getSessionToken: () => (hang ? new Promise(() => {}) : "session-ok"),
+    }),
+  );
+  const pending = Promise.all([rejection(client.getToken()), rejection(client.getToken())]);
+  await clock.advance(5000);
+  const [a, b] = await pending;
+  assert.equal(a.code, "session_unavailable");
+  assert.equal(b, a, "both callers shared the one attempt");
+  assert.equal(f.calls.length, 0);
+  assert.equal(clock.pendingTimers, 0, "no timer left behind");
+  hang = false;
+  assert.ok((await client.getToken()).token);
+  client.stop();
+});
+
+test("concurrent getToken() calls after a terminal error with a new session make one request", async () => {
+  const clock = new FakeClock();
+  const f = fakeFetch(clock, [problemResponse(401, "unauthenticated")]);
+  let session = "old";
+  let asked = 0;
+  // each call answers a little later than the one before, as a real session store might
+  const later = async (turns) => {
+    for (let i = 0; i < turns; i++) await new Promise((resolve) => setImmediate(resolve));
+  };
+  const client = new IntelliaTokenClient(
+    baseOptions(clock, f.fetch, {
+      getSessionToken: async () => {
+        await later(asked++ % 6);
+        return session;
+      },
+    }),
+  );
+  await rejection(client.getToken());
+  session = "new";
+  const results = await Promise.all(Array.from({ length: 5 }, () => client.getToken()));
+  assert.equal(new Set(results.map((t) => t.token)).size, 1);
+  assert.equal(f.calls.length, 2);
+  client.stop();
 });

@@ -12,7 +12,7 @@ import {
   tokenBody,
   baseOptions,
   flush,
-} from "./support.mjs";
+} from "../testing/support.mjs";
 
 const SECOND = 1000;
 
