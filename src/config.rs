@@ -906,6 +906,20 @@ api_key_file = "/tmp/key"
     }
 
     #[test]
+    fn shipped_configs_are_valid() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+        let mut files = vec![root.join("default.toml")];
+        for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+            files.push(entry.unwrap().path());
+        }
+        assert!(files.len() >= 4);
+        for file in files {
+            Settings::load_with_env(&file, Vec::<(String, String)>::new())
+                .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+        }
+    }
+
+    #[test]
     fn redacted_toml_hides_redis_password() {
         assert_eq!(
             redact_url_password("redis://user:hunter2@redis:6379/0"),

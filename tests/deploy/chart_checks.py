@@ -44,12 +44,15 @@ UID = 65532
 # server.workers, cors.max_age_secs, cache.max_entries; per issuer
 # required_claims, userinfo, userinfo_url; in [session.introspection] issuer,
 # audience, the claim names, user_id_prefix, required_claims, leeway_secs,
-# cache_ttl_secs, negative_cache_secs). The rendered TOML must use no other
-# (the broker rejects unknown keys).
+# cache_ttl_secs, negative_cache_secs; intellia.breaker_failures,
+# intellia.breaker_open_secs; in [redis] timeout_ms, replicas, key_prefix,
+# cache_secret_file). The rendered TOML must use no other (the broker rejects
+# unknown keys).
 DESIGN_KEYS: dict[str, set[str]] = {
     "server": {"listen", "admin_listen", "trusted_proxies", "max_body_bytes", "shutdown_grace_secs",
                "drain_delay_secs", "secret_poll_secs", "workers"},
-    "intellia": {"base_url", "organization_id", "api_key_file", "api_key_env", "timeout_ms", "max_retries"},
+    "intellia": {"base_url", "organization_id", "api_key_file", "api_key_env", "timeout_ms", "max_retries",
+                 "breaker_failures", "breaker_open_secs"},
     "cors": {"allowed_origins", "max_age_secs"},
     "session": {"jwt", "introspection"},
     "session.jwt[]": {"issuer", "audience", "jwks_url", "discovery", "hs256_secret_file", "algorithms",
@@ -64,7 +67,7 @@ DESIGN_KEYS: dict[str, set[str]] = {
     "rate_limit.per_ip": {"per_minute", "burst"},
     "rate_limit.upstream": {"per_second", "burst"},
     "cache": {"enabled", "min_remaining_secs", "max_entries"},
-    "redis": {"url", "on_unavailable"},
+    "redis": {"url", "on_unavailable", "timeout_ms", "replicas", "key_prefix", "cache_secret_file"},
 }
 
 
@@ -364,7 +367,13 @@ def assert_production(docs: list[dict[str, Any]]) -> None:
     ref = env["BROKER__REDIS__URL"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "intellia-token-broker", "key": "redis-url"}, f"redis url secretKeyRef {ref}"
     conf = broker_toml(docs)
-    assert conf["redis"] == {"on_unavailable": "local"}, f"[redis] {conf['redis']}"
+    # url from the Secret; replicas defaulted by the chart to the HPA's maxReplicas
+    want_redis = {"on_unavailable": "local", "timeout_ms": 50, "key_prefix": "itb:web",
+                  "replicas": hpa["spec"]["maxReplicas"]}
+    assert conf["redis"] == want_redis, f"[redis] {conf['redis']}, want {want_redis}"
+    assert "cache_secret_file" not in conf["redis"], "no cache secret file unless redisCacheSecret.enabled"
+    assert {k: conf["intellia"].get(k) for k in ("breaker_failures", "breaker_open_secs")} == \
+        {"breaker_failures": 5, "breaker_open_secs": 15}, f"breaker keys {conf['intellia']}"
     np = one(docs, "NetworkPolicy")["spec"]
     assert set(np["policyTypes"]) == {"Ingress", "Egress"}, "policyTypes"
     ing_ports = [p["port"] for r in np["ingress"] for p in r["ports"]]
@@ -385,10 +394,17 @@ def assert_all_features(docs: list[dict[str, Any]]) -> None:
     assert isinstance(conf["session"]["jwt"], list) and len(conf["session"]["jwt"]) == 2, "[[session.jwt]] x2"
     assert_session_keys(conf["session"])
     assert "per_ip" not in conf["rate_limit"], "per_ip: null leaves the section out"
+    want_redis = {"url": "redis://redis.example.test:6379", "on_unavailable": "deny", "timeout_ms": 200,
+                  "replicas": 3, "key_prefix": "itb-test",
+                  "cache_secret_file": "/var/run/secrets/broker/redis-cache-secret"}
+    assert conf["redis"] == want_redis, f"[redis] {conf['redis']}, want {want_redis}"
+    assert conf["intellia"]["breaker_failures"] == 3 and conf["intellia"]["breaker_open_secs"] == 30, \
+        f"breaker keys {conf['intellia']}"
     spec = pod_spec(docs)
     vols = {v["name"]: v for v in spec["volumes"]}
     items = {i["path"] for i in vols["broker-secrets"]["secret"]["items"]}
-    assert items == {"backend-secret", "hs256-secret", "introspection-secret"}, f"broker secret files {items}"
+    assert items == {"backend-secret", "hs256-secret", "introspection-secret", "redis-cache-secret"}, \
+        f"broker secret files {items}"
     assert spec["terminationGracePeriodSeconds"] == 45, "explicit grace period kept"
     assert spec["containers"][0]["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}, "preStop sleep hook"
     assert spec["serviceAccountName"] == "web-backend" and \
@@ -539,12 +555,31 @@ def main() -> int:
         checks.check(f"{name}: topologySpreadConstraints select this release", lambda: assert_spread(docs))
         if name == "production":
             checks.check("production: HPA v2, PDB, NetworkPolicy (DNS/443/Redis egress, metrics from monitoring), "
-                         "Ingress, ServiceMonitor, no chart Secret, Redis URL from secretKeyRef",
+                         "Ingress, ServiceMonitor, no chart Secret, Redis URL from secretKeyRef, "
+                         "[redis] replicas = HPA maxReplicas, breaker keys",
                          lambda: assert_production(docs))
         if name == "all-features":
-            checks.check("all-features: backend/HS256/introspection secrets as files, per_ip null, preStop sleep, "
+            checks.check("all-features: backend/HS256/introspection/Redis-cache secrets as files, every [redis] "
+                         "and breaker key, per_ip null, preStop sleep, "
                          "explicit grace; required_claims, userinfo(_url) and every introspection key in the TOML",
                          lambda: assert_all_features(docs))
+
+    def redis_replicas_default() -> None:
+        base = {"config": {"redis": {"url": "redis://redis:6379"}}}
+        conf = broker_toml(render(chart, base))
+        assert conf["redis"]["replicas"] == chart_values["replicaCount"], f"no HPA: replicaCount, got {conf['redis']}"
+        conf = broker_toml(render(chart, base | {"replicaCount": 5000}))
+        assert conf["redis"]["replicas"] == 1000, "capped at the broker's maximum 1000"
+        conf = broker_toml(render(chart, {"config": {"redis": {"url": "redis://redis:6379", "replicas": 7}},
+                                          "autoscaling": {"enabled": True, "maxReplicas": 20}}))
+        assert conf["redis"]["replicas"] == 7, "an explicit config.redis.replicas wins"
+        conf = broker_toml(render(chart, {"redisUrlSecret": {"name": "r"}}))
+        assert conf["redis"] == {"replicas": chart_values["replicaCount"]}, \
+            f"redisUrlSecret alone still renders [redis] replicas: {conf.get('redis')}"
+        assert "redis" not in broker_toml(render(chart, {})), "no Redis: no [redis]"
+
+    checks.check("redis: replicas defaults to replicaCount (HPA off) / maxReplicas, capped at 1000, explicit wins",
+                 redis_replicas_default)
 
     negative = [
         # (values file, expected message, rejected by values.schema.json?)
@@ -563,6 +598,11 @@ def main() -> int:
         ("bad-required-claim.yaml", r"session/jwt/0/required_claims/1", True),
         ("bad-introspection-cache-ttl.yaml", r"session/introspection/cache_ttl_secs", True),
         ("bad-jwt-userinfo-without-endpoint.yaml", r"session/jwt/0.*missing property 'userinfo_url'", True),
+        ("bad-redis-on-unavailable.yaml", r"redis/on_unavailable", True),
+        ("bad-redis-timeout.yaml", r"redis/timeout_ms", True),
+        ("bad-redis-cache-secret-file.yaml", r"cache_secret_file", True),
+        ("bad-redis-cache-secret-without-redis.yaml", r"redisCacheSecret.enabled needs Redis", False),
+        ("bad-breaker.yaml", r"intellia/breaker_open_secs", True),
     ]
     for fname, want, by_schema in negative:
         values = load_values(here / "values" / fname)

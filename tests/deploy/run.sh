@@ -379,7 +379,7 @@ PY
   secrets="$WORK/secrets"
   mkdir -p "$secrets/intellia" "$secrets/broker"
   printf 'test-api-key-not-real\n' > "$secrets/intellia/api-key"
-  for f in backend-secret hs256-secret introspection-secret; do
+  for f in backend-secret hs256-secret introspection-secret redis-cache-secret; do
     printf 'test-%s-not-real-0123456789abcdef0123456789\n' "$f" > "$secrets/broker/$f"
   done
   local redis_env
@@ -393,17 +393,6 @@ PY
     out="$(env "${redis_env[@]}" "$bin" check-config --config "$toml" 2>&1)"
     rc=$?
     set -e
-    if [ "$rc" -ne 0 ] && grep -q 'Redis-shared limits and cache are not available in this version' <<<"$out"; then
-      # Known gap in the broker, not in the chart: it refuses [redis] until
-      # shared limits land. Say so loudly, then check everything else.
-      echo "KNOWN-GAP check-config ($set): the broker refuses [redis] for now ($(head -n1 <<<"$out" | cut -c1-160)); re-checking without [redis]"
-      awk '/^\[redis\]/{skip=1; next} /^\[/{skip=0} !skip' "$toml" > "$toml.noredis"
-      toml="$toml.noredis"
-      set +e
-      out="$("$bin" check-config --config "$toml" 2>&1)"
-      rc=$?
-      set -e
-    fi
     if [ "$rc" -eq 0 ] && ! grep -q 'not-real' <<<"$out"; then
       pass "check-config accepts the rendered config ($set) and prints no secret"
     else

@@ -62,6 +62,7 @@ Fixed paths and ports, shared with the Dockerfile and DESIGN.md §3.
 {{- define "itb.configDir" -}}/etc/intellia-token-broker{{- end }}
 {{- define "itb.apiKeyDir" -}}/var/run/secrets/intellia{{- end }}
 {{- define "itb.brokerSecretsDir" -}}/var/run/secrets/broker{{- end }}
+{{- define "itb.redisCacheSecretPath" -}}/var/run/secrets/broker/redis-cache-secret{{- end }}
 {{- define "itb.hs256SecretPath" -}}/var/run/secrets/broker/hs256-secret{{- end }}
 {{- define "itb.httpPort" -}}8080{{- end }}
 {{- define "itb.metricsPort" -}}9091{{- end }}
@@ -82,6 +83,29 @@ Which optional secret files are needed ("true" or "").
 
 {{- define "itb.needsIntrospectionSecret" -}}
 {{- if dig "session" "introspection" nil .Values.config }}true{{ end }}
+{{- end }}
+
+{{- define "itb.needsRedisCacheSecret" -}}
+{{- if .Values.redisCacheSecret.enabled }}true{{ end }}
+{{- end }}
+
+{{/*
+Redis in use ("true" or ""): a config.redis table or a URL from a Secret.
+*/}}
+{{- define "itb.redisEnabled" -}}
+{{- if or .Values.config.redis .Values.redisUrlSecret.name }}true{{ end }}
+{{- end }}
+
+{{/*
+Default of [redis] replicas: every replica that may share the limits, i.e.
+the HPA's maxReplicas (or replicaCount without HPA), capped at 1000. With
+on_unavailable = "local" each replica then holds 1/replicas of a limit while
+Redis is down, so together they never exceed it.
+*/}}
+{{- define "itb.redisReplicas" -}}
+{{- $n := int .Values.replicaCount }}
+{{- if .Values.autoscaling.enabled }}{{ $n = int .Values.autoscaling.maxReplicas }}{{ end }}
+{{- min (max $n 1) 1000 }}
 {{- end }}
 
 {{- define "itb.needsHs256Secret" -}}
@@ -105,6 +129,10 @@ Items of the broker-secrets volume (mounted at /var/run/secrets/broker).
 {{- if include "itb.needsIntrospectionSecret" . }}
 - key: {{ .Values.secret.keys.introspectionClientSecret }}
   path: introspection-secret
+{{- end }}
+{{- if include "itb.needsRedisCacheSecret" . }}
+- key: {{ .Values.secret.keys.redisCacheSecret }}
+  path: redis-cache-secret
 {{- end }}
 {{- end }}
 
@@ -152,6 +180,18 @@ The broker's configuration: values.config plus the keys the chart manages
 {{- fail "set the Redis URL once: config.redis.url or redisUrlSecret.name, not both" }}
 {{- else if and $redis (not (hasKey $redis "url")) (not .Values.redisUrlSecret.name) }}
 {{- fail "config.redis needs a url: config.redis.url, or redisUrlSecret.name for a URL kept in a Secret" }}
+{{- end }}
+{{- if include "itb.redisEnabled" . }}
+{{- $redis = $redis | default dict }}
+{{- if not (hasKey $redis "replicas") }}
+{{- $_ := set $redis "replicas" (int (include "itb.redisReplicas" .)) }}
+{{- end }}
+{{- if include "itb.needsRedisCacheSecret" . }}
+{{- $_ := set $redis "cache_secret_file" (include "itb.redisCacheSecretPath" .) }}
+{{- end }}
+{{- $_ := set $c "redis" $redis }}
+{{- else if include "itb.needsRedisCacheSecret" . }}
+{{- fail "redisCacheSecret.enabled needs Redis: config.redis or redisUrlSecret.name" }}
 {{- end }}
 {{- if include "itb.needsIntrospectionSecret" . }}
 {{- $_ := set $c.session.introspection "client_secret_file" (printf "%s/introspection-secret" (include "itb.brokerSecretsDir" .)) }}
