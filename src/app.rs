@@ -330,10 +330,8 @@ impl Application {
             shared.clone(),
             replicas,
         ));
-        // The longest a mint can take: every attempt timing out, plus backoff.
-        let mint_deadline = Duration::from_millis(settings.intellia.timeout_ms)
-            * (settings.intellia.max_retries + 1)
-            + Duration::from_secs(1);
+        // The longest a mint can take, plus a margin: how long a replica holds a user's mint lock.
+        let mint_deadline = settings.intellia.deadline() + Duration::from_secs(1);
         let cache = TokenCache::with_shared(&settings.cache, shared, mint_deadline);
         let cors = CorsPolicy::new(&settings.cors.allowed_origins, settings.cors.max_age_secs)
             .map_err(|e| invalid(format!("config key `cors.allowed_origins`: {e}")))?;

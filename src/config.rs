@@ -91,6 +91,9 @@ pub struct IntelliaSettings {
     pub timeout_ms: u64,
     #[serde(default = "default_max_retries")]
     pub max_retries: u32,
+    /// Bound on one mint, retries and their waits included; default twice `timeout_ms`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deadline_ms: Option<u64>,
     /// Consecutive failed mints (after retries) that open the circuit breaker.
     #[serde(default = "default_breaker_failures")]
     pub breaker_failures: u32,
@@ -641,6 +644,13 @@ impl Settings {
             redis.url = redact_url_password(&redis.url);
         }
         toml::to_string(&copy).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+impl IntelliaSettings {
+    /// The bound on one mint, retries included.
+    pub fn deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(self.deadline_ms.unwrap_or(self.timeout_ms * 2))
     }
 }
 

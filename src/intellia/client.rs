@@ -104,6 +104,8 @@ pub struct IntelliaClient {
     url: reqwest::Url,
     api_key: Arc<SecretCell>,
     max_retries: u32,
+    timeout: Duration,
+    deadline: Duration,
     metrics: Arc<Metrics>,
     breaker: CircuitBreaker,
 }
@@ -141,6 +143,8 @@ impl IntelliaClient {
             url,
             api_key,
             max_retries: settings.max_retries,
+            timeout,
+            deadline: settings.deadline(),
             metrics,
             breaker: CircuitBreaker::new(
                 settings.breaker_failures,
@@ -183,9 +187,17 @@ impl IntelliaClient {
         req: &AssumeRoleRequest,
     ) -> Result<MintedToken, UpstreamError> {
         let mut attempt = 0u32;
+        let deadline = Instant::now() + self.deadline;
         loop {
             let started = Instant::now();
-            let outcome = self.attempt(req).await;
+            // The last attempt gets only what is left of the overall deadline.
+            let budget = self
+                .timeout
+                .min(deadline.saturating_duration_since(started));
+            if budget.is_zero() {
+                return Err(UpstreamError::Timeout);
+            }
+            let outcome = self.attempt(req, budget).await;
             self.metrics
                 .observe_upstream(status_class(&outcome), started.elapsed());
             let error = match outcome {
@@ -208,6 +220,10 @@ impl IntelliaClient {
                 Some(secs) => Duration::from_secs(*secs) + jitter(BACKOFF_BASE),
                 None => jitter(BACKOFF_CAP.min(BACKOFF_BASE * 2u32.saturating_pow(attempt))),
             };
+            // A retry that could not even start before the deadline is not worth waiting for.
+            if Instant::now() + wait >= deadline {
+                return Err(error);
+            }
             tracing::info!(attempt = attempt + 1, wait_ms = wait.as_millis() as u64, error = %error, "retrying Intellia");
             self.metrics.upstream_retries.inc();
             tokio::time::sleep(wait).await;
@@ -215,7 +231,11 @@ impl IntelliaClient {
         }
     }
 
-    async fn attempt(&self, req: &AssumeRoleRequest) -> Result<MintedToken, UpstreamError> {
+    async fn attempt(
+        &self,
+        req: &AssumeRoleRequest,
+        timeout: Duration,
+    ) -> Result<MintedToken, UpstreamError> {
         let key = self.api_key.get();
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
             .map_err(|_| UpstreamError::Rejected { status: 401 })?;
@@ -225,6 +245,7 @@ impl IntelliaClient {
             .post(self.url.clone())
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .timeout(timeout)
             .json(req)
             .send()
             .await

@@ -212,6 +212,7 @@ pub struct TestConfig {
     pub breaker: Option<(u32, u64)>,
     /// Appended to the config as is (e.g. a `[redis]` section).
     pub extra_toml: String,
+    pub deadline_ms: Option<u64>,
 }
 
 impl Default for TestConfig {
@@ -235,6 +236,7 @@ impl Default for TestConfig {
             expect_ready: true,
             breaker: None,
             extra_toml: String::new(),
+            deadline_ms: None,
         }
     }
 }
@@ -322,7 +324,10 @@ min_remaining_secs = 900
             .breaker
             .map_or(String::new(), |(failures, secs)| format!(
                 "breaker_failures = {failures}\nbreaker_open_secs = {secs}"
-            )),
+            ))
+            + &cfg
+                .deadline_ms
+                .map_or(String::new(), |ms| format!("\ndeadline_ms = {ms}")),
         origins = quoted(&cfg.allowed_origins),
         extra = cfg.extra_issuers,
         cache = cfg.cache,

@@ -173,3 +173,23 @@ async fn the_circuit_breaker_opens_on_sustained_failure_and_closes_after_a_probe
     assert_eq!(app.token(&session("after")).await.status(), 200);
     assert_eq!(app.sim.calls(), 5);
 }
+
+#[tokio::test]
+async fn retries_stay_within_the_overall_deadline() {
+    let app = spawn_app(TestConfig {
+        timeout_ms: 400,
+        deadline_ms: Some(700),
+        max_retries: 5,
+        ..TestConfig::default()
+    })
+    .await;
+    app.sim.set_latency(Duration::from_millis(300));
+    app.sim.set_always(Some(Fault::status(500)));
+    let started = Instant::now();
+    let resp = app.token(&session("slow-failures")).await;
+    let took = started.elapsed();
+    assert!(took < Duration::from_millis(1100), "{took:?}");
+    assert!([503, 504].contains(&resp.status().as_u16()));
+    let calls = app.sim.calls();
+    assert!((2..=3).contains(&calls), "{calls} attempts within 700 ms");
+}

@@ -51,7 +51,7 @@ UID = 65532
 DESIGN_KEYS: dict[str, set[str]] = {
     "server": {"listen", "admin_listen", "trusted_proxies", "max_body_bytes", "shutdown_grace_secs",
                "drain_delay_secs", "secret_poll_secs", "workers"},
-    "intellia": {"base_url", "organization_id", "api_key_file", "api_key_env", "timeout_ms", "max_retries",
+    "intellia": {"base_url", "organization_id", "api_key_file", "api_key_env", "timeout_ms", "max_retries", "deadline_ms",
                  "breaker_failures", "breaker_open_secs"},
     "cors": {"allowed_origins", "max_age_secs"},
     "session": {"jwt", "introspection"},
