@@ -430,15 +430,8 @@ impl Settings {
                 "must be shorter than server.shutdown_grace_secs, or in-flight requests get no time to finish",
             ));
         }
-        if !(1..=300).contains(&s.secret_poll_secs) {
-            return Err(ConfigError::key(
-                "server.secret_poll_secs",
-                "must be between 1 and 300",
-            ));
-        }
-        if s.workers > 256 {
-            return Err(ConfigError::key("server.workers", "must be at most 256"));
-        }
+        in_range("server.secret_poll_secs", s.secret_poll_secs, 1, 300)?;
+        in_range("server.workers", s.workers, 0, 256)?;
         if s.admin_listen
             .is_some_and(|a| a == s.listen && a.port() != 0)
         {
@@ -488,30 +481,15 @@ impl Settings {
             }
             _ => {}
         }
-        if !(1..=120_000).contains(&i.timeout_ms) {
-            return Err(ConfigError::key(
-                "intellia.timeout_ms",
-                "must be between 1 and 120000",
-            ));
-        }
-        if i.max_retries > 10 {
-            return Err(ConfigError::key(
-                "intellia.max_retries",
-                "must be at most 10",
-            ));
-        }
+        in_range("intellia.timeout_ms", i.timeout_ms, 1, 120_000)?;
+        in_range("intellia.max_retries", i.max_retries, 0, 10)?;
 
         for (n, origin) in self.cors.allowed_origins.iter().enumerate() {
             crate::cors::OriginPattern::parse(origin).map_err(|problem| {
                 ConfigError::key(&format!("cors.allowed_origins[{n}]"), problem)
             })?;
         }
-        if self.cors.max_age_secs > 86_400 {
-            return Err(ConfigError::key(
-                "cors.max_age_secs",
-                "must be at most 86400",
-            ));
-        }
+        in_range("cors.max_age_secs", self.cors.max_age_secs, 0, 86_400)?;
 
         let mut issuers = std::collections::HashSet::new();
         for (n, jwt) in self.session.jwt.iter().enumerate() {
@@ -531,24 +509,24 @@ impl Settings {
                     "must not be empty",
                 ));
             }
-            if !(1..=3600).contains(&intro.cache_ttl_secs) {
-                return Err(ConfigError::key(
-                    "session.introspection.cache_ttl_secs",
-                    "must be between 1 and 3600",
-                ));
-            }
-            if intro.negative_cache_secs > 300 {
-                return Err(ConfigError::key(
-                    "session.introspection.negative_cache_secs",
-                    "must be at most 300",
-                ));
-            }
-            if intro.leeway_secs > 300 {
-                return Err(ConfigError::key(
-                    "session.introspection.leeway_secs",
-                    "must be at most 300",
-                ));
-            }
+            in_range(
+                "session.introspection.cache_ttl_secs",
+                intro.cache_ttl_secs,
+                1,
+                3600,
+            )?;
+            in_range(
+                "session.introspection.negative_cache_secs",
+                intro.negative_cache_secs,
+                0,
+                300,
+            )?;
+            in_range(
+                "session.introspection.leeway_secs",
+                intro.leeway_secs,
+                0,
+                300,
+            )?;
             validate_claim_names(
                 "session.introspection",
                 [&intro.user_id_claim, &intro.email_claim, &intro.name_claim],
@@ -609,18 +587,8 @@ impl Settings {
                     "must start with redis:// or rediss://",
                 ));
             }
-            if !(1..=5000).contains(&redis.timeout_ms) {
-                return Err(ConfigError::key(
-                    "redis.timeout_ms",
-                    "must be between 1 and 5000",
-                ));
-            }
-            if !(1..=1000).contains(&redis.replicas) {
-                return Err(ConfigError::key(
-                    "redis.replicas",
-                    "must be between 1 and 1000",
-                ));
-            }
+            in_range("redis.timeout_ms", redis.timeout_ms, 1, 5000)?;
+            in_range("redis.replicas", redis.replicas, 1, 1000)?;
             if redis.key_prefix.is_empty()
                 || redis.key_prefix.len() > 32
                 || !redis
@@ -745,6 +713,24 @@ impl JwtIssuerSettings {
         }
         Ok(())
     }
+}
+
+/// `value` must lie in `min..=max`; the error names the key and the range.
+fn in_range<T>(key: &str, value: T, min: T, max: T) -> Result<(), ConfigError>
+where
+    T: PartialOrd + std::fmt::Display + Default + Copy,
+{
+    if (min..=max).contains(&value) {
+        return Ok(());
+    }
+    Err(ConfigError::key(
+        key,
+        if min == T::default() {
+            format!("must be at most {max}")
+        } else {
+            format!("must be between {min} and {max}")
+        },
+    ))
 }
 
 fn validate_claim_names(
