@@ -297,11 +297,7 @@ impl Application {
             &metrics,
             options.session_secrets,
         )
-        .map_err(|e| invalid(format!("config key `{e}")))
-        .map_err(|e| match e {
-            StartupError::Invalid(text) => StartupError::Invalid(text.replacen(": ", "`: ", 1)),
-            other => other,
-        })?;
+        .map_err(invalid)?;
         let intellia = IntelliaClient::new(
             &settings.intellia,
             Arc::clone(&api_key),

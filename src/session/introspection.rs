@@ -45,7 +45,7 @@ impl Introspector {
         http: reqwest::Client,
     ) -> Result<Introspector, String> {
         let secret = SecretCell::load(SecretSource::File(settings.client_secret_file.clone()))
-            .map_err(|e| format!("session.introspection.client_secret_file: {e}"))?;
+            .map_err(|e| format!("config key `session.introspection.client_secret_file`: {e}"))?;
         Ok(Introspector {
             policy: ClaimPolicy::new(
                 &settings.user_id_claim,

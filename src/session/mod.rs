@@ -344,13 +344,12 @@ impl SessionVerifier {
                     secret,
                 }
             } else if let Some(path) = &s.hs256_secret_file {
-                let secret = Arc::new(
-                    SecretCell::load(SecretSource::File(path.clone()))
-                        .map_err(|e| format!("session.jwt[{index}].hs256_secret_file: {e}"))?,
-                );
+                let secret = Arc::new(SecretCell::load(SecretSource::File(path.clone())).map_err(
+                    |e| format!("config key `session.jwt[{index}].hs256_secret_file`: {e}"),
+                )?);
                 if secret.get().expose_secret().len() < 32 {
                     return Err(format!(
-                        "session.jwt[{index}].hs256_secret_file: secret {} is shorter than 32 bytes",
+                        "config key `session.jwt[{index}].hs256_secret_file`: secret {} is shorter than 32 bytes",
                         path.display()
                     ));
                 }
