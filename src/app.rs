@@ -351,7 +351,10 @@ impl Application {
             stale_secrets: Mutex::new(Vec::new()),
         });
 
-        limits.spawn_sweeper(Duration::from_secs(60));
+        spawn_housekeeping(
+            Arc::downgrade(&state.clone().into_inner()),
+            Duration::from_secs(60),
+        );
         state.verifier.spawn_refreshers();
         spawn_secret_watcher(
             Arc::downgrade(&state.clone().into_inner()),
@@ -533,6 +536,23 @@ async fn wait_for_signal() {
     {
         let _ = tokio::signal::ctrl_c().await;
     }
+}
+
+/// Evicts what idle users left behind: full limiter buckets and stale tokens. Without it an idle
+/// replica would hold a burst's memory until traffic returns, since `moka` evicts only as entries
+/// are touched.
+fn spawn_housekeeping(state: Weak<AppState>, every: Duration) {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(every);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tick.tick().await;
+        loop {
+            tick.tick().await;
+            let Some(state) = state.upgrade() else { return };
+            state.limits.sweep();
+            state.cache.run_housekeeping().await;
+        }
+    });
 }
 
 fn spawn_secret_watcher(state: Weak<AppState>, every: Duration) {

@@ -169,6 +169,21 @@ impl TokenCache {
         Ok((entry.into_value(), provenance))
     }
 
+    /// Drops expired tokens now. moka otherwise does this work only as entries are read or
+    /// written, so an idle replica would keep the memory of tokens nobody will ask for.
+    pub async fn run_housekeeping(&self) {
+        if let Some(cache) = &self.cache {
+            cache.run_pending_tasks().await;
+        }
+    }
+
+    /// Tokens held by this replica (an estimate until housekeeping has run).
+    pub fn entry_count(&self) -> u64 {
+        self.cache
+            .as_ref()
+            .map_or(0, moka::future::Cache::entry_count)
+    }
+
     /// Forgets a user's token (e.g. after Intellia reported it revoked).
     pub async fn invalidate(&self, user_id: &str) {
         if let Some(cache) = &self.cache {

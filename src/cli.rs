@@ -90,6 +90,11 @@ pub fn main() -> ExitCode {
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
     crate::telemetry::init(cli.log_format);
+    if let Err(message) = crate::allocator::enable_background_purge() {
+        // Memory is still freed, only not returned to the OS while idle: worth a warning, not a
+        // refusal to start.
+        tracing::warn!("{message}");
+    }
     let result = runtime.block_on(run(cli.command));
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -3,6 +3,7 @@
 //!
 //! `main.rs` only calls [`cli::main`]; [`app`] wires the parts below together.
 
+pub mod allocator;
 pub mod app;
 pub mod breaker;
 pub mod cache;

@@ -1,0 +1,64 @@
+//! Memory bounds: 1,000,000 distinct users through the per-user limiter and the token cache;
+//! resident memory at the peak and after idle eviction. `cargo bench --bench memory`.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::time::Duration;
+
+#[path = "support/memory.rs"]
+mod memory;
+
+#[global_allocator]
+static ALLOCATOR: intellia_token_broker::allocator::Allocator =
+    intellia_token_broker::allocator::Allocator;
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1_048_576.0)
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let users: usize = std::env::var("BENCH_USERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_000_000);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let r = runtime.block_on(memory::drive(
+        users,
+        users,
+        Duration::from_secs(3),
+        0,
+        Duration::from_secs(20),
+    ));
+    println!("| measurement | result |\n|---|---|");
+    println!(
+        "| distinct users driven | {} in {:.1} s |",
+        r.users,
+        r.elapsed.as_secs_f64()
+    );
+    println!("| RSS before | {} |", mb(r.baseline));
+    println!(
+        "| RSS with {} limiter keys (limiter only) | {} ({:.0} bytes/key) |",
+        r.users,
+        mb(r.limiter_only),
+        r.limiter_only.saturating_sub(r.baseline) as f64 / r.users as f64
+    );
+    println!(
+        "| peak RSS, limiter + cache | {} ({} limiter keys, {} cached tokens) |",
+        mb(r.peak),
+        r.tracked_keys_at_peak,
+        r.cached_at_peak
+    );
+    println!(
+        "| RSS after idle eviction | {} after {:.1} s idle ({} limiter keys, {} cached tokens) |",
+        mb(r.after_eviction),
+        r.settled_in.as_secs_f64(),
+        r.tracked_keys_after,
+        r.cached_after
+    );
+}
