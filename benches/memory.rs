@@ -37,9 +37,11 @@ fn main() {
     ));
     println!("| measurement | result |\n|---|---|");
     println!(
-        "| distinct users driven | {} in {:.1} s |",
+        "| distinct users driven | {} in {:.1} s (limiter pass {:.1} s, limiter + cache pass {:.1} s) |",
         r.users,
-        r.elapsed.as_secs_f64()
+        r.elapsed.as_secs_f64(),
+        r.limiter_pass.as_secs_f64(),
+        r.cache_pass.as_secs_f64()
     );
     println!("| RSS before | {} |", mb(r.baseline));
     println!(
