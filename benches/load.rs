@@ -1,0 +1,400 @@
+//! Load benchmark (issue #8): the release broker and the Intellia simulator as real processes on
+//! loopback, driven by a lean keep-alive HTTP client, all in one run so every row shares the same
+//! machine noise. Reports throughput and latency of each route as a ratio to `GET /healthz` of the
+//! same server, the added latency of a cache miss over the simulator's own time, start-up to
+//! ready, resident memory idle and under load, binary size, and behaviour at twice the configured
+//! limits. `cargo bench --bench load` (or `./scripts/bench.sh`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::Duration;
+
+#[path = "support/broker_proc.rs"]
+mod broker_proc;
+#[path = "support/loadgen.rs"]
+mod loadgen;
+
+use broker_proc::{API_KEY, BACKEND_SECRET, BIN, Fixture, ORG, Proc};
+use loadgen::{Outcome, Request, Stop, request};
+
+const CONNECTIONS: usize = 16;
+const RUN: Duration = Duration::from_secs(5);
+
+fn ms(d: Duration) -> String {
+    format!("{:.2} ms", d.as_secs_f64() * 1000.0)
+}
+
+fn mb(bytes: u64) -> String {
+    format!("{:.1} MB", bytes as f64 / 1_048_576.0)
+}
+
+fn token_request(token: &str) -> Request {
+    request(
+        "POST",
+        "/v1/token",
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    )
+}
+
+fn backend_request(user: &str) -> Request {
+    request(
+        "POST",
+        "/v1/backend/token",
+        &[
+            ("Authorization", &format!("Bearer {BACKEND_SECRET}")),
+            ("Content-Type", "application/json"),
+        ],
+        format!(r#"{{"userId":"{user}"}}"#).as_bytes(),
+    )
+}
+
+fn assume_role_request(user: &str) -> Request {
+    request(
+        "POST",
+        &format!("/orgs/{ORG}/assume-role"),
+        &[
+            ("Authorization", &format!("Bearer {API_KEY}")),
+            ("Content-Type", "application/json"),
+        ],
+        format!(r#"{{"userId":"{user}"}}"#).as_bytes(),
+    )
+}
+
+/// Samples a process's resident memory while a run goes on; the peak is read at the end.
+struct RssSampler {
+    peak: Arc<AtomicU64>,
+    stop: Arc<AtomicBool>,
+}
+
+impl RssSampler {
+    fn start(pid: u32) -> RssSampler {
+        let peak = Arc::new(AtomicU64::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (p, s) = (Arc::clone(&peak), Arc::clone(&stop));
+        tokio::spawn(async move {
+            while !s.load(Ordering::Relaxed) {
+                let status =
+                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+                let rss = status
+                    .lines()
+                    .find_map(|l| l.strip_prefix("VmRSS:"))
+                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+                    .map_or(0, |kb| kb * 1024);
+                p.fetch_max(rss, Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        });
+        RssSampler { peak, stop }
+    }
+    fn peak(&self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+struct Table(Vec<(String, String)>);
+
+impl Table {
+    fn row(&mut self, name: impl Into<String>, value: impl Into<String>) {
+        let (name, value) = (name.into(), value.into());
+        eprintln!("{name}: {value}");
+        self.0.push((name, value));
+    }
+    fn run(&mut self, name: &str, o: &Outcome, floor: Option<f64>, ok: &[u16]) {
+        let ratio = floor.map_or(String::new(), |f| format!(", {:.2} × healthz", o.rps() / f));
+        let unexpected = o.unexpected(ok);
+        let errors = if unexpected == 0 {
+            String::new()
+        } else {
+            format!(", UNEXPECTED statuses: {}", o.statuses())
+        };
+        self.row(
+            name,
+            format!(
+                "{:.0} req/s{ratio}, p50 {}, p99 {}{errors}",
+                o.rps(),
+                ms(o.percentile(50.0)),
+                ms(o.percentile(99.0))
+            ),
+        );
+    }
+}
+
+async fn throughput(broker: &Proc, requests: Vec<Request>, stop: Stop, conns: usize) -> Outcome {
+    loadgen::run(broker.addr, Arc::new(requests), conns, stop, None).await
+}
+
+async fn bench(table: &mut Table) {
+    let fixture = Fixture::start("load").await;
+    let size = std::fs::metadata(BIN).map_or(0, |m| m.len());
+    table.row("binary size (release, stripped)", mb(size));
+
+    // Start-up to ready, five times; the last instance stays for the runs.
+    let mut startups = Vec::new();
+    let mut broker = None;
+    for i in 0..5 {
+        let (b, ready) = fixture.broker(&format!("startup-{i}"), "").await;
+        startups.push(ready);
+        broker = Some(b);
+    }
+    startups.sort();
+    table.row(
+        "start-up to ready (spawn → /readyz 200, HS256 + RS256 via JWKS + backend), 5 starts",
+        format!("median {}, max {}", ms(startups[2]), ms(startups[4])),
+    );
+    let broker = broker.unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    table.row("idle RSS after start", mb(broker.rss()));
+
+    let hs = fixture.hs_token("bench-hs-user");
+    let rs = fixture.rs_token("bench-rs-user");
+    // Warm-up: first mints, connections, verified-session cache.
+    for req in [
+        token_request(&hs),
+        token_request(&rs),
+        backend_request("bench-backend-user"),
+    ] {
+        let o = throughput(
+            &broker,
+            vec![req],
+            Stop::After(Duration::from_millis(500)),
+            4,
+        )
+        .await;
+        assert_eq!(o.unexpected(&[200]), 0, "warm-up: {}", o.statuses());
+    }
+
+    let sampler = RssSampler::start(broker.pid());
+    let health = throughput(
+        &broker,
+        vec![request("GET", "/healthz", &[], b"")],
+        Stop::After(RUN),
+        CONNECTIONS,
+    )
+    .await;
+    table.run(
+        &format!(
+            "GET /healthz ({CONNECTIONS} connections, {}s)",
+            RUN.as_secs()
+        ),
+        &health,
+        None,
+        &[200],
+    );
+    let floor = Some(health.rps());
+    let o = throughput(
+        &broker,
+        vec![token_request(&hs)],
+        Stop::After(RUN),
+        CONNECTIONS,
+    )
+    .await;
+    table.run(
+        "POST /v1/token, cache hit, HS256 session",
+        &o,
+        floor,
+        &[200],
+    );
+    let o = throughput(
+        &broker,
+        vec![token_request(&rs)],
+        Stop::After(RUN),
+        CONNECTIONS,
+    )
+    .await;
+    table.run(
+        "POST /v1/token, cache hit, RS256 session",
+        &o,
+        floor,
+        &[200],
+    );
+    let o = throughput(
+        &broker,
+        vec![backend_request("bench-backend-user")],
+        Stop::After(RUN),
+        CONNECTIONS,
+    )
+    .await;
+    table.run("POST /v1/backend/token, cache hit", &o, floor, &[200]);
+
+    // Cache misses: every request a new user, so every one mints at the simulator.
+    let misses: Vec<Request> = (0..20_000)
+        .map(|i| token_request(&fixture.hs_token(&format!("miss-{i}"))))
+        .collect();
+    let o = throughput(&broker, misses, Stop::Once, CONNECTIONS).await;
+    table.run(
+        "POST /v1/token, cache miss (new user each request, simulator at zero latency)",
+        &o,
+        floor,
+        &[200],
+    );
+    let direct: Vec<Request> = (0..20_000)
+        .map(|i| assume_role_request(&format!("direct-{i}")))
+        .collect();
+    let sim = loadgen::run(
+        fixture.simulator.addr,
+        Arc::new(direct),
+        CONNECTIONS,
+        Stop::Once,
+        None,
+    )
+    .await;
+    table.run(
+        "simulator's own assume-role, same concurrency (for reference)",
+        &sim,
+        None,
+        &[200],
+    );
+    let under_load = sampler.peak();
+    table.row("peak RSS under the runs above", mb(under_load));
+
+    // Added latency of a miss, one request at a time so queueing does not hide it.
+    let misses: Vec<Request> = (0..3_000)
+        .map(|i| token_request(&fixture.hs_token(&format!("serial-miss-{i}"))))
+        .collect();
+    let via_broker = throughput(&broker, misses, Stop::Once, 1).await;
+    let direct: Vec<Request> = (0..3_000)
+        .map(|i| assume_role_request(&format!("serial-direct-{i}")))
+        .collect();
+    let sim = loadgen::run(
+        fixture.simulator.addr,
+        Arc::new(direct),
+        1,
+        Stop::Once,
+        None,
+    )
+    .await;
+    assert_eq!(via_broker.unexpected(&[200]) + sim.unexpected(&[200]), 0);
+    table.row(
+        "cache miss, one connection: broker vs simulator alone",
+        format!(
+            "p50 {} vs {}, p99 {} vs {}",
+            ms(via_broker.percentile(50.0)),
+            ms(sim.percentile(50.0)),
+            ms(via_broker.percentile(99.0)),
+            ms(sim.percentile(99.0))
+        ),
+    );
+    table.row(
+        "added latency of a cache miss (broker − simulator)",
+        format!(
+            "p50 {}, p99 {}",
+            ms(via_broker
+                .percentile(50.0)
+                .saturating_sub(sim.percentile(50.0))),
+            ms(via_broker
+                .percentile(99.0)
+                .saturating_sub(sim.percentile(99.0)))
+        ),
+    );
+
+    tokio::time::sleep(Duration::from_secs(15)).await;
+    table.row("RSS after the runs, 15 s idle", mb(broker.rss()));
+    drop(broker);
+
+    twice_the_limits(&fixture, table).await;
+}
+
+/// Traffic at twice each configured limit: users, one client address, and calls to Intellia.
+/// Nothing but 200 and 429 may come back.
+async fn twice_the_limits(fixture: &Fixture, table: &mut Table) {
+    let limits = r#"
+[rate_limit.per_user]
+per_minute = 120
+burst = 10
+
+[rate_limit.per_ip]
+per_minute = 6000
+burst = 100
+
+[rate_limit.upstream]
+per_second = 50
+burst = 50
+"#;
+    let (broker, _) = fixture.broker("limits", limits).await;
+    let secs = Duration::from_secs(6);
+    // Per user: 20 users at 4 requests/s each (limit 2/s), 80 requests/s in all.
+    let users: Vec<Request> = (0..20)
+        .map(|i| token_request(&fixture.hs_token(&format!("limited-{i}"))))
+        .collect();
+    let per_user = loadgen::run(
+        broker.addr,
+        Arc::new(users),
+        20,
+        Stop::After(secs),
+        Some(Duration::from_millis(250)),
+    )
+    .await;
+    report_limited(
+        table,
+        "per-user limit at 2× (20 users × 4/s, limit 2/s)",
+        &per_user,
+    );
+    // Calls to Intellia: 100 new users/s (limit 50/s), through the backend route, which has no
+    // per-IP limit, so only the upstream limit binds.
+    let fresh: Vec<Request> = (0..1_000)
+        .map(|i| backend_request(&format!("upstream-{i}")))
+        .collect();
+    let upstream = loadgen::run(
+        broker.addr,
+        Arc::new(fresh),
+        10,
+        Stop::After(secs),
+        Some(Duration::from_millis(100)),
+    )
+    .await;
+    report_limited(
+        table,
+        "upstream limit at 2× (100 new users/s, limit 50/s)",
+        &upstream,
+    );
+    // Per IP: 200 requests/s from 127.0.0.1 (limit 100/s), spread over 400 users (no per-user
+    // limit binds) whose tokens are cached after their first request.
+    let many: Vec<Request> = (0..400)
+        .map(|i| token_request(&fixture.hs_token(&format!("ip-{i}"))))
+        .collect();
+    let per_ip = loadgen::run(
+        broker.addr,
+        Arc::new(many),
+        20,
+        Stop::After(secs),
+        Some(Duration::from_millis(100)),
+    )
+    .await;
+    report_limited(
+        table,
+        "per-IP limit at 2× (200/s from one address, limit 100/s)",
+        &per_ip,
+    );
+}
+
+fn report_limited(table: &mut Table, name: &str, o: &Outcome) {
+    let ok = o.statuses.get(&200).copied().unwrap_or(0);
+    let limited = o.statuses.get(&429).copied().unwrap_or(0);
+    table.row(
+        name,
+        format!(
+            "{ok} × 200, {limited} × 429, {} other",
+            o.unexpected(&[200, 429])
+        ),
+    );
+}
+
+fn main() {
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut table = Table(Vec::new());
+    runtime.block_on(bench(&mut table));
+    println!("| measurement | result |\n|---|---|");
+    for (name, value) in table.0 {
+        println!("| {name} | {value} |");
+    }
+}
