@@ -175,8 +175,27 @@ pub struct Application {
     handle_signals: bool,
 }
 
+/// Pending connections the kernel queues for `accept`: actix's own default, where std's
+/// `TcpListener::bind` would give 128. With a short queue a burst of new connections overflows
+/// it, and the overflow is silently dropped: those clients believe they are connected and wait.
+const LISTEN_BACKLOG: u32 = 1024;
+
 fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(addr).map_err(|source| StartupError::Bind { addr, source })
+    let fail = |source| StartupError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(fail)?;
+    // As std does: a restarted broker can bind while old connections are in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true).map_err(fail)?;
+    socket.bind(addr).map_err(fail)?;
+    socket
+        .listen(LISTEN_BACKLOG)
+        .and_then(|listener| listener.into_std())
+        .map_err(fail)
 }
 
 /// Adds CORS headers to every non-preflight response of a browser route, errors included.
