@@ -8,11 +8,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Payload, Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
 use actix_web::http::Method;
-use actix_web::http::header;
+use actix_web::http::{KeepAlive, header};
 use actix_web::middleware::{Next, from_fn};
-use actix_web::{App, Error, HttpServer, web};
+use actix_web::{App, Error, HttpMessage, HttpServer, web};
+use futures_util::StreamExt;
 use secrecy::SecretString;
 use tracing_actix_web::TracingLogger;
 
@@ -213,6 +215,45 @@ async fn cors_layer(
     Ok(res)
 }
 
+/// Gives a request body `server.request_timeout_ms` from the end of the head to arrive. actix
+/// bounds only the head: a body sent a byte at a time would hold its connection for as long as
+/// the client likes. When the time is up the body reads fail with `TimedOut`, which the handlers
+/// answer with 408 `request_timeout`, closing the connection.
+async fn body_deadline(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let limit = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| Duration::from_millis(s.settings.server.request_timeout_ms));
+    if let Some(limit) = limit {
+        match req.take_payload() {
+            Payload::None => {}
+            payload => req.set_payload(Payload::Stream {
+                payload: Box::pin(with_deadline(payload, limit)),
+            }),
+        }
+    }
+    next.call(req).await
+}
+
+fn with_deadline(
+    payload: Payload,
+    limit: Duration,
+) -> impl futures_util::Stream<Item = Result<web::Bytes, PayloadError>> {
+    let timer = Box::pin(tokio::time::sleep(limit));
+    futures_util::stream::unfold(Some((payload, timer)), |state| async move {
+        let (mut payload, mut timer) = state?;
+        tokio::select! {
+            chunk = payload.next() => chunk.map(|c| (c, Some((payload, timer)))),
+            () = &mut timer => {
+                let late = std::io::Error::from(std::io::ErrorKind::TimedOut);
+                Some((Err(PayloadError::Io(late)), None))
+            }
+        }
+    })
+}
+
 fn configure(cfg: &mut web::ServiceConfig, with_backend: bool, with_dev: bool) {
     cfg.service(
         web::resource("/v1/token")
@@ -399,12 +440,18 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
+                .wrap(from_fn(body_deadline))
                 .wrap(TracingLogger::<BrokerRootSpan>::new())
                 .wrap(from_fn(request_context))
                 .configure(|cfg| configure(cfg, with_backend, with_dev))
                 .default_service(web::to(routes::not_found))
         })
         .workers(workers)
+        .client_request_timeout(Duration::from_millis(settings.server.request_timeout_ms))
+        .keep_alive(match settings.server.keep_alive_secs {
+            0 => KeepAlive::Disabled,
+            secs => KeepAlive::Timeout(Duration::from_secs(secs)),
+        })
         .shutdown_timeout(stop_timeout)
         .disable_signals()
         .listen(listener)
