@@ -8,11 +8,13 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Payload, Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::error::PayloadError;
 use actix_web::http::Method;
-use actix_web::http::header;
+use actix_web::http::{KeepAlive, header};
 use actix_web::middleware::{Next, from_fn};
-use actix_web::{App, Error, HttpServer, web};
+use actix_web::{App, Error, HttpMessage, HttpServer, web};
+use futures_util::StreamExt;
 use secrecy::SecretString;
 use tracing_actix_web::TracingLogger;
 
@@ -175,8 +177,27 @@ pub struct Application {
     handle_signals: bool,
 }
 
+/// Pending connections the kernel queues for `accept`: actix's own default, where std's
+/// `TcpListener::bind` would give 128. With a short queue a burst of new connections overflows
+/// it, and the overflow is silently dropped: those clients believe they are connected and wait.
+const LISTEN_BACKLOG: u32 = 1024;
+
 fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
-    TcpListener::bind(addr).map_err(|source| StartupError::Bind { addr, source })
+    let fail = |source| StartupError::Bind { addr, source };
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()
+    } else {
+        tokio::net::TcpSocket::new_v6()
+    }
+    .map_err(fail)?;
+    // As std does: a restarted broker can bind while old connections are in TIME_WAIT.
+    #[cfg(unix)]
+    socket.set_reuseaddr(true).map_err(fail)?;
+    socket.bind(addr).map_err(fail)?;
+    socket
+        .listen(LISTEN_BACKLOG)
+        .and_then(|listener| listener.into_std())
+        .map_err(fail)
 }
 
 /// Adds CORS headers to every non-preflight response of a browser route, errors included.
@@ -192,6 +213,45 @@ async fn cors_layer(
         state.cors.apply(origin.as_ref(), res.headers_mut());
     }
     Ok(res)
+}
+
+/// Gives a request body `server.request_timeout_ms` from the end of the head to arrive. actix
+/// bounds only the head: a body sent a byte at a time would hold its connection for as long as
+/// the client likes. When the time is up the body reads fail with `TimedOut`, which the handlers
+/// answer with 408 `request_timeout`, closing the connection.
+async fn body_deadline(
+    mut req: ServiceRequest,
+    next: Next<impl MessageBody>,
+) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let limit = req
+        .app_data::<web::Data<AppState>>()
+        .map(|s| Duration::from_millis(s.settings.server.request_timeout_ms));
+    if let Some(limit) = limit {
+        match req.take_payload() {
+            Payload::None => {}
+            payload => req.set_payload(Payload::Stream {
+                payload: Box::pin(with_deadline(payload, limit)),
+            }),
+        }
+    }
+    next.call(req).await
+}
+
+fn with_deadline(
+    payload: Payload,
+    limit: Duration,
+) -> impl futures_util::Stream<Item = Result<web::Bytes, PayloadError>> {
+    let timer = Box::pin(tokio::time::sleep(limit));
+    futures_util::stream::unfold(Some((payload, timer)), |state| async move {
+        let (mut payload, mut timer) = state?;
+        tokio::select! {
+            chunk = payload.next() => chunk.map(|c| (c, Some((payload, timer)))),
+            () = &mut timer => {
+                let late = std::io::Error::from(std::io::ErrorKind::TimedOut);
+                Some((Err(PayloadError::Io(late)), None))
+            }
+        }
+    })
 }
 
 fn configure(cfg: &mut web::ServiceConfig, with_backend: bool, with_dev: bool) {
@@ -383,12 +443,18 @@ impl Application {
         let server = HttpServer::new(move || {
             App::new()
                 .app_data(app_state.clone())
+                .wrap(from_fn(body_deadline))
                 .wrap(TracingLogger::<BrokerRootSpan>::new())
                 .wrap(from_fn(request_context))
                 .configure(|cfg| configure(cfg, with_backend, with_dev))
                 .default_service(web::to(routes::not_found))
         })
         .workers(workers)
+        .client_request_timeout(Duration::from_millis(settings.server.request_timeout_ms))
+        .keep_alive(match settings.server.keep_alive_secs {
+            0 => KeepAlive::Disabled,
+            secs => KeepAlive::Timeout(Duration::from_secs(secs)),
+        })
         .shutdown_timeout(stop_timeout)
         .disable_signals()
         .listen(listener)

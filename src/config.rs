@@ -60,6 +60,14 @@ pub struct ServerSettings {
     /// HTTP worker threads; 0 means one per CPU.
     #[serde(default)]
     pub workers: usize,
+    /// How long a client may take to send the head of the first request on a connection, and
+    /// then each request's body; slower clients get 408 and the connection is closed.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: u64,
+    /// How long an idle connection waits for its next request; 0 closes every connection after
+    /// one response.
+    #[serde(default = "default_keep_alive_secs")]
+    pub keep_alive_secs: u64,
 }
 
 impl Default for ServerSettings {
@@ -73,6 +81,8 @@ impl Default for ServerSettings {
             drain_delay_secs: default_drain_delay_secs(),
             secret_poll_secs: default_secret_poll_secs(),
             workers: 0,
+            request_timeout_ms: default_request_timeout_ms(),
+            keep_alive_secs: default_keep_alive_secs(),
         }
     }
 }
@@ -286,6 +296,12 @@ fn default_drain_delay_secs() -> u64 {
 fn default_secret_poll_secs() -> u64 {
     2
 }
+fn default_request_timeout_ms() -> u64 {
+    5000
+}
+fn default_keep_alive_secs() -> u64 {
+    5
+}
 fn default_base_url() -> String {
     "https://api.intellia.com.au".to_owned()
 }
@@ -432,6 +448,13 @@ impl Settings {
         }
         in_range("server.secret_poll_secs", s.secret_poll_secs, 1, 300)?;
         in_range("server.workers", s.workers, 0, 256)?;
+        in_range(
+            "server.request_timeout_ms",
+            s.request_timeout_ms,
+            100,
+            60_000,
+        )?;
+        in_range("server.keep_alive_secs", s.keep_alive_secs, 0, 300)?;
         if s.admin_listen
             .is_some_and(|a| a == s.listen && a.port() != 0)
         {

@@ -65,6 +65,8 @@ pub enum BrokerError {
     Forbidden(String),
     #[error("the request body is larger than {limit} bytes")]
     PayloadTooLarge { limit: usize },
+    #[error("the request body did not arrive in time")]
+    RequestTimeout,
     #[error("the {} rate limit is spent; retry in {} s", .0.name, .0.retry_after_secs)]
     RateLimited(RateLimitHeaders),
     #[error("Intellia refused to mint a token (HTTP {status})")]
@@ -94,6 +96,7 @@ impl BrokerError {
             BrokerError::OriginForbidden => "origin_forbidden",
             BrokerError::Forbidden(_) => "forbidden",
             BrokerError::PayloadTooLarge { .. } => "payload_too_large",
+            BrokerError::RequestTimeout => "request_timeout",
             BrokerError::RateLimited(_) => "rate_limited",
             BrokerError::UpstreamRejected { .. } | BrokerError::UpstreamInvalid => {
                 "upstream_rejected"
@@ -133,6 +136,7 @@ impl ResponseError for BrokerError {
             BrokerError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
             BrokerError::OriginForbidden | BrokerError::Forbidden(_) => StatusCode::FORBIDDEN,
             BrokerError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            BrokerError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             BrokerError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
             BrokerError::UpstreamRejected { .. } | BrokerError::UpstreamInvalid => {
                 StatusCode::BAD_GATEWAY
@@ -178,6 +182,10 @@ impl ResponseError for BrokerError {
             }
             BrokerError::SessionProviderUnavailable => {
                 response.insert_header((header::RETRY_AFTER, 1u64));
+            }
+            // The rest of a body that is trickling in is not worth waiting for.
+            BrokerError::RequestTimeout => {
+                response.force_close();
             }
             _ => {}
         }

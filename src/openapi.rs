@@ -31,6 +31,7 @@ pub enum ErrorCode {
     origin_forbidden,
     forbidden,
     payload_too_large,
+    request_timeout,
     rate_limited,
     upstream_rejected,
     upstream_unavailable,

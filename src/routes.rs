@@ -79,8 +79,11 @@ async fn read_body(
     }
     let mut body = web::BytesMut::new();
     while let Some(chunk) = payload.next().await {
-        let chunk = chunk.map_err(|_| {
-            BrokerError::InvalidRequest("the request body could not be read".into())
+        let chunk = chunk.map_err(|e| match e {
+            actix_web::error::PayloadError::Io(e) if e.kind() == std::io::ErrorKind::TimedOut => {
+                BrokerError::RequestTimeout
+            }
+            _ => BrokerError::InvalidRequest("the request body could not be read".into()),
         })?;
         if body.len() + chunk.len() > limit {
             return Err(BrokerError::PayloadTooLarge { limit });
@@ -129,6 +132,7 @@ fn record_user(user_id: &str) {
         (status = 401, description = "No, expired, malformed or untrusted session", body = crate::openapi::Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
         (status = 403, description = "Cookie credential from an origin that is not allowed", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within request_timeout_ms; the connection is closed", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over max_body_bytes", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 429, description = "A rate limit is spent", body = crate::openapi::Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"), ("RateLimit" = String, description = "Remaining quota of the tightest limit, e.g. `\"user\";r=4;t=12`"),
@@ -196,6 +200,7 @@ pub async fn token(
         (status = 401, description = "Missing or wrong backend secret", body = crate::openapi::Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
         (status = 404, description = "The backend route is not configured", body = crate::openapi::Problem, content_type = "application/problem+json"),
+        (status = 408, description = "The body did not arrive within request_timeout_ms; the connection is closed", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 413, description = "Body over max_body_bytes", body = crate::openapi::Problem, content_type = "application/problem+json"),
         (status = 429, description = "A rate limit is spent", body = crate::openapi::Problem, content_type = "application/problem+json",
             headers(("Retry-After" = u64, description = "Seconds to wait"), ("RateLimit" = String, description = "Remaining quota of the tightest limit, e.g. `\"user\";r=4;t=12`"),

@@ -6,7 +6,13 @@
 //! Control routes under `/__simulator/` (never part of the real API):
 //! - `GET /__simulator/stats` → `{"calls": n, "minted": n, "users": n}`
 //! - `POST /__simulator/faults` with `{"latencyMs": 0, "next": [Fault, ...], "always": Fault|null}`
-//!   where a fault is `{"status": 500, "retryAfter": 3}`, `{"hang": true}` or `{"garbage": true}`
+//!   where a fault is one of
+//!   - `{"status": 500, "retryAfter": 3}`: that status (and `Retry-After`), a JSON error body;
+//!   - `{"hang": true}`: no answer for five minutes;
+//!   - `{"garbage": true}`: 200 with a cut-off JSON document;
+//!   - `{"body": "..."}`: 200 (or `status`) with exactly this body, as `application/json`;
+//!   - `{"truncate": true}`: 200 whose body stops short of its `Content-Length`, then a close;
+//!   - `{"close": true}`: the request is read, then the connection is closed with no answer.
 //! - `POST /__simulator/reset` clears faults and counters.
 
 use std::collections::{HashMap, VecDeque};
@@ -60,7 +66,7 @@ impl Default for SimulatorConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub struct Fault {
     #[serde(default)]
@@ -71,15 +77,19 @@ pub struct Fault {
     pub hang: bool,
     #[serde(default)]
     pub garbage: bool,
+    #[serde(default)]
+    pub body: Option<String>,
+    #[serde(default)]
+    pub truncate: bool,
+    #[serde(default)]
+    pub close: bool,
 }
 
 impl Fault {
     pub fn status(status: u16) -> Fault {
         Fault {
             status: Some(status),
-            retry_after: None,
-            hang: false,
-            garbage: false,
+            ..Fault::default()
         }
     }
     pub fn too_many(retry_after: u64) -> Fault {
@@ -90,10 +100,32 @@ impl Fault {
     }
     pub fn hang() -> Fault {
         Fault {
-            status: None,
-            retry_after: None,
             hang: true,
-            garbage: false,
+            ..Fault::default()
+        }
+    }
+    pub fn garbage() -> Fault {
+        Fault {
+            garbage: true,
+            ..Fault::default()
+        }
+    }
+    pub fn body(body: impl Into<String>) -> Fault {
+        Fault {
+            body: Some(body.into()),
+            ..Fault::default()
+        }
+    }
+    pub fn truncate() -> Fault {
+        Fault {
+            truncate: true,
+            ..Fault::default()
+        }
+    }
+    pub fn close() -> Fault {
+        Fault {
+            close: true,
+            ..Fault::default()
         }
     }
 }
@@ -215,10 +247,25 @@ async fn assume_role(
             // Long enough to outlast any client timeout, short enough to end a forgotten test.
             tokio::time::sleep(Duration::from_secs(300)).await;
         }
+        if fault.close {
+            return close_connection(&req);
+        }
+        if fault.truncate {
+            return truncated_response();
+        }
         if fault.garbage {
             return HttpResponse::Ok()
                 .content_type("application/json")
                 .body("{\"token\": ");
+        }
+        if let Some(body) = fault.body {
+            let status = fault
+                .status
+                .and_then(|s| StatusCode::from_u16(s).ok())
+                .unwrap_or(StatusCode::OK);
+            return HttpResponse::build(status)
+                .content_type("application/json")
+                .body(body);
         }
         if let Some(status) = fault.status.and_then(|s| StatusCode::from_u16(s).ok()) {
             let mut resp = HttpResponse::build(status);
@@ -312,6 +359,68 @@ async fn assume_role(
     }))
 }
 
+/// A second handle on a connection's socket, taken when it is accepted, so a `close` fault can
+/// end the connection before actix writes anything.
+#[cfg(unix)]
+struct ConnSocket(std::net::TcpStream);
+
+#[cfg(unix)]
+fn remember_socket(conn: &dyn std::any::Any, ext: &mut actix_web::dev::Extensions) {
+    use std::os::fd::AsFd;
+    if let Some(stream) = conn.downcast_ref::<actix_web::rt::net::TcpStream>()
+        && let Ok(fd) = stream.as_fd().try_clone_to_owned()
+    {
+        ext.insert(ConnSocket(std::net::TcpStream::from(fd)));
+    }
+}
+
+/// A body that sends `first` (if any), lets it be flushed, then fails: actix drops the connection
+/// mid-answer. After `close` has shut the socket down it only makes sure nothing else is tried.
+fn failing_body(
+    first: Option<web::Bytes>,
+) -> impl futures_util::Stream<Item = std::io::Result<web::Bytes>> {
+    futures_util::stream::unfold(Some(first), |state| async move {
+        match state {
+            Some(Some(chunk)) => Some((Ok(chunk), Some(None))),
+            Some(None) => {
+                // Long enough for what was sent so far to be flushed before the failure.
+                tokio::time::sleep(Duration::from_millis(50)).await;
+                Some((Err(std::io::Error::other("simulated close")), None))
+            }
+            None => None,
+        }
+    })
+}
+
+fn close_connection(req: &HttpRequest) -> HttpResponse {
+    #[cfg(unix)]
+    if let Some(ConnSocket(socket)) = req.conn_data::<ConnSocket>() {
+        let _ = socket.shutdown(std::net::Shutdown::Both);
+    }
+    #[cfg(not(unix))]
+    let _ = req;
+    HttpResponse::Ok().streaming(failing_body(None))
+}
+
+/// A success that promises more bytes than it sends: the first half of a real-looking answer.
+fn truncated_response() -> HttpResponse {
+    let full = json!({
+        "token": "sim_truncated_token_never_complete",
+        "expiresAt": "2030-01-01T00:00:00Z",
+        "userId": "u",
+        "organizationId": "o",
+        "role": "chat",
+    })
+    .to_string();
+    let half = web::Bytes::from(full[..full.len() / 2].to_owned());
+    HttpResponse::Ok()
+        .content_type("application/json")
+        .body(actix_web::body::SizedStream::new(
+            full.len() as u64,
+            failing_body(Some(half)),
+        ))
+}
+
 async fn stats(state: web::Data<Arc<SimulatorState>>) -> HttpResponse {
     HttpResponse::Ok().json(json!({
         "calls": state.calls(),
@@ -359,9 +468,10 @@ impl Simulator {
         })
         .workers(1)
         .disable_signals()
-        .shutdown_timeout(1)
-        .listen(listener)?
-        .run();
+        .shutdown_timeout(1);
+        #[cfg(unix)]
+        let server = server.on_connect(remember_socket);
+        let server = server.listen(listener)?.run();
         Ok(Simulator {
             addr,
             state,
@@ -371,5 +481,35 @@ impl Simulator {
 
     pub fn base_url(&self) -> String {
         format!("http://{}", self.addr)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fault_plans_parse_every_fault_and_refuse_unknown_fields() {
+        let plan: FaultPlan = serde_json::from_str(
+            r#"{"latencyMs": 5, "next": [{"close": true}, {"truncate": true},
+                {"body": "<html>", "status": 502}, {"status": 429, "retryAfter": 3}],
+                "always": {"garbage": true}}"#,
+        )
+        .unwrap();
+        assert_eq!(plan.latency_ms, 5);
+        assert_eq!(
+            Vec::from(plan.next),
+            vec![
+                Fault::close(),
+                Fault::truncate(),
+                Fault {
+                    status: Some(502),
+                    ..Fault::body("<html>")
+                },
+                Fault::too_many(3),
+            ]
+        );
+        assert_eq!(plan.always, Some(Fault::garbage()));
+        assert!(serde_json::from_str::<FaultPlan>(r#"{"next": [{"closed": true}]}"#).is_err());
     }
 }

@@ -90,6 +90,8 @@ pub struct FakeIdp {
     pub base: String,
     pub fetches: Arc<AtomicUsize>,
     pub up: Arc<std::sync::atomic::AtomicBool>,
+    /// While set (and up), the JWKS is answered 200 with a cut-off JSON document.
+    pub garbage: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl FakeIdp {
@@ -101,21 +103,28 @@ impl FakeIdp {
         ));
         let fetches = Arc::new(AtomicUsize::new(0));
         let up = Arc::new(std::sync::atomic::AtomicBool::new(true));
+        let garbage = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (k, f, u, b) = (keys.clone(), fetches.clone(), up.clone(), base.clone());
+        let g = garbage.clone();
         let server = HttpServer::new(move || {
-            let (k, f, u, b) = (k.clone(), f.clone(), u.clone(), b.clone());
+            let (k, f, u, b, g) = (k.clone(), f.clone(), u.clone(), b.clone(), g.clone());
             let (u2, b2) = (u.clone(), b.clone());
             App::new()
                 .route(
                     "/jwks.json",
                     web::get().to(move || {
-                        let (k, f, u) = (k.clone(), f.clone(), u.clone());
+                        let (k, f, u, g) = (k.clone(), f.clone(), u.clone(), g.clone());
                         async move {
                             f.fetch_add(1, Ordering::SeqCst);
                             if !u.load(Ordering::SeqCst) {
                                 return HttpResponse::ServiceUnavailable().finish();
+                            }
+                            if g.load(Ordering::SeqCst) {
+                                return HttpResponse::Ok()
+                                    .content_type("application/json")
+                                    .body(r#"{"keys": [{"kty": "RSA", "n": "#);
                             }
                             let keys = k.lock().unwrap().clone();
                             HttpResponse::Ok().json(json!({ "keys": keys }))
@@ -179,7 +188,12 @@ impl FakeIdp {
         .unwrap()
         .run();
         tokio::spawn(server);
-        FakeIdp { base, fetches, up }
+        FakeIdp {
+            base,
+            fetches,
+            up,
+            garbage,
+        }
     }
 
     pub fn jwks_url(&self) -> String {
@@ -189,6 +203,21 @@ impl FakeIdp {
     pub fn fetches(&self) -> usize {
         self.fetches.load(Ordering::SeqCst)
     }
+}
+
+/// A `[[session.jwt]]` table for an issuer whose keys come from `source` (a `jwks_url = ...` or
+/// `discovery = true` line); its users get the `idp:` prefix.
+pub fn jwks_issuer(issuer: &str, source: &str) -> String {
+    format!(
+        "\n[[session.jwt]]\nissuer = \"{issuer}\"\naudience = \"{AUDIENCE}\"\n{source}\nalgorithms = [\"RS256\", \"ES256\"]\nuser_id_prefix = \"idp:\"\n"
+    )
+}
+
+/// [`claims`] issued by `idp`.
+pub fn idp_claims(idp: &FakeIdp, sub: &str) -> Value {
+    let mut c = claims(sub);
+    c["iss"] = json!(idp.base);
+    c
 }
 
 /// Knobs for one test broker. The TOML written from it is what an operator would write.
@@ -213,6 +242,8 @@ pub struct TestConfig {
     /// Appended to the config as is (e.g. a `[redis]` section).
     pub extra_toml: String,
     pub deadline_ms: Option<u64>,
+    /// Appended to the `[server]` table as is.
+    pub server_toml: String,
 }
 
 impl Default for TestConfig {
@@ -237,6 +268,7 @@ impl Default for TestConfig {
             breaker: None,
             extra_toml: String::new(),
             deadline_ms: None,
+            server_toml: String::new(),
         }
     }
 }
@@ -285,6 +317,7 @@ drain_delay_secs = 1
 secret_poll_secs = 1
 workers = 1
 {admin}
+{server_extra}
 
 [intellia]
 base_url = "{simulator}"
@@ -317,6 +350,7 @@ min_remaining_secs = 900
         } else {
             ""
         },
+        server_extra = cfg.server_toml,
         dir = dir.display(),
         timeout = cfg.timeout_ms,
         retries = cfg.max_retries,
@@ -478,4 +512,169 @@ pub async fn assert_problem(resp: reqwest::Response, status: u16, code: &str) ->
     assert!(body["title"].is_string());
     assert!(body["detail"].is_string());
     body
+}
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_intellia-token-broker");
+
+/// The real binary, serving a test config, with everything it prints captured.
+pub struct BrokerProcess {
+    child: std::process::Child,
+    pub base: String,
+    pub addr: std::net::SocketAddr,
+    output: Arc<Mutex<String>>,
+    readers: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl BrokerProcess {
+    /// `serve --config {dir}/config.toml` at the given `RUST_LOG` level.
+    pub fn serve(dir: &std::path::Path, rust_log: &str) -> BrokerProcess {
+        let mut cmd = std::process::Command::new(BIN);
+        cmd.arg("serve")
+            .arg("--config")
+            .arg(dir.join("config.toml"));
+        Self::spawn(cmd, rust_log)
+    }
+
+    /// As [`BrokerProcess::serve`], with a file-size limit of zero: the kernel kills a process
+    /// that writes a single byte to any file (pipes and sockets are not files), so a broker that
+    /// keeps running has written nothing to disk.
+    pub fn serve_without_file_writes(dir: &std::path::Path, rust_log: &str) -> BrokerProcess {
+        let mut cmd = std::process::Command::new("sh");
+        cmd.arg("-c")
+            .arg(r#"ulimit -f 0 && ulimit -c 0 && exec "$0" "$@""#)
+            .arg(BIN)
+            .arg("serve")
+            .arg("--config")
+            .arg(dir.join("config.toml"));
+        Self::spawn(cmd, rust_log)
+    }
+
+    fn spawn(mut cmd: std::process::Command, rust_log: &str) -> BrokerProcess {
+        use std::io::BufRead;
+        use std::process::Stdio;
+        let mut child = cmd
+            .env("RUST_LOG", rust_log)
+            .env_remove("BROKER_CONFIG")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let output = Arc::new(Mutex::new(String::new()));
+        let (addr_tx, addr_rx) = std::sync::mpsc::channel();
+        let mut readers = Vec::new();
+        let streams: [Box<dyn std::io::Read + Send>; 2] = [
+            Box::new(child.stdout.take().unwrap()),
+            Box::new(child.stderr.take().unwrap()),
+        ];
+        for stream in streams {
+            let (output, addr_tx) = (Arc::clone(&output), addr_tx.clone());
+            readers.push(std::thread::spawn(move || {
+                // Byte lines, not `lines()`: one invalid UTF-8 byte must not stop the draining,
+                // or the broker would block on a full pipe.
+                let mut reader = std::io::BufReader::new(stream);
+                let mut line = Vec::new();
+                while reader.read_until(b'\n', &mut line).is_ok_and(|n| n > 0) {
+                    let text = String::from_utf8_lossy(&line);
+                    if text.contains("\"broker listening\"")
+                        && let Ok(v) = serde_json::from_str::<Value>(&text)
+                        && let Some(listen) = v["listen"].as_str()
+                    {
+                        let _ = addr_tx.send(listen.to_owned());
+                    }
+                    output.lock().unwrap().push_str(&text);
+                    line.clear();
+                }
+            }));
+        }
+        let Ok(addr) = addr_rx.recv_timeout(std::time::Duration::from_secs(20)) else {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!(
+                "the broker did not start: {}",
+                output.lock().unwrap().as_str()
+            );
+        };
+        let addr: std::net::SocketAddr = addr.parse().unwrap();
+        BrokerProcess {
+            child,
+            base: format!("http://{addr}"),
+            addr,
+            output,
+            readers,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.base)
+    }
+
+    /// Everything printed so far.
+    pub fn output(&self) -> String {
+        self.output.lock().unwrap().clone()
+    }
+
+    pub fn sigterm(&self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status();
+    }
+
+    /// Waits for the exit (blocking); returns the status and everything printed.
+    pub fn wait(mut self) -> (std::process::ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        for reader in std::mem::take(&mut self.readers) {
+            let _ = reader.join();
+        }
+        (status, self.output())
+    }
+
+    /// SIGTERM, then [`BrokerProcess::wait`] off the async runtime.
+    pub async fn stop(self) -> (std::process::ExitStatus, String) {
+        self.sigterm();
+        tokio::task::spawn_blocking(move || self.wait())
+            .await
+            .unwrap()
+    }
+
+    /// Open file descriptors of the process right now.
+    pub fn open_fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for BrokerProcess {
+    fn drop(&mut self) {
+        // A failed test must not leave a broker running.
+        if matches!(self.child.try_wait(), Ok(None)) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Asserts that none of `secrets` appears in `text`, nor (for JWTs) a signature on its own.
+/// Never prints a secret: the message names its index only.
+pub fn assert_no_secret(text: &str, secrets: &[String], what: &str) {
+    for (n, secret) in secrets.iter().enumerate() {
+        assert!(
+            !text.contains(secret.as_str()),
+            "secret #{n} leaked into {what}"
+        );
+        if let Some(sig) = secret
+            .rsplit('.')
+            .next()
+            .filter(|s| s.len() > 20 && secret.contains('.'))
+        {
+            assert!(
+                !text.contains(sig),
+                "secret #{n}'s signature leaked into {what}"
+            );
+        }
+    }
 }

@@ -7,6 +7,7 @@
 mod attacks;
 mod backend_route;
 mod cache;
+mod fault_matrix;
 mod helpers;
 mod limits;
 mod oidc_provider;

@@ -1,15 +1,12 @@
 //! The real binary as an operator runs it: start-up errors, and no secret in any log line even at
 //! `RUST_LOG=trace`.
 
-use std::io::{BufRead, BufReader, Read};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::json;
 
 use crate::helpers::*;
-
-const BIN: &str = env!("CARGO_BIN_EXE_intellia-token-broker");
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let out = Command::new(BIN)
@@ -141,45 +138,8 @@ async fn secrets_never_appear_in_logs_or_responses() {
         ..TestConfig::default()
     };
     write_config(&cfg, &dir, &sim_url, "127.0.0.1:0");
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--config",
-            dir.join("config.toml").to_str().unwrap(),
-        ])
-        .env("RUST_LOG", "trace")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let mut stderr = child.stderr.take().unwrap();
-    let (addr_tx, addr_rx) = std::sync::mpsc::channel();
-    let reader = std::thread::spawn(move || {
-        let mut all = String::new();
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !sent
-                && let Ok(v) = serde_json::from_str::<Value>(&line)
-                && v["message"] == "broker listening"
-            {
-                let _ = addr_tx.send(v["listen"].as_str().unwrap_or_default().to_owned());
-                sent = true;
-            }
-            all.push_str(&line);
-            all.push('\n');
-        }
-        all
-    });
-    let err_reader = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = stderr.read_to_string(&mut s);
-        s
-    });
-    let addr = addr_rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("broker started");
-    let base = format!("http://{addr}");
+    let broker = BrokerProcess::serve(&dir, "trace");
+    let base = broker.base.clone();
     let client = http_client();
     let session_token = session("alice");
     let cookie_token = session("bob");
@@ -219,12 +179,8 @@ async fn secrets_never_appear_in_logs_or_responses() {
     assert_eq!(minted.len(), 3, "three tokens minted: {responses}");
     assert_eq!(sim.minted(), 3);
 
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
-    let status = child.wait().unwrap();
+    let (status, logs) = broker.stop().await;
     assert!(status.success(), "clean exit on SIGTERM: {status:?}");
-    let logs = reader.join().unwrap() + &err_reader.join().unwrap();
     assert!(logs.len() > 1000, "trace logs captured: {logs}");
     assert!(
         logs.contains("\"route\":\"/v1/token\""),
@@ -240,23 +196,7 @@ async fn secrets_never_appear_in_logs_or_responses() {
         "carol.secret.mail@example.com".to_owned(),
     ];
     secrets.extend(minted.iter().cloned());
-    for secret in &secrets {
-        assert!(
-            !logs.contains(secret.as_str()),
-            "a secret leaked into the logs"
-        );
-        // Signatures alone are secrets too: a JWT's last segment must not appear either.
-        if let Some(sig) = secret
-            .rsplit('.')
-            .next()
-            .filter(|s| s.len() > 20 && secret.contains('.'))
-        {
-            assert!(
-                !logs.contains(sig),
-                "a session token's signature leaked into the logs"
-            );
-        }
-    }
+    assert_no_secret(&logs, &secrets, "the logs");
     for secret in [
         API_KEY,
         BACKEND_SECRET,
@@ -293,38 +233,6 @@ async fn healthcheck_command_probes_a_running_broker() {
     assert_ne!(code, 0, "a 404 is not healthy");
 }
 
-/// Starts the real binary with the test config; returns the child and its public base URL.
-fn spawn_binary(dir: &std::path::Path) -> (std::process::Child, String) {
-    let mut child = Command::new(BIN)
-        .args([
-            "serve",
-            "--config",
-            dir.join("config.toml").to_str().unwrap(),
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stdout = child.stdout.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let mut sent = false;
-        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-            if !sent
-                && let Ok(v) = serde_json::from_str::<Value>(&line)
-                && v["message"] == "broker listening"
-            {
-                let _ = tx.send(v["listen"].as_str().unwrap_or_default().to_owned());
-                sent = true;
-            }
-        }
-    });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(20))
-        .expect("broker started");
-    (child, format!("http://{addr}"))
-}
-
 /// SIGTERM under a steady stream of requests: readiness flips at once, the stream (which stops
 /// when readiness flips, as a load balancer would) sees no error, an in-flight slow request
 /// finishes, and the process exits within the grace period.
@@ -341,7 +249,8 @@ async fn sigterm_drains_without_failing_a_request() {
         &sim_url,
         "127.0.0.1:0",
     );
-    let (mut child, base) = spawn_binary(&dir);
+    let broker = BrokerProcess::serve(&dir, "info");
+    let base = broker.base.clone();
     let client = http_client();
     for _ in 0..100 {
         if client
@@ -393,9 +302,7 @@ async fn sigterm_drains_without_failing_a_request() {
         })
     };
     let started = std::time::Instant::now();
-    let _ = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status();
+    broker.sigterm();
     // Readiness turns 503 at once.
     let mut flipped = None;
     for _ in 0..50 {
@@ -420,9 +327,8 @@ async fn sigterm_drains_without_failing_a_request() {
         .unwrap()
         .expect("the in-flight request was not cut off");
     assert_eq!(slow.status(), 200);
-    let status = tokio::task::spawn_blocking(move || child.wait())
+    let (status, _) = tokio::task::spawn_blocking(move || broker.wait())
         .await
-        .unwrap()
         .unwrap();
     let exited = started.elapsed();
     assert!(status.success(), "{status:?}");

@@ -2,21 +2,9 @@
 
 use std::time::Duration;
 
-use serde_json::{Value, json};
+use serde_json::Value;
 
 use crate::helpers::*;
-
-fn jwks_issuer(issuer: &str, source: &str) -> String {
-    format!(
-        "\n[[session.jwt]]\nissuer = \"{issuer}\"\naudience = \"{AUDIENCE}\"\n{source}\nalgorithms = [\"RS256\", \"ES256\"]\nuser_id_prefix = \"idp:\"\n"
-    )
-}
-
-fn idp_claims(idp: &FakeIdp, sub: &str) -> Value {
-    let mut c = claims(sub);
-    c["iss"] = json!(idp.base);
-    c
-}
 
 #[tokio::test]
 async fn rs256_and_es256_sessions_verify_against_the_jwks() {

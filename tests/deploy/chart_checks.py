@@ -41,7 +41,7 @@ UID = 65532
 
 # DESIGN.md §3: every key the broker's config knows, plus the ones the broker
 # added since (src/config.rs: server.drain_delay_secs, server.secret_poll_secs,
-# server.workers, cors.max_age_secs, cache.max_entries; per issuer
+# server.workers, server.request_timeout_ms, server.keep_alive_secs, cors.max_age_secs, cache.max_entries; per issuer
 # required_claims, userinfo, userinfo_url; in [session.introspection] issuer,
 # audience, the claim names, user_id_prefix, required_claims, leeway_secs,
 # cache_ttl_secs, negative_cache_secs; intellia.breaker_failures,
@@ -50,7 +50,7 @@ UID = 65532
 # unknown keys).
 DESIGN_KEYS: dict[str, set[str]] = {
     "server": {"listen", "admin_listen", "trusted_proxies", "max_body_bytes", "shutdown_grace_secs",
-               "drain_delay_secs", "secret_poll_secs", "workers"},
+               "drain_delay_secs", "secret_poll_secs", "workers", "request_timeout_ms", "keep_alive_secs"},
     "intellia": {"base_url", "organization_id", "api_key_file", "api_key_env", "timeout_ms", "max_retries", "deadline_ms",
                  "breaker_failures", "breaker_open_secs"},
     "cors": {"allowed_origins", "max_age_secs"},
