@@ -136,7 +136,7 @@ async fn bench(table: &mut Table) {
     let mut startups = Vec::new();
     let mut broker = None;
     for i in 0..5 {
-        let (b, ready) = fixture.broker(&format!("startup-{i}"), "").await;
+        let (b, ready) = fixture.broker(&format!("startup-{i}"), "", "").await;
         startups.push(ready);
         broker = Some(b);
     }
@@ -314,7 +314,7 @@ burst = 100
 per_second = 50
 burst = 50
 "#;
-    let (broker, _) = fixture.broker("limits", limits).await;
+    let (broker, _) = fixture.broker("limits", "", limits).await;
     let secs = Duration::from_secs(6);
     // Per user: 20 users at 4 requests/s each (limit 2/s), 80 requests/s in all.
     let users: Vec<Request> = (0..20)

@@ -2,6 +2,9 @@
 //! scratch directory, for the load benchmark and the soak. The bench process serves the JWKS for
 //! RS256 sessions itself.
 
+// Shared by several bench and test targets, each using part of it.
+#![allow(dead_code)]
+
 use std::net::{SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -170,9 +173,9 @@ impl Fixture {
         }
     }
 
-    /// A complete config: HS256 and RS256 sessions, the backend route, the cache, and the given
-    /// `[rate_limit.*]` tables (empty for none).
-    pub fn config(&self, name: &str, listen: SocketAddr, limits: &str) -> PathBuf {
+    /// A complete config: HS256 and RS256 sessions, the backend route, the cache, `intellia` lines
+    /// added to that table, and `tail` (e.g. `[rate_limit.*]` tables) at the end.
+    pub fn config(&self, name: &str, listen: SocketAddr, intellia: &str, tail: &str) -> PathBuf {
         let d = self.dir.display();
         let text = format!(
             r#"
@@ -187,6 +190,7 @@ organization_id = "{ORG}"
 api_key_file = "{d}/api-key"
 timeout_ms = 1000
 max_retries = 1
+{intellia}
 
 [[session.jwt]]
 issuer = "https://hs.bench.example"
@@ -206,7 +210,7 @@ secret_file = "{d}/backend"
 [cache]
 enabled = true
 
-{limits}
+{tail}
 "#,
             sim = self.simulator.addr,
             jwks = self.jwks,
@@ -216,10 +220,11 @@ enabled = true
         path
     }
 
-    /// Starts a broker and returns it with its start-up time (spawn to `/readyz` 200).
-    pub async fn broker(&self, name: &str, limits: &str) -> (Proc, Duration) {
+    /// Starts a broker configured by [`Fixture::config`] and returns it with its start-up time
+    /// (spawn to `/readyz` 200).
+    pub async fn broker(&self, name: &str, intellia: &str, tail: &str) -> (Proc, Duration) {
         let addr = free_addr();
-        let config = self.config(name, addr, limits);
+        let config = self.config(name, addr, intellia, tail);
         let log = self.dir.join(format!("{name}.log"));
         let stderr = self.dir.join(format!("{name}.stderr"));
         let started = Instant::now();
