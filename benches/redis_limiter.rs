@@ -1,0 +1,131 @@
+//! Shared (Redis) limiter decisions from one broker against a local `redis-server`: throughput
+//! and latency at several concurrencies. `cargo bench --bench redis_limiter`; skipped with a note
+//! when `redis-server` is not installed.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::net::TcpListener;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use intellia_token_broker::config::{PerMinuteLimit, RateLimitSettings};
+use intellia_token_broker::limits::Limits;
+use intellia_token_broker::metrics::Metrics;
+use secrecy::SecretString;
+
+/// Shared (Redis) limiter decisions from one broker: 64 concurrent callers over one multiplexed
+/// connection to a local `redis-server`, as many user keys as callers.
+async fn redis_limiter(rows: &mut Vec<(String, String)>) {
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let Ok(mut server) = std::process::Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--bind",
+            "127.0.0.1",
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+    else {
+        rows.push(("Redis limiter".into(), "skipped: no redis-server".into()));
+        return;
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let settings = intellia_token_broker::config::RedisSettings {
+        url: format!("redis://127.0.0.1:{port}"),
+        on_unavailable: intellia_token_broker::config::RedisFallback::Deny,
+        timeout_ms: 1000,
+        replicas: 1,
+        key_prefix: "bench".into(),
+        cache_secret_file: None,
+    };
+    let metrics = Arc::new(Metrics::new());
+    let store = intellia_token_broker::redis_store::RedisStore::start(
+        &settings,
+        &SecretString::from("bench"),
+        Arc::clone(&metrics),
+    )
+    .unwrap();
+    while !metrics.encode().lines().any(|l| l == "broker_redis_up 1") {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let limits = Arc::new(Limits::with_shared(
+        &RateLimitSettings {
+            per_user: Some(PerMinuteLimit {
+                per_minute: 1_000_000,
+                burst: 1_000_000,
+            }),
+            per_ip: None,
+            upstream: None,
+        },
+        Some(store),
+        1,
+    ));
+    let duration = Duration::from_secs(4);
+    let run = |duration: Duration, callers: usize| {
+        let limits = Arc::clone(&limits);
+        async move {
+            let deadline = Instant::now() + duration;
+            let mut tasks = Vec::new();
+            for caller in 0..callers {
+                let limits = Arc::clone(&limits);
+                tasks.push(tokio::spawn(async move {
+                    let key = format!("user-{caller}");
+                    let mut latencies = Vec::with_capacity(100_000);
+                    while Instant::now() < deadline {
+                        let start = Instant::now();
+                        limits.check_user(&key).await.unwrap();
+                        latencies.push(start.elapsed());
+                    }
+                    latencies
+                }));
+            }
+            let mut all = Vec::new();
+            for t in tasks {
+                all.extend(t.await.unwrap());
+            }
+            all.sort();
+            all
+        }
+    };
+    let _ = run(Duration::from_secs(1), 16).await;
+    for callers in [8, 16, 64] {
+        let all = run(duration, callers).await;
+        rows.push((
+            format!("Redis limiter decisions, {callers} concurrent callers, one connection"),
+            format!(
+                "{:.0} decisions/s, p50 {:?}, p99 {:?}",
+                all.len() as f64 / duration.as_secs_f64(),
+                all[all.len() / 2],
+                all[all.len() * 99 / 100]
+            ),
+        ));
+    }
+    let _ = server.kill();
+    let _ = server.wait();
+}
+
+fn main() {
+    // `cargo test --benches` runs bench targets with --bench absent; do nothing then.
+    if !std::env::args().any(|a| a == "--bench") {
+        return;
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let mut rows = Vec::new();
+    runtime.block_on(redis_limiter(&mut rows));
+    println!("| measurement | result |\n|---|---|");
+    for (name, value) in rows {
+        println!("| {name} | {value} |");
+    }
+}
