@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::dev::{Server, ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
 use actix_web::http::Method;
 use actix_web::http::header;
 use actix_web::middleware::{Next, from_fn};
@@ -250,6 +250,29 @@ fn configure(cfg: &mut web::ServiceConfig, with_backend: bool, with_dev: bool) {
     }
 }
 
+/// The public listener's application: middleware, routes and the fallback. Each server worker
+/// builds one; the fuzz targets drive the same one in process.
+pub fn public_app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = Error,
+        InitError = (),
+    >,
+> {
+    let with_backend = state.backend_secret.is_some();
+    let with_dev = state.dev.is_some();
+    App::new()
+        .app_data(state)
+        .wrap(TracingLogger::<BrokerRootSpan>::new())
+        .wrap(from_fn(request_context))
+        .configure(|cfg| configure(cfg, with_backend, with_dev))
+        .default_service(web::to(routes::not_found))
+}
+
 impl Application {
     /// Builds every part and binds the listeners. Must run inside a Tokio runtime.
     pub async fn build(
@@ -334,7 +357,6 @@ impl Application {
 
         let settings = Arc::new(settings);
         let with_backend = backend_secret.is_some();
-        let with_dev = options.dev.is_some();
         let state = web::Data::new(AppState {
             settings: Arc::clone(&settings),
             verifier,
@@ -377,23 +399,16 @@ impl Application {
             .saturating_sub(1)
             .max(1);
         let app_state = state.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(app_state.clone())
-                .wrap(TracingLogger::<BrokerRootSpan>::new())
-                .wrap(from_fn(request_context))
-                .configure(|cfg| configure(cfg, with_backend, with_dev))
-                .default_service(web::to(routes::not_found))
-        })
-        .workers(workers)
-        .shutdown_timeout(stop_timeout)
-        .disable_signals()
-        .listen(listener)
-        .map_err(|source| StartupError::Bind {
-            addr: public_addr,
-            source,
-        })?
-        .run();
+        let server = HttpServer::new(move || public_app(app_state.clone()))
+            .workers(workers)
+            .shutdown_timeout(stop_timeout)
+            .disable_signals()
+            .listen(listener)
+            .map_err(|source| StartupError::Bind {
+                addr: public_addr,
+                source,
+            })?
+            .run();
 
         let (admin, admin_addr) = match settings.server.admin_listen {
             Some(addr) => {

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -125,12 +125,7 @@ impl IntelliaClient {
         api_key: Arc<SecretCell>,
         metrics: Arc<Metrics>,
     ) -> Result<IntelliaClient, String> {
-        let base = settings.base_url.trim_end_matches('/');
-        let url = reqwest::Url::parse(&format!(
-            "{base}/orgs/{}/assume-role",
-            settings.organization_id
-        ))
-        .map_err(|e| format!("config key `intellia.base_url`: {e}"))?;
+        let url = assume_role_url(settings)?;
         let timeout = Duration::from_millis(settings.timeout_ms);
         let http = crate::http_client::builder()
             .timeout(timeout)
@@ -253,29 +248,45 @@ impl IntelliaClient {
 
         let status = response.status();
         if status.is_success() {
-            return parse_success(response).await;
+            let body = read_body(response).await?;
+            return parse_assume_role_body(&body);
         }
-        let retry_after_secs = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| s.clamp(1, 3600));
         tracing::warn!(status = status.as_u16(), "Intellia answered with an error");
-        match status.as_u16() {
-            429 => Err(UpstreamError::Unavailable {
-                reason: "rate limited by Intellia",
-                retry_after_secs,
-            }),
-            500..=599 => Err(UpstreamError::Unavailable {
-                reason: "Intellia server error",
-                retry_after_secs,
-            }),
-            code @ 400..=499 => Err(UpstreamError::Rejected { status: code }),
-            _ => Err(UpstreamError::Invalid {
-                reason: "unexpected status",
-            }),
-        }
+        Err(error_for_status(status, response.headers()))
+    }
+}
+
+/// `{base_url}/orgs/{organization_id}/assume-role`.
+pub fn assume_role_url(settings: &IntelliaSettings) -> Result<reqwest::Url, String> {
+    let base = settings.base_url.trim_end_matches('/');
+    reqwest::Url::parse(&format!(
+        "{base}/orgs/{}/assume-role",
+        settings.organization_id
+    ))
+    .map_err(|e| format!("config key `intellia.base_url`: {e}"))
+}
+
+/// Classifies a non-2xx answer: 429 and 5xx are worth retrying (with the upstream's `Retry-After`,
+/// in whole seconds, bounded to an hour), other 4xx are a refusal, anything else is unusable.
+pub fn error_for_status(status: reqwest::StatusCode, headers: &HeaderMap) -> UpstreamError {
+    let retry_after_secs = headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| s.clamp(1, 3600));
+    match status.as_u16() {
+        429 => UpstreamError::Unavailable {
+            reason: "rate limited by Intellia",
+            retry_after_secs,
+        },
+        500..=599 => UpstreamError::Unavailable {
+            reason: "Intellia server error",
+            retry_after_secs,
+        },
+        code @ 400..=499 => UpstreamError::Rejected { status: code },
+        _ => UpstreamError::Invalid {
+            reason: "unexpected status",
+        },
     }
 }
 
@@ -312,7 +323,8 @@ fn classify_transport_error(e: reqwest::Error) -> UpstreamError {
     }
 }
 
-async fn parse_success(mut response: reqwest::Response) -> Result<MintedToken, UpstreamError> {
+/// Reads a 2xx body, refusing one far larger than any real answer without reading the rest.
+async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, UpstreamError> {
     let mut body = Vec::with_capacity(512);
     while let Some(chunk) = response.chunk().await.map_err(classify_transport_error)? {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
@@ -322,8 +334,19 @@ async fn parse_success(mut response: reqwest::Response) -> Result<MintedToken, U
         }
         body.extend_from_slice(&chunk);
     }
+    Ok(body)
+}
+
+/// Turns a 2xx assume-role body into a token. Whatever the body holds, the answer is a token or
+/// [`UpstreamError::Invalid`]; nothing of the body reaches the error.
+pub fn parse_assume_role_body(body: &[u8]) -> Result<MintedToken, UpstreamError> {
+    if body.len() > MAX_RESPONSE_BYTES {
+        return Err(UpstreamError::Invalid {
+            reason: "response too large",
+        });
+    }
     let parsed: AssumeRoleResponse =
-        serde_json::from_slice(&body).map_err(|_| UpstreamError::Invalid {
+        serde_json::from_slice(body).map_err(|_| UpstreamError::Invalid {
             reason: "malformed JSON",
         })?;
     if parsed.token.expose_secret().is_empty() {
