@@ -14,8 +14,22 @@ pub struct ConfigError(pub String);
 
 impl ConfigError {
     fn key(key: &str, problem: impl std::fmt::Display) -> Self {
-        ConfigError(format!("config key `{key}`: {problem}"))
+        ConfigError(one_line(&format!("config key `{key}`: {problem}")))
     }
+}
+
+/// Problems quote the operator's values, which may hold control characters; escaped, the message
+/// stays one line in a terminal and in a log.
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -803,7 +817,7 @@ fn redact_url_password(url: &str) -> String {
 /// The `config` crate phrases errors for developers ("... for key `x` in ..."); keep the useful part
 /// on one line.
 fn clean_config_error(e: &config::ConfigError) -> String {
-    let text = e.to_string().replace('\n', " ");
+    let text = one_line(&e.to_string().replace('\n', " "));
     if let Some(rest) = text.strip_prefix("unknown field ") {
         return format!("unknown config key {rest}");
     }
@@ -889,6 +903,20 @@ api_key_file = "/tmp/key"
             "{MINIMAL}\n[[session.jwt]]\nissuer = \"https://auth.example.com\"\naudience = \"w\"\njwks_url = \"https://auth.example.com/keys\"\nalgorithms = [\"none\"]\n"
         );
         assert!(parse(&text).is_err());
+    }
+
+    #[test]
+    fn errors_stay_on_one_line_whatever_the_value_holds() {
+        // Found by the fuzz seed `fuzz/seeds/config/reject-alg-with-newline`.
+        let text = format!(
+            "{MINIMAL}\n[[session.jwt]]\nissuer = \"https://auth.example.com\"\naudience = \"w\"\njwks_url = \"https://auth.example.com/keys\"\nalgorithms = [\"RS256\\nforged log line\\r\\u0007\"]\n"
+        );
+        let err = parse(&text).expect_err("unknown algorithm rejected");
+        assert!(!err.0.contains(['\n', '\r', '\u{7}']), "{:?}", err.0);
+        assert!(err.0.contains("RS256\\nforged log line"), "{}", err.0);
+
+        let err = parse(&format!("{MINIMAL}\n[cache]\n\"a\\rb\" = 1\n")).expect_err("unknown key");
+        assert!(!err.0.contains('\r'), "{:?}", err.0);
     }
 
     #[test]
