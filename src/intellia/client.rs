@@ -359,9 +359,17 @@ pub fn parse_assume_role_body(body: &[u8]) -> Result<MintedToken, UpstreamError>
             reason: "expiresAt is not RFC 3339",
         }
     })?;
+    // In UTC, `9999-12-31T23:59:59-01:00` is in year 10000 (`to_offset` panics) and
+    // `0000-01-01T00:00:00+01:00` in year -1 (RFC 3339 cannot write it in our response).
+    let expires_at = expires_at
+        .checked_to_offset(time::UtcOffset::UTC)
+        .filter(|t| (0..=9999).contains(&t.year()))
+        .ok_or(UpstreamError::Invalid {
+            reason: "expiresAt is out of range",
+        })?;
     Ok(MintedToken {
         token: parsed.token,
-        expires_at: expires_at.to_offset(time::UtcOffset::UTC),
+        expires_at,
         user_id: parsed.user_id,
         organization_id: parsed.organization_id,
         role: parsed.role,
@@ -401,6 +409,28 @@ mod tests {
             role: "chat".into(),
         };
         assert!(!format!("{t:?}").contains("supersecret"));
+    }
+
+    #[test]
+    fn expires_at_beyond_the_rfc_3339_years_in_utc_is_invalid_not_a_panic() {
+        // Found by reading while writing the `intellia_response` fuzz target (its replay inputs
+        // are in fuzz/regressions/intellia_response/): the first panicked, the second became a 500.
+        for at in ["9999-12-31T23:59:59-01:00", "0000-01-01T00:00:00+01:00"] {
+            let body = format!(
+                r#"{{"token":"t","expiresAt":"{at}","userId":"u","organizationId":"o","role":"chat"}}"#
+            );
+            assert_eq!(
+                parse_assume_role_body(body.as_bytes()).unwrap_err(),
+                UpstreamError::Invalid {
+                    reason: "expiresAt is out of range"
+                },
+                "{at}"
+            );
+        }
+        let body = r#"{"token":"t","expiresAt":"9999-12-31T23:59:59+01:00","userId":"u","organizationId":"o","role":"chat"}"#;
+        let minted = parse_assume_role_body(body.as_bytes()).expect("in range");
+        assert_eq!(minted.expires_at.offset(), time::UtcOffset::UTC);
+        assert_eq!(minted.expires_at.hour(), 22);
     }
 
     #[test]
