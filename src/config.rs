@@ -457,6 +457,16 @@ impl Settings {
 
         let i = &self.intellia;
         validate_http_url("intellia.base_url", &i.base_url)?;
+        if reqwest::Url::parse(&i.base_url)
+            .is_ok_and(|url| url.query().is_some() || url.fragment().is_some())
+        {
+            // `/orgs/{id}/assume-role` is appended to the text, so it would land in the query or
+            // fragment and the mint would go to the base URL itself.
+            return Err(ConfigError::key(
+                "intellia.base_url",
+                "must not have a query (`?`) or fragment (`#`)",
+            ));
+        }
         if i.organization_id.trim().is_empty() {
             return Err(ConfigError::key(
                 "intellia.organization_id",
@@ -599,6 +609,13 @@ impl Settings {
                 return Err(ConfigError::key(
                     "redis.url",
                     "must start with redis:// or rediss://",
+                ));
+            }
+            // The URL may hold a password, so neither it nor the parser's message is quoted.
+            if reqwest::Url::parse(&redis.url).map_or(true, |url| url.host_str().is_none()) {
+                return Err(ConfigError::key(
+                    "redis.url",
+                    "is not a valid URL (redis://[user:password@]host[:port][/db])",
                 ));
             }
             in_range("redis.timeout_ms", redis.timeout_ms, 1, 5000)?;
@@ -917,6 +934,45 @@ api_key_file = "/tmp/key"
 
         let err = parse(&format!("{MINIMAL}\n[cache]\n\"a\\rb\" = 1\n")).expect_err("unknown key");
         assert!(!err.0.contains('\r'), "{:?}", err.0);
+    }
+
+    #[test]
+    fn intellia_base_url_with_query_or_fragment_is_refused() {
+        // Found by the `config` fuzz target's rule that the mint URL ends in
+        // `/orgs/{org}/assume-role`: these were accepted and minted at `https://api.example.com/`.
+        for base in [
+            "https://api.example.com/?x=",
+            "https://api.example.com#frag",
+            "https://api.example.com/?",
+        ] {
+            let text = MINIMAL.replace("[intellia]", &format!("[intellia]\nbase_url = \"{base}\""));
+            let err = parse(&text).expect_err(base);
+            assert!(err.0.contains("intellia.base_url"), "{}", err.0);
+        }
+        let text = MINIMAL.replace(
+            "[intellia]",
+            "[intellia]\nbase_url = \"https://api.example.com/intellia/\"",
+        );
+        let s = parse(&text).expect("a path prefix is fine");
+        assert_eq!(
+            crate::intellia::client::assume_role_url(&s.intellia)
+                .unwrap()
+                .as_str(),
+            "https://api.example.com/intellia/orgs/org-456/assume-role"
+        );
+    }
+
+    #[test]
+    fn redis_url_that_start_up_cannot_parse_is_refused_without_quoting_it() {
+        // Found by the `config` fuzz target: validation only checked the scheme, so `check-config`
+        // passed and printed `url = "REDACTED"`, a configuration that does not load.
+        let text = format!("{MINIMAL}\n[redis]\nurl = \"redis://:hunter2@redis:6379[x]/0\"\n");
+        let err = parse(&text).expect_err("unparseable URL");
+        assert!(err.0.contains("redis.url"), "{}", err.0);
+        assert!(!err.0.contains("hunter2"), "{}", err.0);
+        let ok = format!("{MINIMAL}\n[redis]\nurl = \"redis://:p%40ss@redis:6379/0\"\n");
+        let shown = parse(&ok).expect("valid URL").redacted_toml();
+        parse(&shown).expect("check-config's output loads");
     }
 
     #[test]
