@@ -8,7 +8,9 @@ use std::sync::{Arc, Mutex, Weak};
 use std::time::Duration;
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{Payload, Server, ServerHandle, ServiceRequest, ServiceResponse};
+use actix_web::dev::{
+    Payload, Server, ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse,
+};
 use actix_web::error::PayloadError;
 use actix_web::http::Method;
 use actix_web::http::{KeepAlive, header};
@@ -310,6 +312,30 @@ fn configure(cfg: &mut web::ServiceConfig, with_backend: bool, with_dev: bool) {
     }
 }
 
+/// The public listener's application: middleware, routes and the fallback. Each server worker
+/// builds one; the fuzz targets drive the same one in process.
+pub fn public_app(
+    state: web::Data<AppState>,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = Error,
+        InitError = (),
+    >,
+> {
+    let with_backend = state.backend_secret.is_some();
+    let with_dev = state.dev.is_some();
+    App::new()
+        .app_data(state)
+        .wrap(from_fn(body_deadline))
+        .wrap(TracingLogger::<BrokerRootSpan>::new())
+        .wrap(from_fn(request_context))
+        .configure(|cfg| configure(cfg, with_backend, with_dev))
+        .default_service(web::to(routes::not_found))
+}
+
 impl Application {
     /// Builds every part and binds the listeners. Must run inside a Tokio runtime.
     pub async fn build(
@@ -394,7 +420,6 @@ impl Application {
 
         let settings = Arc::new(settings);
         let with_backend = backend_secret.is_some();
-        let with_dev = options.dev.is_some();
         let state = web::Data::new(AppState {
             settings: Arc::clone(&settings),
             verifier,
@@ -440,29 +465,21 @@ impl Application {
             .saturating_sub(1)
             .max(1);
         let app_state = state.clone();
-        let server = HttpServer::new(move || {
-            App::new()
-                .app_data(app_state.clone())
-                .wrap(from_fn(body_deadline))
-                .wrap(TracingLogger::<BrokerRootSpan>::new())
-                .wrap(from_fn(request_context))
-                .configure(|cfg| configure(cfg, with_backend, with_dev))
-                .default_service(web::to(routes::not_found))
-        })
-        .workers(workers)
-        .client_request_timeout(Duration::from_millis(settings.server.request_timeout_ms))
-        .keep_alive(match settings.server.keep_alive_secs {
-            0 => KeepAlive::Disabled,
-            secs => KeepAlive::Timeout(Duration::from_secs(secs)),
-        })
-        .shutdown_timeout(stop_timeout)
-        .disable_signals()
-        .listen(listener)
-        .map_err(|source| StartupError::Bind {
-            addr: public_addr,
-            source,
-        })?
-        .run();
+        let server = HttpServer::new(move || public_app(app_state.clone()))
+            .workers(workers)
+            .client_request_timeout(Duration::from_millis(settings.server.request_timeout_ms))
+            .keep_alive(match settings.server.keep_alive_secs {
+                0 => KeepAlive::Disabled,
+                secs => KeepAlive::Timeout(Duration::from_secs(secs)),
+            })
+            .shutdown_timeout(stop_timeout)
+            .disable_signals()
+            .listen(listener)
+            .map_err(|source| StartupError::Bind {
+                addr: public_addr,
+                source,
+            })?
+            .run();
 
         let (admin, admin_addr) = match settings.server.admin_listen {
             Some(addr) => {

@@ -14,8 +14,22 @@ pub struct ConfigError(pub String);
 
 impl ConfigError {
     fn key(key: &str, problem: impl std::fmt::Display) -> Self {
-        ConfigError(format!("config key `{key}`: {problem}"))
+        ConfigError(one_line(&format!("config key `{key}`: {problem}")))
     }
+}
+
+/// Problems quote the operator's values, which may hold control characters; escaped, the message
+/// stays one line in a terminal and in a log.
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -466,6 +480,16 @@ impl Settings {
 
         let i = &self.intellia;
         validate_http_url("intellia.base_url", &i.base_url)?;
+        if reqwest::Url::parse(&i.base_url)
+            .is_ok_and(|url| url.query().is_some() || url.fragment().is_some())
+        {
+            // `/orgs/{id}/assume-role` is appended to the text, so it would land in the query or
+            // fragment and the mint would go to the base URL itself.
+            return Err(ConfigError::key(
+                "intellia.base_url",
+                "must not have a query (`?`) or fragment (`#`)",
+            ));
+        }
         if i.organization_id.trim().is_empty() {
             return Err(ConfigError::key(
                 "intellia.organization_id",
@@ -608,6 +632,13 @@ impl Settings {
                 return Err(ConfigError::key(
                     "redis.url",
                     "must start with redis:// or rediss://",
+                ));
+            }
+            // The URL may hold a password, so neither it nor the parser's message is quoted.
+            if reqwest::Url::parse(&redis.url).map_or(true, |url| url.host_str().is_none()) {
+                return Err(ConfigError::key(
+                    "redis.url",
+                    "is not a valid URL (redis://[user:password@]host[:port][/db])",
                 ));
             }
             in_range("redis.timeout_ms", redis.timeout_ms, 1, 5000)?;
@@ -826,7 +857,7 @@ fn redact_url_password(url: &str) -> String {
 /// The `config` crate phrases errors for developers ("... for key `x` in ..."); keep the useful part
 /// on one line.
 fn clean_config_error(e: &config::ConfigError) -> String {
-    let text = e.to_string().replace('\n', " ");
+    let text = one_line(&e.to_string().replace('\n', " "));
     if let Some(rest) = text.strip_prefix("unknown field ") {
         return format!("unknown config key {rest}");
     }
@@ -912,6 +943,59 @@ api_key_file = "/tmp/key"
             "{MINIMAL}\n[[session.jwt]]\nissuer = \"https://auth.example.com\"\naudience = \"w\"\njwks_url = \"https://auth.example.com/keys\"\nalgorithms = [\"none\"]\n"
         );
         assert!(parse(&text).is_err());
+    }
+
+    #[test]
+    fn errors_stay_on_one_line_whatever_the_value_holds() {
+        // Found by the fuzz seed `fuzz/seeds/config/reject-alg-with-newline`.
+        let text = format!(
+            "{MINIMAL}\n[[session.jwt]]\nissuer = \"https://auth.example.com\"\naudience = \"w\"\njwks_url = \"https://auth.example.com/keys\"\nalgorithms = [\"RS256\\nforged log line\\r\\u0007\"]\n"
+        );
+        let err = parse(&text).expect_err("unknown algorithm rejected");
+        assert!(!err.0.contains(['\n', '\r', '\u{7}']), "{:?}", err.0);
+        assert!(err.0.contains("RS256\\nforged log line"), "{}", err.0);
+
+        let err = parse(&format!("{MINIMAL}\n[cache]\n\"a\\rb\" = 1\n")).expect_err("unknown key");
+        assert!(!err.0.contains('\r'), "{:?}", err.0);
+    }
+
+    #[test]
+    fn intellia_base_url_with_query_or_fragment_is_refused() {
+        // Found by the `config` fuzz target's rule that the mint URL ends in
+        // `/orgs/{org}/assume-role`: these were accepted and minted at `https://api.example.com/`.
+        for base in [
+            "https://api.example.com/?x=",
+            "https://api.example.com#frag",
+            "https://api.example.com/?",
+        ] {
+            let text = MINIMAL.replace("[intellia]", &format!("[intellia]\nbase_url = \"{base}\""));
+            let err = parse(&text).expect_err(base);
+            assert!(err.0.contains("intellia.base_url"), "{}", err.0);
+        }
+        let text = MINIMAL.replace(
+            "[intellia]",
+            "[intellia]\nbase_url = \"https://api.example.com/intellia/\"",
+        );
+        let s = parse(&text).expect("a path prefix is fine");
+        assert_eq!(
+            crate::intellia::client::assume_role_url(&s.intellia)
+                .unwrap()
+                .as_str(),
+            "https://api.example.com/intellia/orgs/org-456/assume-role"
+        );
+    }
+
+    #[test]
+    fn redis_url_that_start_up_cannot_parse_is_refused_without_quoting_it() {
+        // Found by the `config` fuzz target: validation only checked the scheme, so `check-config`
+        // passed and printed `url = "REDACTED"`, a configuration that does not load.
+        let text = format!("{MINIMAL}\n[redis]\nurl = \"redis://:hunter2@redis:6379[x]/0\"\n");
+        let err = parse(&text).expect_err("unparseable URL");
+        assert!(err.0.contains("redis.url"), "{}", err.0);
+        assert!(!err.0.contains("hunter2"), "{}", err.0);
+        let ok = format!("{MINIMAL}\n[redis]\nurl = \"redis://:p%40ss@redis:6379/0\"\n");
+        let shown = parse(&ok).expect("valid URL").redacted_toml();
+        parse(&shown).expect("check-config's output loads");
     }
 
     #[test]

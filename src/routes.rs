@@ -18,7 +18,7 @@ use time::format_description::well_known::Rfc3339;
 use crate::app::AppState;
 use crate::cache::Provenance;
 use crate::error::{AuthFailure, BrokerError};
-use crate::intellia::AssumeRoleRequest;
+use crate::intellia::{AssumeRoleRequest, MintedToken};
 use crate::limits::{LimitError, RateLimitHeaders};
 use crate::metrics::{LimitLabels, ResultLabels};
 use crate::session::{CredentialSource, Identity, bearer_token, valid_user_id};
@@ -360,21 +360,7 @@ async fn issue(
         })
         .inc();
 
-    let minted = &cached.minted;
-    let expires_in = (minted.expires_at - OffsetDateTime::now_utc())
-        .whole_seconds()
-        .max(0);
-    let body = TokenResponse {
-        token: cached.token().expose_secret().to_owned(),
-        expires_at: minted
-            .expires_at
-            .format(&Rfc3339)
-            .map_err(|_| BrokerError::Internal)?,
-        expires_in,
-        user_id: minted.user_id.clone(),
-        organization_id: minted.organization_id.clone(),
-        role: minted.role.clone(),
-    };
+    let body = token_response(&cached.minted, OffsetDateTime::now_utc())?;
     let mut response = HttpResponse::Ok();
     response.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
     response.insert_header((header::PRAGMA, HeaderValue::from_static("no-cache")));
@@ -382,6 +368,24 @@ async fn issue(
         limit.apply(&mut response);
     }
     Ok(response.json(body))
+}
+
+/// The body both token routes answer with, as of `now`.
+pub fn token_response(
+    minted: &MintedToken,
+    now: OffsetDateTime,
+) -> Result<TokenResponse, BrokerError> {
+    Ok(TokenResponse {
+        token: minted.token.expose_secret().to_owned(),
+        expires_at: minted
+            .expires_at
+            .format(&Rfc3339)
+            .map_err(|_| BrokerError::Internal)?,
+        expires_in: (minted.expires_at - now).whole_seconds().max(0),
+        user_id: minted.user_id.clone(),
+        organization_id: minted.organization_id.clone(),
+        role: minted.role.clone(),
+    })
 }
 
 /// `OPTIONS` on a CORS route: the preflight answer.

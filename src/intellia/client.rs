@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rand::Rng;
-use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderValue, RETRY_AFTER};
+use reqwest::header::{AUTHORIZATION, CONTENT_TYPE, HeaderMap, HeaderValue, RETRY_AFTER};
 use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
@@ -125,12 +125,7 @@ impl IntelliaClient {
         api_key: Arc<SecretCell>,
         metrics: Arc<Metrics>,
     ) -> Result<IntelliaClient, String> {
-        let base = settings.base_url.trim_end_matches('/');
-        let url = reqwest::Url::parse(&format!(
-            "{base}/orgs/{}/assume-role",
-            settings.organization_id
-        ))
-        .map_err(|e| format!("config key `intellia.base_url`: {e}"))?;
+        let url = assume_role_url(settings)?;
         let timeout = Duration::from_millis(settings.timeout_ms);
         let http = crate::http_client::builder()
             .timeout(timeout)
@@ -253,29 +248,45 @@ impl IntelliaClient {
 
         let status = response.status();
         if status.is_success() {
-            return parse_success(response).await;
+            let body = read_body(response).await?;
+            return parse_assume_role_body(&body);
         }
-        let retry_after_secs = response
-            .headers()
-            .get(RETRY_AFTER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .map(|s| s.clamp(1, 3600));
         tracing::warn!(status = status.as_u16(), "Intellia answered with an error");
-        match status.as_u16() {
-            429 => Err(UpstreamError::Unavailable {
-                reason: "rate limited by Intellia",
-                retry_after_secs,
-            }),
-            500..=599 => Err(UpstreamError::Unavailable {
-                reason: "Intellia server error",
-                retry_after_secs,
-            }),
-            code @ 400..=499 => Err(UpstreamError::Rejected { status: code }),
-            _ => Err(UpstreamError::Invalid {
-                reason: "unexpected status",
-            }),
-        }
+        Err(error_for_status(status, response.headers()))
+    }
+}
+
+/// `{base_url}/orgs/{organization_id}/assume-role`.
+pub fn assume_role_url(settings: &IntelliaSettings) -> Result<reqwest::Url, String> {
+    let base = settings.base_url.trim_end_matches('/');
+    reqwest::Url::parse(&format!(
+        "{base}/orgs/{}/assume-role",
+        settings.organization_id
+    ))
+    .map_err(|e| format!("config key `intellia.base_url`: {e}"))
+}
+
+/// Classifies a non-2xx answer: 429 and 5xx are worth retrying (with the upstream's `Retry-After`,
+/// in whole seconds, bounded to an hour), other 4xx are a refusal, anything else is unusable.
+pub fn error_for_status(status: reqwest::StatusCode, headers: &HeaderMap) -> UpstreamError {
+    let retry_after_secs = headers
+        .get(RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse::<u64>().ok())
+        .map(|s| s.clamp(1, 3600));
+    match status.as_u16() {
+        429 => UpstreamError::Unavailable {
+            reason: "rate limited by Intellia",
+            retry_after_secs,
+        },
+        500..=599 => UpstreamError::Unavailable {
+            reason: "Intellia server error",
+            retry_after_secs,
+        },
+        code @ 400..=499 => UpstreamError::Rejected { status: code },
+        _ => UpstreamError::Invalid {
+            reason: "unexpected status",
+        },
     }
 }
 
@@ -312,7 +323,8 @@ fn classify_transport_error(e: reqwest::Error) -> UpstreamError {
     }
 }
 
-async fn parse_success(mut response: reqwest::Response) -> Result<MintedToken, UpstreamError> {
+/// Reads a 2xx body, refusing one far larger than any real answer without reading the rest.
+async fn read_body(mut response: reqwest::Response) -> Result<Vec<u8>, UpstreamError> {
     let mut body = Vec::with_capacity(512);
     while let Some(chunk) = response.chunk().await.map_err(classify_transport_error)? {
         if body.len() + chunk.len() > MAX_RESPONSE_BYTES {
@@ -322,8 +334,19 @@ async fn parse_success(mut response: reqwest::Response) -> Result<MintedToken, U
         }
         body.extend_from_slice(&chunk);
     }
+    Ok(body)
+}
+
+/// Turns a 2xx assume-role body into a token. Whatever the body holds, the answer is a token or
+/// [`UpstreamError::Invalid`]; nothing of the body reaches the error.
+pub fn parse_assume_role_body(body: &[u8]) -> Result<MintedToken, UpstreamError> {
+    if body.len() > MAX_RESPONSE_BYTES {
+        return Err(UpstreamError::Invalid {
+            reason: "response too large",
+        });
+    }
     let parsed: AssumeRoleResponse =
-        serde_json::from_slice(&body).map_err(|_| UpstreamError::Invalid {
+        serde_json::from_slice(body).map_err(|_| UpstreamError::Invalid {
             reason: "malformed JSON",
         })?;
     if parsed.token.expose_secret().is_empty() {
@@ -336,9 +359,17 @@ async fn parse_success(mut response: reqwest::Response) -> Result<MintedToken, U
             reason: "expiresAt is not RFC 3339",
         }
     })?;
+    // In UTC, `9999-12-31T23:59:59-01:00` is in year 10000 (`to_offset` panics) and
+    // `0000-01-01T00:00:00+01:00` in year -1 (RFC 3339 cannot write it in our response).
+    let expires_at = expires_at
+        .checked_to_offset(time::UtcOffset::UTC)
+        .filter(|t| (0..=9999).contains(&t.year()))
+        .ok_or(UpstreamError::Invalid {
+            reason: "expiresAt is out of range",
+        })?;
     Ok(MintedToken {
         token: parsed.token,
-        expires_at: expires_at.to_offset(time::UtcOffset::UTC),
+        expires_at,
         user_id: parsed.user_id,
         organization_id: parsed.organization_id,
         role: parsed.role,
@@ -378,6 +409,28 @@ mod tests {
             role: "chat".into(),
         };
         assert!(!format!("{t:?}").contains("supersecret"));
+    }
+
+    #[test]
+    fn expires_at_beyond_the_rfc_3339_years_in_utc_is_invalid_not_a_panic() {
+        // Found by reading while writing the `intellia_response` fuzz target (its replay inputs
+        // are in fuzz/regressions/intellia_response/): the first panicked, the second became a 500.
+        for at in ["9999-12-31T23:59:59-01:00", "0000-01-01T00:00:00+01:00"] {
+            let body = format!(
+                r#"{{"token":"t","expiresAt":"{at}","userId":"u","organizationId":"o","role":"chat"}}"#
+            );
+            assert_eq!(
+                parse_assume_role_body(body.as_bytes()).unwrap_err(),
+                UpstreamError::Invalid {
+                    reason: "expiresAt is out of range"
+                },
+                "{at}"
+            );
+        }
+        let body = r#"{"token":"t","expiresAt":"9999-12-31T23:59:59+01:00","userId":"u","organizationId":"o","role":"chat"}"#;
+        let minted = parse_assume_role_body(body.as_bytes()).expect("in range");
+        assert_eq!(minted.expires_at.offset(), time::UtcOffset::UTC);
+        assert_eq!(minted.expires_at.hour(), 22);
     }
 
     #[test]

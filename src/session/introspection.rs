@@ -125,13 +125,14 @@ impl Introspector {
         let now = jsonwebtoken::get_current_timestamp();
         let leeway = self.settings.leeway_secs;
         let exp = answer.get("exp").and_then(Value::as_u64);
-        if exp.is_some_and(|exp| exp + leeway < now) {
+        // The provider's numbers are not ours to trust with plain arithmetic: `u64::MAX` is valid JSON.
+        if exp.is_some_and(|exp| exp.saturating_add(leeway) < now) {
             return Err(AuthFailure::Expired);
         }
         if answer
             .get("nbf")
             .and_then(Value::as_u64)
-            .is_some_and(|nbf| nbf > now + leeway)
+            .is_some_and(|nbf| nbf > now.saturating_add(leeway))
         {
             return Err(AuthFailure::NotYetValid);
         }
@@ -150,7 +151,7 @@ impl Introspector {
                 return Err(AuthFailure::WrongAudience);
             }
         }
-        let ttl_end = now + self.settings.cache_ttl_secs;
+        let ttl_end = now.saturating_add(self.settings.cache_ttl_secs);
         Ok(exp.map_or(ttl_end, |exp| exp.min(ttl_end)))
     }
 }
@@ -171,4 +172,43 @@ async fn read_answer(mut response: reqwest::Response) -> Result<Map<String, Valu
         tracing::error!("introspection endpoint answered something that is not a JSON object");
         BrokerError::SessionProviderUnavailable
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn introspector() -> Introspector {
+        let secret =
+            std::env::temp_dir().join(format!("introspection-secret-{}", std::process::id()));
+        std::fs::write(&secret, "client-secret").unwrap();
+        let settings: IntrospectionSettings = serde_json::from_value(json!({
+            "url": "https://auth.test/introspect",
+            "client_id": "broker",
+            "client_secret_file": secret,
+        }))
+        .unwrap();
+        let introspector =
+            Introspector::new(&settings, crate::http_client::builder().build().unwrap()).unwrap();
+        let _ = std::fs::remove_file(secret);
+        introspector
+    }
+
+    #[test]
+    fn extreme_exp_and_nbf_do_not_overflow() {
+        // Debug builds panicked on `exp + leeway`; release builds wrapped and called the session
+        // expired.
+        let introspector = introspector();
+        let answer = json!({"active": true, "sub": "u", "exp": u64::MAX, "nbf": 0});
+        let reuse_until = introspector
+            .check(answer.as_object().unwrap())
+            .expect("a far-future exp is not expired");
+        assert!(reuse_until <= jsonwebtoken::get_current_timestamp() + 300);
+        let answer = json!({"active": true, "sub": "u", "nbf": u64::MAX});
+        assert_eq!(
+            introspector.check(answer.as_object().unwrap()),
+            Err(AuthFailure::NotYetValid)
+        );
+    }
 }

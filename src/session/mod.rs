@@ -246,6 +246,10 @@ impl moka::Expiry<[u8; 32], Arc<VerifiedSession>> for UntilTokenExpiry {
     }
 }
 
+/// The longest a verified session is remembered, whatever its `exp` says: a far-future `exp` (the
+/// fuzzer's `u64::MAX`) would otherwise overflow the monotonic clock.
+const MAX_REMEMBERED: Duration = Duration::from_secs(24 * 60 * 60);
+
 /// How many verified sessions are remembered; beyond it the least recently used are dropped.
 const VERIFIED_CACHE_ENTRIES: u64 = 100_000;
 
@@ -523,7 +527,7 @@ impl SessionVerifier {
         if left > 0 {
             let session = VerifiedSession {
                 identity: Arc::clone(&identity),
-                valid_until: Instant::now() + Duration::from_secs(left),
+                valid_until: Instant::now() + Duration::from_secs(left).min(MAX_REMEMBERED),
             };
             self.verified.insert(digest, Arc::new(session)).await;
         }
@@ -710,6 +714,47 @@ mod tests {
         assert_eq!(claim(map, "realm_access.roles"), Some(&json!(["chat"])));
         assert_eq!(claim(map, "a.b"), Some(&json!("flat wins")));
         assert_eq!(claim(map, "realm_access.missing"), None);
+    }
+
+    fn hs256_verifier() -> SessionVerifier {
+        let settings: SessionSettings = serde_json::from_value(json!({"jwt": [{
+            "issuer": "https://auth.test",
+            "audience": "widget",
+            "hs256_secret_file": "/unused",
+            "algorithms": ["HS256"],
+        }]}))
+        .unwrap();
+        let secret = SecretCell::with_value(
+            SecretSource::Inline,
+            "a-test-secret-that-is-long-enough-for-hs256".into(),
+        );
+        SessionVerifier::new(
+            &settings,
+            &crate::http_client::builder().build().unwrap(),
+            &Arc::new(Metrics::new()),
+            HashMap::from([(0, secret)]),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn far_future_exp_verifies_without_overflowing_the_clock() {
+        // Found by the fuzz seed `fuzz/seeds/session_token/accept-huge-exp`: this panicked with
+        // "overflow when adding duration to instant".
+        let verifier = hs256_verifier();
+        let claims =
+            json!({"iss": "https://auth.test", "aud": "widget", "sub": "u-1", "exp": u64::MAX});
+        let token = jsonwebtoken::encode(
+            &jsonwebtoken::Header::new(Algorithm::HS256),
+            &claims,
+            &jsonwebtoken::EncodingKey::from_secret(b"a-test-secret-that-is-long-enough-for-hs256"),
+        )
+        .unwrap();
+        for _ in 0..2 {
+            // The second answer comes from the verified-session cache.
+            let identity = verifier.verify(&token).await.unwrap();
+            assert_eq!(identity.user_id, "u-1");
+        }
     }
 
     #[test]
