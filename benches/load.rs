@@ -251,25 +251,19 @@ async fn bench(table: &mut Table) {
     let under_load = sampler.peak();
     table.row("peak RSS under the runs above", mb(under_load));
 
-    // Added latency of a miss, one request at a time so queueing does not hide it.
-    let misses: Vec<Request> = (0..3_000)
+    // Added latency of a miss: one request at a time so queueing does not hide it, alternating
+    // broker and simulator so both series see the same noise.
+    let misses: Vec<Request> = (0..5_000)
         .map(|i| token_request(&fixture.hs_token(&format!("serial-miss-{i}"))))
         .collect();
-    let via_broker = throughput(&broker, misses, Stop::Once, 1).await;
-    let direct: Vec<Request> = (0..3_000)
+    let direct: Vec<Request> = (0..5_000)
         .map(|i| assume_role_request(&format!("serial-direct-{i}")))
         .collect();
-    let sim = loadgen::run(
-        fixture.simulator.addr,
-        Arc::new(direct),
-        1,
-        Stop::Once,
-        None,
-    )
-    .await;
+    let (via_broker, sim) =
+        loadgen::interleaved(broker.addr, &misses, fixture.simulator.addr, &direct).await;
     assert_eq!(via_broker.unexpected(&[200]) + sim.unexpected(&[200]), 0);
     table.row(
-        "cache miss, one connection: broker vs simulator alone",
+        "cache miss, one request at a time: broker vs simulator alone (interleaved)",
         format!(
             "p50 {} vs {}, p99 {} vs {}",
             ms(via_broker.percentile(50.0)),

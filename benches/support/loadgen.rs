@@ -199,3 +199,40 @@ async fn exchange(stream: &mut TcpStream, req: &[u8], buf: &mut Vec<u8>) -> Opti
 fn find(haystack: &[u8], needle: &[u8]) -> Option<usize> {
     haystack.windows(needle.len()).position(|w| w == needle)
 }
+
+/// Sends `a[i]` to `a_addr` then `b[i]` to `b_addr`, one request at a time over one connection to
+/// each, so both series see the same moments of the machine's noise; for comparing a route with
+/// what it calls.
+pub async fn interleaved(
+    a_addr: SocketAddr,
+    a: &[Request],
+    b_addr: SocketAddr,
+    b: &[Request],
+) -> (Outcome, Outcome) {
+    let mut outcomes = (Outcome::default(), Outcome::default());
+    let (Ok(mut sa), Ok(mut sb)) = (
+        TcpStream::connect(a_addr).await,
+        TcpStream::connect(b_addr).await,
+    ) else {
+        return outcomes;
+    };
+    let _ = (sa.set_nodelay(true), sb.set_nodelay(true));
+    let mut buf = Vec::with_capacity(16 * 1024);
+    let started = Instant::now();
+    for (ra, rb) in a.iter().zip(b) {
+        for (stream, req, out) in [
+            (&mut sa, ra, &mut outcomes.0),
+            (&mut sb, rb, &mut outcomes.1),
+        ] {
+            let sent = Instant::now();
+            let status = exchange(stream, req, &mut buf).await.map_or(0, |(s, _)| s);
+            out.latencies.push(sent.elapsed());
+            *out.statuses.entry(status).or_default() += 1;
+        }
+    }
+    for out in [&mut outcomes.0, &mut outcomes.1] {
+        out.elapsed = started.elapsed();
+        out.latencies.sort_unstable();
+    }
+    outcomes
+}
