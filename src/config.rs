@@ -628,11 +628,16 @@ impl Settings {
         }
 
         if let Some(redis) = &self.redis {
-            if !(redis.url.starts_with("redis://") || redis.url.starts_with("rediss://")) {
+            if redis.url.starts_with("rediss://") {
+                // The Redis client is built without TLS (it would bring a second TLS stack);
+                // refusing here beats a broker that starts and then never reaches Redis.
                 return Err(ConfigError::key(
                     "redis.url",
-                    "must start with redis:// or rediss://",
+                    "rediss:// (TLS) is not supported; use redis:// inside the cluster network, or a TLS sidecar",
                 ));
+            }
+            if !redis.url.starts_with("redis://") {
+                return Err(ConfigError::key("redis.url", "must start with redis://"));
             }
             // The URL may hold a password, so neither it nor the parser's message is quoted.
             if reqwest::Url::parse(&redis.url).map_or(true, |url| url.host_str().is_none()) {
@@ -957,6 +962,18 @@ api_key_file = "/tmp/key"
 
         let err = parse(&format!("{MINIMAL}\n[cache]\n\"a\\rb\" = 1\n")).expect_err("unknown key");
         assert!(!err.0.contains('\r'), "{:?}", err.0);
+    }
+
+    #[test]
+    fn rediss_is_refused_at_start_up_not_at_first_use() {
+        let text = format!("{MINIMAL}\n[redis]\nurl = \"rediss://:pw@redis.internal:6380\"\n");
+        let err = parse(&text).expect_err("TLS Redis is not built in");
+        assert!(
+            err.0.contains("redis.url") && err.0.contains("not supported"),
+            "{}",
+            err.0
+        );
+        assert!(!err.0.contains("pw"), "{}", err.0);
     }
 
     #[test]
