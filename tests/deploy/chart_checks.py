@@ -603,6 +603,8 @@ def main() -> int:
         ("bad-redis-cache-secret-file.yaml", r"cache_secret_file", True),
         ("bad-redis-cache-secret-without-redis.yaml", r"redisCacheSecret.enabled needs Redis", False),
         ("bad-breaker.yaml", r"intellia/breaker_open_secs", True),
+        ("bad-redis-tls.yaml", r"redis/url", True),
+        ("bad-base-url-query.yaml", r"intellia/base_url", True),
     ]
     for fname, want, by_schema in negative:
         values = load_values(here / "values" / fname)
