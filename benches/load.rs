@@ -16,7 +16,7 @@ mod broker_proc;
 #[path = "support/loadgen.rs"]
 mod loadgen;
 
-use broker_proc::{API_KEY, BACKEND_SECRET, BIN, Fixture, ORG, Proc};
+use broker_proc::{API_KEY, BIN, Fixture, ORG, Proc, backend_request_for, token_request};
 use loadgen::{Outcome, Request, Stop, request};
 
 const CONNECTIONS: usize = 16;
@@ -28,27 +28,6 @@ fn ms(d: Duration) -> String {
 
 fn mb(bytes: u64) -> String {
     format!("{:.1} MB", bytes as f64 / 1_048_576.0)
-}
-
-fn token_request(token: &str) -> Request {
-    request(
-        "POST",
-        "/v1/token",
-        &[("Authorization", &format!("Bearer {token}"))],
-        b"",
-    )
-}
-
-fn backend_request(user: &str) -> Request {
-    request(
-        "POST",
-        "/v1/backend/token",
-        &[
-            ("Authorization", &format!("Bearer {BACKEND_SECRET}")),
-            ("Content-Type", "application/json"),
-        ],
-        format!(r#"{{"userId":"{user}"}}"#).as_bytes(),
-    )
 }
 
 fn assume_role_request(user: &str) -> Request {
@@ -155,7 +134,7 @@ async fn bench(table: &mut Table) {
     for req in [
         token_request(&hs),
         token_request(&rs),
-        backend_request("bench-backend-user"),
+        backend_request_for("bench-backend-user"),
     ] {
         let o = throughput(
             &broker,
@@ -213,7 +192,7 @@ async fn bench(table: &mut Table) {
     );
     let o = throughput(
         &broker,
-        vec![backend_request("bench-backend-user")],
+        vec![backend_request_for("bench-backend-user")],
         Stop::After(RUN),
         CONNECTIONS,
     )
@@ -330,7 +309,7 @@ burst = 50
     // Calls to Intellia: 100 new users/s (limit 50/s), through the backend route, which has no
     // per-IP limit, so only the upstream limit binds.
     let fresh: Vec<Request> = (0..1_000)
-        .map(|i| backend_request(&format!("upstream-{i}")))
+        .map(|i| backend_request_for(&format!("upstream-{i}")))
         .collect();
     let upstream = loadgen::run(
         broker.addr,

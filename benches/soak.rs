@@ -16,7 +16,9 @@ mod broker_proc;
 #[path = "support/loadgen.rs"]
 mod loadgen;
 
-use broker_proc::{API_KEY, BACKEND_SECRET, Fixture, HS_SECRET, Proc};
+use broker_proc::{
+    API_KEY, BACKEND_SECRET, Fixture, HS_SECRET, Proc, backend_request, token_request,
+};
 use loadgen::{Outcome, Request, Stop, request};
 
 const PHASE: Duration = Duration::from_secs(15);
@@ -39,27 +41,6 @@ const FAULTS: &[(&str, &str)] = &[
         r#"{"next": [{"status": 503}, {"status": 503}]}"#,
     ),
 ];
-
-fn token_request(token: &str) -> Request {
-    request(
-        "POST",
-        "/v1/token",
-        &[("Authorization", &format!("Bearer {token}"))],
-        b"",
-    )
-}
-
-fn backend_request(body: &str) -> Request {
-    request(
-        "POST",
-        "/v1/backend/token",
-        &[
-            ("Authorization", &format!("Bearer {BACKEND_SECRET}")),
-            ("Content-Type", "application/json"),
-        ],
-        body.as_bytes(),
-    )
-}
 
 /// One kind of traffic: its requests, connections, pacing, and the statuses it may get in a
 /// healthy phase and in a fault phase.

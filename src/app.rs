@@ -436,14 +436,27 @@ impl Application {
             stale_secrets: Mutex::new(Vec::new()),
         });
 
-        spawn_housekeeping(
+        // Evicts what idle users left behind, full limiter buckets and stale tokens: `moka` evicts
+        // only as entries are touched, so an idle replica would otherwise keep a burst's memory.
+        spawn_periodic(
             Arc::downgrade(&state.clone().into_inner()),
             Duration::from_secs(60),
+            |state| async move {
+                state.limits.sweep();
+                state.cache.run_housekeeping().await;
+            },
         );
         state.verifier.spawn_refreshers();
-        spawn_secret_watcher(
+        spawn_periodic(
             Arc::downgrade(&state.clone().into_inner()),
             Duration::from_secs(settings.server.secret_poll_secs),
+            |state| async move {
+                state.reload_secrets();
+                state
+                    .metrics
+                    .limiter_keys
+                    .set(i64::try_from(state.limits.tracked_keys()).unwrap_or(i64::MAX));
+            },
         );
 
         let listener = bind(settings.server.listen)?;
@@ -621,36 +634,21 @@ async fn wait_for_signal() {
     }
 }
 
-/// Evicts what idle users left behind: full limiter buckets and stale tokens. Without it an idle
-/// replica would hold a burst's memory until traffic returns, since `moka` evicts only as entries
-/// are touched.
-fn spawn_housekeeping(state: Weak<AppState>, every: Duration) {
+/// Runs `work` every `period` while the state lives; a slow round delays the next instead of
+/// bunching them up.
+fn spawn_periodic<F, Fut>(state: Weak<AppState>, period: Duration, work: F)
+where
+    F: Fn(Arc<AppState>) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send,
+{
     tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
+        let mut tick = tokio::time::interval(period);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         tick.tick().await;
         loop {
             tick.tick().await;
             let Some(state) = state.upgrade() else { return };
-            state.limits.sweep();
-            state.cache.run_housekeeping().await;
-        }
-    });
-}
-
-fn spawn_secret_watcher(state: Weak<AppState>, every: Duration) {
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(every);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        tick.tick().await;
-        loop {
-            tick.tick().await;
-            let Some(state) = state.upgrade() else { return };
-            state.reload_secrets();
-            state
-                .metrics
-                .limiter_keys
-                .set(i64::try_from(state.limits.tracked_keys()).unwrap_or(i64::MAX));
+            work(state).await;
         }
     });
 }

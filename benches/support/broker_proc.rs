@@ -270,6 +270,34 @@ impl Drop for Fixture {
     }
 }
 
+/// `POST /v1/token` with a bearer session.
+pub fn token_request(token: &str) -> crate::loadgen::Request {
+    crate::loadgen::request(
+        "POST",
+        "/v1/token",
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    )
+}
+
+/// `POST /v1/backend/token` with the backend secret and this JSON body.
+pub fn backend_request(body: &str) -> crate::loadgen::Request {
+    crate::loadgen::request(
+        "POST",
+        "/v1/backend/token",
+        &[
+            ("Authorization", &format!("Bearer {BACKEND_SECRET}")),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+}
+
+/// `POST /v1/backend/token` for this user.
+pub fn backend_request_for(user: &str) -> crate::loadgen::Request {
+    backend_request(&format!(r#"{{"userId":"{user}"}}"#))
+}
+
 fn token(key: &EncodingKey, header: Header, iss: &str, sub: &str) -> String {
     let now = jsonwebtoken::get_current_timestamp();
     let claims = json!({
