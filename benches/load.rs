@@ -15,19 +15,18 @@ use std::time::Duration;
 mod broker_proc;
 #[path = "support/loadgen.rs"]
 mod loadgen;
+#[path = "support/procfs.rs"]
+mod procfs;
 
 use broker_proc::{API_KEY, BIN, Fixture, ORG, Proc, backend_request_for, token_request};
 use loadgen::{Outcome, Request, Stop, request};
+use procfs::mb;
 
 const CONNECTIONS: usize = 16;
 const RUN: Duration = Duration::from_secs(5);
 
 fn ms(d: Duration) -> String {
     format!("{:.2} ms", d.as_secs_f64() * 1000.0)
-}
-
-fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1_048_576.0)
 }
 
 fn assume_role_request(user: &str) -> Request {
@@ -55,13 +54,7 @@ impl RssSampler {
         let (p, s) = (Arc::clone(&peak), Arc::clone(&stop));
         tokio::spawn(async move {
             while !s.load(Ordering::Relaxed) {
-                let status =
-                    std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-                let rss = status
-                    .lines()
-                    .find_map(|l| l.strip_prefix("VmRSS:"))
-                    .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-                    .map_or(0, |kb| kb * 1024);
+                let rss = procfs::status_bytes(&pid.to_string(), "VmRSS");
                 p.fetch_max(rss, Ordering::Relaxed);
                 tokio::time::sleep(Duration::from_millis(50)).await;
             }

@@ -7,14 +7,14 @@ use std::time::Duration;
 
 #[path = "support/memory.rs"]
 mod memory;
+#[path = "support/procfs.rs"]
+mod procfs;
+
+use procfs::mb;
 
 #[global_allocator]
 static ALLOCATOR: intellia_token_broker::allocator::Allocator =
     intellia_token_broker::allocator::Allocator;
-
-fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1_048_576.0)
-}
 
 fn main() {
     if !std::env::args().any(|a| a == "--bench") {

@@ -15,11 +15,14 @@ use std::time::{Duration, Instant};
 mod broker_proc;
 #[path = "support/loadgen.rs"]
 mod loadgen;
+#[path = "support/procfs.rs"]
+mod procfs;
 
 use broker_proc::{
     API_KEY, BACKEND_SECRET, Fixture, HS_SECRET, Proc, backend_request, token_request,
 };
 use loadgen::{Outcome, Request, Stop, request};
+use procfs::mb;
 
 const PHASE: Duration = Duration::from_secs(15);
 
@@ -186,10 +189,6 @@ fn fmt(statuses: &BTreeMap<u16, u64>) -> String {
         .map(|(s, n)| format!("{s}×{n}"))
         .collect::<Vec<_>>()
         .join(" ")
-}
-
-fn mb(bytes: u64) -> String {
-    format!("{:.1} MB", bytes as f64 / 1_048_576.0)
 }
 
 async fn soak(total: Duration) -> Result<Vec<String>, String> {

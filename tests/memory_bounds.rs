@@ -9,6 +9,8 @@ use std::time::Duration;
 
 #[path = "../benches/support/memory.rs"]
 mod memory;
+#[path = "../benches/support/procfs.rs"]
+mod procfs;
 
 #[global_allocator]
 static ALLOCATOR: intellia_token_broker::allocator::Allocator =
@@ -48,6 +50,11 @@ async fn a_million_users_stay_within_bounds_and_memory_returns_after_eviction() 
     // The structures really held a million users and a full cache, or the bound means nothing.
     assert_eq!(r.tracked_keys_at_peak, 1_000_000, "{report}");
     assert_eq!(r.cached_at_peak, 100_000, "{report}");
+    // And the readings are real: a million keys must show up in resident memory.
+    assert!(
+        r.baseline > 0 && r.limiter_only > r.baseline + 10 * MB,
+        "{report}"
+    );
     assert!(r.peak <= 200 * MB, "peak above 200 MB: {report}");
     assert_eq!((r.tracked_keys_after, r.cached_after), (0, 0), "{report}");
     assert!(r.after_eviction < 50 * MB, "not back under 50 MB: {report}");

@@ -39,13 +39,7 @@ impl Proc {
     }
     /// Resident memory in bytes.
     pub fn rss(&self) -> u64 {
-        let status =
-            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix("VmRSS:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
+        crate::procfs::status_bytes(&self.pid().to_string(), "VmRSS")
     }
     /// Open file descriptors (sockets included).
     pub fn fds(&self) -> usize {

@@ -17,15 +17,10 @@ use time::OffsetDateTime;
 
 /// Resident and peak-resident memory of this process, in bytes.
 pub fn rss() -> (u64, u64) {
-    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
-    let field = |name: &str| {
-        status
-            .lines()
-            .find_map(|l| l.strip_prefix(name))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-            .map_or(0, |kb| kb * 1024)
-    };
-    (field("VmRSS:"), field("VmHWM:"))
+    (
+        crate::procfs::status_bytes("self", "VmRSS"),
+        crate::procfs::status_bytes("self", "VmHWM"),
+    )
 }
 
 pub struct MemoryReport {
