@@ -1,159 +1,42 @@
 //! Wiring: builds every part from the settings, binds the listeners (port 0 works, and the bound
 //! addresses are exposed), and runs until a signal drains and stops the server.
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
+use std::sync::Arc;
 use std::time::Duration;
 
 use actix_web::body::MessageBody;
-use actix_web::dev::{
-    Payload, Server, ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse,
-};
-use actix_web::error::PayloadError;
-use actix_web::http::Method;
-use actix_web::http::{KeepAlive, header};
-use actix_web::middleware::{Next, from_fn};
-use actix_web::{App, Error, HttpMessage, HttpServer, web};
-use futures_util::StreamExt;
-use secrecy::SecretString;
+use actix_web::dev::{Server, ServerHandle, ServiceFactory, ServiceRequest, ServiceResponse};
+use actix_web::http::KeepAlive;
+use actix_web::middleware::from_fn;
+use actix_web::{App, Error, HttpServer, web};
 use tracing_actix_web::TracingLogger;
 
 use crate::cache::TokenCache;
 use crate::config::Settings;
 use crate::cors::CorsPolicy;
-use crate::dev::DevIssuer;
 use crate::intellia::IntelliaClient;
 use crate::limits::Limits;
 use crate::metrics::{Metrics, SecretLabels};
-use crate::routes::{self, StaticAsset};
-use crate::secrets::{SecretCell, SecretSource};
+use crate::middleware::{ConnectionPolicy, Drain, body_deadline, request_context};
+use crate::routes::assets::Assets;
+use crate::routes::backend::BackendAuth;
+use crate::routes::operations::Readiness;
+use crate::routes::{self, RequestLimits};
+use crate::secrets::{InlineSecrets, Reload, SecretKind, Secrets};
+use crate::service::TokenService;
 use crate::session::SessionVerifier;
-use crate::telemetry::{BrokerRootSpan, request_context};
+use crate::telemetry::BrokerRootSpan;
 
-/// Files the broker serves, compiled in so the image needs nothing beside the binary.
-pub struct Assets {
-    pub client_esm: StaticAsset,
-    pub client_global: StaticAsset,
-    pub dev_page: &'static str,
-    pub openapi: String,
-}
+/// Routes added beside the public ones (`dev` mode's demo page).
+pub type ExtraRoutes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 
-impl Assets {
-    fn new() -> Assets {
-        Assets {
-            client_esm: StaticAsset::new(
-                include_str!("../clients/js/intellia-token-client.js"),
-                "text/javascript; charset=utf-8",
-            ),
-            client_global: StaticAsset::new(
-                include_str!("../clients/js/intellia-token-client.global.js"),
-                "text/javascript; charset=utf-8",
-            ),
-            dev_page: include_str!("../clients/js/demo/index.html"),
-            openapi: crate::openapi::document_json(),
-        }
-    }
-}
-
-/// Everything a request handler may need, shared by all workers.
-pub struct AppState {
-    pub settings: Arc<Settings>,
-    pub verifier: SessionVerifier,
-    pub intellia: IntelliaClient,
-    pub limits: Arc<Limits>,
-    pub cache: TokenCache,
-    pub cors: CorsPolicy,
-    pub api_key: Arc<SecretCell>,
-    pub backend_secret: Option<Arc<SecretCell>>,
-    pub metrics: Arc<Metrics>,
-    pub assets: Assets,
-    pub dev: Option<Arc<DevIssuer>>,
-    draining: AtomicBool,
-    stale_secrets: Mutex<Vec<&'static str>>,
-}
-
-impl std::fmt::Debug for AppState {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("AppState").finish_non_exhaustive()
-    }
-}
-
-impl AppState {
-    pub fn is_draining(&self) -> bool {
-        self.draining.load(Ordering::Acquire)
-    }
-
-    /// Secrets whose source is currently unreadable or empty (the last good value is in use).
-    pub fn stale_secrets(&self) -> Vec<&'static str> {
-        self.stale_secrets
-            .lock()
-            .map(|g| g.clone())
-            .unwrap_or_default()
-    }
-
-    fn mark_secret(&self, name: &'static str, stale: bool) {
-        let mut list = match self.stale_secrets.lock() {
-            Ok(g) => g,
-            Err(p) => p.into_inner(),
-        };
-        let present = list.contains(&name);
-        if stale && !present {
-            list.push(name);
-        } else if !stale && present {
-            list.retain(|n| *n != name);
-        }
-        self.metrics
-            .secret_stale
-            .get_or_create(&SecretLabels { secret: name })
-            .set(i64::from(stale));
-    }
-
-    /// Re-reads every secret file; a failure keeps the last good value and is reported.
-    fn reload_secrets(&self) {
-        let mut cells: Vec<(&'static str, &SecretCell)> = vec![("intellia.api_key", &self.api_key)];
-        if let Some(backend) = &self.backend_secret {
-            cells.push(("backend.secret", backend));
-        }
-        for (name, cell) in cells {
-            match cell.reload() {
-                Ok(changed) => {
-                    if changed {
-                        tracing::info!(secret = name, source = ?cell.source(), "secret rotated");
-                        self.metrics
-                            .secret_reloads
-                            .get_or_create(&SecretLabels { secret: name })
-                            .inc();
-                    }
-                    self.mark_secret(name, false);
-                }
-                Err(e) => {
-                    if !self.stale_secrets().contains(&name) {
-                        tracing::error!(secret = name, error = %e, "secret source unreadable; keeping the last good value");
-                    }
-                    self.metrics
-                        .secret_reload_failures
-                        .get_or_create(&SecretLabels { secret: name })
-                        .inc();
-                    self.mark_secret(name, true);
-                }
-            }
-        }
-        let failures = self.verifier.reload_secrets();
-        self.mark_secret("session.hs256_secret", !failures.is_empty());
-        for (index, error) in failures {
-            tracing::error!(issuer = index, error = %error, "session secret unreadable; keeping the last good value");
-        }
-    }
-}
-
-/// Overrides for `dev` mode and tests: secrets supplied in memory instead of files.
+/// Overrides for `dev` mode and tests.
 #[derive(Default)]
 pub struct BuildOptions {
-    pub api_key: Option<SecretString>,
-    pub session_secrets: HashMap<usize, SecretCell>,
-    pub dev: Option<Arc<DevIssuer>>,
+    /// Secrets supplied in memory instead of read from their files.
+    pub secrets: InlineSecrets,
+    pub extra_routes: Option<ExtraRoutes>,
     /// Drain and stop on SIGTERM/SIGINT. Off in tests, which stop servers themselves.
     pub handle_signals: bool,
 }
@@ -169,13 +52,152 @@ pub enum StartupError {
     },
 }
 
+/// The parts the public application is made of, each shared by every worker. Handlers take the
+/// parts they need, never this whole.
+#[derive(Clone)]
+pub struct AppParts {
+    pub service: web::Data<TokenService>,
+    pub verifier: web::Data<SessionVerifier>,
+    pub cors: web::Data<CorsPolicy>,
+    pub backend: Option<web::Data<BackendAuth>>,
+    pub readiness: web::Data<Readiness>,
+    pub assets: web::Data<Assets>,
+    pub metrics: web::Data<Metrics>,
+    pub connection: web::Data<ConnectionPolicy>,
+    pub request_limits: web::Data<RequestLimits>,
+    pub secrets: Arc<Secrets>,
+    pub extra_routes: Option<ExtraRoutes>,
+}
+
+impl std::fmt::Debug for AppParts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppParts").finish_non_exhaustive()
+    }
+}
+
+impl AppParts {
+    /// Builds every part from the settings. Must run inside a Tokio runtime (Redis connects in
+    /// the background).
+    pub fn build(settings: &Settings, options: BuildOptions) -> Result<AppParts, String> {
+        let metrics = Arc::new(Metrics::new());
+        let secrets = Arc::new(Secrets::load(settings, options.secrets)?);
+        for label in secrets.labels() {
+            metrics
+                .secret_stale
+                .get_or_create(&SecretLabels { secret: label })
+                .set(0);
+        }
+        let session_http = crate::http_client::builder()
+            .timeout(Duration::from_secs(5))
+            .connect_timeout(Duration::from_secs(3))
+            .build()
+            .map_err(|e| format!("cannot build the session HTTP client: {e}"))?;
+        let verifier = Arc::new(SessionVerifier::new(
+            &settings.session,
+            &secrets,
+            &session_http,
+            &metrics,
+        )?);
+        let intellia =
+            IntelliaClient::new(&settings.intellia, secrets.api_key(), Arc::clone(&metrics))?;
+        let store = settings
+            .redis
+            .as_ref()
+            .map(|redis| crate::redis::RedisStore::start(redis, Arc::clone(&metrics)))
+            .transpose()?;
+        let replicas = settings.redis.as_ref().map_or(1, |r| r.replicas.get());
+        let limits = Limits::new(&settings.rate_limit, store.clone(), replicas);
+        // The longest a mint can take, plus a margin: how long a replica holds a user's mint lock.
+        let mint_deadline = settings.intellia.deadline() + Duration::from_secs(1);
+        let key_material = secrets.cache_key_material().get();
+        let cache = TokenCache::new(
+            &settings.cache,
+            store.map(|store| (store, key_material.secret())),
+            mint_deadline,
+        );
+        let service = TokenService::new(limits, cache, intellia, Arc::clone(&metrics));
+        let drain = Drain::default();
+        let backend = secrets
+            .get(SecretKind::Backend)
+            .map(|secret| web::Data::new(BackendAuth { secret }));
+        Ok(AppParts {
+            service: web::Data::new(service),
+            verifier: web::Data::from(Arc::clone(&verifier)),
+            cors: web::Data::new(CorsPolicy::new(&settings.cors)),
+            backend,
+            readiness: web::Data::new(Readiness {
+                drain: drain.clone(),
+                verifier,
+                secrets: Arc::clone(&secrets),
+                metrics: Arc::clone(&metrics),
+            }),
+            assets: web::Data::new(Assets::new(crate::openapi::document_json())),
+            metrics: web::Data::from(metrics),
+            connection: web::Data::new(ConnectionPolicy {
+                trusted_proxies: settings.server.trusted_proxies.clone(),
+                request_timeout: Duration::from_millis(settings.server.request_timeout_ms.get()),
+                drain,
+            }),
+            request_limits: web::Data::new(RequestLimits {
+                max_body_bytes: settings.server.max_body_bytes(),
+            }),
+            secrets,
+            extra_routes: options.extra_routes,
+        })
+    }
+
+    /// Re-reads every secret; a failure keeps the last good value and is reported once.
+    fn reload_secrets(&self) {
+        for event in self.secrets.reload() {
+            match event {
+                Reload::Rotated(kind) => {
+                    tracing::info!(secret = kind.label(), "secret rotated");
+                    self.metrics
+                        .secret_reloads
+                        .get_or_create(&SecretLabels {
+                            secret: kind.label(),
+                        })
+                        .inc();
+                    if matches!(kind, SecretKind::SessionHs256(_)) {
+                        self.verifier.secret_rotated();
+                    }
+                }
+                Reload::Recovered(kind) => {
+                    tracing::info!(secret = kind.label(), "secret readable again");
+                }
+                Reload::Failed { kind, error, first } => {
+                    if first {
+                        tracing::error!(secret = kind.label(), error = %error, "secret source unreadable; keeping the last good value");
+                    }
+                    self.metrics
+                        .secret_reload_failures
+                        .get_or_create(&SecretLabels {
+                            secret: kind.label(),
+                        })
+                        .inc();
+                }
+            }
+        }
+        let stale = self.secrets.stale();
+        for label in self.secrets.labels() {
+            self.metrics
+                .secret_stale
+                .get_or_create(&SecretLabels { secret: label })
+                .set(i64::from(stale.contains(&label)));
+        }
+    }
+}
+
 /// A built, listening broker.
 pub struct Application {
     public_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
     server: Server,
     admin: Option<Server>,
-    state: web::Data<AppState>,
+    parts: AppParts,
+    /// Keeps the secret poller going for as long as the application runs.
+    _reloader: Arc<AppParts>,
+    drain_delay: Duration,
     handle_signals: bool,
 }
 
@@ -202,120 +224,10 @@ fn bind(addr: SocketAddr) -> Result<TcpListener, StartupError> {
         .map_err(fail)
 }
 
-/// Adds CORS headers to every non-preflight response of a browser route, errors included.
-async fn cors_layer(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let origin = req.headers().get(header::ORIGIN).cloned();
-    let preflight = req.method() == Method::OPTIONS;
-    let state = req.app_data::<web::Data<AppState>>().cloned();
-    let mut res = next.call(req).await?;
-    if let (false, Some(state)) = (preflight, state) {
-        state.cors.apply(origin.as_ref(), res.headers_mut());
-    }
-    Ok(res)
-}
-
-/// Gives a request body `server.request_timeout_ms` from the end of the head to arrive. actix
-/// bounds only the head: a body sent a byte at a time would hold its connection for as long as
-/// the client likes. When the time is up the body reads fail with `TimedOut`, which the handlers
-/// answer with 408 `request_timeout`, closing the connection.
-async fn body_deadline(
-    mut req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let limit = req
-        .app_data::<web::Data<AppState>>()
-        .map(|s| Duration::from_millis(s.settings.server.request_timeout_ms));
-    if let Some(limit) = limit {
-        match req.take_payload() {
-            Payload::None => {}
-            payload => req.set_payload(Payload::Stream {
-                payload: Box::pin(with_deadline(payload, limit)),
-            }),
-        }
-    }
-    next.call(req).await
-}
-
-fn with_deadline(
-    payload: Payload,
-    limit: Duration,
-) -> impl futures_util::Stream<Item = Result<web::Bytes, PayloadError>> {
-    let timer = Box::pin(tokio::time::sleep(limit));
-    futures_util::stream::unfold(Some((payload, timer)), |state| async move {
-        let (mut payload, mut timer) = state?;
-        tokio::select! {
-            chunk = payload.next() => chunk.map(|c| (c, Some((payload, timer)))),
-            () = &mut timer => {
-                let late = std::io::Error::from(std::io::ErrorKind::TimedOut);
-                Some((Err(PayloadError::Io(late)), None))
-            }
-        }
-    })
-}
-
-fn configure(cfg: &mut web::ServiceConfig, with_backend: bool, with_dev: bool) {
-    cfg.service(
-        web::resource("/v1/token")
-            .wrap(from_fn(cors_layer))
-            .route(web::post().to(routes::token))
-            .route(web::method(Method::OPTIONS).to(routes::preflight("POST")))
-            .default_service(web::to(routes::method_not_allowed("POST, OPTIONS"))),
-    );
-    cfg.service(
-        web::resource("/v1/client.js")
-            .wrap(from_fn(cors_layer))
-            .route(web::get().to(routes::client_js))
-            .route(web::head().to(routes::client_js))
-            .route(web::method(Method::OPTIONS).to(routes::preflight("GET")))
-            .default_service(web::to(routes::method_not_allowed("GET, HEAD, OPTIONS"))),
-    );
-    cfg.service(
-        web::resource("/v1/client.global.js")
-            .wrap(from_fn(cors_layer))
-            .route(web::get().to(routes::client_global_js))
-            .route(web::head().to(routes::client_global_js))
-            .route(web::method(Method::OPTIONS).to(routes::preflight("GET")))
-            .default_service(web::to(routes::method_not_allowed("GET, HEAD, OPTIONS"))),
-    );
-    if with_backend {
-        cfg.service(
-            web::resource("/v1/backend/token")
-                .route(web::post().to(routes::backend_token))
-                .default_service(web::to(routes::method_not_allowed("POST"))),
-        );
-    }
-    cfg.service(
-        web::resource("/healthz")
-            .route(web::get().to(routes::healthz))
-            .route(web::head().to(routes::healthz))
-            .default_service(web::to(routes::method_not_allowed("GET, HEAD"))),
-    );
-    cfg.service(
-        web::resource("/readyz")
-            .route(web::get().to(routes::readyz))
-            .route(web::head().to(routes::readyz))
-            .default_service(web::to(routes::method_not_allowed("GET, HEAD"))),
-    );
-    cfg.service(
-        web::resource("/openapi.json")
-            .route(web::get().to(routes::openapi))
-            .route(web::head().to(routes::openapi))
-            .default_service(web::to(routes::method_not_allowed("GET, HEAD"))),
-    );
-    if with_dev {
-        cfg.route("/dev", web::get().to(crate::dev::redirect_to_page));
-        cfg.route("/dev/", web::get().to(crate::dev::page));
-        cfg.route("/dev/session", web::post().to(crate::dev::session));
-    }
-}
-
 /// The public listener's application: middleware, routes and the fallback. Each server worker
 /// builds one; the fuzz targets drive the same one in process.
 pub fn public_app(
-    state: web::Data<AppState>,
+    parts: AppParts,
 ) -> App<
     impl ServiceFactory<
         ServiceRequest,
@@ -325,14 +237,29 @@ pub fn public_app(
         InitError = (),
     >,
 > {
-    let with_backend = state.backend_secret.is_some();
-    let with_dev = state.dev.is_some();
-    App::new()
-        .app_data(state)
-        .wrap(from_fn(body_deadline))
+    let with_backend = parts.backend.is_some();
+    let mut app = App::new()
+        .app_data(parts.service)
+        .app_data(parts.verifier)
+        .app_data(parts.cors)
+        .app_data(parts.readiness)
+        .app_data(parts.assets)
+        .app_data(parts.metrics)
+        .app_data(parts.connection)
+        .app_data(parts.request_limits);
+    if let Some(backend) = parts.backend {
+        app = app.app_data(backend);
+    }
+    let extra = parts.extra_routes;
+    app.wrap(from_fn(body_deadline))
         .wrap(TracingLogger::<BrokerRootSpan>::new())
         .wrap(from_fn(request_context))
-        .configure(|cfg| configure(cfg, with_backend, with_dev))
+        .configure(|cfg| {
+            routes::configure(cfg, with_backend);
+            if let Some(extra) = &extra {
+                extra(cfg);
+            }
+        })
         .default_service(web::to(routes::not_found))
 }
 
@@ -342,121 +269,25 @@ impl Application {
         settings: Settings,
         options: BuildOptions,
     ) -> Result<Application, StartupError> {
-        let invalid = StartupError::Invalid;
-        let metrics = Arc::new(Metrics::new());
+        let handle_signals = options.handle_signals;
+        let parts = AppParts::build(&settings, options).map_err(StartupError::Invalid)?;
 
-        let api_key = match options.api_key {
-            Some(key) => SecretCell::with_value(SecretSource::Inline, key),
-            None => {
-                let (source, key) = match (
-                    &settings.intellia.api_key_file,
-                    &settings.intellia.api_key_env,
-                ) {
-                    (Some(path), _) => (SecretSource::File(path.clone()), "intellia.api_key_file"),
-                    (None, Some(name)) => (SecretSource::Env(name.clone()), "intellia.api_key_env"),
-                    (None, None) => {
-                        return Err(invalid(
-                            "config key `intellia.api_key_file`: missing".into(),
-                        ));
-                    }
-                };
-                SecretCell::load(source).map_err(|e| invalid(format!("config key `{key}`: {e}")))?
-            }
-        };
-        let api_key = Arc::new(api_key);
-        let backend_secret = match &settings.backend {
-            Some(b) => Some(Arc::new(
-                SecretCell::load(SecretSource::File(b.secret_file.clone()))
-                    .map_err(|e| invalid(format!("config key `backend.secret_file`: {e}")))?,
-            )),
-            None => None,
-        };
-
-        let session_http = crate::http_client::builder()
-            .timeout(Duration::from_secs(5))
-            .connect_timeout(Duration::from_secs(3))
-            .build()
-            .map_err(|e| invalid(format!("cannot build the session HTTP client: {e}")))?;
-        let verifier = SessionVerifier::new(
-            &settings.session,
-            &session_http,
-            &metrics,
-            options.session_secrets,
-        )
-        .map_err(invalid)?;
-        let intellia = IntelliaClient::new(
-            &settings.intellia,
-            Arc::clone(&api_key),
-            Arc::clone(&metrics),
-        )
-        .map_err(invalid)?;
-        let shared = match &settings.redis {
-            Some(redis) => {
-                let material = match &redis.cache_secret_file {
-                    Some(path) => SecretCell::load(SecretSource::File(path.clone()))
-                        .map_err(|e| invalid(format!("config key `redis.cache_secret_file`: {e}")))?
-                        .get(),
-                    None => api_key.get(),
-                };
-                metrics.redis_up.set(0);
-                Some(
-                    crate::redis_store::RedisStore::start(redis, &material, Arc::clone(&metrics))
-                        .map_err(invalid)?,
-                )
-            }
-            None => None,
-        };
-        let replicas = settings.redis.as_ref().map_or(1, |r| r.replicas);
-        let limits = Arc::new(Limits::with_shared(
-            &settings.rate_limit,
-            shared.clone(),
-            replicas,
-        ));
-        // The longest a mint can take, plus a margin: how long a replica holds a user's mint lock.
-        let mint_deadline = settings.intellia.deadline() + Duration::from_secs(1);
-        let cache = TokenCache::with_shared(&settings.cache, shared, mint_deadline);
-        let cors = CorsPolicy::new(&settings.cors.allowed_origins, settings.cors.max_age_secs)
-            .map_err(|e| invalid(format!("config key `cors.allowed_origins`: {e}")))?;
-
-        let settings = Arc::new(settings);
-        let with_backend = backend_secret.is_some();
-        let state = web::Data::new(AppState {
-            settings: Arc::clone(&settings),
-            verifier,
-            intellia,
-            limits: Arc::clone(&limits),
-            cache,
-            cors,
-            api_key,
-            backend_secret,
-            metrics: Arc::clone(&metrics),
-            assets: Assets::new(),
-            dev: options.dev,
-            draining: AtomicBool::new(false),
-            stale_secrets: Mutex::new(Vec::new()),
-        });
-
-        // Evicts what idle users left behind, full limiter buckets and stale tokens: `moka` evicts
-        // only as entries are touched, so an idle replica would otherwise keep a burst's memory.
+        // Evicts what idle users left behind: `moka` evicts only as entries are touched, so an
+        // idle replica would otherwise keep a burst's memory.
+        let service = parts.service.clone().into_inner();
         spawn_periodic(
-            Arc::downgrade(&state.clone().into_inner()),
+            Arc::downgrade(&service),
             Duration::from_secs(60),
-            |state| async move {
-                state.limits.sweep();
-                state.cache.run_housekeeping().await;
+            |service| async move {
+                service.housekeeping().await;
             },
         );
-        state.verifier.spawn_refreshers();
+        parts.verifier.spawn_refreshers();
+        let reloader = Arc::new(parts.clone());
         spawn_periodic(
-            Arc::downgrade(&state.clone().into_inner()),
-            Duration::from_secs(settings.server.secret_poll_secs),
-            |state| async move {
-                state.reload_secrets();
-                state
-                    .metrics
-                    .limiter_keys
-                    .set(i64::try_from(state.limits.tracked_keys()).unwrap_or(i64::MAX));
-            },
+            Arc::downgrade(&reloader),
+            Duration::from_secs(settings.server.secret_poll_secs.get()),
+            |parts| async move { parts.reload_secrets() },
         );
 
         let listener = bind(settings.server.listen)?;
@@ -464,24 +295,27 @@ impl Application {
             addr: settings.server.listen,
             source,
         })?;
-        let workers = match settings.server.workers {
+        let workers = match settings.server.workers() {
             0 => std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
             n => n,
         };
+        let server_settings = &settings.server;
         // In-flight requests get what is left of the grace period after the drain delay, less a
         // second, so the process is gone within `shutdown_grace_secs` even when idle keep-alive
         // connections hold the graceful stop open until its timeout.
-        let stop_timeout = settings
-            .server
+        let stop_timeout = server_settings
             .shutdown_grace_secs
-            .saturating_sub(settings.server.drain_delay_secs)
+            .get()
+            .saturating_sub(server_settings.drain_delay_secs.get())
             .saturating_sub(1)
             .max(1);
-        let app_state = state.clone();
-        let server = HttpServer::new(move || public_app(app_state.clone()))
+        let app_parts = parts.clone();
+        let server = HttpServer::new(move || public_app(app_parts.clone()))
             .workers(workers)
-            .client_request_timeout(Duration::from_millis(settings.server.request_timeout_ms))
-            .keep_alive(match settings.server.keep_alive_secs {
+            .client_request_timeout(Duration::from_millis(
+                server_settings.request_timeout_ms.get(),
+            ))
+            .keep_alive(match server_settings.keep_alive_secs.get() {
                 0 => KeepAlive::Disabled,
                 secs => KeepAlive::Timeout(Duration::from_secs(secs)),
             })
@@ -494,18 +328,18 @@ impl Application {
             })?
             .run();
 
-        let (admin, admin_addr) = match settings.server.admin_listen {
+        let (admin, admin_addr) = match server_settings.admin_listen {
             Some(addr) => {
                 let listener = bind(addr)?;
                 let bound = listener
                     .local_addr()
                     .map_err(|source| StartupError::Bind { addr, source })?;
-                let metrics_data = web::Data::new(Arc::clone(&metrics));
+                let metrics = parts.metrics.clone();
                 let admin = HttpServer::new(move || {
                     App::new()
-                        .app_data(metrics_data.clone())
-                        .route("/metrics", web::get().to(routes::metrics))
-                        .route("/healthz", web::get().to(routes::healthz))
+                        .app_data(metrics.clone())
+                        .route("/metrics", web::get().to(routes::operations::metrics))
+                        .route("/healthz", web::get().to(routes::operations::healthz))
                         .default_service(web::to(routes::not_found))
                 })
                 .workers(1)
@@ -526,7 +360,7 @@ impl Application {
             listen = %public_addr,
             admin = admin_addr.map(tracing::field::display),
             issuers = settings.session.jwt.len(),
-            backend_route = with_backend,
+            backend_route = parts.backend.is_some(),
             version = env!("CARGO_PKG_VERSION"),
             "broker listening"
         );
@@ -535,8 +369,10 @@ impl Application {
             admin_addr,
             server,
             admin,
-            state,
-            handle_signals: options.handle_signals,
+            parts,
+            _reloader: reloader,
+            drain_delay: Duration::from_secs(server_settings.drain_delay_secs.get()),
+            handle_signals,
         })
     }
 
@@ -548,14 +384,17 @@ impl Application {
         self.admin_addr
     }
 
-    pub fn state(&self) -> web::Data<AppState> {
-        self.state.clone()
+    /// The running parts, for tests that look inside (metrics, secrets).
+    pub fn parts(&self) -> AppParts {
+        self.parts.clone()
     }
 
     /// A handle that drains and stops this application, as SIGTERM does.
     pub fn shutdown_handle(&self) -> ShutdownHandle {
         ShutdownHandle {
-            state: self.state.clone(),
+            drain: self.parts.connection.drain.clone(),
+            metrics: self.parts.metrics.clone(),
+            drain_delay: self.drain_delay,
             server: self.server.handle(),
             admin: self.admin.as_ref().map(Server::handle),
         }
@@ -582,7 +421,9 @@ impl Application {
 
 #[derive(Clone)]
 pub struct ShutdownHandle {
-    state: web::Data<AppState>,
+    drain: Drain,
+    metrics: web::Data<Metrics>,
+    drain_delay: Duration,
     server: ServerHandle,
     admin: Option<ServerHandle>,
 }
@@ -591,15 +432,13 @@ impl ShutdownHandle {
     /// Turns `/readyz` to 503 at once, keeps serving for `drain_delay_secs` so load balancers
     /// stop sending traffic, then stops accepting and lets in-flight requests finish.
     pub async fn drain_and_stop(&self) {
-        self.state.draining.store(true, Ordering::Release);
-        self.state.metrics.ready.set(0);
-        let server = &self.state.settings.server;
+        self.drain.start();
+        self.metrics.ready.set(0);
         tracing::info!(
-            drain_delay_secs = server.drain_delay_secs,
-            grace_secs = server.shutdown_grace_secs,
+            drain_delay_secs = self.drain_delay.as_secs(),
             "draining: readiness is now 503"
         );
-        tokio::time::sleep(Duration::from_secs(server.drain_delay_secs)).await;
+        tokio::time::sleep(self.drain_delay).await;
         tracing::info!("stopping: finishing in-flight requests");
         self.server.stop(true).await;
         if let Some(admin) = &self.admin {
@@ -634,11 +473,12 @@ async fn wait_for_signal() {
     }
 }
 
-/// Runs `work` every `period` while the state lives; a slow round delays the next instead of
+/// Runs `work` every `period` while its subject lives; a slow round delays the next instead of
 /// bunching them up.
-fn spawn_periodic<F, Fut>(state: Weak<AppState>, period: Duration, work: F)
+fn spawn_periodic<T, F, Fut>(subject: std::sync::Weak<T>, period: Duration, work: F)
 where
-    F: Fn(Arc<AppState>) -> Fut + Send + 'static,
+    T: Send + Sync + 'static,
+    F: Fn(Arc<T>) -> Fut + Send + 'static,
     Fut: std::future::Future<Output = ()> + Send,
 {
     tokio::spawn(async move {
@@ -647,8 +487,10 @@ where
         tick.tick().await;
         loop {
             tick.tick().await;
-            let Some(state) = state.upgrade() else { return };
-            work(state).await;
+            let Some(subject) = subject.upgrade() else {
+                return;
+            };
+            work(subject).await;
         }
     });
 }

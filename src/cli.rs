@@ -12,7 +12,7 @@ use clap::{Parser, Subcommand};
 use crate::app::{Application, BuildOptions};
 use crate::config::{Settings, resolve_config_path};
 use crate::intellia::simulator::{KeyPolicy, Simulator, SimulatorConfig};
-use crate::secrets::{SecretCell, SecretSource};
+use crate::secrets::{InlineSecrets, Secrets};
 use crate::telemetry::LogFormat;
 
 #[derive(Debug, Parser)]
@@ -146,50 +146,12 @@ async fn serve(config: Option<PathBuf>) -> Result<(), String> {
 fn check_config(config: Option<PathBuf>) -> Result<(), String> {
     let path = resolve_config_path(config.as_deref());
     let settings = Settings::load(&path).map_err(|e| e.to_string())?;
-    // Read every secret now, so a missing or empty file is reported here rather than at start-up.
-    let mut report = Vec::new();
-    let key_source = match (
-        &settings.intellia.api_key_file,
-        &settings.intellia.api_key_env,
-    ) {
-        (Some(p), _) => (
-            "intellia.api_key_file".to_owned(),
-            SecretSource::File(p.clone()),
-        ),
-        (None, Some(n)) => (
-            "intellia.api_key_env".to_owned(),
-            SecretSource::Env(n.clone()),
-        ),
-        (None, None) => return Err("config key `intellia.api_key_file`: missing".into()),
-    };
-    let mut sources = vec![key_source];
-    if let Some(b) = &settings.backend {
-        sources.push((
-            "backend.secret_file".to_owned(),
-            SecretSource::File(b.secret_file.clone()),
-        ));
-    }
-    for (n, jwt) in settings.session.jwt.iter().enumerate() {
-        if let Some(p) = &jwt.hs256_secret_file {
-            sources.push((
-                format!("session.jwt[{n}].hs256_secret_file"),
-                SecretSource::File(p.clone()),
-            ));
-        }
-    }
-    if let Some(i) = &settings.session.introspection {
-        sources.push((
-            "session.introspection.client_secret_file".to_owned(),
-            SecretSource::File(i.client_secret_file.clone()),
-        ));
-    }
-    for (key, source) in sources {
-        SecretCell::load(source.clone()).map_err(|e| format!("config key `{key}`: {e}"))?;
-        report.push(format!("# {key}: readable ({source:?}), value redacted"));
-    }
+    // Every secret `serve` reads, read now, so a missing or empty file is reported here rather
+    // than at start-up.
+    let secrets = Secrets::load(&settings, InlineSecrets::default())?;
     println!("# {} is valid", path.display());
-    for line in report {
-        println!("{line}");
+    for (key, source) in secrets.describe() {
+        println!("# {key}: readable ({source}), value redacted");
     }
     print!("{}", settings.redacted_toml());
     Ok(())

@@ -8,130 +8,12 @@
 use actix_web::HttpRequest;
 use actix_web::http::header::{self, HeaderMap, HeaderValue};
 
+use crate::config::{CorsSettings, OriginPattern};
+
 /// Headers a widget may send.
 pub const ALLOWED_HEADERS: &str = "Authorization, Content-Type, X-Request-Id";
 /// Headers a widget may read.
 pub const EXPOSED_HEADERS: &str = "RateLimit, RateLimit-Policy, Retry-After, X-Request-Id";
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum OriginPattern {
-    Exact(String),
-    /// `scheme://*.suffix[:port]`, stored as the scheme, the suffix with its leading dot, and the
-    /// explicit port text (empty when absent).
-    Wildcard {
-        scheme: String,
-        suffix: String,
-        port: String,
-    },
-}
-
-impl OriginPattern {
-    /// Parses one configured origin; the error says what is wrong with it.
-    pub fn parse(text: &str) -> Result<OriginPattern, String> {
-        if text == "*" {
-            return Err("`*` is not allowed: list the exact origins of your sites".to_owned());
-        }
-        if text == "null" {
-            return Err("`null` is not an origin that can be trusted".to_owned());
-        }
-        let (scheme, rest) = text
-            .split_once("://")
-            .ok_or_else(|| format!("`{text}` is not an origin like https://www.example.com"))?;
-        if scheme != "https" && scheme != "http" {
-            return Err(format!("`{text}` must use http or https"));
-        }
-        if rest.is_empty() || rest.contains(['/', '?', '#', '@']) {
-            return Err(format!(
-                "`{text}` must be scheme://host[:port] with no path or trailing slash"
-            ));
-        }
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((h, p)) if !h.contains(']') || h.ends_with(']') => {
-                if p.is_empty()
-                    || !p.bytes().all(|b| b.is_ascii_digit())
-                    || p.parse::<u16>().is_err()
-                {
-                    return Err(format!("`{text}` has an invalid port"));
-                }
-                (h, p)
-            }
-            _ => (rest, ""),
-        };
-        if host != host.to_ascii_lowercase() {
-            return Err(format!("`{text}` must be lower case, as browsers send it"));
-        }
-        if let Some(suffix) = host.strip_prefix("*.") {
-            if suffix.contains('*') || !is_dns_name(suffix) || !suffix.contains('.') {
-                return Err(format!(
-                    "`{text}`: a wildcard must be a leading `*.` before a domain with at least two labels"
-                ));
-            }
-            return Ok(OriginPattern::Wildcard {
-                scheme: scheme.to_owned(),
-                suffix: format!(".{suffix}"),
-                port: port.to_owned(),
-            });
-        }
-        if host.contains('*') {
-            return Err(format!("`{text}`: `*` may only stand as the first label"));
-        }
-        if !(is_dns_name(host) || is_ip_literal(host)) {
-            return Err(format!("`{text}` does not have a valid host"));
-        }
-        Ok(OriginPattern::Exact(text.to_owned()))
-    }
-
-    fn matches(&self, origin: &str) -> bool {
-        match self {
-            OriginPattern::Exact(exact) => exact == origin,
-            OriginPattern::Wildcard {
-                scheme,
-                suffix,
-                port,
-            } => {
-                let Some(rest) = origin
-                    .strip_prefix(scheme.as_str())
-                    .and_then(|r| r.strip_prefix("://"))
-                else {
-                    return false;
-                };
-                let (host, origin_port) = match rest.rsplit_once(':') {
-                    Some((h, p)) => (h, p),
-                    None => (rest, ""),
-                };
-                if origin_port != port {
-                    return false;
-                }
-                match host.strip_suffix(suffix.as_str()) {
-                    Some(labels) => !labels.is_empty() && is_dns_name(labels),
-                    None => false,
-                }
-            }
-        }
-    }
-}
-
-fn is_dns_name(host: &str) -> bool {
-    !host.is_empty()
-        && host.len() <= 253
-        && host.split('.').all(|label| {
-            !label.is_empty()
-                && label.len() <= 63
-                && label
-                    .bytes()
-                    .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-                && !label.starts_with('-')
-                && !label.ends_with('-')
-        })
-}
-
-fn is_ip_literal(host: &str) -> bool {
-    host.parse::<std::net::Ipv4Addr>().is_ok()
-        || host
-            .strip_prefix('[')
-            .and_then(|h| h.strip_suffix(']'))
-            .is_some_and(|h| h.parse::<std::net::Ipv6Addr>().is_ok())
-}
 
 /// How much a request's origin is trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -153,15 +35,11 @@ pub struct CorsPolicy {
 }
 
 impl CorsPolicy {
-    pub fn new(origins: &[String], max_age_secs: u32) -> Result<CorsPolicy, String> {
-        let patterns = origins
-            .iter()
-            .map(|o| OriginPattern::parse(o))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok(CorsPolicy {
-            patterns,
-            max_age: max_age_secs.to_string(),
-        })
+    pub fn new(settings: &CorsSettings) -> CorsPolicy {
+        CorsPolicy {
+            patterns: settings.allowed_origins.clone(),
+            max_age: settings.max_age_secs.to_string(),
+        }
     }
 
     pub fn classify(&self, origin: Option<&str>) -> OriginTrust {
@@ -287,11 +165,13 @@ mod tests {
     use super::*;
 
     fn policy(origins: &[&str]) -> CorsPolicy {
-        CorsPolicy::new(
-            &origins.iter().map(|s| (*s).to_owned()).collect::<Vec<_>>(),
-            600,
-        )
-        .unwrap()
+        CorsPolicy::new(&CorsSettings {
+            allowed_origins: origins
+                .iter()
+                .map(|s| OriginPattern::parse(s).unwrap())
+                .collect(),
+            max_age_secs: crate::config::Bounded::of(600),
+        })
     }
 
     #[test]

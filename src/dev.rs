@@ -2,7 +2,6 @@
 //! with a demo page at `/dev/`. Nothing in it can reach the real Intellia: the upstream is always
 //! the simulator on loopback and the API key is generated.
 
-use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,10 +14,13 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
-use crate::app::{AppState, Application, BuildOptions};
+use crate::app::{Application, BuildOptions};
 use crate::config::Settings;
 use crate::intellia::simulator::{Simulator, SimulatorConfig};
-use crate::secrets::{SecretCell, SecretSource};
+use crate::secrets::InlineSecrets;
+
+/// The demo page: a mock chat widget using the browser client.
+const DEV_PAGE: &str = include_str!("../clients/js/demo/index.html");
 
 pub const DEV_ISSUER: &str = "urn:intellia-token-broker:dev";
 pub const DEV_AUDIENCE: &str = "intellia-chat-widget";
@@ -158,10 +160,18 @@ pub async fn run(listen: SocketAddr) -> Result<(), String> {
     let settings = dev_settings(listen, &sim_url)?;
     let (issuer, secret) = DevIssuer::generate();
     let issuer = Arc::new(issuer);
+    let routes_issuer = web::Data::from(Arc::clone(&issuer));
     let options = BuildOptions {
-        api_key: Some(random_secret()),
-        session_secrets: HashMap::from([(0, SecretCell::with_value(SecretSource::Inline, secret))]),
-        dev: Some(Arc::clone(&issuer)),
+        secrets: InlineSecrets {
+            api_key: Some(random_secret()),
+            session_hs256: vec![(0, secret)],
+        },
+        extra_routes: Some(Arc::new(move |cfg: &mut web::ServiceConfig| {
+            cfg.app_data(routes_issuer.clone());
+            cfg.route("/dev", web::get().to(redirect_to_page));
+            cfg.route("/dev/", web::get().to(page));
+            cfg.route("/dev/session", web::post().to(session));
+        })),
         handle_signals: true,
     };
     let app = Application::build(settings, options)
@@ -197,7 +207,7 @@ pub async fn run(listen: SocketAddr) -> Result<(), String> {
 }
 
 /// `GET /dev/`: the demo page.
-pub async fn page(state: web::Data<AppState>) -> HttpResponse {
+async fn page() -> HttpResponse {
     HttpResponse::Ok()
         .content_type("text/html; charset=utf-8")
         .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -205,20 +215,17 @@ pub async fn page(state: web::Data<AppState>) -> HttpResponse {
             header::CONTENT_SECURITY_POLICY,
             "default-src 'self'; script-src 'self' 'unsafe-inline'; style-src 'self' 'unsafe-inline'; img-src 'self' data:; connect-src 'self'",
         ))
-        .body(state.assets.dev_page)
+        .body(DEV_PAGE)
 }
 
-pub async fn redirect_to_page() -> HttpResponse {
+async fn redirect_to_page() -> HttpResponse {
     HttpResponse::PermanentRedirect()
         .insert_header((header::LOCATION, "/dev/"))
         .finish()
 }
 
 /// `POST /dev/session`: a dev session token for the demo user, as a site's login would issue.
-pub async fn session(state: web::Data<AppState>) -> HttpResponse {
-    let Some(issuer) = &state.dev else {
-        return HttpResponse::NotFound().finish();
-    };
+async fn session(issuer: web::Data<DevIssuer>) -> HttpResponse {
     match issuer.mint("dev-user", "dev.user@example.com", "Dev User", SESSION_TTL) {
         Ok(token) => HttpResponse::Ok()
             .insert_header((header::CACHE_CONTROL, "no-store"))
@@ -238,10 +245,16 @@ mod tests {
     #[test]
     fn dev_settings_are_valid() {
         let s = dev_settings("127.0.0.1:8080".parse().unwrap(), "http://127.0.0.1:9999").unwrap();
+        let origins: Vec<String> = s
+            .cors
+            .allowed_origins
+            .into_iter()
+            .map(String::from)
+            .collect();
         assert_eq!(
-            s.cors.allowed_origins,
+            origins,
             vec!["http://127.0.0.1:8080", "http://localhost:8080"]
         );
-        assert_eq!(s.intellia.base_url, "http://127.0.0.1:9999");
+        assert_eq!(s.intellia.base_url.url().as_str(), "http://127.0.0.1:9999/");
     }
 }

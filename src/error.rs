@@ -4,12 +4,14 @@
 //! body or an internal error chain. Anything richer goes to the log through `Debug` at the point
 //! where the error is created.
 
+use std::sync::Arc;
+
 use actix_web::http::StatusCode;
 use actix_web::http::header::{self, HeaderValue};
-use actix_web::{HttpResponse, ResponseError};
+use actix_web::{HttpResponse, HttpResponseBuilder, ResponseError};
 use serde::Serialize;
 
-use crate::limits::RateLimitHeaders;
+use crate::limits::RateLimitStatus;
 
 /// Why the caller's credential was not accepted. Kept coarse on purpose: a client learns that its
 /// session was refused, and the log learns why.
@@ -68,7 +70,7 @@ pub enum BrokerError {
     #[error("the request body did not arrive in time")]
     RequestTimeout,
     #[error("the {} rate limit is spent; retry in {} s", .0.name, .0.retry_after_secs)]
-    RateLimited(RateLimitHeaders),
+    RateLimited(RateLimitStatus),
     #[error("Intellia refused to mint a token (HTTP {status})")]
     UpstreamRejected { status: u16 },
     #[error("Intellia returned a response the broker could not use")]
@@ -83,8 +85,10 @@ pub enum BrokerError {
     NotFound,
     #[error("method not allowed on this route")]
     MethodNotAllowed,
+    /// A bug or an impossible state. The cause is logged once, when the response is built, and
+    /// never sent.
     #[error("internal error")]
-    Internal,
+    Internal(Arc<dyn std::error::Error + Send + Sync>),
 }
 
 impl BrokerError {
@@ -107,9 +111,24 @@ impl BrokerError {
             BrokerError::UpstreamTimeout => "upstream_timeout",
             BrokerError::NotFound => "not_found",
             BrokerError::MethodNotAllowed => "method_not_allowed",
-            BrokerError::Internal => "internal_error",
+            BrokerError::Internal(_) => "internal_error",
         }
     }
+}
+
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) for a limit.
+pub fn apply_rate_limit(status: &RateLimitStatus, response: &mut HttpResponseBuilder) {
+    response.insert_header((
+        "RateLimit-Policy",
+        format!("\"{}\";q={};w={}", status.name, status.quota, status.window),
+    ));
+    response.insert_header((
+        "RateLimit",
+        format!(
+            "\"{}\";r={};t={}",
+            status.name, status.remaining, status.reset_secs
+        ),
+    ));
 }
 
 /// RFC 9457 body with the broker's `code` extension member.
@@ -147,11 +166,14 @@ impl ResponseError for BrokerError {
             BrokerError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
             BrokerError::NotFound => StatusCode::NOT_FOUND,
             BrokerError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            BrokerError::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            BrokerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
     }
 
     fn error_response(&self) -> HttpResponse {
+        if let BrokerError::Internal(source) = self {
+            tracing::error!(error = %source, "internal error");
+        }
         let status = self.status_code();
         let body = Problem {
             kind: "about:blank",
@@ -172,7 +194,7 @@ impl ResponseError for BrokerError {
                 ));
             }
             BrokerError::RateLimited(limit) => {
-                limit.apply(&mut response);
+                apply_rate_limit(limit, &mut response);
                 response.insert_header((header::RETRY_AFTER, limit.retry_after_secs));
             }
             BrokerError::UpstreamUnavailable {
@@ -217,6 +239,28 @@ mod tests {
         assert_eq!(body["status"], 502);
         assert_eq!(body["type"], "about:blank");
         assert_eq!(body["title"], "Bad Gateway");
+    }
+
+    #[test]
+    fn rate_limit_header_syntax_follows_the_draft() {
+        let h = RateLimitStatus {
+            name: "user",
+            quota: 5,
+            window: 60,
+            remaining: 0,
+            reset_secs: 12,
+            retry_after_secs: 12,
+        };
+        let resp = BrokerError::RateLimited(h).error_response();
+        assert_eq!(
+            resp.headers().get("RateLimit-Policy").unwrap(),
+            "\"user\";q=5;w=60"
+        );
+        assert_eq!(
+            resp.headers().get("RateLimit").unwrap(),
+            "\"user\";r=0;t=12"
+        );
+        assert_eq!(resp.headers().get(header::RETRY_AFTER).unwrap(), "12");
     }
 
     #[test]

@@ -2,44 +2,7 @@
 //! at `GET /openapi.json` and kept rendered in the repository (`openapi.json`).
 
 use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
-use utoipa::{Modify, OpenApi, ToSchema};
-
-/// RFC 9457 problem details with the broker's stable `code`.
-#[derive(ToSchema)]
-#[allow(dead_code)]
-pub struct Problem {
-    /// Always `about:blank`.
-    #[schema(example = "about:blank")]
-    r#type: String,
-    #[schema(example = "Too Many Requests")]
-    title: String,
-    #[schema(example = 429)]
-    status: u16,
-    /// Stable machine-readable error code.
-    #[schema(example = "rate_limited")]
-    code: ErrorCode,
-    /// Human-readable explanation; never contains secrets, tokens or upstream bodies.
-    detail: String,
-}
-
-/// Every error code the broker emits.
-#[derive(ToSchema)]
-#[allow(dead_code, non_camel_case_types)]
-pub enum ErrorCode {
-    invalid_request,
-    unauthenticated,
-    origin_forbidden,
-    forbidden,
-    payload_too_large,
-    request_timeout,
-    rate_limited,
-    upstream_rejected,
-    upstream_unavailable,
-    upstream_timeout,
-    not_found,
-    method_not_allowed,
-    internal_error,
-}
+use utoipa::{Modify, OpenApi};
 
 struct Security;
 
@@ -77,18 +40,18 @@ impl Modify for Security {
         license(name = "Apache-2.0")
     ),
     paths(
-        crate::routes::token,
-        crate::routes::backend_token,
-        crate::routes::healthz,
-        crate::routes::readyz,
-        crate::routes::client_js,
-        crate::routes::client_global_js,
+        crate::routes::token::token,
+        crate::routes::backend::backend_token,
+        crate::routes::operations::healthz,
+        crate::routes::operations::readyz,
+        crate::routes::assets::client_js,
+        crate::routes::assets::client_global_js,
     ),
     components(schemas(
         crate::routes::TokenResponse,
-        crate::routes::BackendTokenRequest,
-        Problem,
-        ErrorCode
+        crate::routes::backend::BackendTokenRequest,
+        crate::routes::Problem,
+        crate::routes::ErrorCode
     )),
     modifiers(&Security)
 )]

@@ -1,12 +1,18 @@
-//! Secret material (the Intellia API key, the backend secret, HS256 session secrets): read from
-//! files (preferred) or named environment variables, held in `secrecy` types, exposed only where a
-//! header or a MAC is built.
+//! Secret material: read from files (preferred) or named environment variables, held in `secrecy`
+//! types, exposed only where a header, a MAC or a cipher is built.
+//!
+//! [`Secrets`] is the one registry of every secret the configuration names. `serve`,
+//! `check-config`, rotation and `/readyz` all go through it, so no command can read fewer
+//! secrets than another.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
+
+use crate::config::{ApiKeySource, KeySource, Settings};
 
 /// Why a secret could not be loaded; always names the path or variable, never the value.
 #[derive(Debug, thiserror::Error)]
@@ -15,6 +21,8 @@ pub enum SecretError {
     File { path: PathBuf, reason: String },
     #[error("secret environment variable {name}: {reason}")]
     Env { name: String, reason: &'static str },
+    #[error("secret {source_name} is shorter than {min} bytes")]
+    TooShort { source_name: String, min: usize },
 }
 
 /// Where a secret comes from, so it can be read again when it rotates.
@@ -89,12 +97,40 @@ fn describe_io(e: &std::io::Error) -> String {
     }
 }
 
+/// One value of a secret with what is derived from it, swapped as a whole: a reader never sees
+/// a new value with an old fingerprint.
+pub struct SecretValue {
+    value: SecretString,
+    fingerprint: [u8; 32],
+    /// Counts rotations, so derived keys (an HMAC key, a cipher) know when to rebuild.
+    generation: u64,
+}
+
+impl SecretValue {
+    pub fn expose(&self) -> &str {
+        self.value.expose_secret()
+    }
+
+    pub fn secret(&self) -> &SecretString {
+        &self.value
+    }
+
+    /// SHA-256 of the value: compares secrets in constant time without exposing them.
+    pub fn fingerprint(&self) -> &[u8; 32] {
+        &self.fingerprint
+    }
+
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+}
+
 /// A secret that can be swapped while requests are using it: readers take a cheap `Arc` snapshot
 /// and never hold the lock across an await.
 pub struct SecretCell {
     source: SecretSource,
-    current: RwLock<Arc<SecretString>>,
-    fingerprint: RwLock<[u8; 32]>,
+    min_len: usize,
+    current: RwLock<Arc<SecretValue>>,
 }
 
 impl std::fmt::Debug for SecretCell {
@@ -108,16 +144,27 @@ impl std::fmt::Debug for SecretCell {
 
 impl SecretCell {
     pub fn load(source: SecretSource) -> Result<SecretCell, SecretError> {
+        Self::load_at_least(source, 1)
+    }
+
+    /// Loads a secret that must be at least `min_len` bytes long, now and after every rotation.
+    pub fn load_at_least(source: SecretSource, min_len: usize) -> Result<SecretCell, SecretError> {
         let value = source.read()?;
-        Ok(Self::with_value(source, value))
+        check_length(&source, &value, min_len)?;
+        let mut cell = Self::with_value(source, value);
+        cell.min_len = min_len;
+        Ok(cell)
     }
 
     pub fn with_value(source: SecretSource, value: SecretString) -> SecretCell {
-        let fingerprint = fingerprint(&value);
         SecretCell {
             source,
-            current: RwLock::new(Arc::new(value)),
-            fingerprint: RwLock::new(fingerprint),
+            min_len: 1,
+            current: RwLock::new(Arc::new(SecretValue {
+                fingerprint: fingerprint(&value),
+                value,
+                generation: 0,
+            })),
         }
     }
 
@@ -125,7 +172,7 @@ impl SecretCell {
         &self.source
     }
 
-    pub fn get(&self) -> Arc<SecretString> {
+    pub fn get(&self) -> Arc<SecretValue> {
         // A poisoned lock only means a writer panicked mid-swap of an Arc; the Arc itself is intact.
         match self.current.read() {
             Ok(guard) => Arc::clone(&guard),
@@ -133,40 +180,266 @@ impl SecretCell {
         }
     }
 
-    /// SHA-256 of the current value: lets callers compare secrets in constant time without
-    /// exposing them, and detect rotation.
-    pub fn fingerprint(&self) -> [u8; 32] {
-        match self.fingerprint.read() {
-            Ok(guard) => *guard,
-            Err(poisoned) => *poisoned.into_inner(),
-        }
-    }
-
     /// Re-reads the source. Returns `Ok(true)` when the value changed, `Ok(false)` when it is the
-    /// same, and an error (keeping the last good value) when the source is unreadable or empty.
+    /// same, and an error (keeping the last good value) when the source is unreadable, empty or
+    /// too short.
     pub fn reload(&self) -> Result<bool, SecretError> {
         if self.source == SecretSource::Inline {
             return Ok(false);
         }
         let value = self.source.read()?;
+        check_length(&self.source, &value, self.min_len)?;
         let new_fp = fingerprint(&value);
-        if new_fp == self.fingerprint() {
+        let current = self.get();
+        if new_fp == current.fingerprint {
             return Ok(false);
         }
+        let next = Arc::new(SecretValue {
+            value,
+            fingerprint: new_fp,
+            generation: current.generation + 1,
+        });
         match self.current.write() {
-            Ok(mut guard) => *guard = Arc::new(value),
-            Err(poisoned) => *poisoned.into_inner() = Arc::new(value),
-        }
-        match self.fingerprint.write() {
-            Ok(mut guard) => *guard = new_fp,
-            Err(poisoned) => *poisoned.into_inner() = new_fp,
+            Ok(mut guard) => *guard = next,
+            Err(poisoned) => *poisoned.into_inner() = next,
         }
         Ok(true)
     }
 }
 
+fn check_length(
+    source: &SecretSource,
+    value: &SecretString,
+    min_len: usize,
+) -> Result<(), SecretError> {
+    if value.expose_secret().len() >= min_len {
+        return Ok(());
+    }
+    Err(SecretError::TooShort {
+        source_name: format!("{source:?}"),
+        min: min_len,
+    })
+}
+
 pub fn fingerprint(value: &SecretString) -> [u8; 32] {
     Sha256::digest(value.expose_secret().as_bytes()).into()
+}
+
+/// What a secret is for. Also its metric label, so the set stays closed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum SecretKind {
+    ApiKey,
+    Backend,
+    SessionHs256(usize),
+    IntrospectionClient,
+    RedisCache,
+}
+
+impl SecretKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            SecretKind::ApiKey => "intellia.api_key",
+            SecretKind::Backend => "backend.secret",
+            SecretKind::SessionHs256(_) => "session.hs256_secret",
+            SecretKind::IntrospectionClient => "session.introspection.client_secret",
+            SecretKind::RedisCache => "redis.cache_secret",
+        }
+    }
+}
+
+/// HMAC secrets shorter than this are refused: a short HS256 secret can be brute-forced offline
+/// from one session token.
+pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+
+struct Entry {
+    kind: SecretKind,
+    /// The config key that names the source, for errors.
+    key: String,
+    cell: Arc<SecretCell>,
+    stale: AtomicBool,
+}
+
+/// A rotation seen by [`Secrets::reload`].
+#[derive(Debug)]
+pub enum Reload {
+    Rotated(SecretKind),
+    /// The source is unreadable; the last good value stays in use. `first` is true the first
+    /// time this is seen, so it is logged once.
+    Failed {
+        kind: SecretKind,
+        error: SecretError,
+        first: bool,
+    },
+    Recovered(SecretKind),
+}
+
+/// Every secret the configuration names, loaded once.
+pub struct Secrets {
+    entries: Vec<Entry>,
+}
+
+impl std::fmt::Debug for Secrets {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list()
+            .entries(self.entries.iter().map(|e| &e.key))
+            .finish()
+    }
+}
+
+/// Secrets supplied in memory instead of read from their sources (`dev` mode, tests).
+#[derive(Default)]
+pub struct InlineSecrets {
+    pub api_key: Option<SecretString>,
+    /// HS256 secrets by `[[session.jwt]]` index.
+    pub session_hs256: Vec<(usize, SecretString)>,
+}
+
+impl Secrets {
+    /// Reads every secret the settings name; the error names the config key and the path or
+    /// variable, never the value.
+    pub fn load(settings: &Settings, inline: InlineSecrets) -> Result<Secrets, String> {
+        let mut entries = Vec::new();
+        let mut add = |kind: SecretKind, key: String, cell: Result<SecretCell, SecretError>| {
+            let cell = cell.map_err(|e| format!("config key `{key}`: {e}"))?;
+            entries.push(Entry {
+                kind,
+                key,
+                cell: Arc::new(cell),
+                stale: AtomicBool::new(false),
+            });
+            Ok::<(), String>(())
+        };
+        match (inline.api_key, &settings.intellia.api_key) {
+            (Some(value), _) => add(
+                SecretKind::ApiKey,
+                "intellia.api_key_file".into(),
+                Ok(SecretCell::with_value(SecretSource::Inline, value)),
+            )?,
+            (None, ApiKeySource::File(path)) => add(
+                SecretKind::ApiKey,
+                "intellia.api_key_file".into(),
+                SecretCell::load(SecretSource::File(path.clone())),
+            )?,
+            (None, ApiKeySource::Env(name)) => add(
+                SecretKind::ApiKey,
+                "intellia.api_key_env".into(),
+                SecretCell::load(SecretSource::Env(name.clone())),
+            )?,
+        }
+        if let Some(backend) = &settings.backend {
+            add(
+                SecretKind::Backend,
+                "backend.secret_file".into(),
+                SecretCell::load(SecretSource::File(backend.secret_file.clone())),
+            )?;
+        }
+        for (index, jwt) in settings.session.jwt.iter().enumerate() {
+            let key = format!("session.jwt[{index}].hs256_secret_file");
+            if let Some((_, value)) = inline.session_hs256.iter().find(|(i, _)| *i == index) {
+                add(
+                    SecretKind::SessionHs256(index),
+                    key,
+                    Ok(SecretCell::with_value(SecretSource::Inline, value.clone())),
+                )?;
+            } else if let KeySource::Hs256(path) = &jwt.keys {
+                add(
+                    SecretKind::SessionHs256(index),
+                    key,
+                    SecretCell::load_at_least(
+                        SecretSource::File(path.clone()),
+                        MIN_HMAC_SECRET_BYTES,
+                    ),
+                )?;
+            }
+        }
+        if let Some(intro) = &settings.session.introspection {
+            add(
+                SecretKind::IntrospectionClient,
+                "session.introspection.client_secret_file".into(),
+                SecretCell::load(SecretSource::File(intro.client_secret_file.clone())),
+            )?;
+        }
+        if let Some(path) = settings
+            .redis
+            .as_ref()
+            .and_then(|r| r.cache_secret_file.as_ref())
+        {
+            add(
+                SecretKind::RedisCache,
+                "redis.cache_secret_file".into(),
+                SecretCell::load(SecretSource::File(path.clone())),
+            )?;
+        }
+        Ok(Secrets { entries })
+    }
+
+    fn find(&self, kind: SecretKind) -> Option<&Entry> {
+        self.entries.iter().find(|e| e.kind == kind)
+    }
+
+    pub fn get(&self, kind: SecretKind) -> Option<Arc<SecretCell>> {
+        self.find(kind).map(|e| Arc::clone(&e.cell))
+    }
+
+    /// The Intellia API key; always present.
+    pub fn api_key(&self) -> Arc<SecretCell> {
+        // `load` adds the API key first and fails without one.
+        Arc::clone(&self.entries[0].cell)
+    }
+
+    /// The key material for the shared token cache: its own secret, else the API key.
+    pub fn cache_key_material(&self) -> Arc<SecretCell> {
+        self.get(SecretKind::RedisCache)
+            .unwrap_or_else(|| self.api_key())
+    }
+
+    /// `(config key, source)` of every secret, for `check-config`'s report.
+    pub fn describe(&self) -> Vec<(String, String)> {
+        self.entries
+            .iter()
+            .map(|e| (e.key.clone(), format!("{:?}", e.cell.source())))
+            .collect()
+    }
+
+    /// Re-reads every secret; a failure keeps the last good value and marks the secret stale.
+    pub fn reload(&self) -> Vec<Reload> {
+        let mut seen = Vec::new();
+        for entry in &self.entries {
+            match entry.cell.reload() {
+                Ok(changed) => {
+                    if entry.stale.swap(false, Ordering::AcqRel) {
+                        seen.push(Reload::Recovered(entry.kind));
+                    }
+                    if changed {
+                        seen.push(Reload::Rotated(entry.kind));
+                    }
+                }
+                Err(error) => seen.push(Reload::Failed {
+                    kind: entry.kind,
+                    error,
+                    first: !entry.stale.swap(true, Ordering::AcqRel),
+                }),
+            }
+        }
+        seen
+    }
+
+    /// Labels of the secrets whose source is unreadable (the last good value is in use).
+    pub fn stale(&self) -> Vec<&'static str> {
+        let mut labels: Vec<&'static str> = self
+            .entries
+            .iter()
+            .filter(|e| e.stale.load(Ordering::Acquire))
+            .map(|e| e.kind.label())
+            .collect();
+        labels.dedup();
+        labels
+    }
+
+    /// Every label, for metrics that should read 0 before anything goes stale.
+    pub fn labels(&self) -> impl Iterator<Item = &'static str> + '_ {
+        self.entries.iter().map(|e| e.kind.label())
+    }
 }
 
 #[cfg(test)]
@@ -185,7 +458,7 @@ mod tests {
     fn trims_trailing_newline_and_whitespace() {
         let path = temp_file("key", "  sk_live_abc\n");
         let cell = SecretCell::load(SecretSource::File(path)).expect("loads");
-        assert_eq!(cell.get().expose_secret(), "sk_live_abc");
+        assert_eq!(cell.get().expose(), "sk_live_abc");
     }
 
     #[test]
@@ -214,14 +487,31 @@ mod tests {
     }
 
     #[test]
-    fn reload_keeps_last_good_value_when_file_empties() {
+    fn reload_swaps_value_fingerprint_and_generation_together() {
         let path = temp_file("rotating", "first");
         let cell = SecretCell::load(SecretSource::File(path.clone())).expect("loads");
+        let before = cell.get();
         std::fs::write(&path, "second").unwrap_or_default();
         assert!(cell.reload().expect("reload"));
-        assert_eq!(cell.get().expose_secret(), "second");
+        let after = cell.get();
+        assert_eq!(after.expose(), "second");
+        assert_eq!(after.generation(), before.generation() + 1);
+        assert_eq!(
+            *after.fingerprint(),
+            fingerprint(&SecretString::from("second"))
+        );
         std::fs::write(&path, "").unwrap_or_default();
         assert!(cell.reload().is_err());
-        assert_eq!(cell.get().expose_secret(), "second");
+        assert_eq!(cell.get().expose(), "second");
+    }
+
+    #[test]
+    fn a_rotated_secret_must_keep_the_minimum_length() {
+        let path = temp_file("hmac", &"x".repeat(32));
+        let cell =
+            SecretCell::load_at_least(SecretSource::File(path.clone()), 32).expect("long enough");
+        std::fs::write(&path, "short").unwrap_or_default();
+        assert!(matches!(cell.reload(), Err(SecretError::TooShort { .. })));
+        assert_eq!(cell.get().expose().len(), 32);
     }
 }

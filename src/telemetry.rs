@@ -8,8 +8,6 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::HeaderValue;
-use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
 use tracing::Span;
 use tracing_actix_web::RootSpanBuilder;
@@ -17,8 +15,8 @@ use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::app::AppState;
 use crate::error::OutcomeCode;
+use crate::metrics::Metrics;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub enum LogFormat {
@@ -55,66 +53,9 @@ pub struct RequestId(pub String);
 #[derive(Debug, Clone, Copy)]
 pub struct ClientIp(pub IpAddr);
 
+/// When the request arrived, for the latency in its log line.
 #[derive(Debug, Clone, Copy)]
-struct RequestStart(Instant);
-
-/// A request id we are willing to echo and log: short, and from a safe alphabet.
-fn acceptable_request_id(value: &HeaderValue) -> Option<&str> {
-    let text = value.to_str().ok()?;
-    let ok = (1..=128).contains(&text.len())
-        && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-    ok.then_some(text)
-}
-
-/// Outermost middleware: stamps the request id, start time and client IP before the root span
-/// is built, and echoes the id on the response.
-pub async fn request_context(
-    req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let id = req
-        .headers()
-        .get("x-request-id")
-        .and_then(acceptable_request_id)
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
-    let client_ip = req.app_data::<web::Data<AppState>>().and_then(|state| {
-        crate::client_ip::client_ip(
-            req.peer_addr(),
-            req.headers()
-                .get("x-forwarded-for")
-                .and_then(|v| v.to_str().ok()),
-            &state.settings.server.trusted_proxies,
-        )
-    });
-    {
-        let mut ext = req.extensions_mut();
-        ext.insert(RequestStart(Instant::now()));
-        ext.insert(RequestId(id.clone()));
-        if let Some(ip) = client_ip {
-            ext.insert(ClientIp(ip));
-        }
-    }
-    let draining = req
-        .app_data::<web::Data<AppState>>()
-        .is_some_and(|state| state.is_draining());
-    let mut res = next.call(req).await?;
-    if draining {
-        // Clients should not reuse this connection: idle keep-alive connections would otherwise
-        // hold the graceful stop open until its timeout.
-        res.response_mut()
-            .head_mut()
-            .set_connection_type(actix_web::http::ConnectionType::Close);
-    }
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        res.headers_mut().insert(
-            actix_web::http::header::HeaderName::from_static("x-request-id"),
-            value,
-        );
-    }
-    Ok(res)
-}
+pub struct RequestStart(pub Instant);
 
 /// Route labels are a closed set, so neither logs nor metrics ever carry a raw path.
 pub fn route_label(path: &str) -> &'static str {
@@ -180,8 +121,8 @@ impl RootSpanBuilder for BrokerRootSpan {
             .get::<RequestStart>()
             .map_or(0.0, |s| s.0.elapsed().as_secs_f64() * 1000.0);
         let route = route_label(request.path());
-        if let Some(state) = request.app_data::<web::Data<AppState>>() {
-            state.metrics.count_request(route, code);
+        if let Some(metrics) = request.app_data::<web::Data<Metrics>>() {
+            metrics.count_request(route, code);
         }
         let _entered = span.enter();
         if status.is_server_error() {
@@ -195,24 +136,6 @@ impl RootSpanBuilder for BrokerRootSpan {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn request_ids_are_validated() {
-        assert_eq!(
-            acceptable_request_id(&HeaderValue::from_static("abc-123_x.y:z")),
-            Some("abc-123_x.y:z")
-        );
-        assert_eq!(
-            acceptable_request_id(&HeaderValue::from_static("has space")),
-            None
-        );
-        assert_eq!(acceptable_request_id(&HeaderValue::from_static("")), None);
-        let long = "a".repeat(129);
-        assert_eq!(
-            acceptable_request_id(&HeaderValue::from_str(&long).unwrap()),
-            None
-        );
-    }
 
     #[test]
     fn raw_paths_never_become_labels() {

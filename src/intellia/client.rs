@@ -18,18 +18,29 @@ use time::format_description::well_known::Rfc3339;
 use crate::breaker::CircuitBreaker;
 use crate::config::IntelliaSettings;
 use crate::error::BrokerError;
+use crate::identity::{DisplayName, Email, Identity};
 use crate::metrics::Metrics;
 use crate::secrets::SecretCell;
 
-/// The identity Intellia should mint a token for.
-#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+/// The identity Intellia should mint a token for, as its request body spells it.
+#[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-pub struct AssumeRoleRequest {
-    pub user_id: String,
+struct AssumeRoleRequest<'a> {
+    user_id: &'a str,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_email: Option<String>,
+    user_email: Option<&'a str>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub user_name: Option<String>,
+    user_name: Option<&'a str>,
+}
+
+impl<'a> From<&'a Identity> for AssumeRoleRequest<'a> {
+    fn from(identity: &'a Identity) -> Self {
+        AssumeRoleRequest {
+            user_id: identity.user_id.as_str(),
+            user_email: identity.email.as_ref().map(Email::as_str),
+            user_name: identity.name.as_ref().map(DisplayName::as_str),
+        }
+    }
 }
 
 /// A minted chat token. The token itself is a secret: `Debug` redacts it.
@@ -125,8 +136,8 @@ impl IntelliaClient {
         api_key: Arc<SecretCell>,
         metrics: Arc<Metrics>,
     ) -> Result<IntelliaClient, String> {
-        let url = assume_role_url(settings)?;
-        let timeout = Duration::from_millis(settings.timeout_ms);
+        let url = settings.assume_role_url();
+        let timeout = Duration::from_millis(settings.timeout_ms.get());
         let http = crate::http_client::builder()
             .timeout(timeout)
             .connect_timeout(timeout.min(Duration::from_secs(3)))
@@ -137,13 +148,13 @@ impl IntelliaClient {
             http,
             url,
             api_key,
-            max_retries: settings.max_retries,
+            max_retries: u32::try_from(settings.max_retries.get()).unwrap_or(0),
             timeout,
             deadline: settings.deadline(),
             metrics,
             breaker: CircuitBreaker::new(
-                settings.breaker_failures,
-                Duration::from_secs(settings.breaker_open_secs),
+                u32::try_from(settings.breaker_failures.get()).unwrap_or(u32::MAX),
+                Duration::from_secs(settings.breaker_open_secs.get()),
             ),
         })
     }
@@ -151,7 +162,9 @@ impl IntelliaClient {
     /// Mints a token, retrying what is worth retrying, behind the circuit breaker: while Intellia
     /// is failing, callers get 503 at once instead of queueing behind timeouts.
     #[tracing::instrument(name = "intellia.assume_role", skip_all)]
-    pub async fn assume_role(&self, req: &AssumeRoleRequest) -> Result<MintedToken, UpstreamError> {
+    pub async fn assume_role(&self, identity: &Identity) -> Result<MintedToken, UpstreamError> {
+        let req = AssumeRoleRequest::from(identity);
+        let req = &req;
         if !self.breaker.allow() {
             let wait = self.breaker.retry_after();
             return Err(UpstreamError::Unavailable {
@@ -179,7 +192,7 @@ impl IntelliaClient {
 
     async fn assume_role_with_retries(
         &self,
-        req: &AssumeRoleRequest,
+        req: &AssumeRoleRequest<'_>,
     ) -> Result<MintedToken, UpstreamError> {
         let mut attempt = 0u32;
         let deadline = Instant::now() + self.deadline;
@@ -228,11 +241,11 @@ impl IntelliaClient {
 
     async fn attempt(
         &self,
-        req: &AssumeRoleRequest,
+        req: &AssumeRoleRequest<'_>,
         timeout: Duration,
     ) -> Result<MintedToken, UpstreamError> {
         let key = self.api_key.get();
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
             .map_err(|_| UpstreamError::Rejected { status: 401 })?;
         auth.set_sensitive(true);
         let response = self
@@ -254,16 +267,6 @@ impl IntelliaClient {
         tracing::warn!(status = status.as_u16(), "Intellia answered with an error");
         Err(error_for_status(status, response.headers()))
     }
-}
-
-/// `{base_url}/orgs/{organization_id}/assume-role`.
-pub fn assume_role_url(settings: &IntelliaSettings) -> Result<reqwest::Url, String> {
-    let base = settings.base_url.trim_end_matches('/');
-    reqwest::Url::parse(&format!(
-        "{base}/orgs/{}/assume-role",
-        settings.organization_id
-    ))
-    .map_err(|e| format!("config key `intellia.base_url`: {e}"))
 }
 
 /// Classifies a non-2xx answer: 429 and 5xx are worth retrying (with the upstream's `Retry-After`,
@@ -388,13 +391,13 @@ mod tests {
 
     #[test]
     fn request_body_uses_intellia_field_names_and_omits_absent_fields() {
-        let req = AssumeRoleRequest {
-            user_id: "user-123".into(),
-            user_email: None,
-            user_name: Some("John".into()),
+        let identity = Identity {
+            user_id: crate::identity::UserId::parse("user-123".into()).unwrap(),
+            email: None,
+            name: DisplayName::parse("John".into()),
         };
         assert_eq!(
-            serde_json::to_string(&req).unwrap(),
+            serde_json::to_string(&AssumeRoleRequest::from(&identity)).unwrap(),
             r#"{"userId":"user-123","userName":"John"}"#
         );
     }

@@ -4,4 +4,4 @@
 pub mod client;
 pub mod simulator;
 
-pub use client::{AssumeRoleRequest, IntelliaClient, MintedToken, UpstreamError};
+pub use client::{IntelliaClient, MintedToken, UpstreamError};

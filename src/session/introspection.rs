@@ -6,14 +6,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use secrecy::ExposeSecret;
 use serde_json::{Map, Value};
 
+use super::claims::ClaimPolicy;
 use crate::config::IntrospectionSettings;
 use crate::error::{AuthFailure, BrokerError};
-use crate::secrets::{SecretCell, SecretSource};
-
-use super::{ClaimPolicy, Identity};
+use crate::identity::Identity;
+use crate::secrets::SecretCell;
 
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -21,7 +20,7 @@ pub struct Introspector {
     settings: IntrospectionSettings,
     secret: Arc<SecretCell>,
     http: reqwest::Client,
-    pub(super) policy: ClaimPolicy,
+    policy: ClaimPolicy,
     inactive: moka::future::Cache<[u8; 32], ()>,
 }
 
@@ -42,30 +41,21 @@ pub struct Introspected {
 impl Introspector {
     pub fn new(
         settings: &IntrospectionSettings,
+        secret: Arc<SecretCell>,
         http: reqwest::Client,
-    ) -> Result<Introspector, String> {
-        let secret = SecretCell::load(SecretSource::File(settings.client_secret_file.clone()))
-            .map_err(|e| format!("config key `session.introspection.client_secret_file`: {e}"))?;
-        Ok(Introspector {
-            policy: ClaimPolicy::new(
-                &settings.user_id_claim,
-                &settings.email_claim,
-                &settings.name_claim,
-                &settings.user_id_prefix,
-                &settings.required_claims,
-            ),
+    ) -> Introspector {
+        Introspector {
+            policy: ClaimPolicy::new(&settings.claims),
             settings: settings.clone(),
-            secret: Arc::new(secret),
+            secret,
             http,
             inactive: moka::future::Cache::builder()
                 .max_capacity(100_000)
-                .time_to_live(Duration::from_secs(settings.negative_cache_secs.max(1)))
+                .time_to_live(Duration::from_secs(
+                    settings.negative_cache_secs.get().max(1),
+                ))
                 .build(),
-        })
-    }
-
-    pub fn secret(&self) -> &SecretCell {
-        &self.secret
+        }
     }
 
     pub async fn introspect(
@@ -73,14 +63,14 @@ impl Introspector {
         token: &str,
         digest: &[u8; 32],
     ) -> Result<Introspected, BrokerError> {
-        if self.settings.negative_cache_secs > 0 && self.inactive.contains_key(digest) {
+        if self.settings.negative_cache_secs.get() > 0 && self.inactive.contains_key(digest) {
             return Err(BrokerError::Unauthenticated(AuthFailure::Inactive));
         }
         let secret = self.secret.get();
         let response = self
             .http
-            .post(&self.settings.url)
-            .basic_auth(&self.settings.client_id, Some(secret.expose_secret()))
+            .post(self.settings.url.url().clone())
+            .basic_auth(&self.settings.client_id, Some(secret.expose()))
             .header(reqwest::header::ACCEPT, "application/json")
             .form(&[("token", token), ("token_type_hint", "access_token")])
             .send()
@@ -109,7 +99,7 @@ impl Introspector {
                 reuse_until,
             }),
             Err(failure) => {
-                if failure == AuthFailure::Inactive && self.settings.negative_cache_secs > 0 {
+                if failure == AuthFailure::Inactive && self.settings.negative_cache_secs.get() > 0 {
                     self.inactive.insert(*digest, ()).await;
                 }
                 Err(BrokerError::Unauthenticated(failure))
@@ -123,7 +113,7 @@ impl Introspector {
             return Err(AuthFailure::Inactive);
         }
         let now = jsonwebtoken::get_current_timestamp();
-        let leeway = self.settings.leeway_secs;
+        let leeway = self.settings.leeway_secs.get();
         let exp = answer.get("exp").and_then(Value::as_u64);
         // The provider's numbers are not ours to trust with plain arithmetic: `u64::MAX` is valid JSON.
         if exp.is_some_and(|exp| exp.saturating_add(leeway) < now) {
@@ -151,7 +141,7 @@ impl Introspector {
                 return Err(AuthFailure::WrongAudience);
             }
         }
-        let ttl_end = now.saturating_add(self.settings.cache_ttl_secs);
+        let ttl_end = now.saturating_add(self.settings.cache_ttl_secs.get());
         Ok(exp.map_or(ttl_end, |exp| exp.min(ttl_end)))
     }
 }
@@ -180,19 +170,21 @@ mod tests {
     use serde_json::json;
 
     fn introspector() -> Introspector {
-        let secret =
-            std::env::temp_dir().join(format!("introspection-secret-{}", std::process::id()));
-        std::fs::write(&secret, "client-secret").unwrap();
         let settings: IntrospectionSettings = serde_json::from_value(json!({
             "url": "https://auth.test/introspect",
             "client_id": "broker",
-            "client_secret_file": secret,
+            "client_secret_file": "/unused",
         }))
         .unwrap();
-        let introspector =
-            Introspector::new(&settings, crate::http_client::builder().build().unwrap()).unwrap();
-        let _ = std::fs::remove_file(secret);
-        introspector
+        let secret = crate::secrets::SecretCell::with_value(
+            crate::secrets::SecretSource::Inline,
+            "client-secret".into(),
+        );
+        Introspector::new(
+            &settings,
+            Arc::new(secret),
+            crate::http_client::builder().build().unwrap(),
+        )
     }
 
     #[test]

@@ -1,98 +1,84 @@
 //! Session verification: who is the person on the page, according to the site's own session?
 //!
-//! The token comes from `Authorization: Bearer` or a configured cookie. It is verified strictly
-//! against the issuer it names (which must be configured): algorithm allow-list (never `none`, one
-//! key family per issuer), signature, `iss`, `aud`, `exp` (required), `nbf`, with leeway. The
-//! identity comes from the verified claims only.
+//! The token comes from `Authorization: Bearer` or a configured cookie ([`credential`]). It is
+//! verified strictly against the issuer it names (which must be configured): algorithm allow-list
+//! (never `none`, one key family per issuer), signature, `iss`, `aud`, `exp` (required), `nbf`,
+//! with leeway; or, for opaque tokens, by RFC 7662 introspection. The identity comes from the
+//! verified claims only ([`claims`]).
 
+pub mod claims;
+pub mod credential;
 pub mod introspection;
 pub mod jwks;
+mod userinfo;
 
 use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
-use actix_web::HttpRequest;
-use actix_web::http::header;
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
-use secrecy::ExposeSecret;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{JwtIssuerSettings, SessionSettings};
+use crate::config::{JwtAlgorithm, JwtIssuerSettings, KeySource, SessionSettings, UserinfoSource};
 use crate::error::{AuthFailure, BrokerError};
+use crate::identity::Identity;
 use crate::metrics::Metrics;
-use crate::secrets::{SecretCell, SecretSource};
+use crate::secrets::{SecretCell, SecretKind, Secrets};
+use claims::{ClaimPolicy, Claims};
 use introspection::Introspector;
 use jwks::{JwksCache, JwksSource, KeyLookup};
 
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
-/// Upper bound on user ids, as Intellia's `userId` field.
-pub const MAX_USER_ID_CHARS: usize = 256;
-
-/// The verified person behind a request.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Identity {
-    pub user_id: String,
-    pub email: Option<String>,
-    pub name: Option<String>,
-}
-
-/// How the session credential arrived; cookies need the CSRF guard.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CredentialSource {
-    Bearer,
-    Cookie,
-}
-
-/// A credential found on a request. Borrowed: the token is never copied.
-pub struct Credential<'a> {
-    pub token: &'a str,
-    pub source: CredentialSource,
-}
-
-/// Reads the `Authorization: Bearer` token. `Ok(None)` when there is no Authorization header.
-pub fn bearer_token(req: &HttpRequest) -> Result<Option<&str>, AuthFailure> {
-    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        return Ok(None);
-    };
-    let value = value.to_str().map_err(|_| AuthFailure::Malformed)?;
-    let (scheme, token) = value.split_once(' ').ok_or(AuthFailure::Malformed)?;
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(AuthFailure::Malformed);
-    }
-    let token = token.trim();
-    if token.is_empty() {
-        return Err(AuthFailure::Missing);
-    }
-    Ok(Some(token))
-}
-
-/// Finds a cookie's value by exact name, without allocating.
-pub fn cookie_value<'a>(req: &'a HttpRequest, name: &str) -> Option<&'a str> {
-    req.headers()
-        .get_all(header::COOKIE)
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|pair| pair.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v.trim_matches('"'))
-        .filter(|v| !v.is_empty())
-}
 
 struct AlgorithmPolicy {
     alg: Algorithm,
     validation: Validation,
 }
 
+/// An HS256 key, rebuilt when its secret rotates.
+struct HmacKey {
+    secret: Arc<SecretCell>,
+    /// The secret's generation the key was built from.
+    key: RwLock<(u64, Arc<DecodingKey>)>,
+}
+
+impl HmacKey {
+    fn new(secret: Arc<SecretCell>) -> HmacKey {
+        let current = secret.get();
+        let key = Arc::new(DecodingKey::from_secret(current.expose().as_bytes()));
+        HmacKey {
+            key: RwLock::new((current.generation(), key)),
+            secret,
+        }
+    }
+
+    fn get(&self) -> Arc<DecodingKey> {
+        let current = self.secret.get();
+        {
+            let guard = self
+                .key
+                .read()
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+            if guard.0 == current.generation() {
+                return Arc::clone(&guard.1);
+            }
+        }
+        let fresh = Arc::new(DecodingKey::from_secret(current.expose().as_bytes()));
+        let mut guard = self
+            .key
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        *guard = (current.generation(), Arc::clone(&fresh));
+        fresh
+    }
+}
+
 enum IssuerKeys {
-    Hmac {
-        secret: Arc<SecretCell>,
-        key: RwLock<Arc<DecodingKey>>,
-    },
+    Hmac(HmacKey),
     Jwks(Arc<JwksCache>),
 }
 
@@ -101,110 +87,12 @@ struct Issuer {
     policies: Vec<AlgorithmPolicy>,
     claims: ClaimPolicy,
     /// Where to look up a missing e-mail or name, when enabled.
-    userinfo: Option<UserinfoSource>,
+    userinfo: Option<userinfo::Endpoint>,
 }
 
-enum UserinfoSource {
-    Url(String),
-    Discovered(Arc<JwksCache>),
-}
-
-/// How verified claims become an identity: claim names, prefix and required claims.
-pub struct ClaimPolicy {
-    user_id_claim: String,
-    email_claim: String,
-    name_claim: String,
-    user_id_prefix: String,
-    required: Vec<(String, String)>,
-}
-
-impl ClaimPolicy {
-    pub fn new(
-        user_id_claim: &str,
-        email_claim: &str,
-        name_claim: &str,
-        user_id_prefix: &str,
-        required: &[String],
-    ) -> ClaimPolicy {
-        ClaimPolicy {
-            user_id_claim: user_id_claim.to_owned(),
-            email_claim: email_claim.to_owned(),
-            name_claim: name_claim.to_owned(),
-            user_id_prefix: user_id_prefix.to_owned(),
-            required: required
-                .iter()
-                .filter_map(|c| c.split_once('='))
-                .map(|(k, v)| (k.to_owned(), v.to_owned()))
-                .collect(),
-        }
-    }
-
-    /// Whether the claims meet every `claim=value` condition: a string (or number or boolean)
-    /// equal to the value, or an array containing it.
-    fn satisfied(&self, claims: &serde_json::Map<String, serde_json::Value>) -> bool {
-        self.required.iter().all(|(name, wanted)| {
-            let matches = |v: &serde_json::Value| match v {
-                serde_json::Value::String(s) => s == wanted,
-                serde_json::Value::Bool(b) => b.to_string() == *wanted,
-                serde_json::Value::Number(n) => n.to_string() == *wanted,
-                _ => false,
-            };
-            match claim(claims, name) {
-                Some(serde_json::Value::Array(items)) => items.iter().any(matches),
-                Some(v) => matches(v),
-                None => false,
-            }
-        })
-    }
-
-    fn text(
-        claims: &serde_json::Map<String, serde_json::Value>,
-        name: &str,
-        max: usize,
-    ) -> Option<String> {
-        claim(claims, name)
-            .and_then(serde_json::Value::as_str)
-            .filter(|v| {
-                !v.is_empty() && v.chars().count() <= max && !v.chars().any(char::is_control)
-            })
-            .map(str::to_owned)
-    }
-
-    fn email(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
-        Self::text(claims, &self.email_claim, 320).filter(|e| crate::routes::plausible_email(e))
-    }
-
-    fn name(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Option<String> {
-        Self::text(claims, &self.name_claim, 256)
-    }
-
-    /// Maps verified claims to an identity, enforcing the user-id rules and required claims.
-    pub fn identity(
-        &self,
-        claims: &serde_json::Map<String, serde_json::Value>,
-    ) -> Result<Identity, BrokerError> {
-        let raw_id = match claim(claims, &self.user_id_claim) {
-            Some(serde_json::Value::String(s)) => s.as_str(),
-            _ => return Err(BrokerError::Unauthenticated(AuthFailure::MissingClaim)),
-        };
-        let user_id = if self.user_id_prefix.is_empty() {
-            raw_id.to_owned()
-        } else {
-            format!("{}{raw_id}", self.user_id_prefix)
-        };
-        if raw_id.is_empty() || !valid_user_id(&user_id) {
-            return Err(BrokerError::Unauthenticated(AuthFailure::InvalidUserId));
-        }
-        if !self.satisfied(claims) {
-            return Err(BrokerError::Forbidden(
-                "the session lacks a claim this service requires".into(),
-            ));
-        }
-        Ok(Identity {
-            user_id,
-            email: self.email(claims),
-            name: self.name(claims),
-        })
+impl Issuer {
+    fn policy(&self, alg: Algorithm) -> Option<&AlgorithmPolicy> {
+        self.policies.iter().find(|p| p.alg == alg)
     }
 }
 
@@ -218,12 +106,6 @@ enum LocalOutcome {
 impl From<BrokerError> for LocalOutcome {
     fn from(e: BrokerError) -> Self {
         LocalOutcome::Refused(e)
-    }
-}
-
-impl Issuer {
-    fn policy(&self, alg: Algorithm) -> Option<&AlgorithmPolicy> {
-        self.policies.iter().find(|p| p.alg == alg)
     }
 }
 
@@ -295,22 +177,6 @@ fn decode_segment<T: serde::de::DeserializeOwned>(segment: &str) -> Result<T, Au
     serde_json::from_slice(&bytes).map_err(|_| AuthFailure::Malformed)
 }
 
-fn parse_algorithm(name: &str) -> Option<Algorithm> {
-    Some(match name {
-        "HS256" => Algorithm::HS256,
-        "RS256" => Algorithm::RS256,
-        "RS384" => Algorithm::RS384,
-        "RS512" => Algorithm::RS512,
-        "PS256" => Algorithm::PS256,
-        "PS384" => Algorithm::PS384,
-        "PS512" => Algorithm::PS512,
-        "ES256" => Algorithm::ES256,
-        "ES384" => Algorithm::ES384,
-        "EdDSA" => Algorithm::EdDSA,
-        _ => return None,
-    })
-}
-
 fn validation_for(settings: &JwtIssuerSettings, alg: Algorithm) -> Validation {
     let mut v = Validation::new(alg);
     v.set_issuer(&[settings.issuer.as_str()]);
@@ -318,108 +184,94 @@ fn validation_for(settings: &JwtIssuerSettings, alg: Algorithm) -> Validation {
     v.set_required_spec_claims(&["exp", "iss", "aud"]);
     v.validate_exp = true;
     v.validate_nbf = true;
-    v.leeway = settings.leeway_secs;
+    v.leeway = settings.leeway_secs.get();
     v
 }
 
-fn hmac_key(secret: &SecretCell) -> Arc<DecodingKey> {
-    Arc::new(DecodingKey::from_secret(
-        secret.get().expose_secret().as_bytes(),
-    ))
+/// A SHA-256 digest of a token: the key of everything remembered about it.
+fn digest(token: &str) -> [u8; 32] {
+    Sha256::digest(token.as_bytes()).into()
 }
 
 impl SessionVerifier {
-    /// Builds the verifier, reading HS256 secret files now (a missing one is a start-up error).
-    /// `inline_secrets` supplies HS256 secrets by issuer index instead of files (`dev` mode).
+    /// Builds the verifier from the settings and the secrets they name.
     pub fn new(
         settings: &SessionSettings,
+        secrets: &Secrets,
         http: &reqwest::Client,
         metrics: &Arc<Metrics>,
-        mut inline_secrets: HashMap<usize, SecretCell>,
     ) -> Result<SessionVerifier, String> {
         let mut issuers = Vec::with_capacity(settings.jwt.len());
         let mut by_iss = HashMap::new();
-        let mut cookie_names = Vec::new();
         for (index, s) in settings.jwt.iter().enumerate() {
-            let keys = if let Some(cell) = inline_secrets.remove(&index) {
-                let secret = Arc::new(cell);
-                IssuerKeys::Hmac {
-                    key: RwLock::new(hmac_key(&secret)),
-                    secret,
-                }
-            } else if let Some(path) = &s.hs256_secret_file {
-                let secret = Arc::new(SecretCell::load(SecretSource::File(path.clone())).map_err(
-                    |e| format!("config key `session.jwt[{index}].hs256_secret_file`: {e}"),
-                )?);
-                if secret.get().expose_secret().len() < 32 {
+            let keys = match (&s.keys, secrets.get(SecretKind::SessionHs256(index))) {
+                (_, Some(secret)) => IssuerKeys::Hmac(HmacKey::new(secret)),
+                (KeySource::Hs256(path), None) => {
                     return Err(format!(
-                        "config key `session.jwt[{index}].hs256_secret_file`: secret {} is shorter than 32 bytes",
+                        "config key `session.jwt[{index}].hs256_secret_file`: {} was not loaded",
                         path.display()
                     ));
                 }
-                IssuerKeys::Hmac {
-                    key: RwLock::new(hmac_key(&secret)),
-                    secret,
-                }
-            } else {
-                let source = match &s.jwks_url {
-                    Some(url) => JwksSource::Url(url.clone()),
-                    None => JwksSource::Discovery {
-                        issuer: s.issuer.clone(),
-                    },
-                };
-                IssuerKeys::Jwks(Arc::new(JwksCache::new(
+                (KeySource::Jwks(url), None) => IssuerKeys::Jwks(Arc::new(JwksCache::new(
                     index,
-                    source,
+                    JwksSource::Url(url.as_str().to_owned()),
                     http.clone(),
                     Arc::clone(metrics),
-                )))
+                ))),
+                (KeySource::Discovery, None) => IssuerKeys::Jwks(Arc::new(JwksCache::new(
+                    index,
+                    JwksSource::Discovery {
+                        issuer: s.issuer.clone(),
+                    },
+                    http.clone(),
+                    Arc::clone(metrics),
+                ))),
             };
             let policies = s
                 .algorithms
                 .iter()
-                .filter_map(|a| parse_algorithm(a))
                 .map(|alg| AlgorithmPolicy {
-                    alg,
-                    validation: validation_for(s, alg),
+                    alg: alg.get(),
+                    validation: validation_for(s, alg.get()),
                 })
                 .collect();
-            let userinfo = match (&s.userinfo_url, &keys) {
-                (_, _) if !s.userinfo => None,
-                (Some(url), _) => Some(UserinfoSource::Url(url.clone())),
-                (None, IssuerKeys::Jwks(cache)) => {
-                    Some(UserinfoSource::Discovered(Arc::clone(cache)))
+            let userinfo = match (&s.userinfo, &keys) {
+                (Some(UserinfoSource::Url(url)), _) => {
+                    Some(userinfo::Endpoint::Url(url.as_str().to_owned()))
                 }
-                (None, IssuerKeys::Hmac { .. }) => None,
+                (Some(UserinfoSource::Discovered), IssuerKeys::Jwks(cache)) => {
+                    Some(userinfo::Endpoint::Discovered(Arc::clone(cache)))
+                }
+                _ => None,
             };
-            if let Some(cookie) = &s.cookie
-                && !cookie_names.contains(cookie)
-            {
-                cookie_names.push(cookie.clone());
-            }
             by_iss.insert(s.issuer.clone(), index);
             issuers.push(Issuer {
                 keys,
                 policies,
-                claims: ClaimPolicy::new(
-                    &s.user_id_claim,
-                    &s.email_claim,
-                    &s.name_claim,
-                    &s.user_id_prefix,
-                    &s.required_claims,
-                ),
+                claims: ClaimPolicy::new(&s.claims),
                 userinfo,
             });
         }
-        let introspector = settings
-            .introspection
-            .as_ref()
-            .map(|i| Introspector::new(i, http.clone()))
-            .transpose()?;
+        let introspector = match &settings.introspection {
+            Some(i) => {
+                let secret = secrets
+                    .get(SecretKind::IntrospectionClient)
+                    .ok_or_else(|| {
+                        "config key `session.introspection.client_secret_file`: not loaded"
+                            .to_owned()
+                    })?;
+                Some(Introspector::new(i, secret, http.clone()))
+            }
+            None => None,
+        };
         Ok(SessionVerifier {
             issuers,
             by_iss,
-            cookie_names,
+            cookie_names: settings
+                .cookie_names()
+                .into_iter()
+                .map(|c| c.as_str().to_owned())
+                .collect(),
             verified: moka::future::Cache::builder()
                 .max_capacity(VERIFIED_CACHE_ENTRIES)
                 .expire_after(UntilTokenExpiry)
@@ -434,6 +286,10 @@ impl SessionVerifier {
         self.issuers.is_empty() && self.introspector.is_none()
     }
 
+    pub fn cookie_names(&self) -> &[String] {
+        &self.cookie_names
+    }
+
     /// Starts background JWKS refreshers (the first fetch happens at once).
     pub fn spawn_refreshers(&self) {
         for issuer in &self.issuers {
@@ -446,57 +302,27 @@ impl SessionVerifier {
     /// True when every JWKS issuer has loaded its keys at least once.
     pub fn keys_loaded(&self) -> bool {
         self.issuers.iter().all(|i| match &i.keys {
-            IssuerKeys::Hmac { .. } => true,
+            IssuerKeys::Hmac(_) => true,
             IssuerKeys::Jwks(cache) => cache.is_loaded(),
         })
     }
 
-    /// Re-reads HS256 secret files; returns the issuers whose secret failed to load.
-    pub fn reload_secrets(&self) -> Vec<(usize, String)> {
-        let mut failures = Vec::new();
-        for (index, issuer) in self.issuers.iter().enumerate() {
-            if let IssuerKeys::Hmac { secret, key } = &issuer.keys {
-                match secret.reload() {
-                    Ok(true) => {
-                        let fresh = hmac_key(secret);
-                        match key.write() {
-                            Ok(mut g) => *g = fresh,
-                            Err(p) => *p.into_inner() = fresh,
-                        }
-                        // A secret is rotated when it may be compromised: sessions signed with
-                        // the old one must be verified again, and fail.
-                        self.verified.invalidate_all();
-                        tracing::info!(issuer = index, "session HS256 secret reloaded");
-                    }
-                    Ok(false) => {}
-                    Err(e) => failures.push((index, e.to_string())),
-                }
-            }
-        }
-        if let Some(introspector) = &self.introspector
-            && let Err(e) = introspector.secret().reload()
-        {
-            failures.push((self.issuers.len(), e.to_string()));
-        }
-        failures
+    /// A session HS256 secret rotated. A secret is rotated when it may be compromised: sessions
+    /// signed with the old one must be verified again, and fail.
+    pub fn secret_rotated(&self) {
+        self.verified.invalidate_all();
     }
 
-    /// Finds the session credential: Bearer first, then any configured cookie.
-    pub fn credential<'a>(&self, req: &'a HttpRequest) -> Result<Credential<'a>, AuthFailure> {
-        if let Some(token) = bearer_token(req)? {
-            return Ok(Credential {
-                token,
-                source: CredentialSource::Bearer,
-            });
+    /// The identity of a token verified before and still valid, without verifying it again.
+    pub async fn remembered(&self, token: &str) -> Option<Arc<Identity>> {
+        if token.len() > MAX_TOKEN_BYTES {
+            return None;
         }
-        self.cookie_names
-            .iter()
-            .find_map(|name| cookie_value(req, name))
-            .map(|token| Credential {
-                token,
-                source: CredentialSource::Cookie,
-            })
-            .ok_or(AuthFailure::Missing)
+        self.verified
+            .get(&digest(token))
+            .await
+            .filter(|seen| seen.valid_until > Instant::now())
+            .map(|seen| Arc::clone(&seen.identity))
     }
 
     /// Verifies a session token and maps its claims to an identity. A token verified before is
@@ -505,7 +331,7 @@ impl SessionVerifier {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(BrokerError::Unauthenticated(AuthFailure::TooLarge));
         }
-        let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+        let digest = digest(token);
         if let Some(seen) = self.verified.get(&digest).await
             && seen.valid_until > Instant::now()
         {
@@ -547,9 +373,11 @@ impl SessionVerifier {
             // We understand no extension, so a token that demands one must be refused (RFC 7515 §4.1.11).
             return Err(BrokerError::Unauthenticated(AuthFailure::Malformed).into());
         }
-        let alg = parse_algorithm(&header.alg).ok_or(BrokerError::Unauthenticated(
-            AuthFailure::UnsupportedAlgorithm,
-        ))?;
+        let alg = JwtAlgorithm::from_name(&header.alg)
+            .ok_or(BrokerError::Unauthenticated(
+                AuthFailure::UnsupportedAlgorithm,
+            ))?
+            .get();
         let peek: PeekClaims = decode_segment(payload_b64).map_err(LocalOutcome::NotForUs)?;
         let index = peek
             .iss
@@ -563,13 +391,7 @@ impl SessionVerifier {
         ))?;
 
         let claims = match &issuer.keys {
-            IssuerKeys::Hmac { key, .. } => {
-                let key = match key.read() {
-                    Ok(g) => Arc::clone(&g),
-                    Err(p) => Arc::clone(&p.into_inner()),
-                };
-                decode_claims(token, &key, &policy.validation)?
-            }
+            IssuerKeys::Hmac(key) => decode_claims(token, &key.get(), &policy.validation)?,
             IssuerKeys::Jwks(cache) => match cache.lookup(header.kid.as_deref(), alg).await {
                 KeyLookup::Found(key) => decode_claims(token, &key.key, &policy.validation)?,
                 KeyLookup::Unknown => {
@@ -586,63 +408,15 @@ impl SessionVerifier {
             .and_then(serde_json::Value::as_u64)
             .unwrap_or(0);
         let mut identity = issuer.claims.identity(&claims)?;
-        if let Some(source) = &issuer.userinfo
+        if let Some(endpoint) = &issuer.userinfo
             && (identity.email.is_none() || identity.name.is_none())
         {
             let subject = claims.get("sub").and_then(serde_json::Value::as_str);
-            self.complete_from_userinfo(source, &issuer.claims, token, subject, &mut identity)
+            endpoint
+                .complete(&self.http, &issuer.claims, token, subject, &mut identity)
                 .await;
         }
         Ok((identity, exp))
-    }
-
-    /// Fills a missing e-mail or name from the provider's userinfo endpoint. Best effort: the
-    /// session is already verified, so a failing endpoint only leaves the fields out.
-    async fn complete_from_userinfo(
-        &self,
-        source: &UserinfoSource,
-        policy: &ClaimPolicy,
-        token: &str,
-        subject: Option<&str>,
-        identity: &mut Identity,
-    ) {
-        let url = match source {
-            UserinfoSource::Url(url) => Some(url.clone()),
-            UserinfoSource::Discovered(cache) => cache.userinfo_endpoint(),
-        };
-        let Some(url) = url else { return };
-        let answer = async {
-            let response = self.http.get(&url).bearer_auth(token).send().await.ok()?;
-            if !response.status().is_success() {
-                tracing::warn!(
-                    status = response.status().as_u16(),
-                    "userinfo refused the session token"
-                );
-                return None;
-            }
-            let bytes = response.bytes().await.ok()?;
-            if bytes.len() > 64 * 1024 {
-                return None;
-            }
-            serde_json::from_slice::<serde_json::Map<String, serde_json::Value>>(&bytes).ok()
-        }
-        .await;
-        let Some(info) = answer else {
-            tracing::warn!("userinfo lookup failed; e-mail or name left out");
-            return;
-        };
-        // The answer must be about the same person (OIDC Core §5.3.2).
-        let answered = info.get("sub").and_then(serde_json::Value::as_str);
-        if answered.is_none() || answered != subject {
-            tracing::warn!("userinfo answered for another subject; ignored");
-            return;
-        }
-        if identity.email.is_none() {
-            identity.email = policy.email(&info);
-        }
-        if identity.name.is_none() {
-            identity.name = policy.name(&info);
-        }
     }
 }
 
@@ -650,8 +424,8 @@ fn decode_claims(
     token: &str,
     key: &DecodingKey,
     validation: &Validation,
-) -> Result<serde_json::Map<String, serde_json::Value>, BrokerError> {
-    jsonwebtoken::decode::<serde_json::Map<String, serde_json::Value>>(token, key, validation)
+) -> Result<Claims, BrokerError> {
+    jsonwebtoken::decode::<Claims>(token, key, validation)
         .map(|data| data.claims)
         .map_err(|e| {
             let failure = match e.kind() {
@@ -671,68 +445,41 @@ fn decode_claims(
         })
 }
 
-/// Looks a claim up by name. A name present as-is wins (Zitadel's `urn:zitadel:iam:...` names are
-/// flat); otherwise a dotted path walks nested objects (`realm_access.roles`).
-pub fn claim<'a>(
-    claims: &'a serde_json::Map<String, serde_json::Value>,
-    name: &str,
-) -> Option<&'a serde_json::Value> {
-    if let Some(v) = claims.get(name) {
-        return Some(v);
-    }
-    let mut parts = name.split('.');
-    let mut current = claims.get(parts.next()?)?;
-    for part in parts {
-        current = current.as_object()?.get(part)?;
-    }
-    Some(current)
-}
-
-/// A user id Intellia will accept: 1–256 characters, none of them control characters.
-pub fn valid_user_id(id: &str) -> bool {
-    let count = id.chars().count();
-    (1..=MAX_USER_ID_CHARS).contains(&count) && !id.chars().any(char::is_control)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::secrets::InlineSecrets;
     use serde_json::json;
 
-    #[test]
-    fn nested_and_flat_claim_names() {
-        let claims = json!({
-            "urn:zitadel:iam:user:resourceowner:id": "org-1",
-            "realm_access": {"roles": ["chat"]},
-            "a.b": "flat wins"
-        });
-        let map = claims.as_object().unwrap();
-        assert_eq!(
-            claim(map, "urn:zitadel:iam:user:resourceowner:id"),
-            Some(&json!("org-1"))
-        );
-        assert_eq!(claim(map, "realm_access.roles"), Some(&json!(["chat"])));
-        assert_eq!(claim(map, "a.b"), Some(&json!("flat wins")));
-        assert_eq!(claim(map, "realm_access.missing"), None);
-    }
-
     fn hs256_verifier() -> SessionVerifier {
-        let settings: SessionSettings = serde_json::from_value(json!({"jwt": [{
-            "issuer": "https://auth.test",
-            "audience": "widget",
-            "hs256_secret_file": "/unused",
-            "algorithms": ["HS256"],
-        }]}))
+        let settings = crate::config::Settings::from_toml_with_env(
+            r#"
+[server]
+[intellia]
+organization_id = "org"
+api_key_env = "UNUSED"
+[[session.jwt]]
+issuer = "https://auth.test"
+audience = "widget"
+hs256_secret_file = "/unused"
+algorithms = ["HS256"]
+"#,
+            Vec::<(String, String)>::new(),
+        )
         .unwrap();
-        let secret = SecretCell::with_value(
-            SecretSource::Inline,
-            "a-test-secret-that-is-long-enough-for-hs256".into(),
-        );
-        SessionVerifier::new(
+        let secrets = Secrets::load(
             &settings,
+            InlineSecrets {
+                api_key: Some("k".into()),
+                session_hs256: vec![(0, "a-test-secret-that-is-long-enough-for-hs256".into())],
+            },
+        )
+        .unwrap();
+        SessionVerifier::new(
+            &settings.session,
+            &secrets,
             &crate::http_client::builder().build().unwrap(),
             &Arc::new(Metrics::new()),
-            HashMap::from([(0, secret)]),
         )
         .unwrap()
     }
@@ -753,17 +500,8 @@ mod tests {
         for _ in 0..2 {
             // The second answer comes from the verified-session cache.
             let identity = verifier.verify(&token).await.unwrap();
-            assert_eq!(identity.user_id, "u-1");
+            assert_eq!(identity.user_id.as_str(), "u-1");
         }
-    }
-
-    #[test]
-    fn user_id_rules() {
-        assert!(valid_user_id("user-123"));
-        assert!(valid_user_id("ünïcødé"));
-        assert!(!valid_user_id(""));
-        assert!(!valid_user_id("a\nb"));
-        assert!(!valid_user_id(&"x".repeat(257)));
-        assert!(valid_user_id(&"x".repeat(256)));
+        assert!(verifier.remembered(&token).await.is_some());
     }
 }

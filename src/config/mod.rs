@@ -1,0 +1,549 @@
+//! Configuration: one TOML file plus `BROKER__SECTION__KEY` environment overrides, parsed once into
+//! typed values (see [`values`]) before anything starts. Every failure is one line naming the key.
+//! [`Settings::validate`] holds only the rules that span several keys.
+
+mod session;
+pub mod values;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use ipnet::IpNet;
+use serde::{Deserialize, Serialize};
+
+pub use session::{
+    ClaimRules, IntrospectionSettings, JwtIssuerSettings, KeySource, SessionSettings,
+    UserinfoSource,
+};
+pub use values::{
+    BaseUrl, Bounded, ClaimName, CookieName, HttpUrl, JwtAlgorithm, KeyPrefix, OrganizationId,
+    OriginPattern, RedisUrl, RequiredClaim, UserIdPrefix,
+};
+
+/// A configuration problem, phrased for the operator: it always names the key or path at fault.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct ConfigError(pub String);
+
+impl ConfigError {
+    pub(crate) fn key(key: &str, problem: impl std::fmt::Display) -> Self {
+        ConfigError(one_line(&format!("config key `{key}`: {problem}")))
+    }
+}
+
+/// Problems quote the operator's values, which may hold control characters; escaped, the message
+/// stays one line in a terminal and in a log.
+fn one_line(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for c in text.chars() {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct Settings {
+    pub server: ServerSettings,
+    pub intellia: IntelliaSettings,
+    #[serde(default)]
+    pub cors: CorsSettings,
+    #[serde(default)]
+    pub session: SessionSettings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub backend: Option<BackendSettings>,
+    #[serde(default)]
+    pub rate_limit: RateLimitSettings,
+    #[serde(default)]
+    pub cache: CacheSettings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub redis: Option<RedisSettings>,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerSettings {
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub trusted_proxies: Vec<IpNet>,
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: Bounded<1, 1_048_576>,
+    #[serde(default = "default_shutdown_grace_secs")]
+    pub shutdown_grace_secs: Bounded<1, 600>,
+    /// After SIGTERM, how long `/readyz` reports 503 while the listener keeps serving, so the
+    /// Service stops routing here before connections are refused.
+    #[serde(default = "default_drain_delay_secs")]
+    pub drain_delay_secs: Bounded<0, 599>,
+    /// How often secret files are checked for rotation.
+    #[serde(default = "default_secret_poll_secs")]
+    pub secret_poll_secs: Bounded<1, 300>,
+    /// HTTP worker threads; 0 means one per CPU.
+    #[serde(default)]
+    pub workers: Bounded<0, 256>,
+    /// How long a client may take to send the head of the first request on a connection, and
+    /// then each request's body; slower clients get 408 and the connection is closed.
+    #[serde(default = "default_request_timeout_ms")]
+    pub request_timeout_ms: Bounded<100, 60_000>,
+    /// How long an idle connection waits for its next request; 0 closes every connection after
+    /// one response.
+    #[serde(default = "default_keep_alive_secs")]
+    pub keep_alive_secs: Bounded<0, 300>,
+}
+
+impl Default for Bounded<0, 256> {
+    fn default() -> Self {
+        Bounded::of(0)
+    }
+}
+
+impl ServerSettings {
+    pub fn max_body_bytes(&self) -> usize {
+        usize::try_from(self.max_body_bytes.get()).unwrap_or(usize::MAX)
+    }
+
+    pub fn workers(&self) -> usize {
+        usize::try_from(self.workers.get()).unwrap_or(1)
+    }
+}
+
+/// Where the Intellia API key is read from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ApiKeySource {
+    File(PathBuf),
+    Env(String),
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(try_from = "RawIntellia", into = "RawIntellia")]
+pub struct IntelliaSettings {
+    pub base_url: BaseUrl,
+    pub organization_id: OrganizationId,
+    pub api_key: ApiKeySource,
+    pub timeout_ms: Bounded<1, 120_000>,
+    pub max_retries: Bounded<0, 10>,
+    /// Bound on one mint, retries and their waits included; default twice `timeout_ms`.
+    pub deadline_ms: Option<Bounded<1, 600_000>>,
+    /// Consecutive failed mints (after retries) that open the circuit breaker.
+    pub breaker_failures: Bounded<1, 1000>,
+    /// How long the open breaker answers 503 at once before letting one probe through.
+    pub breaker_open_secs: Bounded<1, 3600>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntellia {
+    #[serde(default = "default_base_url")]
+    base_url: BaseUrl,
+    organization_id: OrganizationId,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    api_key_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    api_key_env: Option<String>,
+    #[serde(default = "default_timeout_ms")]
+    timeout_ms: Bounded<1, 120_000>,
+    #[serde(default = "default_max_retries")]
+    max_retries: Bounded<0, 10>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    deadline_ms: Option<Bounded<1, 600_000>>,
+    #[serde(default = "default_breaker_failures")]
+    breaker_failures: Bounded<1, 1000>,
+    #[serde(default = "default_breaker_open_secs")]
+    breaker_open_secs: Bounded<1, 3600>,
+}
+
+/// A struct-level problem names its field this way; [`clean_config_error`] appends it to the key
+/// path the `config` crate reports for the struct.
+pub(crate) fn field_error(field: &str, problem: impl std::fmt::Display) -> String {
+    format!("@{field}: {problem}")
+}
+
+impl TryFrom<RawIntellia> for IntelliaSettings {
+    type Error = String;
+    fn try_from(raw: RawIntellia) -> Result<Self, String> {
+        let api_key = match (raw.api_key_file, raw.api_key_env) {
+            (Some(_), Some(_)) => {
+                return Err(field_error(
+                    "api_key_file",
+                    "set either api_key_file or api_key_env, not both",
+                ));
+            }
+            (None, None) => {
+                return Err(field_error(
+                    "api_key_file",
+                    "missing: set api_key_file (preferred) or api_key_env",
+                ));
+            }
+            (None, Some(name)) if name.trim().is_empty() => {
+                return Err(field_error("api_key_env", "must name a variable"));
+            }
+            (Some(path), None) => ApiKeySource::File(path),
+            (None, Some(name)) => ApiKeySource::Env(name),
+        };
+        Ok(IntelliaSettings {
+            base_url: raw.base_url,
+            organization_id: raw.organization_id,
+            api_key,
+            timeout_ms: raw.timeout_ms,
+            max_retries: raw.max_retries,
+            deadline_ms: raw.deadline_ms,
+            breaker_failures: raw.breaker_failures,
+            breaker_open_secs: raw.breaker_open_secs,
+        })
+    }
+}
+
+impl From<IntelliaSettings> for RawIntellia {
+    fn from(s: IntelliaSettings) -> RawIntellia {
+        let (api_key_file, api_key_env) = match s.api_key {
+            ApiKeySource::File(path) => (Some(path), None),
+            ApiKeySource::Env(name) => (None, Some(name)),
+        };
+        RawIntellia {
+            base_url: s.base_url,
+            organization_id: s.organization_id,
+            api_key_file,
+            api_key_env,
+            timeout_ms: s.timeout_ms,
+            max_retries: s.max_retries,
+            deadline_ms: s.deadline_ms,
+            breaker_failures: s.breaker_failures,
+            breaker_open_secs: s.breaker_open_secs,
+        }
+    }
+}
+
+impl IntelliaSettings {
+    /// The bound on one mint, retries included.
+    pub fn deadline(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(
+            self.deadline_ms
+                .map_or(self.timeout_ms.get() * 2, Bounded::get),
+        )
+    }
+
+    /// `{base_url}/orgs/{organization_id}/assume-role`. A path prefix of the base URL is kept.
+    pub fn assume_role_url(&self) -> reqwest::Url {
+        let mut url = self.base_url.url().clone();
+        let path = format!(
+            "{}/orgs/{}/assume-role",
+            url.path().trim_end_matches('/'),
+            self.organization_id.as_str()
+        );
+        url.set_path(&path);
+        url
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorsSettings {
+    #[serde(default)]
+    pub allowed_origins: Vec<OriginPattern>,
+    #[serde(default = "default_cors_max_age")]
+    pub max_age_secs: Bounded<0, 86_400>,
+}
+
+impl Default for CorsSettings {
+    fn default() -> Self {
+        CorsSettings {
+            allowed_origins: Vec::new(),
+            max_age_secs: default_cors_max_age(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct BackendSettings {
+    pub secret_file: PathBuf,
+}
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitSettings {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_user: Option<PerMinuteLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub per_ip: Option<PerMinuteLimit>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub upstream: Option<PerSecondLimit>,
+}
+
+/// Up to `u32::MAX`, the range of a GCRA quota.
+pub type Count = Bounded<1, 4_294_967_295>;
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerMinuteLimit {
+    pub per_minute: Count,
+    pub burst: Count,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerSecondLimit {
+    pub per_second: Count,
+    pub burst: Count,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheSettings {
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Below 7200: Intellia tokens live two hours, so asking for more would never hit the cache.
+    #[serde(default = "default_min_remaining_secs")]
+    pub min_remaining_secs: Bounded<0, 7199>,
+    #[serde(default = "default_cache_max_entries")]
+    pub max_entries: Bounded<1, 100_000_000>,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            enabled: true,
+            min_remaining_secs: default_min_remaining_secs(),
+            max_entries: default_cache_max_entries(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct RedisSettings {
+    pub url: RedisUrl,
+    #[serde(default)]
+    pub on_unavailable: RedisFallback,
+    /// Bound on every Redis call; past it the call counts as a failure.
+    #[serde(default = "default_redis_timeout_ms")]
+    pub timeout_ms: Bounded<1, 5000>,
+    /// Replicas sharing the limits: while Redis is unavailable under `on_unavailable = "local"`,
+    /// each replica enforces 1/replicas of every limit.
+    #[serde(default = "default_replicas")]
+    pub replicas: Bounded<1, 1000>,
+    /// Namespace of every key the broker writes.
+    #[serde(default = "default_key_prefix")]
+    pub key_prefix: KeyPrefix,
+    /// Key material for encrypting cached tokens; when absent it is derived from the API key
+    /// (all replicas share it, and rotating the key simply empties the shared cache).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cache_secret_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RedisFallback {
+    #[default]
+    Local,
+    Deny,
+}
+
+fn default_listen() -> SocketAddr {
+    SocketAddr::from(([0, 0, 0, 0], 8080))
+}
+fn default_max_body_bytes() -> Bounded<1, 1_048_576> {
+    Bounded::of(4096)
+}
+fn default_shutdown_grace_secs() -> Bounded<1, 600> {
+    Bounded::of(20)
+}
+fn default_drain_delay_secs() -> Bounded<0, 599> {
+    Bounded::of(5)
+}
+fn default_secret_poll_secs() -> Bounded<1, 300> {
+    Bounded::of(2)
+}
+fn default_request_timeout_ms() -> Bounded<100, 60_000> {
+    Bounded::of(5000)
+}
+fn default_keep_alive_secs() -> Bounded<0, 300> {
+    Bounded::of(5)
+}
+fn default_base_url() -> BaseUrl {
+    // A literal that parses; the fallback is never taken.
+    BaseUrl::try_from("https://api.intellia.com.au".to_owned())
+        .unwrap_or_else(|_| unreachable!("the default base URL parses"))
+}
+fn default_timeout_ms() -> Bounded<1, 120_000> {
+    Bounded::of(5000)
+}
+fn default_max_retries() -> Bounded<0, 10> {
+    Bounded::of(2)
+}
+fn default_breaker_failures() -> Bounded<1, 1000> {
+    Bounded::of(5)
+}
+fn default_breaker_open_secs() -> Bounded<1, 3600> {
+    Bounded::of(10)
+}
+fn default_cors_max_age() -> Bounded<0, 86_400> {
+    Bounded::of(600)
+}
+fn default_redis_timeout_ms() -> Bounded<1, 5000> {
+    Bounded::of(50)
+}
+fn default_replicas() -> Bounded<1, 1000> {
+    Bounded::of(1)
+}
+fn default_key_prefix() -> KeyPrefix {
+    KeyPrefix::try_from("itb".to_owned()).unwrap_or_else(|_| unreachable!("a valid prefix"))
+}
+fn default_true() -> bool {
+    true
+}
+fn default_min_remaining_secs() -> Bounded<0, 7199> {
+    Bounded::of(900)
+}
+fn default_cache_max_entries() -> Bounded<1, 100_000_000> {
+    Bounded::of(100_000)
+}
+
+/// Where the configuration file is, in the order DESIGN.md gives.
+pub fn resolve_config_path(explicit: Option<&Path>) -> PathBuf {
+    explicit
+        .map(Path::to_path_buf)
+        .or_else(|| std::env::var_os("BROKER_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("config/default.toml"))
+}
+
+impl Settings {
+    /// Reads the file, applies `BROKER__SECTION__KEY` overrides from the process environment, and
+    /// validates the result.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        Self::load_with_env(path, std::env::vars())
+    }
+
+    /// Like [`Settings::load`] with an explicit environment, so tests never touch the process's.
+    pub fn load_with_env(
+        path: &Path,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            let reason = match e.kind() {
+                std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+                std::io::ErrorKind::PermissionDenied => {
+                    "is not readable (permission denied)".to_owned()
+                }
+                kind => format!("cannot be read ({kind})"),
+            };
+            ConfigError(format!("config file {}: {reason}", path.display()))
+        })?;
+        Self::from_toml_with_env(&text, env)
+            .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+    }
+
+    /// Parses TOML text plus overrides. Used by tests and `dev`.
+    pub fn from_toml_with_env(
+        text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        let overrides: config::Map<String, String> = env
+            .into_iter()
+            .filter(|(k, _)| k.starts_with("BROKER__"))
+            .collect();
+        let env_source = config::Environment::with_prefix("BROKER")
+            .prefix_separator("__")
+            .separator("__")
+            .try_parsing(true)
+            .list_separator(",")
+            .with_list_parse_key("server.trusted_proxies")
+            .with_list_parse_key("cors.allowed_origins")
+            .source(Some(overrides));
+        let raw = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .add_source(env_source)
+            .build()
+            .map_err(|e| ConfigError(clean_config_error(&e)))?;
+        let settings: Settings = raw
+            .try_deserialize()
+            .map_err(|e| ConfigError(clean_config_error(&e)))?;
+        settings.validate()?;
+        Ok(settings)
+    }
+
+    /// The rules that span several keys; everything about a single value was settled by its type.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let s = &self.server;
+        if s.drain_delay_secs.get() >= s.shutdown_grace_secs.get() {
+            return Err(ConfigError::key(
+                "server.drain_delay_secs",
+                "must be shorter than server.shutdown_grace_secs, or in-flight requests get no time to finish",
+            ));
+        }
+        if s.admin_listen
+            .is_some_and(|a| a == s.listen && a.port() != 0)
+        {
+            return Err(ConfigError::key(
+                "server.admin_listen",
+                "must differ from server.listen: metrics never share the public listener",
+            ));
+        }
+        self.session.validate()?;
+        Ok(())
+    }
+
+    /// The configuration as TOML with every secret-bearing value redacted, for `check-config`.
+    pub fn redacted_toml(&self) -> String {
+        let mut value = match toml::Value::try_from(self) {
+            Ok(v) => v,
+            Err(e) => return format!("# cannot render: {e}\n"),
+        };
+        if let (Some(redis), Some(table)) = (
+            &self.redis,
+            value.get_mut("redis").and_then(toml::Value::as_table_mut),
+        ) {
+            table.insert("url".to_owned(), toml::Value::String(redis.url.redacted()));
+        }
+        toml::to_string(&value).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
+    }
+}
+
+/// The `config` crate phrases errors for developers ("`x` is wrong for key `a.b[0]c`"); keep the
+/// useful part on one line, with the key first, as every other configuration error reads.
+fn clean_config_error(e: &config::ConfigError) -> String {
+    let raw = e.to_string();
+    // A value error may quote the operator's value, whose line breaks are escaped to stay
+    // visible; a TOML syntax error spreads its context over lines, which read well joined.
+    let text = if raw.contains(" for key `") {
+        one_line(&raw)
+    } else {
+        one_line(&raw.replace('\n', " "))
+    };
+    if let Some(rest) = text.strip_prefix("unknown field ") {
+        return format!("unknown config key {rest}");
+    }
+    let Some((problem, key)) = text
+        .rsplit_once(" for key `")
+        .and_then(|(p, k)| Some((p, k.strip_suffix('`')?)))
+    else {
+        return text;
+    };
+    // `session.jwt[1]algorithms[0]` → `session.jwt[1].algorithms[0]`
+    let mut path = String::with_capacity(key.len() + 4);
+    let mut after_index = false;
+    for c in key.chars() {
+        if after_index && c != '[' && c != '.' {
+            path.push('.');
+        }
+        after_index = c == ']';
+        path.push(c);
+    }
+    let path = path.trim_start_matches('.');
+    match problem
+        .strip_prefix('@')
+        .and_then(|rest| rest.split_once(": "))
+    {
+        Some((field, problem)) => format!("config key `{path}.{field}`: {problem}"),
+        None => format!("config key `{path}`: {problem}"),
+    }
+}
+
+#[cfg(test)]
+mod tests;

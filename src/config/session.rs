@@ -1,0 +1,349 @@
+//! `[[session.jwt]]` and `[session.introspection]`: where sessions come from, how they are checked,
+//! and how their claims become an identity.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use super::values::{
+    Bounded, ClaimName, CookieName, HttpUrl, JwtAlgorithm, RequiredClaim, UserIdPrefix,
+};
+use super::{ConfigError, field_error};
+
+#[derive(Debug, Clone, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionSettings {
+    #[serde(default)]
+    pub jwt: Vec<JwtIssuerSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub introspection: Option<IntrospectionSettings>,
+}
+
+/// How claims become an identity, for one session source.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClaimRules {
+    pub user_id_claim: ClaimName,
+    pub email_claim: ClaimName,
+    pub name_claim: ClaimName,
+    pub user_id_prefix: UserIdPrefix,
+    /// `claim=value` conditions a session must meet; otherwise 403 `forbidden`.
+    pub required_claims: Vec<RequiredClaim>,
+}
+
+impl Default for ClaimRules {
+    fn default() -> Self {
+        ClaimRules {
+            user_id_claim: default_user_id_claim(),
+            email_claim: default_email_claim(),
+            name_claim: default_name_claim(),
+            user_id_prefix: UserIdPrefix::default(),
+            required_claims: Vec::new(),
+        }
+    }
+}
+
+/// Where an issuer's verification keys come from. The source fixes the algorithm family: a
+/// shared secret verifies HS256 only, a key set asymmetric algorithms only, so a public key can
+/// never be used as an HMAC secret (algorithm confusion).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum KeySource {
+    Jwks(HttpUrl),
+    /// `{issuer}/.well-known/openid-configuration`, whose `issuer` must match exactly.
+    Discovery,
+    Hs256(PathBuf),
+}
+
+/// Where a missing e-mail or name is looked up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum UserinfoSource {
+    Url(HttpUrl),
+    /// The endpoint the discovery document names.
+    Discovered,
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(try_from = "RawJwtIssuer", into = "RawJwtIssuer")]
+pub struct JwtIssuerSettings {
+    pub issuer: String,
+    pub audience: String,
+    pub keys: KeySource,
+    /// The allow-list, all of the key source's family.
+    pub algorithms: Vec<JwtAlgorithm>,
+    pub cookie: Option<CookieName>,
+    pub claims: ClaimRules,
+    pub leeway_secs: Bounded<0, 300>,
+    pub userinfo: Option<UserinfoSource>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawJwtIssuer {
+    issuer: String,
+    audience: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    jwks_url: Option<HttpUrl>,
+    #[serde(default)]
+    discovery: bool,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    hs256_secret_file: Option<PathBuf>,
+    #[serde(default)]
+    algorithms: Vec<JwtAlgorithm>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cookie: Option<CookieName>,
+    #[serde(default = "default_user_id_claim")]
+    user_id_claim: ClaimName,
+    #[serde(default = "default_email_claim")]
+    email_claim: ClaimName,
+    #[serde(default = "default_name_claim")]
+    name_claim: ClaimName,
+    #[serde(default)]
+    user_id_prefix: UserIdPrefix,
+    #[serde(default)]
+    required_claims: Vec<RequiredClaim>,
+    #[serde(default = "default_leeway_secs")]
+    leeway_secs: Bounded<0, 300>,
+    /// Fetch a missing e-mail or name from the provider's userinfo endpoint.
+    #[serde(default)]
+    userinfo: bool,
+    /// The userinfo endpoint; with `discovery = true` it is taken from the discovery document.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    userinfo_url: Option<HttpUrl>,
+}
+
+impl TryFrom<RawJwtIssuer> for JwtIssuerSettings {
+    type Error = String;
+    fn try_from(raw: RawJwtIssuer) -> Result<Self, String> {
+        if raw.issuer.trim().is_empty() {
+            return Err(field_error("issuer", "must not be empty"));
+        }
+        if raw.audience.trim().is_empty() {
+            return Err(field_error("audience", "must not be empty"));
+        }
+        let keys = match (raw.jwks_url, raw.discovery, raw.hs256_secret_file) {
+            (Some(url), false, None) => KeySource::Jwks(url),
+            (None, true, None) => {
+                HttpUrl::try_from(raw.issuer.clone()).map_err(|e| field_error("issuer", e))?;
+                KeySource::Discovery
+            }
+            (None, false, Some(path)) => KeySource::Hs256(path),
+            _ => {
+                return Err(field_error(
+                    "jwks_url",
+                    "set exactly one of jwks_url, discovery = true, or hs256_secret_file",
+                ));
+            }
+        };
+        if raw.algorithms.is_empty() {
+            return Err(field_error(
+                "algorithms",
+                "list at least one algorithm, e.g. [\"RS256\"]",
+            ));
+        }
+        let hmac = matches!(keys, KeySource::Hs256(_));
+        if let Some(alg) = raw.algorithms.iter().find(|a| a.is_symmetric() != hmac) {
+            return Err(field_error(
+                "algorithms",
+                format!(
+                    "`{}` does not fit the key source: HS256 needs hs256_secret_file, asymmetric algorithms need jwks_url or discovery",
+                    String::from(*alg)
+                ),
+            ));
+        }
+        let userinfo = match (raw.userinfo, raw.userinfo_url, &keys) {
+            (false, None, _) => None,
+            (_, Some(url), _) => Some(UserinfoSource::Url(url)),
+            (true, None, KeySource::Discovery) => Some(UserinfoSource::Discovered),
+            (true, None, _) => {
+                return Err(field_error(
+                    "userinfo",
+                    "needs discovery = true or a userinfo_url",
+                ));
+            }
+        };
+        Ok(JwtIssuerSettings {
+            issuer: raw.issuer,
+            audience: raw.audience,
+            keys,
+            algorithms: raw.algorithms,
+            cookie: raw.cookie,
+            claims: ClaimRules {
+                user_id_claim: raw.user_id_claim,
+                email_claim: raw.email_claim,
+                name_claim: raw.name_claim,
+                user_id_prefix: raw.user_id_prefix,
+                required_claims: raw.required_claims,
+            },
+            leeway_secs: raw.leeway_secs,
+            userinfo,
+        })
+    }
+}
+
+impl From<JwtIssuerSettings> for RawJwtIssuer {
+    fn from(s: JwtIssuerSettings) -> RawJwtIssuer {
+        let (jwks_url, discovery, hs256_secret_file) = match s.keys {
+            KeySource::Jwks(url) => (Some(url), false, None),
+            KeySource::Discovery => (None, true, None),
+            KeySource::Hs256(path) => (None, false, Some(path)),
+        };
+        let (userinfo, userinfo_url) = match s.userinfo {
+            None => (false, None),
+            Some(UserinfoSource::Url(url)) => (true, Some(url)),
+            Some(UserinfoSource::Discovered) => (true, None),
+        };
+        RawJwtIssuer {
+            issuer: s.issuer,
+            audience: s.audience,
+            jwks_url,
+            discovery,
+            hs256_secret_file,
+            algorithms: s.algorithms,
+            cookie: s.cookie,
+            user_id_claim: s.claims.user_id_claim,
+            email_claim: s.claims.email_claim,
+            name_claim: s.claims.name_claim,
+            user_id_prefix: s.claims.user_id_prefix,
+            required_claims: s.claims.required_claims,
+            leeway_secs: s.leeway_secs,
+            userinfo,
+            userinfo_url,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(try_from = "RawIntrospection", into = "RawIntrospection")]
+pub struct IntrospectionSettings {
+    pub url: HttpUrl,
+    pub client_id: String,
+    pub client_secret_file: PathBuf,
+    /// When set, an `iss` in the introspection answer must equal it.
+    pub issuer: Option<String>,
+    /// When set, an `aud` in the introspection answer must contain it.
+    pub audience: Option<String>,
+    pub claims: ClaimRules,
+    pub leeway_secs: Bounded<0, 300>,
+    /// An active answer is reused for at most this long (and never past the token's `exp`).
+    pub cache_ttl_secs: Bounded<1, 3600>,
+    /// An inactive answer is remembered this long, so a replayed dead token costs one call.
+    pub negative_cache_secs: Bounded<0, 300>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawIntrospection {
+    url: HttpUrl,
+    client_id: String,
+    client_secret_file: PathBuf,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    issuer: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    audience: Option<String>,
+    #[serde(default = "default_user_id_claim")]
+    user_id_claim: ClaimName,
+    #[serde(default = "default_email_claim")]
+    email_claim: ClaimName,
+    #[serde(default = "default_name_claim")]
+    name_claim: ClaimName,
+    #[serde(default)]
+    user_id_prefix: UserIdPrefix,
+    #[serde(default)]
+    required_claims: Vec<RequiredClaim>,
+    #[serde(default = "default_leeway_secs")]
+    leeway_secs: Bounded<0, 300>,
+    #[serde(default = "default_introspection_ttl")]
+    cache_ttl_secs: Bounded<1, 3600>,
+    #[serde(default = "default_negative_ttl")]
+    negative_cache_secs: Bounded<0, 300>,
+}
+
+impl TryFrom<RawIntrospection> for IntrospectionSettings {
+    type Error = String;
+    fn try_from(raw: RawIntrospection) -> Result<Self, String> {
+        if raw.client_id.is_empty() {
+            return Err(field_error("client_id", "must not be empty"));
+        }
+        Ok(IntrospectionSettings {
+            url: raw.url,
+            client_id: raw.client_id,
+            client_secret_file: raw.client_secret_file,
+            issuer: raw.issuer,
+            audience: raw.audience,
+            claims: ClaimRules {
+                user_id_claim: raw.user_id_claim,
+                email_claim: raw.email_claim,
+                name_claim: raw.name_claim,
+                user_id_prefix: raw.user_id_prefix,
+                required_claims: raw.required_claims,
+            },
+            leeway_secs: raw.leeway_secs,
+            cache_ttl_secs: raw.cache_ttl_secs,
+            negative_cache_secs: raw.negative_cache_secs,
+        })
+    }
+}
+
+impl From<IntrospectionSettings> for RawIntrospection {
+    fn from(s: IntrospectionSettings) -> RawIntrospection {
+        RawIntrospection {
+            url: s.url,
+            client_id: s.client_id,
+            client_secret_file: s.client_secret_file,
+            issuer: s.issuer,
+            audience: s.audience,
+            user_id_claim: s.claims.user_id_claim,
+            email_claim: s.claims.email_claim,
+            name_claim: s.claims.name_claim,
+            user_id_prefix: s.claims.user_id_prefix,
+            required_claims: s.claims.required_claims,
+            leeway_secs: s.leeway_secs,
+            cache_ttl_secs: s.cache_ttl_secs,
+            negative_cache_secs: s.negative_cache_secs,
+        }
+    }
+}
+
+impl SessionSettings {
+    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+        let mut issuers = std::collections::HashSet::new();
+        for (n, jwt) in self.jwt.iter().enumerate() {
+            if !issuers.insert(jwt.issuer.as_str()) {
+                return Err(ConfigError::key(
+                    &format!("session.jwt[{n}].issuer"),
+                    "the same issuer is configured twice",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every configured cookie name, once.
+    pub fn cookie_names(&self) -> Vec<CookieName> {
+        let mut names: Vec<CookieName> = Vec::new();
+        for cookie in self.jwt.iter().filter_map(|j| j.cookie.as_ref()) {
+            if !names.contains(cookie) {
+                names.push(cookie.clone());
+            }
+        }
+        names
+    }
+}
+
+fn default_user_id_claim() -> ClaimName {
+    ClaimName::of("sub")
+}
+fn default_email_claim() -> ClaimName {
+    ClaimName::of("email")
+}
+fn default_name_claim() -> ClaimName {
+    ClaimName::of("name")
+}
+fn default_leeway_secs() -> Bounded<0, 300> {
+    Bounded::of(30)
+}
+fn default_introspection_ttl() -> Bounded<1, 3600> {
+    Bounded::of(300)
+}
+fn default_negative_ttl() -> Bounded<0, 300> {
+    Bounded::of(10)
+}

@@ -1,0 +1,194 @@
+use super::*;
+
+const MINIMAL: &str = r#"
+[server]
+listen = "127.0.0.1:0"
+[intellia]
+organization_id = "org-456"
+api_key_file = "/tmp/key"
+"#;
+
+fn parse(text: &str) -> Result<Settings, ConfigError> {
+    Settings::from_toml_with_env(text, Vec::<(String, String)>::new())
+}
+
+#[test]
+fn minimal_config_gets_documented_defaults() {
+    let s = parse(MINIMAL).expect("minimal config parses");
+    assert_eq!(s.server.max_body_bytes.get(), 4096);
+    assert_eq!(s.server.shutdown_grace_secs.get(), 20);
+    assert_eq!(s.intellia.timeout_ms.get(), 5000);
+    assert_eq!(s.intellia.max_retries.get(), 2);
+    assert_eq!(
+        s.intellia.base_url.url().as_str(),
+        "https://api.intellia.com.au/"
+    );
+    assert!(s.cache.enabled);
+    assert_eq!(s.cache.min_remaining_secs.get(), 900);
+    assert!(s.rate_limit.per_user.is_none());
+}
+
+#[test]
+fn unknown_key_is_named() {
+    let err = parse(&format!("{MINIMAL}\n[cache]\nenabeld = true\n")).expect_err("typo rejected");
+    assert!(err.0.contains("enabeld"), "{}", err.0);
+    assert!(!err.0.contains('\n'));
+}
+
+#[test]
+fn env_overrides_win_and_unknown_env_keys_fail() {
+    let env = vec![(
+        "BROKER__INTELLIA__ORGANIZATION_ID".to_owned(),
+        "org-999".to_owned(),
+    )];
+    let s = Settings::from_toml_with_env(MINIMAL, env).expect("override applies");
+    assert_eq!(s.intellia.organization_id.as_str(), "org-999");
+
+    let env = vec![(
+        "BROKER__INTELLIA__ORGANISATION_ID".to_owned(),
+        "x".to_owned(),
+    )];
+    let err = Settings::from_toml_with_env(MINIMAL, env).expect_err("typo in env rejected");
+    assert!(err.0.contains("organisation_id"), "{}", err.0);
+}
+
+#[test]
+fn env_lists_split_on_commas() {
+    let env = vec![(
+        "BROKER__CORS__ALLOWED_ORIGINS".to_owned(),
+        "https://a.example.com,https://b.example.com".to_owned(),
+    )];
+    let s = Settings::from_toml_with_env(MINIMAL, env).expect("list override");
+    assert_eq!(s.cors.allowed_origins.len(), 2);
+}
+
+#[test]
+fn hs256_with_jwks_is_rejected_as_confusable() {
+    let text = format!(
+        "{MINIMAL}\n[[session.jwt]]\nissuer = \"https://auth.example.com\"\naudience = \"w\"\njwks_url = \"https://auth.example.com/keys\"\nalgorithms = [\"RS256\", \"HS256\"]\n"
+    );
+    let err = parse(&text).expect_err("mixed families rejected");
+    assert!(err.0.contains("session.jwt[0].algorithms"), "{}", err.0);
+}
+
+#[test]
+fn none_algorithm_is_never_accepted() {
+    let text = format!(
+        "{MINIMAL}\n[[session.jwt]]\nissuer = \"https://auth.example.com\"\naudience = \"w\"\njwks_url = \"https://auth.example.com/keys\"\nalgorithms = [\"none\"]\n"
+    );
+    assert!(parse(&text).is_err());
+}
+
+#[test]
+fn errors_stay_on_one_line_whatever_the_value_holds() {
+    // Found by the fuzz seed `fuzz/seeds/config/reject-alg-with-newline`.
+    let text = format!(
+        "{MINIMAL}\n[[session.jwt]]\nissuer = \"https://auth.example.com\"\naudience = \"w\"\njwks_url = \"https://auth.example.com/keys\"\nalgorithms = [\"RS256\\nforged log line\\r\\u0007\"]\n"
+    );
+    let err = parse(&text).expect_err("unknown algorithm rejected");
+    assert!(!err.0.contains(['\n', '\r', '\u{7}']), "{:?}", err.0);
+    assert!(err.0.contains("RS256\\nforged log line"), "{}", err.0);
+
+    let err = parse(&format!("{MINIMAL}\n[cache]\n\"a\\rb\" = 1\n")).expect_err("unknown key");
+    assert!(!err.0.contains('\r'), "{:?}", err.0);
+}
+
+#[test]
+fn intellia_base_url_with_query_or_fragment_is_refused() {
+    // Found by the `config` fuzz target's rule that the mint URL ends in
+    // `/orgs/{org}/assume-role`: these were accepted and minted at `https://api.example.com/`.
+    for base in [
+        "https://api.example.com/?x=",
+        "https://api.example.com#frag",
+        "https://api.example.com/?",
+    ] {
+        let text = MINIMAL.replace("[intellia]", &format!("[intellia]\nbase_url = \"{base}\""));
+        let err = parse(&text).expect_err(base);
+        assert!(err.0.contains("intellia.base_url"), "{}", err.0);
+    }
+    let text = MINIMAL.replace(
+        "[intellia]",
+        "[intellia]\nbase_url = \"https://api.example.com/intellia/\"",
+    );
+    let s = parse(&text).expect("a path prefix is fine");
+    assert_eq!(
+        s.intellia.assume_role_url().as_str(),
+        "https://api.example.com/intellia/orgs/org-456/assume-role"
+    );
+}
+
+#[test]
+fn redis_url_that_start_up_cannot_parse_is_refused_without_quoting_it() {
+    // Found by the `config` fuzz target: validation only checked the scheme, so `check-config`
+    // passed and printed `url = "REDACTED"`, a configuration that does not load.
+    let text = format!("{MINIMAL}\n[redis]\nurl = \"redis://:hunter2@redis:6379[x]/0\"\n");
+    let err = parse(&text).expect_err("unparseable URL");
+    assert!(err.0.contains("redis.url"), "{}", err.0);
+    assert!(!err.0.contains("hunter2"), "{}", err.0);
+    let ok = format!("{MINIMAL}\n[redis]\nurl = \"redis://:p%40ss@redis:6379/0\"\n");
+    let shown = parse(&ok).expect("valid URL").redacted_toml();
+    parse(&shown).expect("check-config's output loads");
+}
+
+#[test]
+fn both_key_sources_rejected() {
+    let text = MINIMAL.replace(
+        "api_key_file = \"/tmp/key\"",
+        "api_key_file = \"/tmp/key\"\napi_key_env = \"K\"",
+    );
+    let err = parse(&text).expect_err("ambiguous key source");
+    assert!(err.0.contains("intellia.api_key_file"));
+}
+
+#[test]
+fn shipped_configs_are_valid() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut files = vec![root.join("default.toml")];
+    for entry in std::fs::read_dir(root.join("examples")).unwrap() {
+        files.push(entry.unwrap().path());
+    }
+    assert!(files.len() >= 4);
+    for file in files {
+        Settings::load_with_env(&file, Vec::<(String, String)>::new())
+            .unwrap_or_else(|e| panic!("{}: {e}", file.display()));
+    }
+}
+
+#[test]
+fn redacted_toml_hides_redis_password_and_loads_again() {
+    let text = format!("{MINIMAL}\n[redis]\nurl = \"rediss://broker:hunter2@redis:6380/0\"\n");
+    let shown = parse(&text).expect("TLS Redis URL").redacted_toml();
+    assert!(!shown.contains("hunter2"), "{shown}");
+    assert!(
+        shown.contains("rediss://broker:REDACTED@redis:6380/0"),
+        "{shown}"
+    );
+    parse(&shown).expect("check-config's output loads");
+}
+
+#[test]
+fn struct_level_problems_name_the_field() {
+    let text = format!(
+        "{MINIMAL}\n[[session.jwt]]\nissuer = \"https://a.example\"\naudience = \"w\"\nalgorithms = [\"RS256\"]\n"
+    );
+    let err = parse(&text).expect_err("no key source");
+    assert!(
+        err.0
+            .starts_with("config key `session.jwt[0].jwks_url`: set exactly one"),
+        "{}",
+        err.0
+    );
+    let err = parse(&MINIMAL.replace("api_key_file = \"/tmp/key\"", "")).expect_err("no key");
+    assert!(
+        err.0
+            .starts_with("config key `intellia.api_key_file`: missing"),
+        "{}",
+        err.0
+    );
+    let err =
+        parse(&format!("{MINIMAL}\n[cache]\nmin_remaining_secs = 7200\n")).expect_err("range");
+    assert_eq!(
+        err.0,
+        "config key `cache.min_remaining_secs`: must be at most 7199"
+    );
+}

@@ -1,0 +1,180 @@
+//! `POST /v1/backend/token`: the sidecar path. A backend that already knows the user names them.
+
+use actix_web::http::header;
+use actix_web::{HttpRequest, HttpResponse, web};
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+use subtle::ConstantTimeEq;
+
+use super::{RequestLimits, TokenRouteResponses, read_body, record_user, render_issued};
+use crate::error::{AuthFailure, BrokerError};
+use crate::identity::{DisplayName, Email, Identity, UserId};
+use crate::secrets::SecretCell;
+use crate::service::{IpCharge, TokenService};
+use crate::session::credential::bearer_token;
+
+/// The backend secret, when the route is configured.
+pub struct BackendAuth {
+    pub secret: std::sync::Arc<SecretCell>,
+}
+
+/// Body of the sidecar route.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BackendTokenRequest {
+    /// 1–256 printable characters.
+    #[schema(
+        min_length = 1,
+        max_length = 256,
+        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$"
+    )]
+    pub user_id: String,
+    /// A plausible e-mail address (`local@domain.tld`), at most 320 characters.
+    #[serde(default)]
+    #[schema(
+        max_length = 320,
+        pattern = r"^[^@\s\u0000-\u001f\u007f-\u009f]{1,64}@[^@\s.\u0000-\u001f\u007f-\u009f]+(\.[^@\s.\u0000-\u001f\u007f-\u009f]+)+$"
+    )]
+    pub user_email: Option<String>,
+    /// At most 256 printable characters.
+    #[serde(default)]
+    #[schema(max_length = 256, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
+    pub user_name: Option<String>,
+}
+
+#[utoipa::path(
+    post,
+    path = "/v1/backend/token",
+    tag = "tokens",
+    description = "For a web backend running the broker as a sidecar: names the user in the body. Answers 404 unless `[backend]` is configured.",
+    security(("backend" = [])),
+    request_body(content = BackendTokenRequest, content_type = "application/json"),
+    responses(
+        TokenRouteResponses,
+        (status = 400, description = "Malformed JSON, a bad field, or not application/json", body = super::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong backend secret", body = super::Problem, content_type = "application/problem+json",
+            headers(("WWW-Authenticate" = String, description = "Bearer"))),
+        (status = 404, description = "The backend route is not configured", body = super::Problem, content_type = "application/problem+json"),
+    )
+)]
+pub async fn backend_token(
+    req: HttpRequest,
+    payload: web::Payload,
+    limits: web::Data<RequestLimits>,
+    auth: web::Data<BackendAuth>,
+    service: web::Data<TokenService>,
+) -> Result<HttpResponse, BrokerError> {
+    let presented = bearer_token(&req)
+        .map_err(BrokerError::Unauthenticated)?
+        .ok_or(BrokerError::Unauthenticated(AuthFailure::Missing))?;
+    // Comparing digests keeps the comparison constant-time in the secret's length as well.
+    let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    if !bool::from(presented.ct_eq(auth.secret.get().fingerprint())) {
+        return Err(BrokerError::Unauthenticated(
+            AuthFailure::WrongBackendSecret,
+        ));
+    }
+
+    let is_json = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|v| v.trim().eq_ignore_ascii_case("application/json"));
+    if !is_json {
+        return Err(BrokerError::InvalidRequest(
+            "Content-Type must be application/json".into(),
+        ));
+    }
+    let body = read_body(&req, payload, limits.max_body_bytes).await?;
+    // serde would accept a positional array for a struct; the contract is an object.
+    if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(BrokerError::InvalidRequest(
+            "the body must be a JSON object".into(),
+        ));
+    }
+    let parsed: BackendTokenRequest = serde_json::from_slice(&body)
+        .map_err(|e| BrokerError::InvalidRequest(format!("invalid body: {}", json_error(&e))))?;
+    let identity = identity_of(parsed)?;
+    record_user(identity.user_id.as_str());
+    // A sidecar's callers share one address, so only the user's limit applies.
+    render_issued(&service.issue(&identity, IpCharge::None).await?)
+}
+
+/// serde's message without the echo of long values: the category and position are enough.
+fn json_error(e: &serde_json::Error) -> String {
+    use serde_json::error::Category;
+    match e.classify() {
+        Category::Syntax | Category::Eof => {
+            format!("malformed JSON at line {} column {}", e.line(), e.column())
+        }
+        Category::Data | Category::Io => {
+            let text = e.to_string();
+            if text.len() > 200 {
+                "a field has the wrong type or an unknown name".into()
+            } else {
+                text
+            }
+        }
+    }
+}
+
+/// The identity a sidecar names. An empty name means none; an empty e-mail is not an address.
+pub fn identity_of(body: BackendTokenRequest) -> Result<Identity, BrokerError> {
+    let user_id = UserId::parse(body.user_id).ok_or_else(|| {
+        BrokerError::InvalidRequest("userId must be 1-256 printable characters".into())
+    })?;
+    let email = match body.user_email {
+        None => None,
+        Some(email) => Some(Email::parse(email).ok_or_else(|| {
+            BrokerError::InvalidRequest(
+                "userEmail must be a plausible e-mail address of at most 320 characters".into(),
+            )
+        })?),
+    };
+    let name = match body.user_name {
+        None => None,
+        Some(name) if name.is_empty() => None,
+        Some(name) => Some(DisplayName::parse(name).ok_or_else(|| {
+            BrokerError::InvalidRequest("userName must be at most 256 printable characters".into())
+        })?),
+    };
+    Ok(Identity {
+        user_id,
+        email,
+        name,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backend_body_validation() {
+        let ok = identity_of(BackendTokenRequest {
+            user_id: "user-1".into(),
+            user_email: Some("a@b.co".into()),
+            user_name: Some("Ann".into()),
+        });
+        assert!(ok.is_ok());
+        let bad_id = identity_of(BackendTokenRequest {
+            user_id: "".into(),
+            user_email: None,
+            user_name: None,
+        });
+        assert_eq!(bad_id.unwrap_err().code(), "invalid_request");
+        let bad_name = identity_of(BackendTokenRequest {
+            user_id: "u".into(),
+            user_email: None,
+            user_name: Some("x".repeat(257)),
+        });
+        assert!(bad_name.is_err());
+        let no_name = identity_of(BackendTokenRequest {
+            user_id: "u".into(),
+            user_email: None,
+            user_name: Some(String::new()),
+        });
+        assert_eq!(no_name.unwrap().name, None);
+    }
+}
