@@ -358,7 +358,7 @@ function buildProvider() {
       },
       revocation: {
         enabled: true,
-        // the token's own client, or the "broker" resource server, may revoke it
+        // the token's own client, or a resource server ("broker", "broker-jwt"), may revoke it
         allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId
           || client.clientId === 'broker' || client.clientId === JWT_CLIENT_ID,
       },
