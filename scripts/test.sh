@@ -2,14 +2,15 @@
 # The whole test suite, as CI runs it. Installs what the tests need when it is missing
 # (Debian packages as root, npm packages from the lockfiles, a Python venv for the deploy checks),
 # then runs every stage and prints one summary line. Usage: ./scripts/test.sh [stage ...]
-# Stages: lint rust js oidc browser deploy api-fuzz
+# Stages: lint rust js fixtures browser deploy api-fuzz
+# (fixtures = the self-tests of the OpenID provider and OTLP receiver fixtures; `oidc` or `otlp` runs one)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 
 stages=("$@")
-[ ${#stages[@]} -eq 0 ] && stages=(lint rust js oidc browser deploy api-fuzz)
+[ ${#stages[@]} -eq 0 ] && stages=(lint rust js fixtures browser deploy api-fuzz)
 
 passed=0
 failed=0
@@ -48,10 +49,23 @@ ensure_commands() {
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq "${missing[@]}" >/dev/null
 }
 
+# python3 with a working `-m venv` (Debian splits ensurepip into python3-venv).
+ensure_python_venv() {
+  ensure_commands python3=python3 || return 1
+  python3 -c 'import ensurepip, venv' 2>/dev/null && return 0
+  echo "installing: python3-venv"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq python3-venv >/dev/null
+}
+
 stage_rust() {
-  # The integration tests start their own redis-server and a Node OpenID provider.
+  # The integration tests start their own redis-server, a Node OpenID provider and a Python
+  # OTLP receiver (tests/otlp-receiver, run with .venv-otlp/bin/python).
   ensure_commands redis-server=redis-server redis-cli=redis-tools node=nodejs npm=npm &&
+    ensure_python_venv &&
     bash tests/oidc-provider/run.sh --install-only &&
+    bash tests/otlp-receiver/run.sh --install-only &&
     cargo test --locked
 }
 
@@ -60,7 +74,20 @@ stage_js() {
 }
 
 stage_oidc() {
-  bash tests/oidc-provider/run.sh
+  ensure_commands node=nodejs npm=npm && bash tests/oidc-provider/run.sh
+}
+
+stage_otlp() {
+  ensure_python_venv && bash tests/otlp-receiver/run.sh
+}
+
+stage_fixtures() {
+  local rc=0
+  echo "--- OpenID provider fixture (tests/oidc-provider)"
+  stage_oidc || rc=1
+  echo "--- OTLP receiver fixture (tests/otlp-receiver)"
+  stage_otlp || rc=1
+  return $rc
 }
 
 stage_browser() {
@@ -82,7 +109,9 @@ for stage in "${stages[@]}"; do
     lint) run_stage lint stage_lint ;;
     rust) run_stage rust stage_rust ;;
     js) run_stage js stage_js ;;
+    fixtures) run_stage fixtures stage_fixtures ;;
     oidc) run_stage oidc stage_oidc ;;
+    otlp) run_stage otlp stage_otlp ;;
     browser) run_stage browser stage_browser ;;
     deploy) run_stage deploy stage_deploy ;;
     api-fuzz) run_stage api-fuzz stage_api_fuzz ;;

@@ -18,7 +18,7 @@ console.log = toStderr;
 console.info = toStderr;
 console.debug = toStderr;
 
-const { default: Provider } = await import('oidc-provider');
+const { default: Provider, errors } = await import('oidc-provider');
 
 // ---------------------------------------------------------------------------------------------
 // command line / environment
@@ -71,6 +71,7 @@ try {
 const HOST = '127.0.0.1';
 const BROKER_SECRET = process.env.OIDC_BROKER_SECRET || 'broker-secret';
 const WIDGET_SECRET = process.env.OIDC_WIDGET_SECRET || 'widget-secret';
+const JWT_CLIENT_ID = 'broker-jwt'; // resource server authenticating with private_key_jwt (RFC 7523)
 const VERBOSE = !!process.env.OIDC_FIXTURE_LOG;
 const log = (...args) => process.stderr.write(`oidc-fixture: ${args.join(' ')}\n`);
 
@@ -229,6 +230,75 @@ const kidsOf = (sets) => sets.flatMap((s) => s.keys.map((k) => k.kid));
 const signingKids = () => Object.fromEntries(keySets[0].keys.map((k) => [k.alg, k.kid]));
 
 // ---------------------------------------------------------------------------------------------
+// private_key_jwt client keys (the "broker-jwt" client), shaped like Zitadel's downloaded key JSON
+
+// Zitadel ids are 18-digit decimal snowflakes.
+const zitadelId = () => String(100_000_000_000_000_000n
+  + (BigInt(`0x${crypto.randomBytes(8).toString('hex')}`) % 900_000_000_000_000_000n));
+
+function newClientKey({ keyId = zitadelId(), appId = zitadelId() } = {}) {
+  const { privateKey, publicKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  return {
+    keyId,
+    appId,
+    privateKey,
+    publicJwk: { ...publicKey.export({ format: 'jwk' }), kid: keyId, alg: 'RS256', use: 'sig' },
+  };
+}
+
+// Registered keys (newest first; the client's `jwks`), and one unregistered "wrong" key with the
+// same keyId/appId as the current one (a signature the provider cannot verify).
+let clientKeys = [newClientKey()];
+let wrongClientKey = newClientKey({ keyId: clientKeys[0].keyId, appId: clientKeys[0].appId });
+
+function clientKeyShapes(k) {
+  const pkcs1 = k.privateKey.export({ type: 'pkcs1', format: 'pem' });
+  return {
+    client_id: JWT_CLIENT_ID,
+    key_id: k.keyId,
+    app_id: k.appId,
+    zitadel_json: { type: 'application', keyId: k.keyId, key: pkcs1, appId: k.appId, clientId: JWT_CLIENT_ID },
+    pkcs8_pem: k.privateKey.export({ type: 'pkcs8', format: 'pem' }),
+    pkcs1_pem: pkcs1,
+    public_jwk: k.publicJwk,
+  };
+}
+
+// Which `aud` values a client assertion may carry: "any" = oidc-provider's rule (the issuer, the
+// token endpoint URL or the URL of the endpoint called), "issuer" = the issuer only (Zitadel's rule).
+let assertionAudience = 'any';
+const MAX_ASSERTION_LIFETIME = 3600; // exp may be at most this many seconds ahead (Zitadel: 1 h)
+
+// Every client assertion received (decoded header + claims, never the signed JWT), newest last.
+let assertions = [];
+const MAX_ASSERTIONS = 1000;
+
+function recordAssertion(ctx, route) {
+  const raw = ctx.oidc?.params?.client_assertion;
+  if (typeof raw !== 'string') return;
+  const entry = {
+    at: Date.now(),
+    endpoint: route,
+    path: ctx.path,
+    client_assertion_type: ctx.oidc.params.client_assertion_type ?? null,
+    header: null,
+    claims: null,
+    status: ctx.status,
+    error: ctx.status >= 400 ? (ctx.body?.error ?? null) : null,
+    error_detail: ctx.state.fixtureErrorDetail ?? null,
+  };
+  const parts = raw.split('.');
+  try {
+    entry.header = JSON.parse(Buffer.from(parts[0], 'base64url').toString('utf8'));
+    entry.claims = JSON.parse(Buffer.from(parts[1], 'base64url').toString('utf8'));
+  } catch {
+    entry.decode_error = 'client_assertion is not a decodable JWS';
+  }
+  assertions.push(entry);
+  if (assertions.length > MAX_ASSERTIONS) assertions.shift();
+}
+
+// ---------------------------------------------------------------------------------------------
 // provider
 
 const cookieKeys = [crypto.randomBytes(32).toString('base64url')];
@@ -249,6 +319,18 @@ function buildProvider() {
         response_types: [],
         redirect_uris: [],
         token_endpoint_auth_method: 'client_secret_basic',
+      },
+      {
+        // oidc-provider 9 authenticates introspection and revocation with the token endpoint's
+        // method: this is the introspection auth method too.
+        client_id: JWT_CLIENT_ID,
+        client_name: 'intellia-token-broker (resource server, private_key_jwt)',
+        grant_types: [],
+        response_types: [],
+        redirect_uris: [],
+        token_endpoint_auth_method: 'private_key_jwt',
+        token_endpoint_auth_signing_alg: 'RS256',
+        jwks: { keys: clientKeys.map((k) => ({ ...k.publicJwk })) },
       },
       {
         client_id: 'widget-site',
@@ -276,9 +358,9 @@ function buildProvider() {
       },
       revocation: {
         enabled: true,
-        // the token's own client, or the "broker" resource server, may revoke it
+        // the token's own client, or a resource server ("broker", "broker-jwt"), may revoke it
         allowedPolicy: async (_ctx, client, token) => token.clientId === client.clientId
-          || client.clientId === 'broker',
+          || client.clientId === 'broker' || client.clientId === JWT_CLIENT_ID,
       },
       userinfo: { enabled: true },
       clientCredentials: { enabled: true },
@@ -298,6 +380,21 @@ function buildProvider() {
       },
     },
     clientBasedCORS: () => true,
+    // Zitadel-like strictness on top of oidc-provider's own checks (alg RS256 as registered, iss =
+    // sub = client_id, aud, signature by a registered key, exp with 15 s tolerance, jti unique).
+    async assertJwtClientAuthClaimsAndHeader(_ctx, claims, header) {
+      const fail = (detail) => {
+        throw new errors.InvalidClientAuth(detail);
+      };
+      if (typeof header.kid !== 'string' || !header.kid) fail('kid must be set in the client_assertion header');
+      if (claims.sub !== claims.iss) fail('sub must equal iss (the client_id)');
+      if (typeof claims.iat !== 'number') fail('iat must be provided in the client_assertion JWT');
+      const now = Math.floor(Date.now() / 1000);
+      if (claims.exp > now + MAX_ASSERTION_LIFETIME) fail(`exp may be at most ${MAX_ASSERTION_LIFETIME} s ahead`);
+      if (assertionAudience === 'issuer' && (Array.isArray(claims.aud) ? !claims.aud.includes(issuer) : claims.aud !== issuer)) {
+        fail('aud must be the issuer');
+      }
+    },
     async findAccount(_ctx, sub) {
       const claims = accounts.get(sub);
       if (!claims) return undefined;
@@ -327,6 +424,18 @@ function buildProvider() {
     },
   });
   provider.on('server_error', (_ctx, err) => log('server_error:', err?.stack || err));
+  // Record client assertions with their outcome (error detail from the route's error event).
+  for (const ev of ['introspection.error', 'grant.error', 'revocation.error', 'pushed_authorization_request.error', 'backchannel_authentication.error']) {
+    provider.on(ev, (ctx, err) => {
+      ctx.state.fixtureErrorDetail = err?.error_detail ?? err?.message ?? null;
+    });
+  }
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.method === 'POST' && ctx.oidc?.params?.client_assertion !== undefined) {
+      recordAssertion(ctx, paths[ctx.path] ?? ctx.oidc.route ?? 'other');
+    }
+  });
   if (VERBOSE) {
     for (const ev of ['introspection.error', 'userinfo.error', 'revocation.error', 'grant.error', 'jwks.error', 'discovery.error']) {
       provider.on(ev, (_ctx, err) => log(`${ev}:`, err?.message || err));
@@ -482,6 +591,25 @@ function info() {
   };
 }
 
+function acceptedAudiences() {
+  if (assertionAudience === 'issuer') return [issuer];
+  const { provider } = current;
+  return [issuer, provider.urlFor('token'), provider.urlFor('introspection'), provider.urlFor('revocation')];
+}
+
+function clientKeyInfo() {
+  return {
+    ...clientKeyShapes(clientKeys[0]),
+    registered_key_ids: clientKeys.map((k) => k.keyId),
+    token_endpoint_auth_method: 'private_key_jwt',
+    alg: 'RS256',
+    assertion_audience: assertionAudience,
+    accepted_audiences: acceptedAudiences(),
+    max_assertion_lifetime_secs: MAX_ASSERTION_LIFETIME,
+    wrong: clientKeyShapes(wrongClientKey),
+  };
+}
+
 function keysInfo() {
   return {
     signing_kids: signingKids(),
@@ -583,7 +711,41 @@ async function control(req, res, url) {
 
   if (is('POST', '/__control/stats/reset') || is('DELETE', '/__control/stats')) {
     stats = { counts: counters(), by_path: {}, times: {}, since: Date.now() };
+    assertions = [];
     return send(res, 200, stats);
+  }
+
+  if (is('GET', '/__control/client_key')) return send(res, 200, clientKeyInfo());
+
+  if (is('GET', '/__control/client_key/wrong')) return send(res, 200, clientKeyShapes(wrongClientKey));
+
+  if (is('POST', '/__control/client_key/rotate')) {
+    const body = await readJson(req);
+    const keepOld = body.keep_old ?? ['1', 'true', 'yes'].includes(url.searchParams.get('keep_old') ?? '');
+    if (typeof keepOld !== 'boolean') throw new HttpError(400, '"keep_old" must be a boolean');
+    const previous = clientKeys.map((k) => k.keyId);
+    const fresh = newClientKey();
+    clientKeys = keepOld ? [fresh, ...clientKeys] : [fresh];
+    wrongClientKey = newClientKey({ keyId: fresh.keyId, appId: fresh.appId });
+    swapProvider();
+    return send(res, 200, { ...clientKeyInfo(), previous_key_ids: previous });
+  }
+
+  if (is('POST', '/__control/client_auth')) {
+    const body = await readJson(req);
+    const audience = body.assertion_audience ?? 'any';
+    if (!['any', 'issuer'].includes(audience)) throw new HttpError(400, '"assertion_audience" must be "any" or "issuer"');
+    assertionAudience = audience;
+    return send(res, 200, { assertion_audience: assertionAudience, accepted_audiences: acceptedAudiences() });
+  }
+
+  if (is('GET', '/__control/assertions')) {
+    return send(res, 200, { assertions, count: assertions.length });
+  }
+
+  if (is('DELETE', '/__control/assertions') || is('POST', '/__control/assertions/reset')) {
+    assertions = [];
+    return send(res, 200, { assertions, count: 0 });
   }
 
   return send(res, 404, { error: 'not_found', error_description: `no control route ${method} ${route}` });

@@ -440,6 +440,272 @@ describe('oidc-provider fixture', () => {
     await ctl('/latency', { ms: 0 });
   });
 
+  // ---- private_key_jwt (RFC 7523) client authentication: the "broker-jwt" client ----------------
+
+  const ASSERTION_TYPE = 'urn:ietf:params:oauth:client-assertion-type:jwt-bearer';
+  const clientKey = async () => json(await ctl('/client_key', undefined, 'GET'));
+  // A client assertion as the broker makes it; `over` replaces claims / header fields (undefined = drop).
+  const assertion = async (pem, kid, { claims = {}, header = {}, alg = 'RS256' } = {}) => {
+    const now = Math.floor(Date.now() / 1000);
+    const payload = {
+      iss: 'broker-jwt', sub: 'broker-jwt', aud: R.issuer, iat: now, exp: now + 60, jti: crypto.randomUUID(),
+      ...claims,
+    };
+    for (const [k, v] of Object.entries(payload)) if (v === undefined) delete payload[k];
+    const hdr = { alg, kid, typ: 'JWT', ...header };
+    for (const [k, v] of Object.entries(hdr)) if (v === undefined) delete hdr[k];
+    const key = alg.startsWith('HS') ? new TextEncoder().encode('x'.repeat(64)) : crypto.createPrivateKey(pem);
+    return new jose.SignJWT(payload).setProtectedHeader(hdr).sign(key);
+  };
+  const introspectJwt = async (token, clientAssertion, extra = {}) => {
+    const res = await fetch(R.introspection_endpoint, {
+      method: 'POST',
+      headers: { 'content-type': 'application/x-www-form-urlencoded' },
+      body: new URLSearchParams({
+        token,
+        token_type_hint: 'access_token',
+        client_assertion_type: ASSERTION_TYPE,
+        client_assertion: clientAssertion,
+        ...extra,
+      }),
+    });
+    return { status: res.status, body: await json(res) };
+  };
+  const assertionsLog = async () => (await json(await ctl('/assertions', undefined, 'GET'))).assertions;
+
+  test('private_key_jwt client: key in Zitadel JSON, PKCS#1 and PKCS#8 shapes; a wrong key', async () => {
+    const k = await clientKey();
+    assert.equal(k.client_id, 'broker-jwt');
+    assert.match(k.key_id, /^\d{18}$/);
+    assert.match(k.app_id, /^\d{18}$/);
+    assert.deepEqual(Object.keys(k.zitadel_json).sort(), ['appId', 'clientId', 'key', 'keyId', 'type']);
+    assert.deepEqual(
+      { ...k.zitadel_json, key: undefined },
+      { type: 'application', keyId: k.key_id, key: undefined, appId: k.app_id, clientId: 'broker-jwt' },
+    );
+    assert.match(k.zitadel_json.key, /^-----BEGIN RSA PRIVATE KEY-----\n[\s\S]+\n-----END RSA PRIVATE KEY-----\n$/);
+    assert.equal(k.pkcs1_pem, k.zitadel_json.key);
+    assert.match(k.pkcs8_pem, /^-----BEGIN PRIVATE KEY-----\n[\s\S]+\n-----END PRIVATE KEY-----\n$/);
+    const pub1 = crypto.createPublicKey(crypto.createPrivateKey(k.zitadel_json.key)).export({ format: 'jwk' });
+    const pub8 = crypto.createPublicKey(crypto.createPrivateKey(k.pkcs8_pem)).export({ format: 'jwk' });
+    assert.equal(pub1.n, pub8.n);
+    assert.equal(pub1.n, k.public_jwk.n);
+    assert.equal(k.public_jwk.kid, k.key_id);
+    assert.equal(k.public_jwk.d, undefined);
+    assert.equal(k.token_endpoint_auth_method, 'private_key_jwt');
+    assert.equal(k.alg, 'RS256');
+    assert.deepEqual(k.registered_key_ids, [k.key_id]);
+    assert.equal(k.assertion_audience, 'any');
+    assert.deepEqual(k.accepted_audiences, [R.issuer, R.token_endpoint, R.introspection_endpoint, R.revocation_endpoint]);
+
+    // the wrong key: same ids, other key material, same shapes
+    const w = k.wrong;
+    assert.equal(w.key_id, k.key_id);
+    assert.equal(w.zitadel_json.keyId, k.key_id);
+    assert.equal(w.zitadel_json.clientId, 'broker-jwt');
+    assert.match(w.zitadel_json.key, /^-----BEGIN RSA PRIVATE KEY-----\n/);
+    assert.match(w.pkcs8_pem, /^-----BEGIN PRIVATE KEY-----\n/);
+    assert.notEqual(w.public_jwk.n, k.public_jwk.n);
+    assert.deepEqual(await json(await ctl('/client_key/wrong', undefined, 'GET')), w);
+
+    const d = await json(await fetch(R.discovery_url));
+    assert.ok(d.token_endpoint_auth_methods_supported.includes('private_key_jwt'));
+    assert.ok(d.token_endpoint_auth_signing_alg_values_supported.includes('RS256'));
+  });
+
+  test('private_key_jwt introspection: accepted with aud = issuer, token or introspection endpoint; recorded', async () => {
+    await ctl('/stats/reset');
+    assert.deepEqual(await assertionsLog(), []);
+    const k = await clientKey();
+    const t = await mint({ sub: 'ivy', email: 'ivy@example.com', format: 'opaque' });
+    const auds = [R.issuer, R.token_endpoint, R.introspection_endpoint, [R.issuer, 'https://elsewhere.example']];
+    const sent = [];
+    for (const [i, aud] of auds.entries()) {
+      const pem = i % 2 ? k.pkcs8_pem : k.zitadel_json.key; // both shapes sign alike
+      const a = await assertion(pem, k.key_id, { claims: { aud } });
+      sent.push(jose.decodeJwt(a));
+      const { status, body } = await introspectJwt(t.access_token, a);
+      assert.equal(status, 200, JSON.stringify(body));
+      assert.equal(body.active, true);
+      assert.equal(body.sub, 'ivy');
+      assert.equal(body.email, 'ivy@example.com');
+    }
+    // client_id in the body as well (allowed when it matches)
+    const withId = await introspectJwt(t.access_token, await assertion(k.pkcs8_pem, k.key_id), { client_id: 'broker-jwt' });
+    assert.equal(withId.body.active, true);
+
+    const log = await assertionsLog();
+    assert.equal(log.length, 5);
+    for (const [i, e] of log.entries()) {
+      assert.equal(e.endpoint, 'introspection');
+      assert.equal(e.path, '/token/introspection');
+      assert.equal(e.client_assertion_type, ASSERTION_TYPE);
+      assert.equal(e.status, 200);
+      assert.equal(e.error, null);
+      assert.equal(e.error_detail, null);
+      assert.deepEqual(e.header, { alg: 'RS256', kid: k.key_id, typ: 'JWT' });
+      assert.equal(e.claims.iss, 'broker-jwt');
+      assert.equal(e.claims.sub, 'broker-jwt');
+      assert.equal(e.claims.exp - e.claims.iat, 60);
+      if (i < sent.length) assert.deepEqual(e.claims, sent[i]);
+      assert.ok(e.at >= Date.now() - 10_000);
+    }
+    assert.equal(new Set(log.map((e) => e.claims.jti)).size, log.length);
+    assert.equal(JSON.stringify(log).includes('PRIVATE KEY'), false);
+    // revocation accepts the same client authentication
+    const rev = await fetch(R.revocation_endpoint, {
+      method: 'POST',
+      body: new URLSearchParams({
+        token: t.access_token, client_assertion_type: ASSERTION_TYPE, client_assertion: await assertion(k.pkcs8_pem, k.key_id),
+      }),
+    });
+    assert.equal(rev.status, 200);
+    await rev.arrayBuffer();
+    assert.equal((await introspect(t.access_token)).body.active, false);
+    assert.equal((await assertionsLog()).at(-1).endpoint, 'revocation');
+  });
+
+  test('private_key_jwt: a reused assertion (same jti) is refused', async () => {
+    await ctl('/stats/reset');
+    const k = await clientKey();
+    const t = await mint({ sub: 'jon', format: 'opaque' });
+    const a = await assertion(k.pkcs8_pem, k.key_id);
+    assert.equal((await introspectJwt(t.access_token, a)).body.active, true);
+    const replay = await introspectJwt(t.access_token, a);
+    assert.equal(replay.status, 401);
+    assert.equal(replay.body.error, 'invalid_client');
+    // same jti in a freshly signed assertion: refused as well
+    const { jti } = jose.decodeJwt(a);
+    const again = await introspectJwt(t.access_token, await assertion(k.pkcs8_pem, k.key_id, { claims: { jti } }));
+    assert.equal(again.status, 401);
+    const log = await assertionsLog();
+    assert.deepEqual(log.map((e) => e.status), [200, 401, 401]);
+    assert.equal(log[1].error, 'invalid_client');
+    assert.match(log[1].error_detail, /only be used once/);
+    assert.match(log[2].error_detail, /only be used once/);
+  });
+
+  test('private_key_jwt: wrong key, kid, aud, exp, iat, iss/sub, alg, type are refused with 401 invalid_client', async () => {
+    await ctl('/stats/reset');
+    const k = await clientKey();
+    const now = Math.floor(Date.now() / 1000);
+    const t = await mint({ sub: 'kim', format: 'opaque' });
+    const other = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ type: 'pkcs8', format: 'pem' });
+    const cases = [
+      ['wrong key (Zitadel JSON)', await assertion(k.wrong.zitadel_json.key, k.wrong.key_id), /signature/],
+      ['wrong key (PKCS#8)', await assertion(k.wrong.pkcs8_pem, k.wrong.key_id), /signature/],
+      ['unknown kid', await assertion(other, '999999999999999999'), /no applicable key/],
+      ['no kid', await assertion(k.pkcs8_pem, undefined), /kid/],
+      ['aud elsewhere', await assertion(k.pkcs8_pem, k.key_id, { claims: { aud: 'https://elsewhere.example' } }), /aud/],
+      ['aud missing', await assertion(k.pkcs8_pem, k.key_id, { claims: { aud: undefined } }), /aud/],
+      ['expired', await assertion(k.pkcs8_pem, k.key_id, { claims: { iat: now - 300, exp: now - 60 } }), /jwt expired/],
+      ['exp missing', await assertion(k.pkcs8_pem, k.key_id, { claims: { exp: undefined } }), /expiration/],
+      ['exp too far', await assertion(k.pkcs8_pem, k.key_id, { claims: { exp: now + 7200 } }), /exp may be at most/],
+      ['iat missing', await assertion(k.pkcs8_pem, k.key_id, { claims: { iat: undefined } }), /iat/],
+      ['jti missing', await assertion(k.pkcs8_pem, k.key_id, { claims: { jti: undefined } }), /jti/],
+      ['iss other', await assertion(k.pkcs8_pem, k.key_id, { claims: { iss: 'broker' } }), /iss/],
+      ['PS256 (not the registered alg)', await assertion(k.pkcs8_pem, k.key_id, { alg: 'PS256' }), /alg/],
+      ['HS256', await assertion(undefined, k.key_id, { alg: 'HS256' }), /alg|mechanism/],
+    ];
+    for (const [name, a, detail] of cases) {
+      const { status, body } = await introspectJwt(t.access_token, a);
+      assert.equal(status, 401, `${name}: ${JSON.stringify(body)}`);
+      assert.equal(body.error, 'invalid_client', name);
+      const e = (await assertionsLog()).at(-1);
+      assert.equal(e.status, 401, name);
+      assert.match(e.error_detail, detail, `${name}: ${e.error_detail}`);
+    }
+    // sub other than the client: that client is looked up (and is not a private_key_jwt client)
+    const subOther = await introspectJwt(t.access_token, await assertion(k.pkcs8_pem, k.key_id, { claims: { sub: 'broker' } }));
+    assert.equal(subOther.status, 401);
+    // wrong client_assertion_type: 400 invalid_request
+    const badType = await introspectJwt(t.access_token, await assertion(k.pkcs8_pem, k.key_id), { client_assertion_type: 'urn:nope' });
+    assert.equal(badType.status, 400);
+    assert.equal(badType.body.error, 'invalid_request');
+    // the right key still works after all that
+    assert.equal((await introspectJwt(t.access_token, await assertion(k.pkcs8_pem, k.key_id))).body.active, true);
+    assert.equal((await assertionsLog()).length, cases.length + 3);
+  });
+
+  test('private_key_jwt: assertion audience policy "issuer" (Zitadel) and back to "any"', async () => {
+    const k = await clientKey();
+    const t = await mint({ sub: 'lea', format: 'opaque' });
+    const set = await json(await ctl('/client_auth', { assertion_audience: 'issuer' }));
+    assert.deepEqual(set, { assertion_audience: 'issuer', accepted_audiences: [R.issuer] });
+    const tokenAud = await introspectJwt(t.access_token, await assertion(k.pkcs8_pem, k.key_id, { claims: { aud: R.token_endpoint } }));
+    assert.equal(tokenAud.status, 401);
+    assert.equal((await introspectJwt(t.access_token, await assertion(k.pkcs8_pem, k.key_id))).body.active, true);
+    assert.equal((await ctl('/client_auth', { assertion_audience: 'nope' })).status, 400);
+    assert.equal((await json(await ctl('/client_auth', {}))).assertion_audience, 'any');
+    assert.equal((await introspectJwt(t.access_token, await assertion(k.pkcs8_pem, k.key_id, { claims: { aud: R.token_endpoint } }))).body.active, true);
+  });
+
+  test('private_key_jwt: client key rotation (old key refused; keep_old keeps both)', async () => {
+    const t = await mint({ sub: 'max', format: 'opaque' });
+    const k1 = await clientKey();
+    const r1 = await json(await ctl('/client_key/rotate'));
+    assert.deepEqual(r1.previous_key_ids, [k1.key_id]);
+    assert.notEqual(r1.key_id, k1.key_id);
+    assert.deepEqual(r1.registered_key_ids, [r1.key_id]);
+    assert.equal(r1.wrong.key_id, r1.key_id);
+    assert.equal((await introspectJwt(t.access_token, await assertion(k1.pkcs8_pem, k1.key_id))).status, 401);
+    assert.equal((await introspectJwt(t.access_token, await assertion(r1.pkcs8_pem, r1.key_id))).body.active, true);
+
+    const r2 = await json(await ctl('/client_key/rotate', { keep_old: true }));
+    assert.deepEqual(r2.registered_key_ids, [r2.key_id, r1.key_id]);
+    assert.equal((await introspectJwt(t.access_token, await assertion(r1.zitadel_json.key, r1.key_id))).body.active, true);
+    assert.equal((await introspectJwt(t.access_token, await assertion(r2.zitadel_json.key, r2.key_id))).body.active, true);
+    const { previous_key_ids: _p, ...r2Info } = r2;
+    assert.deepEqual(await clientKey(), r2Info);
+    // the client_secret_basic resource server is unaffected
+    assert.equal((await introspect(t.access_token)).body.active, true);
+  });
+
+  test('role claims (Zitadel object shape, Keycloak array shape) in JWT, introspection and userinfo', async () => {
+    const roles = {
+      'urn:zitadel:iam:org:project:roles': { 'chat-user': { '2876543210987654321': 'acme.example.com' } },
+      'urn:zitadel:iam:org:project:2876500000000000000:roles': {
+        'chat-user': { '2876543210987654321': 'acme.example.com' },
+        'chat-admin': { '2876543210987654321': 'acme.example.com' },
+      },
+      realm_access: { roles: ['chat-user', 'offline_access'] },
+      resource_access: { 'chat-widget': { roles: ['reader'] } },
+    };
+    const check = (claims, where) => {
+      for (const [name, value] of Object.entries(roles)) assert.deepEqual(claims[name], value, `${where}: ${name}`);
+    };
+    const jwt = await mint({ sub: 'nia', extra_claims: roles });
+    check((await verify(jwt.access_token)).payload, 'JWT');
+
+    const opaque = await mint({ sub: 'nia', format: 'opaque', extra_claims: roles });
+    check((await introspect(opaque.access_token)).body, 'introspection (client_secret_basic)');
+    const k = await clientKey();
+    const viaJwt = await introspectJwt(opaque.access_token, await assertion(k.pkcs8_pem, k.key_id));
+    check(viaJwt.body, 'introspection (private_key_jwt)');
+
+    const ui = await mint({ sub: 'nia', format: 'opaque', audience: null, extra_claims: roles });
+    const res = await fetch(R.userinfo_endpoint, { headers: { authorization: `Bearer ${ui.access_token}` } });
+    check(await json(res), 'userinfo');
+
+    // no roles: absent everywhere
+    const none = await mint({ sub: 'oto', format: 'opaque' });
+    const body = (await introspect(none.access_token)).body;
+    for (const name of Object.keys(roles)) assert.equal(body[name], undefined, name);
+  });
+
+  test('stats reset also clears the assertion log', async () => {
+    assert.ok((await assertionsLog()).length > 0);
+    await ctl('/stats/reset');
+    assert.deepEqual(await json(await ctl('/assertions', undefined, 'GET')), { assertions: [], count: 0 });
+    const k = await clientKey();
+    const t = await mint({ sub: 'pia', format: 'opaque' });
+    await introspectJwt(t.access_token, await assertion(k.pkcs8_pem, k.key_id));
+    assert.equal((await assertionsLog()).length, 1);
+    assert.deepEqual(await json(await ctl('/assertions', undefined, 'DELETE')), { assertions: [], count: 0 });
+    const s = await json(await ctl('/stats', undefined, 'GET'));
+    assert.equal(s.counts.introspection, 1);
+  });
+
   test('stdout carried only the ready line', () => {
     assert.equal(fx.stdoutLines.length, 1);
   });
