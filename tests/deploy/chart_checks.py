@@ -605,11 +605,15 @@ def assert_dashboard_file(path: Path) -> dict[str, Any]:
 
 def assert_rules_and_dashboard(docs: list[dict[str, Any]], values: dict[str, Any], chart_dir: Path,
                                known: set[str], out: Path, name: str) -> str:
-    notes = []
+    notes: list[str] = []
+    errors: list[str] = []
     if (values.get("prometheusRule") or {}).get("enabled"):
         exprs = rule_exprs(docs)
         notes.append(promtool_check_rules(one(docs, "PrometheusRule")["spec"]["groups"], out / f"{name}.rules.yaml"))
-        notes.append(f"{assert_known_metrics(exprs, known)} alert expressions")
+        try:
+            notes.append(f"{assert_known_metrics(exprs, known)} alert expressions")
+        except AssertionError as e:
+            errors.append(f"alerts: {e}")
     cms = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
     if (values.get("grafanaDashboard") or {}).get("enabled"):
         assert len(cms) == 1, "one dashboard ConfigMap"
@@ -624,9 +628,13 @@ def assert_rules_and_dashboard(docs: list[dict[str, Any]], values: dict[str, Any
         groups = [{"name": "dashboard", "rules": [{"record": f"dashboard:expr_{i}", "expr": e}
                                                    for i, e in enumerate(exprs.values())]}]
         notes.append("dashboard " + promtool_check_rules(groups, out / f"{name}.dashboard-exprs.yaml"))
-        notes.append(f"{assert_known_metrics(exprs, known)} dashboard expressions")
+        try:
+            notes.append(f"{assert_known_metrics(exprs, known)} dashboard expressions")
+        except AssertionError as e:
+            errors.append(f"dashboard: {e}")
     else:
         assert not cms, "no dashboard ConfigMap unless grafanaDashboard.enabled"
+    assert not errors, " | ".join(errors)
     return "; ".join(notes)
 
 

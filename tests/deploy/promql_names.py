@@ -17,6 +17,7 @@ import socket
 import subprocess
 import tempfile
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -65,10 +66,23 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _request(url: str, data: bytes | None = None, headers: dict[str, str] | None = None) -> None:
+    req = urllib.request.Request(url, data=data, headers=headers or {}, method="POST" if data is not None else "GET")
+    try:
+        urllib.request.urlopen(req, timeout=10).read()
+    except urllib.error.HTTPError:
+        pass  # 4xx/5xx answers are what some of these calls are for
+    except OSError:
+        pass
+
+
 def from_broker(binary: Path, timeout: float = 30) -> set[str]:
     """Starts the broker with every optional part configured (a JWKS issuer, the
-    backend route, Redis on a closed port, limits) so that all families are
-    registered, and reads its /metrics."""
+    backend route, Redis on a closed port, tight limits), sends it traffic that
+    touches every labelled family (a refused session, backend mints that fail
+    upstream and then hit the per-user limit, a rotated and a vanished secret
+    file), and reads its /metrics: a labelled family appears only once it has a
+    series."""
     with tempfile.TemporaryDirectory(prefix="itb-metrics.") as tmp:
         d = Path(tmp)
         (d / "api-key").write_text("metrics-check-api-key-not-real\n")
@@ -78,6 +92,7 @@ def from_broker(binary: Path, timeout: float = 30) -> set[str]:
 [server]
 listen = "127.0.0.1:{http}"
 admin_listen = "127.0.0.1:{admin}"
+secret_poll_secs = 1
 [intellia]
 base_url = "http://127.0.0.1:{closed}"
 organization_id = "org-metrics-check"
@@ -90,8 +105,8 @@ audience = "metrics-check"
 jwks_url = "http://127.0.0.1:{closed}/jwks"
 algorithms = ["RS256"]
 [rate_limit.per_user]
-per_minute = 10
-burst = 5
+per_minute = 1
+burst = 2
 [rate_limit.per_ip]
 per_minute = 60
 burst = 20
@@ -107,6 +122,29 @@ on_unavailable = "local"
                                 stdout=log, stderr=subprocess.STDOUT, env=os.environ | {"RUST_LOG": "warn"})
         try:
             deadline = time.monotonic() + timeout
+            while True:
+                try:
+                    with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=2) as r:
+                        r.read()
+                    break
+                except OSError:
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        log.flush()
+                        raise AssertionError(
+                            f"{binary} served no /metrics (exit {proc.poll()}): "
+                            + (d / "broker.log").read_text()[-600:])
+                    time.sleep(0.2)
+            base = f"http://127.0.0.1:{http}"
+            for path in ("/healthz", "/readyz", "/openapi.json", "/nope"):
+                _request(base + path)
+            _request(base + "/v1/token", b"{}", {"Authorization": "Bearer not-a-token", "Origin": "http://x"})
+            secret = (d / "backend-secret").read_text().strip()
+            for _ in range(4):  # upstream down, then the per-user limit
+                _request(base + "/v1/backend/token", b'{"userId":"metrics-check"}',
+                         {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"})
+            (d / "api-key").write_text("metrics-check-api-key-rotated-not-real\n")
+            (d / "backend-secret").unlink()
+            time.sleep(3)  # two secret polls: one reload, one failed re-read
             while True:
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=2) as r:

@@ -426,10 +426,23 @@ PY
   for f in backend-secret hs256-secret introspection-secret redis-cache-secret; do
     printf 'test-%s-not-real-0123456789abcdef0123456789\n' "$f" > "$secrets/broker/$f"
   done
+  # managed-services: a Zitadel key JSON (a real RSA key, a made-up id), a
+  # Redis CA and an ACL password, at the paths the chart mounts them.
+  mkdir -p "$secrets/redis" "$secrets/redis-ca"
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/zitadel.pem" 2>/dev/null
+  "$VENV/bin/python" - "$WORK/zitadel.pem" > "$secrets/broker/introspection-client-key.json" <<'PY'
+import json, sys
+print(json.dumps({"type": "application", "keyId": "100000000000000001", "key": open(sys.argv[1]).read(),
+                  "appId": "100000000000000002", "clientId": "100000000000000003@broker-test"}))
+PY
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/redis-ca.key" -subj /CN=itb-test-redis-ca -days 2 \
+    -out "$secrets/redis-ca/ca.pem" 2>/dev/null
+  printf 'test-redis-password-not-real\n' > "$secrets/redis/password"
   local redis_env
-  for set in production all-features sidecar; do
+  for set in production all-features managed-services sidecar; do
     toml="$WORK/$set.config.toml"
-    sed "s#/var/run/secrets/#$secrets/#g" "$OUT/$set.config.toml" > "$toml"
+    sed -e "s#/var/run/secrets/#$secrets/#g" -e "s#/etc/redis-ca/#$secrets/redis-ca/#g" \
+      "$OUT/$set.config.toml" > "$toml"
     # production takes the Redis URL from a Secret as BROKER__REDIS__URL
     redis_env=()
     [ "$set" = production ] && redis_env=(BROKER__REDIS__URL=redis://127.0.0.1:6379)
