@@ -694,7 +694,7 @@ def assert_managed_services(chart: helm.Chart, docs: list[dict[str, Any]], value
         assert 'job="broker-intellia-token-broker",namespace="web"' in a["expr"], f"{a['alert']}: selector"
     assert alerts["TokenBrokerUpstreamErrors"]["expr"].rstrip().endswith("> 0.05"), "threshold from values"
     assert alerts["TokenBrokerSlow"]["expr"].rstrip().endswith("> 1.5"), "p99 threshold from values"
-    assert alerts["TokenBrokerJwksStale"]["expr"].rstrip().endswith("> 600"), "JWKS threshold from values"
+    assert alerts["TokenBrokerJwksStale"]["expr"].rstrip().endswith("> 3600"), "JWKS threshold from values"
     # rolled when a referenced Redis object changes
     ann = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
     for change in ({"redis": {"ca": {"configMap": "redis-ca-v2"}}},
