@@ -6,7 +6,10 @@ manifests against the Kubernetes OpenAPI schemas; the ServiceMonitor (a CRD
 that kubernetes-validate does not know) is checked against a strict JSON
 schema derived from the prometheus-operator CRD models; then the rendered
 objects are asserted on (security, secrets as files, checksums, grace period,
-config keys).
+config keys), the PrometheusRule is checked against the prometheus-operator
+model and with `promtool check rules`, and every PromQL expression of the
+rules and of the Grafana dashboard may name only metrics the broker exposes
+(promql_names.py: from BROKER_BIN's live /metrics, or tests/deploy/metrics.txt).
 
 Prints one "PASS name" / "FAIL name: why" line per check and exits 1 when any
 check failed. Writes the rendered manifests and the rendered broker configs to
@@ -17,8 +20,11 @@ from __future__ import annotations
 
 import argparse
 import base64
+import ipaddress
 import json
+import os
 import re
+import shutil
 import subprocess
 import sys
 import tomllib
@@ -27,6 +33,8 @@ from typing import Any, Callable
 
 import yaml
 import helm_python as helm
+
+from promql_names import known_metrics, metric_names
 
 # Kubernetes versions to validate against: the chart's kubeVersion floor
 # (Chart.yaml: >=1.30, for the preStop sleep action) and the newest schema
@@ -46,8 +54,10 @@ UID = 65532
 # audience, the claim names, user_id_prefix, required_claims, leeway_secs,
 # cache_ttl_secs, negative_cache_secs; intellia.breaker_failures,
 # intellia.breaker_open_secs; in [redis] timeout_ms, replicas, key_prefix,
-# cache_secret_file). The rendered TOML must use no other (the broker rejects
-# unknown keys).
+# cache_secret_file), and v0.2 (/work/plan/decisions.md, DESIGN.md §9): roles,
+# introspection client_auth/client_key_file/key_id, backend.max_failures_per_minute,
+# rate_limit.per_ip.ipv6_prefix, redis password_file/ca_file/cluster, [telemetry].
+# The rendered TOML must use no other (the broker rejects unknown keys).
 DESIGN_KEYS: dict[str, set[str]] = {
     "server": {"listen", "admin_listen", "trusted_proxies", "max_body_bytes", "shutdown_grace_secs",
                "drain_delay_secs", "secret_poll_secs", "workers", "request_timeout_ms", "keep_alive_secs"},
@@ -57,17 +67,20 @@ DESIGN_KEYS: dict[str, set[str]] = {
     "session": {"jwt", "introspection"},
     "session.jwt[]": {"issuer", "audience", "jwks_url", "discovery", "hs256_secret_file", "algorithms",
                       "cookie", "user_id_claim", "email_claim", "name_claim", "leeway_secs", "user_id_prefix",
-                      "required_claims", "userinfo", "userinfo_url"},
+                      "required_claims", "userinfo", "userinfo_url", "roles_claim", "required_roles"},
     "session.introspection": {"url", "client_id", "client_secret_file", "issuer", "audience", "user_id_claim",
                               "email_claim", "name_claim", "user_id_prefix", "required_claims", "leeway_secs",
-                              "cache_ttl_secs", "negative_cache_secs"},
-    "backend": {"secret_file"},
+                              "cache_ttl_secs", "negative_cache_secs", "client_auth", "client_key_file", "key_id",
+                              "roles_claim", "required_roles"},
+    "backend": {"secret_file", "max_failures_per_minute"},
     "rate_limit": {"per_user", "per_ip", "upstream"},
     "rate_limit.per_user": {"per_minute", "burst"},
-    "rate_limit.per_ip": {"per_minute", "burst"},
+    "rate_limit.per_ip": {"per_minute", "burst", "ipv6_prefix"},
     "rate_limit.upstream": {"per_second", "burst"},
     "cache": {"enabled", "min_remaining_secs", "max_entries"},
-    "redis": {"url", "on_unavailable", "timeout_ms", "replicas", "key_prefix", "cache_secret_file"},
+    "redis": {"url", "on_unavailable", "timeout_ms", "replicas", "key_prefix", "cache_secret_file",
+              "password_file", "ca_file", "cluster"},
+    "telemetry": {"otlp_endpoint", "service_name", "sample_ratio"},
 }
 
 
@@ -144,10 +157,10 @@ def kubernetes_validate(venv_bin: Path, path: Path, version: str) -> None:
     assert proc.returncode == 0 and "WARN" not in output and "ERROR" not in output, output[:1200]
 
 
-def strict_servicemonitor_schema() -> dict[str, Any]:
-    from cloudcoil.models.prometheus_operator.v1 import ServiceMonitor
+def strict_crd_schema(kind: str) -> dict[str, Any]:
+    from cloudcoil.models.prometheus_operator import v1
 
-    schema = ServiceMonitor.model_json_schema(by_alias=True, mode="validation")
+    schema = getattr(v1, kind).model_json_schema(by_alias=True, mode="validation")
 
     def close(node: Any) -> None:
         if isinstance(node, dict):
@@ -163,13 +176,18 @@ def strict_servicemonitor_schema() -> dict[str, Any]:
     return schema
 
 
-def validate_servicemonitors(docs: list[dict[str, Any]], schema: dict[str, Any]) -> None:
+def validate_crds(docs: list[dict[str, Any]], schema: dict[str, Any]) -> None:
     import jsonschema
 
     validator = jsonschema.Draft202012Validator(schema)
     for d in docs:
         errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(d)]
         assert not errors, "; ".join(errors)[:800]
+
+
+def validate_servicemonitors(docs: list[dict[str, Any]], schema: dict[str, Any]) -> None:
+    validate_crds(docs, schema)
+    for d in docs:
         eps = d["spec"]["endpoints"]
         assert [e.get("port") for e in eps] == ["metrics"], "ServiceMonitor must scrape the metrics port only"
 
@@ -180,8 +198,15 @@ def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return one(docs, "Deployment")["spec"]["template"]["spec"]
 
 
+def config_map(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The broker's config ConfigMap (not the dashboard's)."""
+    found = [d for d in docs if d["kind"] == "ConfigMap" and "config.toml" in (d.get("data") or {})]
+    assert len(found) == 1, f"expected one config ConfigMap, found {len(found)}"
+    return found[0]
+
+
 def broker_toml(docs: list[dict[str, Any]]) -> dict[str, Any]:
-    cm = one(docs, "ConfigMap")
+    cm = config_map(docs)
     return tomllib.loads(cm["data"]["config.toml"])
 
 
@@ -266,7 +291,7 @@ def assert_config_mount(docs: list[dict[str, Any]]) -> None:
     mounts = [m for m in c["volumeMounts"] if m["mountPath"] == CONFIG_DIR]
     assert len(mounts) == 1 and mounts[0].get("readOnly") is True, "config dir mount"
     vol = {v["name"]: v for v in pod_spec(docs)["volumes"]}[mounts[0]["name"]]
-    assert vol["configMap"]["name"] == one(docs, "ConfigMap")["metadata"]["name"], "config from the ConfigMap"
+    assert vol["configMap"]["name"] == config_map(docs)["metadata"]["name"], "config from the ConfigMap"
 
 
 def check_design_keys(conf: dict[str, Any]) -> None:
@@ -424,6 +449,7 @@ def assert_session_keys(session: dict[str, Any]) -> None:
     assert "userinfo_url" not in modern, "session.jwt[0]: userinfo_url comes from discovery"
     exact(legacy.get("userinfo"), True, "session.jwt[1].userinfo")
     exact(legacy.get("userinfo_url"), "https://legacy.example.test/userinfo", "session.jwt[1].userinfo_url")
+    exact(legacy.get("user_id_prefix"), "legacy:", "session.jwt[1].user_id_prefix")
     assert "required_claims" not in legacy, "session.jwt[1]: no required_claims unless set"
     want = {
         "url": "https://auth.example.test/oauth/v2/introspect",
@@ -434,7 +460,7 @@ def assert_session_keys(session: dict[str, Any]) -> None:
         "user_id_claim": "sub",
         "email_claim": "email",
         "name_claim": "preferred_username",
-        "user_id_prefix": "zitadel:",
+        "user_id_prefix": "acme:",
         "required_claims": ["urn:zitadel:iam:org:id=987654321"],
         "leeway_secs": 60,
         "cache_ttl_secs": 120,
@@ -444,6 +470,239 @@ def assert_session_keys(session: dict[str, Any]) -> None:
     assert set(intro) == set(want), f"[session.introspection] keys {sorted(intro)}, want {sorted(want)}"
     for k, v in want.items():
         exact(intro[k], v, f"session.introspection.{k}")
+
+
+# --- NetworkPolicy, alerts, dashboard -----------------------------------------------------------
+
+# Addresses no "any public address" egress block may reach: cluster-internal and
+# private ranges, shared address space (CGNAT, 100.64.0.0/10), link-local and the
+# cloud metadata endpoints (AWS/GCP/Azure 169.254.169.254, AWS fd00:ec2::254, GCP
+# fd20:ce::254), IPv6 link-local and unique-local.
+FORBIDDEN_EGRESS = ["10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1", "100.127.255.254",
+                    "169.254.169.254", "169.254.20.10", "fd00:ec2::254", "fd20:ce::254", "fe80::1",
+                    "fd12:3456::1"]
+PUBLIC_EGRESS = ["203.0.113.7", "8.8.8.8", "2001:db8::1", "2606:4700::1111"]
+
+
+def ip_blocks(np: dict[str, Any]) -> list[tuple[dict[str, Any], list[Any]]]:
+    return [(p["ipBlock"], r.get("ports", [])) for r in np["egress"] for p in r.get("to", []) if "ipBlock" in p]
+
+
+def reaches(block: dict[str, Any], addr: str) -> bool:
+    a = ipaddress.ip_address(addr)
+    net = ipaddress.ip_network(block["cidr"], strict=False)
+    if a.version != net.version or a not in net:
+        return False
+    return not any(a in ipaddress.ip_network(e, strict=False) for e in block.get("except", []))
+
+
+def assert_networkpolicy_egress(docs: list[dict[str, Any]], default: bool) -> None:
+    """Every wide ipBlock excludes private, CGNAT, link-local and metadata ranges, IPv4 and IPv6.
+    With the default values: the policy is on, DNS goes to kube-dns on UDP+TCP 53, and the only
+    other rule is public IPv4 and IPv6 on 443."""
+    nps = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    if default:
+        assert len(nps) == 1, "NetworkPolicy must be on by default"
+    for np in (d["spec"] for d in nps):
+        for block, _ in ip_blocks(np):
+            if ipaddress.ip_network(block["cidr"], strict=False).prefixlen != 0:
+                continue  # a narrower block names a peer on purpose (in-cluster Redis, IdP)
+            bad = [a for a in FORBIDDEN_EGRESS if reaches(block, a)]
+            assert not bad, f"egress ipBlock {block} reaches {bad}"
+        for rule in np["egress"]:
+            assert rule.get("ports"), f"egress rule without ports (any port): {rule}"
+        if default:
+            dns = np["egress"][0]
+            assert sorted((p["protocol"], p["port"]) for p in dns["ports"]) == [("TCP", 53), ("UDP", 53)], \
+                f"DNS rule ports {dns['ports']}"
+            assert dns["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+                                  "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}], f"DNS peers {dns['to']}"
+            assert len(np["egress"]) == 2, f"default egress: DNS and public 443 only, got {len(np['egress'])} rules"
+            blocks = ip_blocks(np)
+            assert {b["cidr"] for b, _ in blocks} == {"0.0.0.0/0", "::/0"}, "public IPv4 and IPv6"
+            for b, ports in blocks:
+                assert ports == [{"port": 443, "protocol": "TCP"}], f"{b['cidr']}: only TCP 443, got {ports}"
+            for a in PUBLIC_EGRESS:
+                assert any(reaches(b, a) for b, _ in blocks), f"public address {a} not reachable on 443"
+
+
+def promtool_check_rules(groups: list[dict[str, Any]], path: Path) -> str:
+    path.write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    promtool = shutil.which("promtool")
+    if not promtool and os.environ.get("DEPLOY_NO_PROMTOOL") == "1":
+        return "promtool unavailable (run.sh said SKIP): syntax not checked"
+    assert promtool, "promtool not found (Debian package prometheus; run.sh installs it)"
+    proc = subprocess.run([promtool, "check", "rules", str(path)], capture_output=True, text=True, check=False)
+    out = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 0, out[:1200]
+    return out.splitlines()[-1] if out else ""
+
+
+def assert_known_metrics(exprs: dict[str, str], known: set[str]) -> int:
+    unknown = {}
+    for where, expr in exprs.items():
+        names = metric_names(expr)
+        assert names, f"{where}: no metric name found in {expr!r}"
+        missing = sorted(names - known)
+        if missing:
+            unknown[where] = missing
+    assert not unknown, f"metrics the broker does not expose: {unknown}"
+    return len(exprs)
+
+
+def rule_exprs(docs: list[dict[str, Any]]) -> dict[str, str]:
+    pr = one(docs, "PrometheusRule")
+    return {f"alert {r['alert']}": r["expr"] for g in pr["spec"]["groups"] for r in g["rules"]}
+
+
+GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h",
+                "${__rate_interval}": "5m", "${__interval}": "1m", "${__range}": "1h"}
+
+
+def dashboard_exprs(dash: dict[str, Any]) -> dict[str, str]:
+    """Every PromQL expression of a dashboard (panels, rows' panels, query variables), with
+    Grafana's interval variables replaced by durations."""
+    exprs: dict[str, str] = {}
+
+    def panels(ps: list[dict[str, Any]]) -> None:
+        for p in ps:
+            panels(p.get("panels", []))
+            for t in p.get("targets", []):
+                exprs[f"panel {p.get('id')} {p.get('title')!r} {t.get('refId')}"] = t["expr"]
+
+    panels(dash.get("panels", []))
+    for v in dash.get("templating", {}).get("list", []):
+        if v.get("type") == "query":
+            q = v["query"]["query"] if isinstance(v["query"], dict) else v["query"]
+            m = re.fullmatch(r"\s*label_values\((.*),\s*[A-Za-z_][A-Za-z0-9_]*\s*\)\s*", q)
+            assert m, f"variable {v['name']}: only label_values(selector, label) queries are checked: {q!r}"
+            exprs[f"variable {v['name']}"] = m.group(1)
+    for k, e in exprs.items():
+        for var, dur in GRAFANA_VARS.items():
+            e = e.replace(var, dur)
+        exprs[k] = e
+    return exprs
+
+
+def assert_dashboard_file(path: Path) -> dict[str, Any]:
+    dash = json.loads(path.read_text())
+    assert dash.get("uid") and dash.get("title"), "uid and title"
+    ps = dash["panels"]
+    ids = [p["id"] for p in ps]
+    assert len(ids) == len(set(ids)), "panel ids unique"
+    for p in ps:
+        assert p.get("targets") and p.get("gridPos"), f"panel {p.get('title')}: targets and gridPos"
+        assert p["datasource"]["uid"] == "${datasource}", f"panel {p['title']}: the datasource variable"
+    text = json.dumps(dash)
+    # what the dashboard must show (issue 14)
+    for want in ("sum by (code) (rate(broker_requests_total", "histogram_quantile(0.5, sum by (le, route)",
+                 "histogram_quantile(0.9, sum by (le, route)", "histogram_quantile(0.99, sum by (le, route)",
+                 "broker_cache_requests_total{", "broker_upstream_requests_total{", "broker_rate_limited_total{",
+                 "broker_redis_up{"):
+        assert want in text, f"dashboard lacks {want!r}"
+    return dash
+
+
+def assert_rules_and_dashboard(docs: list[dict[str, Any]], values: dict[str, Any], chart_dir: Path,
+                               known: set[str], out: Path, name: str) -> str:
+    notes: list[str] = []
+    errors: list[str] = []
+    if (values.get("prometheusRule") or {}).get("enabled"):
+        exprs = rule_exprs(docs)
+        notes.append(promtool_check_rules(one(docs, "PrometheusRule")["spec"]["groups"], out / f"{name}.rules.yaml"))
+        try:
+            notes.append(f"{assert_known_metrics(exprs, known)} alert expressions")
+        except AssertionError as e:
+            errors.append(f"alerts: {e}")
+    cms = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-dashboard")]
+    if (values.get("grafanaDashboard") or {}).get("enabled"):
+        assert len(cms) == 1, "one dashboard ConfigMap"
+        cm = cms[0]
+        want_labels = (values["grafanaDashboard"].get("labels") or {"grafana_dashboard": "1"})
+        for k, v in want_labels.items():
+            assert cm["metadata"]["labels"].get(k) == v, f"dashboard label {k}={v!r}"
+        text = cm["data"]["intellia-token-broker.json"]
+        shipped = (chart_dir / "dashboards" / "intellia-token-broker.json").read_text()
+        assert json.loads(text) == json.loads(shipped), "the ConfigMap carries the chart's dashboard file"
+        exprs = dashboard_exprs(json.loads(text))
+        groups = [{"name": "dashboard", "rules": [{"record": f"dashboard:expr_{i}", "expr": e}
+                                                   for i, e in enumerate(exprs.values())]}]
+        notes.append("dashboard " + promtool_check_rules(groups, out / f"{name}.dashboard-exprs.yaml"))
+        try:
+            notes.append(f"{assert_known_metrics(exprs, known)} dashboard expressions")
+        except AssertionError as e:
+            errors.append(f"dashboard: {e}")
+    else:
+        assert not cms, "no dashboard ConfigMap unless grafanaDashboard.enabled"
+    assert not errors, " | ".join(errors)
+    return "; ".join(notes)
+
+
+def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
+    out = json.loads(json.dumps(base))
+    for k, v in over.items():
+        out[k] = merged(out.get(k) or {}, v) if isinstance(v, dict) else v
+    return out
+
+
+def assert_managed_services(chart: helm.Chart, docs: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    conf = broker_toml(docs)
+    intro = conf["session"]["introspection"]
+    assert intro["client_auth"] == "private_key_jwt", intro
+    assert intro["client_key_file"] == "/var/run/secrets/broker/introspection-client-key.json", intro
+    assert "client_secret_file" not in intro and "client_id" not in intro, f"private_key_jwt: {intro}"
+    assert intro["roles_claim"] == "urn:zitadel:iam:org:project:roles" and intro["required_roles"] == ["chat-user"]
+    kc = conf["session"]["jwt"][1]
+    assert kc["roles_claim"] == "realm_access.roles" and kc["required_roles"] == ["chat-user", "staff"], kc
+    want_redis = {"url": "rediss://broker@redis-cluster.example.test:6380", "cluster": True,
+                  "ca_file": "/etc/redis-ca/ca.pem", "password_file": "/var/run/secrets/redis/password",
+                  "on_unavailable": "local", "timeout_ms": 100, "replicas": 2}
+    assert conf["redis"] == want_redis, f"[redis] {conf['redis']}"
+    assert conf["telemetry"] == {"otlp_endpoint": "http://otel-collector.observability.svc:4318",
+                                 "service_name": "intellia-token-broker-web", "sample_ratio": 0.25}, conf["telemetry"]
+    assert conf["backend"]["max_failures_per_minute"] == 20, conf["backend"]
+    assert conf["rate_limit"]["per_ip"]["ipv6_prefix"] == 56, conf["rate_limit"]
+    srv = conf["server"]
+    assert srv["shutdown_grace_secs"] == 5 and "drain_delay_secs" not in srv, \
+        f"grace 5 alone: drain_delay_secs left to the broker (min(5, grace/2)), got {srv}"
+    spec = pod_spec(docs)
+    vols = {v["name"]: v for v in spec["volumes"]}
+    assert vols["broker-secrets"]["secret"]["items"] == [
+        {"key": "backend-secret", "path": "backend-secret"},
+        {"key": "introspection-client-key.json", "path": "introspection-client-key.json"}], \
+        f"broker secret files {vols['broker-secrets']['secret']['items']}"
+    assert vols["redis-ca"] == {"name": "redis-ca", "configMap": {"name": "redis-ca", "defaultMode": 0o444,
+                                "items": [{"key": "ca.crt", "path": "ca.pem"}]}}, vols["redis-ca"]
+    assert vols["redis-password"] == {"name": "redis-password", "secret": {
+        "secretName": "redis-acl", "defaultMode": 0o440, "items": [{"key": "password", "path": "password"}]}}
+    mounts = {m["mountPath"]: m for m in spec["containers"][0]["volumeMounts"]}
+    for path, vol in (("/etc/redis-ca", "redis-ca"), ("/var/run/secrets/redis", "redis-password")):
+        assert mounts[path] == {"name": vol, "mountPath": path, "readOnly": True}, mounts.get(path)
+    env = {e["name"]: e for e in spec["containers"][0]["env"]}
+    assert env["OTEL_RESOURCE_ATTRIBUTES"]["value"] == "deployment.environment=test", "extraEnv passed through"
+    secret = one(docs, "Secret")
+    assert set(secret["data"]) == {"api-key", "backend-secret", "introspection-client-key.json"}, \
+        f"chart Secret keys {sorted(secret['data'])}: no introspection-secret with private_key_jwt"
+    pr = one(docs, "PrometheusRule")
+    assert pr["metadata"]["labels"]["release"] == "kube-prometheus-stack", "prometheusRule.labels"
+    alerts = {r["alert"]: r for g in pr["spec"]["groups"] for r in g["rules"]}
+    assert set(alerts) == {"TokenBrokerUpstreamErrors", "TokenBrokerCircuitOpen", "TokenBrokerSecretStale",
+                           "TokenBrokerSlow", "TokenBrokerNotReady", "TokenBrokerJwksStale",
+                           "TokenBrokerRedisDown"}, sorted(alerts)
+    for a in alerts.values():
+        assert a["labels"]["team"] == "web" and a["labels"]["severity"] in ("critical", "warning"), a["labels"]
+        assert 'job="broker-intellia-token-broker",namespace="web"' in a["expr"], f"{a['alert']}: selector"
+    assert alerts["TokenBrokerUpstreamErrors"]["expr"].rstrip().endswith("> 0.05"), "threshold from values"
+    assert alerts["TokenBrokerSlow"]["expr"].rstrip().endswith("> 1.5"), "p99 threshold from values"
+    assert alerts["TokenBrokerJwksStale"]["expr"].rstrip().endswith("> 3600"), "JWKS threshold from values"
+    # rolled when a referenced Redis object changes
+    ann = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
+    for change in ({"redis": {"ca": {"configMap": "redis-ca-v2"}}},
+                   {"redis": {"passwordSecret": {"name": "redis-acl-v2", "key": "password"}}},
+                   {"secret": {"values": {"introspectionClientKey": '{"type":"application","keyId":"rotated"}'}}}):
+        changed = merged(values, change)
+        ann2 = one(render(chart, changed), "Deployment")["spec"]["template"]["metadata"]["annotations"]
+        assert ann2["checksum/secret"] != ann["checksum/secret"], f"checksum/secret unchanged by {change}"
 
 
 def expect_rejected(chart: helm.Chart, chart_dir: Path, values: dict[str, Any], want: str, by_schema: bool) -> None:
@@ -511,12 +770,47 @@ def main() -> int:
     chart = helm.Chart.load(str(chart_dir))
     chart_values = chart.values
     sm_schema = checks.check("servicemonitor-schema: build strict schema from prometheus-operator v0.80 models",
-                             strict_servicemonitor_schema)
+                             lambda: strict_crd_schema("ServiceMonitor"))
+    pr_schema = checks.check("prometheusrule-schema: build strict schema from prometheus-operator v0.80 models",
+                             lambda: strict_crd_schema("PrometheusRule"))
+    broker_bin = os.environ.get("BROKER_BIN") or None
+    loaded = checks.check(f"metric names: from {'BROKER_BIN ' + broker_bin if broker_bin else 'tests/deploy/metrics.txt'}",
+                          lambda: known_metrics(broker_bin, here / "metrics.txt"))
+    known: set[str] | None = None
+    if loaded is not None:
+        known, source = loaded
+        print(f"     {len(known)} series names from {source}")
+    def checker_bites() -> None:
+        # the checkers themselves: an unknown name and a syntax error are caught
+        assert known is not None
+        try:
+            assert_known_metrics({"x": 'sum(rate(broker_requests_totl{code="ok"}[5m])) / on (pod) broker_ready'}, known)
+        except AssertionError as e:
+            assert "broker_requests_totl" in str(e) and "broker_ready" not in str(e), str(e)
+        else:
+            raise AssertionError("a misspelt metric name was accepted")
+        assert metric_names('histogram_quantile(0.99, sum by (le, route) (rate(a_bucket{route=~"b|c"}[5m]))) '
+                            '> bool 1e3 and on (pod) time() - max without (x) (c offset 5m)') == {"a_bucket", "c"}
+        if not shutil.which("promtool"):
+            return
+        try:
+            promtool_check_rules([{"name": "t", "rules": [{"record": "t:x", "expr": "sum(rate(broker_ready[5m])"}]}],
+                                 out / "checker-bites.rules.yaml")
+        except AssertionError:
+            pass
+        else:
+            raise AssertionError("promtool accepted an unbalanced expression")
+
+    checks.check("PromQL checkers: a misspelt metric name and an unbalanced expression are refused", checker_bites)
+    checks.check("dashboards/intellia-token-broker.json: valid JSON, unique panel ids, the datasource variable, "
+                 "requests by code, p50/p90/p99 by route, cache, upstream, limits, Redis",
+                 lambda: assert_dashboard_file(chart_dir / "dashboards" / "intellia-token-broker.json"))
 
     sets: dict[str, Path | None] = {
         "default": None,
         "production": chart_dir / "ci" / "production-values.yaml",
         "all-features": chart_dir / "ci" / "all-features-values.yaml",
+        "managed-services": chart_dir / "ci" / "managed-services-values.yaml",
     }
     for name, path in sets.items():
         values = load_values(path)
@@ -529,14 +823,30 @@ def main() -> int:
         core = [d for d in docs if d not in crds]
         manifest = out / f"{name}.yaml"
         manifest.write_text(dump(core))
-        (out / f"{name}.servicemonitor.yaml").write_text(dump(crds))
-        (out / f"{name}.config.toml").write_text(one(docs, "ConfigMap")["data"]["config.toml"])
+        sms = [d for d in crds if d["kind"] == "ServiceMonitor"]
+        prs = [d for d in crds if d["kind"] == "PrometheusRule"]
+        (out / f"{name}.servicemonitor.yaml").write_text(dump(sms))
+        (out / f"{name}.prometheusrule.yaml").write_text(dump(prs))
+        (out / f"{name}.config.toml").write_text(config_map(docs)["data"]["config.toml"])
         for kv in KUBE_VERSIONS:
             checks.check(f"{name}: kubernetes-validate --strict -k {kv} ({len(core)} objects)",
                          lambda kv=kv: kubernetes_validate(args.venv_bin, manifest, kv))
-        if crds and sm_schema is not None:
+        assert {d["kind"] for d in crds} <= {"ServiceMonitor", "PrometheusRule"}, kinds(crds)
+        if sms and sm_schema is not None:
             checks.check(f"{name}: ServiceMonitor against the CRD schema (strict)",
-                         lambda: validate_servicemonitors(crds, sm_schema))
+                         lambda: validate_servicemonitors(sms, sm_schema))
+        if prs and pr_schema is not None:
+            checks.check(f"{name}: PrometheusRule against the CRD schema (strict)",
+                         lambda: validate_crds(prs, pr_schema))
+        checks.check(f"{name}: NetworkPolicy egress never reaches private, CGNAT, link-local or metadata "
+                     f"addresses (IPv4 and IPv6)" + ("; on by default: kube-dns 53 and public 443 only"
+                                                     if name == "default" else ""),
+                     lambda: assert_networkpolicy_egress(docs, default=(name == "default")))
+        if known is not None:
+            checks.check(f"{name}: PrometheusRule (promtool check rules) and dashboard ConfigMap (promtool on "
+                         f"every expression); each names only metrics the broker exposes",
+                         lambda: print("     " + (assert_rules_and_dashboard(docs, values, chart_dir, known, out, name)
+                                                  or "neither enabled: none rendered")))
         metrics = (values.get("metrics") or {}).get("enabled", True)
         checks.check(f"{name}: securityContext (non-root 65532, read-only root, no privilege escalation, "
                      f"caps dropped, seccomp) and resources", lambda: assert_security(docs))
@@ -563,6 +873,11 @@ def main() -> int:
                          "and breaker key, per_ip null, preStop sleep, "
                          "explicit grace; required_claims, userinfo(_url) and every introspection key in the TOML",
                          lambda: assert_all_features(docs))
+        if name == "managed-services":
+            checks.check("managed-services: private_key_jwt key file (no client secret), roles, rediss:// + CA "
+                         "ConfigMap + password Secret + cluster, telemetry, backend failure limit, ipv6_prefix, "
+                         "grace 5 alone, alerts with thresholds, checksums follow the new references",
+                         lambda: assert_managed_services(chart, docs, values))
 
     def redis_replicas_default() -> None:
         base = {"config": {"redis": {"url": "redis://redis:6379"}}}
@@ -580,6 +895,44 @@ def main() -> int:
 
     checks.check("redis: replicas defaults to replicaCount (HPA off) / maxReplicas, capped at 1000, explicit wins",
                  redis_replicas_default)
+
+    def derived_defaults() -> None:
+        # DESIGN.md §9.8: every value accepted alone (drain_delay_secs derived by the broker)
+        for grace in (1, 2, 5, 9, 600):
+            conf = broker_toml(render(chart, {"config": {"server": {"shutdown_grace_secs": grace}}}))
+            assert conf["server"]["shutdown_grace_secs"] == grace and "drain_delay_secs" not in conf["server"]
+        conf = broker_toml(render(chart, {"config": {"server": {"shutdown_grace_secs": 5, "drain_delay_secs": 2}}}))
+        assert conf["server"]["drain_delay_secs"] == 2, "an explicit drain_delay_secs is kept"
+        conf = broker_toml(render(chart, {"config": {"telemetry": {"otlp_endpoint": "http://c:4318", "sample_ratio": 1}}}))
+        assert conf["telemetry"]["sample_ratio"] == 1.0 and type(conf["telemetry"]["sample_ratio"]) is float, \
+            "sample_ratio is a TOML float even when written 1"
+        conf = broker_toml(render(chart, {"config": {"session": {"introspection": {
+            "url": "https://idp.example/introspect", "client_id": "b"}}},
+            "secret": {"values": {"introspectionClientSecret": "x"}}}))
+        intro = conf["session"]["introspection"]
+        assert intro["client_secret_file"] == "/var/run/secrets/broker/introspection-secret" and \
+            "client_key_file" not in intro, f"client_secret_basic by default: {intro}"
+        docs = render(chart, {"secret": {"existingSecret": "s"}, "config": {"session": {"introspection": {
+            "url": "https://idp.example/introspect", "client_auth": "private_key_jwt", "key_id": "k1",
+            "client_id": "c1"}}}})
+        items = {v["name"]: v for v in pod_spec(docs)["volumes"]}["broker-secrets"]["secret"]["items"]
+        assert items == [{"key": "introspection-client-key.json", "path": "introspection-client-key.json"}], items
+        assert "grafana_dashboard" not in dump(docs) and "PrometheusRule" not in kinds(docs), "both off by default"
+        docs = render(chart, {"grafanaDashboard": {"enabled": True, "namespace": "monitoring",
+                                                   "labels": {"grafana_dashboard": "intellia", "team": "web"}}})
+        cm = [d for d in docs if d["metadata"]["name"].endswith("-dashboard")][0]
+        labels = cm["metadata"]["labels"]
+        assert labels["grafana_dashboard"] == "intellia" and labels["team"] == "web" \
+            and cm["metadata"]["namespace"] == "monitoring", "dashboard labels and namespace configurable"
+        docs = render(chart, {"prometheusRule": {"enabled": True, "selector": 'service="b"'}})
+        alerts = {r["alert"]: r["expr"] for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
+        assert "TokenBrokerRedisDown" not in alerts and "TokenBrokerJwksStale" not in alerts, \
+            "Redis and JWKS alerts only when Redis / a JWKS issuer is configured"
+        assert all('{service="b"' in e for e in alerts.values()), "prometheusRule.selector used"
+
+    checks.check("defaults fit together: any shutdown_grace_secs alone renders (no drain_delay_secs), "
+                 "sample_ratio float, client_secret_basic default, private_key_jwt from an existingSecret, "
+                 "dashboard labels/namespace, conditional alerts, rule selector", derived_defaults)
 
     negative = [
         # (values file, expected message, rejected by values.schema.json?)
@@ -603,7 +956,28 @@ def main() -> int:
         ("bad-redis-cache-secret-file.yaml", r"cache_secret_file", True),
         ("bad-redis-cache-secret-without-redis.yaml", r"redisCacheSecret.enabled needs Redis", False),
         ("bad-breaker.yaml", r"intellia/breaker_open_secs", True),
-        ("bad-redis-tls.yaml", r"redis/url", True),
+        ("bad-redis-url-password.yaml", r"redis/url", True),
+        ("bad-ingress-per-ip-without-proxies.yaml", r"ingress.enabled with a per-IP limit .* needs "
+                                                     r"config.server.trusted_proxies", False),
+        ("bad-ipv6-prefix.yaml", r"rate_limit/per_ip/ipv6_prefix", True),
+        ("bad-jwt-roles-without-claim.yaml", r"session/jwt/0.*missing property 'roles_claim'", True),
+        ("bad-introspection-roles-without-claim.yaml", r"session/introspection.*missing property 'roles_claim'", True),
+        ("bad-introspection-client-auth.yaml", r"session/introspection/client_auth", True),
+        ("bad-introspection-basic-without-client-id.yaml", r"session/introspection.*missing property 'client_id'", True),
+        ("bad-introspection-key-id-with-basic.yaml", r"session/introspection", True),
+        ("bad-introspection-private-key-without-key.yaml", r"private_key_jwt needs secret.values.introspectionClientKey",
+         False),
+        ("bad-introspection-client-key-file.yaml", r"client_key_file", True),
+        ("bad-user-id-prefix-collision.yaml", r"user_id_prefix", False),
+        ("bad-user-id-prefix-nested.yaml", r"neither a prefix of the other", False),
+        ("bad-redis-ca-file.yaml", r"ca_file", True),
+        ("bad-redis-ca-two-sources.yaml", r"/redis/ca", True),
+        ("bad-redis-ca-without-tls.yaml", r"config.redis.url must be rediss://", False),
+        ("bad-redis-password-without-redis.yaml", r"redis.passwordSecret needs Redis", False),
+        ("bad-redis-cluster-type.yaml", r"redis/cluster", True),
+        ("bad-telemetry-sample-ratio.yaml", r"telemetry/sample_ratio", True),
+        ("bad-backend-max-failures.yaml", r"backendRoute/maxFailuresPerMinute", True),
+        ("bad-prometheusrule-threshold.yaml", r"prometheusRule/thresholds/upstreamErrorRatio", True),
         ("bad-base-url-query.yaml", r"intellia/base_url", True),
     ]
     for fname, want, by_schema in negative:

@@ -5,6 +5,9 @@
 #
 #   bash tests/deploy/run.sh                      # from any directory
 #   STATIC_BROKER_BIN=/path/to/static/binary bash tests/deploy/run.sh
+#   bash tests/deploy/run.sh --chart-only        # Helm chart, its alerts and
+#                                                # dashboard, sidecar manifest;
+#                                                # no Dockerfile, build or image
 #
 # Needs no cluster and no Docker engine (see shared STYLE.md, "Checking
 # deployment files"). Tools live in .venv-deploy at the repository root
@@ -15,11 +18,23 @@
 #                      one (RUSTFLAGS=+crt-static cargo build --release --locked
 #                      --target x86_64-unknown-linux-gnu, CARGO_TARGET_DIR honoured)
 #   DEPLOY_SKIP_IMAGE=1  skip the image part (chart and Dockerfile checks only)
+#   BROKER_BIN         a broker binary (any build) whose live /metrics names the
+#                      metrics the chart's alerts and dashboard may use; unset:
+#                      tests/deploy/metrics.txt (the names in the plan)
 #   DEPLOY_OUT         where rendered manifests go (default: a temp dir, removed)
 #   PYTHON             interpreter for the venv (default python3)
 #
 # Prints PASS/FAIL/SKIP per check; exits 1 when any check failed.
 set -euo pipefail
+
+CHART_ONLY=0
+for arg in "$@"; do
+  case "$arg" in
+    --chart-only) CHART_ONLY=1 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d'; exit 0 ;;
+    *) echo "unknown argument: $arg (known: --chart-only)" >&2; exit 2 ;;
+  esac
+done
 
 REPO="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
 HERE="$REPO/tests/deploy"
@@ -98,7 +113,7 @@ else
   fi
 fi
 
-# ---------------------------------------------------------------------------
+dockerfile_checks() {
 step "Dockerfile"
 if "$VENV/bin/hadolint" --failure-threshold info "$REPO/Dockerfile"; then
   pass "hadolint: Dockerfile clean (failure threshold: info)"
@@ -146,8 +161,33 @@ if dockerignore_contract; then
 else
   fail ".dockerignore"
 fi
+}
+if [ "$CHART_ONLY" = 1 ]; then
+  step "Dockerfile"
+  skip "Dockerfile and .dockerignore: --chart-only"
+else
+  dockerfile_checks
+fi
 
 # ---------------------------------------------------------------------------
+step "promtool (Debian package prometheus) for the chart's alerts and dashboard"
+if command -v promtool >/dev/null 2>&1; then
+  pass "promtool: $(promtool --version 2>&1 | head -n1)"
+elif [ "$(id -u)" = 0 ] && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 prometheus >/dev/null 2>&1 \
+       || { apt-get update -qq -o DPkg::Lock::Timeout=300 >/dev/null 2>&1 \
+            && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 prometheus >/dev/null 2>&1; }; } \
+     && command -v promtool >/dev/null 2>&1; then
+  pass "promtool: installed ($(promtool --version 2>&1 | head -n1))"
+else
+  skip "promtool: not installed and cannot be installed here; PromQL syntax is not checked, metric names still are"
+  export DEPLOY_NO_PROMTOOL=1
+fi
+if [ -n "${BROKER_BIN:-}" ]; then
+  echo "metric names for alerts and dashboard: live /metrics of BROKER_BIN=$BROKER_BIN"
+else
+  echo "metric names for alerts and dashboard: tests/deploy/metrics.txt (set BROKER_BIN to read a live broker's)"
+fi
+
 step "Helm chart"
 if "$VENV/bin/python" "$HERE/chart_checks.py" --chart "$CHART" --out "$OUT" --venv-bin "$VENV/bin"; then
   pass "helm chart: every chart check"
@@ -175,6 +215,10 @@ fi
 # ---------------------------------------------------------------------------
 step "image (buildah, runtime stage on scratch around a host-built static binary)"
 image_checks() {
+  if [ "$CHART_ONLY" = 1 ]; then
+    skip "image: --chart-only"
+    return
+  fi
   if [ "${DEPLOY_SKIP_IMAGE:-}" = 1 ]; then
     skip "image: DEPLOY_SKIP_IMAGE=1"
     return
@@ -382,10 +426,23 @@ PY
   for f in backend-secret hs256-secret introspection-secret redis-cache-secret; do
     printf 'test-%s-not-real-0123456789abcdef0123456789\n' "$f" > "$secrets/broker/$f"
   done
+  # managed-services: a Zitadel key JSON (a real RSA key, a made-up id), a
+  # Redis CA and an ACL password, at the paths the chart mounts them.
+  mkdir -p "$secrets/redis" "$secrets/redis-ca"
+  openssl genpkey -algorithm RSA -pkeyopt rsa_keygen_bits:2048 -out "$WORK/zitadel.pem" 2>/dev/null
+  "$VENV/bin/python" - "$WORK/zitadel.pem" > "$secrets/broker/introspection-client-key.json" <<'PY'
+import json, sys
+print(json.dumps({"type": "application", "keyId": "100000000000000001", "key": open(sys.argv[1]).read(),
+                  "appId": "100000000000000002", "clientId": "100000000000000003@broker-test"}))
+PY
+  openssl req -x509 -newkey rsa:2048 -nodes -keyout "$WORK/redis-ca.key" -subj /CN=itb-test-redis-ca -days 2 \
+    -out "$secrets/redis-ca/ca.pem" 2>/dev/null
+  printf 'test-redis-password-not-real\n' > "$secrets/redis/password"
   local redis_env
-  for set in production all-features sidecar; do
+  for set in production all-features managed-services sidecar; do
     toml="$WORK/$set.config.toml"
-    sed "s#/var/run/secrets/#$secrets/#g" "$OUT/$set.config.toml" > "$toml"
+    sed -e "s#/var/run/secrets/#$secrets/#g" -e "s#/etc/redis-ca/#$secrets/redis-ca/#g" \
+      "$OUT/$set.config.toml" > "$toml"
     # production takes the Redis URL from a Secret as BROKER__REDIS__URL
     redis_env=()
     [ "$set" = production ] && redis_env=(BROKER__REDIS__URL=redis://127.0.0.1:6379)

@@ -64,6 +64,9 @@ Fixed paths and ports, shared with the Dockerfile and DESIGN.md §3.
 {{- define "itb.brokerSecretsDir" -}}/var/run/secrets/broker{{- end }}
 {{- define "itb.redisCacheSecretPath" -}}/var/run/secrets/broker/redis-cache-secret{{- end }}
 {{- define "itb.hs256SecretPath" -}}/var/run/secrets/broker/hs256-secret{{- end }}
+{{- define "itb.introspectionKeyPath" -}}/var/run/secrets/broker/introspection-client-key.json{{- end }}
+{{- define "itb.redisCaDir" -}}/etc/redis-ca{{- end }}
+{{- define "itb.redisPasswordDir" -}}/var/run/secrets/redis{{- end }}
 {{- define "itb.httpPort" -}}8080{{- end }}
 {{- define "itb.metricsPort" -}}9091{{- end }}
 
@@ -81,8 +84,18 @@ Which optional secret files are needed ("true" or "").
 {{- if .Values.backendRoute.enabled }}true{{ end }}
 {{- end }}
 
+{{- define "itb.introspectionAuth" -}}
+{{- with dig "session" "introspection" nil .Values.config }}
+{{- default "client_secret_basic" .client_auth }}
+{{- end }}
+{{- end }}
+
 {{- define "itb.needsIntrospectionSecret" -}}
-{{- if dig "session" "introspection" nil .Values.config }}true{{ end }}
+{{- if eq (include "itb.introspectionAuth" .) "client_secret_basic" }}true{{ end }}
+{{- end }}
+
+{{- define "itb.needsIntrospectionKey" -}}
+{{- if eq (include "itb.introspectionAuth" .) "private_key_jwt" }}true{{ end }}
 {{- end }}
 
 {{- define "itb.needsRedisCacheSecret" -}}
@@ -134,6 +147,56 @@ Items of the broker-secrets volume (mounted at /var/run/secrets/broker).
 - key: {{ .Values.secret.keys.redisCacheSecret }}
   path: redis-cache-secret
 {{- end }}
+{{- if include "itb.needsIntrospectionKey" . }}
+- key: {{ .Values.secret.keys.introspectionClientKey }}
+  path: introspection-client-key.json
+{{- end }}
+{{- end }}
+
+{{/*
+Label matchers the PrometheusRule's expressions use for this release.
+*/}}
+{{- define "itb.metricSelector" -}}
+{{- default (printf "job=%q,namespace=%q" (include "itb.fullname" .) .Release.Namespace) .Values.prometheusRule.selector }}
+{{- end }}
+
+{{/*
+Refusals that need more than one value (the schema sees one subtree at a time).
+*/}}
+{{- define "itb.validate" -}}
+{{- $perIp := dig "rate_limit" "per_ip" nil .Values.config }}
+{{- if and .Values.ingress.enabled $perIp (not (dig "server" "trusted_proxies" list .Values.config)) }}
+{{- fail "ingress.enabled with a per-IP limit (config.rate_limit.per_ip) needs config.server.trusted_proxies: the ingress controller's pod or load-balancer CIDRs, whose X-Forwarded-For the broker then believes. Without them every visitor shares the ingress controller's IP and bucket. Set them, or config.rate_limit.per_ip: null for no per-IP limit." }}
+{{- end }}
+{{- if and .Values.redis.ca (not (include "itb.redisEnabled" .)) }}
+{{- fail "redis.ca needs Redis: config.redis or redisUrlSecret.name" }}
+{{- end }}
+{{- if and .Values.redis.passwordSecret (not (include "itb.redisEnabled" .)) }}
+{{- fail "redis.passwordSecret needs Redis: config.redis or redisUrlSecret.name" }}
+{{- end }}
+{{- /* DESIGN.md §9.1: session sources share one user-id space only when they
+       name the same issuer; any other pair needs distinct, non-empty
+       user_id_prefix values, neither a prefix of the other. */}}
+{{- $sources := list }}
+{{- range $i, $j := (dig "session" "jwt" list .Values.config) }}
+{{- $sources = append $sources (dict "name" (printf "config.session.jwt[%d]" $i) "issuer" ($j.issuer | default "") "prefix" ($j.user_id_prefix | default "")) }}
+{{- end }}
+{{- with (dig "session" "introspection" nil .Values.config) }}
+{{- $sources = append $sources (dict "name" "config.session.introspection" "issuer" (.issuer | default "") "prefix" (.user_id_prefix | default "")) }}
+{{- end }}
+{{- range $i, $a := $sources }}
+{{- range $j, $b := $sources }}
+{{- if and (lt $i $j) (or (not $a.issuer) (ne $a.issuer $b.issuer)) }}
+{{- if or (not $a.prefix) (not $b.prefix) (hasPrefix $a.prefix $b.prefix) (hasPrefix $b.prefix $a.prefix) }}
+{{- fail (printf "%s (issuer %q) and %s (issuer %q) are different issuers: give them distinct, non-empty user_id_prefix values, neither a prefix of the other (now %q and %q), or one user id of each would be one Intellia user (DESIGN.md §9.1). Introspection shares the id space of a JWT issuer only with config.session.introspection.issuer set to it." $a.name $a.issuer $b.name $b.issuer $a.prefix $b.prefix) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- $url := dig "redis" "url" "" .Values.config }}
+{{- if and .Values.redis.ca $url (not (hasPrefix "rediss://" $url)) }}
+{{- fail (printf "redis.ca is a CA for TLS: config.redis.url must be rediss://, not %s" $url) }}
+{{- end }}
 {{- end }}
 
 {{/*
@@ -144,8 +207,9 @@ a margin, or the explicit value, which must be larger than the first two.
 {{- $grace := int (dig "server" "shutdown_grace_secs" 20 .Values.config) }}
 {{- $preStop := int .Values.shutdown.preStopSleepSeconds }}
 {{- $explicit := .Values.shutdown.terminationGracePeriodSeconds }}
-{{- $drain := int (dig "server" "drain_delay_secs" 5 .Values.config) }}
-{{- if ge $drain $grace }}
+{{- $drainSet := dig "server" "drain_delay_secs" nil .Values.config }}
+{{- $drain := int (default 0 $drainSet) }}
+{{- if and (not (kindIs "invalid" $drainSet)) (ge $drain $grace) }}
 {{- fail (printf "config.server.drain_delay_secs (%d) must be shorter than config.server.shutdown_grace_secs (%d), or in-flight requests get no time to finish" $drain $grace) }}
 {{- end }}
 {{- if kindIs "invalid" $explicit }}
@@ -173,7 +237,11 @@ The broker's configuration: values.config plus the keys the chart manages
 {{- $_ := set $intellia "api_key_file" (printf "%s/api-key" (include "itb.apiKeyDir" .)) }}
 {{- $_ := set $c "intellia" $intellia }}
 {{- if .Values.backendRoute.enabled }}
-{{- $_ := set $c "backend" (dict "secret_file" (printf "%s/backend-secret" (include "itb.brokerSecretsDir" .))) }}
+{{- $backend := dict "secret_file" (printf "%s/backend-secret" (include "itb.brokerSecretsDir" .)) }}
+{{- if not (kindIs "invalid" .Values.backendRoute.maxFailuresPerMinute) }}
+{{- $_ := set $backend "max_failures_per_minute" (int .Values.backendRoute.maxFailuresPerMinute) }}
+{{- end }}
+{{- $_ := set $c "backend" $backend }}
 {{- end }}
 {{- $redis := get $c "redis" }}
 {{- if and $redis (hasKey $redis "url") .Values.redisUrlSecret.name }}
@@ -189,12 +257,20 @@ The broker's configuration: values.config plus the keys the chart manages
 {{- if include "itb.needsRedisCacheSecret" . }}
 {{- $_ := set $redis "cache_secret_file" (include "itb.redisCacheSecretPath" .) }}
 {{- end }}
+{{- if .Values.redis.ca }}
+{{- $_ := set $redis "ca_file" (printf "%s/ca.pem" (include "itb.redisCaDir" .)) }}
+{{- end }}
+{{- if .Values.redis.passwordSecret }}
+{{- $_ := set $redis "password_file" (printf "%s/password" (include "itb.redisPasswordDir" .)) }}
+{{- end }}
 {{- $_ := set $c "redis" $redis }}
 {{- else if include "itb.needsRedisCacheSecret" . }}
 {{- fail "redisCacheSecret.enabled needs Redis: config.redis or redisUrlSecret.name" }}
 {{- end }}
 {{- if include "itb.needsIntrospectionSecret" . }}
 {{- $_ := set $c.session.introspection "client_secret_file" (printf "%s/introspection-secret" (include "itb.brokerSecretsDir" .)) }}
+{{- else if include "itb.needsIntrospectionKey" . }}
+{{- $_ := set $c.session.introspection "client_key_file" (include "itb.introspectionKeyPath" .) }}
 {{- end }}
 {{- include "itb.toml.body" (dict "prefix" "" "table" $c) }}
 {{- end }}
@@ -229,13 +305,23 @@ Keys with a null value are left out (TOML has no null).
 {{- end }}
 {{- end }}
 
+{{/* A key the broker reads as a float: always written with a decimal point. */}}
+{{- define "itb.toml.float" -}}
+{{- $f := float64 . }}
+{{- if eq $f (float64 (int64 $f)) }}{{ int64 $f }}.0{{ else }}{{ $f }}{{ end }}
+{{- end }}
+
 {{- define "itb.toml.body" -}}
 {{- $prefix := .prefix }}
 {{- $t := .table }}
 {{- range $k := keys $t | sortAlpha }}
 {{- $v := get $t $k }}
 {{- if not (or (kindIs "invalid" $v) (kindIs "map" $v) (include "itb.toml.isTableArray" $v)) }}
+{{- if has $k (list "sample_ratio") }}
+{{ include "itb.toml.key" $k }} = {{ include "itb.toml.float" $v }}
+{{- else }}
 {{ include "itb.toml.key" $k }} = {{ include "itb.toml.value" $v }}
+{{- end }}
 {{- end }}
 {{- end }}
 {{- range $k := keys $t | sortAlpha }}
