@@ -103,7 +103,13 @@ impl AppParts {
         let store = settings
             .redis
             .as_ref()
-            .map(|redis| crate::redis::RedisStore::start(redis, Arc::clone(&metrics)))
+            .map(|redis| {
+                crate::redis::RedisStore::start(
+                    redis,
+                    secrets.get(SecretKind::RedisPassword),
+                    Arc::clone(&metrics),
+                )
+            })
             .transpose()?;
         let replicas = settings.redis.as_ref().map_or(1, |r| r.replicas.get());
         let limits = Limits::new(&settings.rate_limit, store.clone(), replicas);

@@ -149,6 +149,9 @@ fn check_config(config: Option<PathBuf>) -> Result<(), String> {
     // Every secret `serve` reads, read now, so a missing or empty file is reported here rather
     // than at start-up.
     let secrets = Secrets::load(&settings, InlineSecrets::default())?;
+    if let Some(redis) = &settings.redis {
+        crate::redis::RedisStore::check_settings(redis)?;
+    }
     println!("# {} is valid", path.display());
     for (key, source) in secrets.describe() {
         println!("# {key}: readable ({source}), value redacted");

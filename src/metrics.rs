@@ -45,6 +45,16 @@ pub struct SecretLabels {
     pub secret: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RedisOpLabels {
+    pub op: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ReasonLabels {
+    pub reason: &'static str,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -60,7 +70,8 @@ pub struct Metrics {
     pub ready: Gauge,
     pub limiter_keys: Gauge,
     pub redis_up: Gauge,
-    pub redis_failures: Counter,
+    pub redis_failures: Family<ReasonLabels, Counter>,
+    pub redis_duration: Family<RedisOpLabels, Histogram>,
     pub upstream_circuit_open: Gauge,
 }
 
@@ -73,6 +84,11 @@ impl std::fmt::Debug for Metrics {
 fn latency_histogram() -> Histogram {
     // 5 ms .. ~20 s
     Histogram::new(exponential_buckets(0.005, 2.0, 13))
+}
+
+fn redis_histogram() -> Histogram {
+    // 100 µs .. ~0.4 s
+    Histogram::new(exponential_buckets(0.0001, 2.0, 13))
 }
 
 impl Default for Metrics {
@@ -164,11 +180,19 @@ impl Metrics {
             "Whether Redis answers: 1 = shared limits and cache, 0 = the fallback is in use",
             redis_up.clone(),
         );
-        let redis_failures = Counter::default();
+        let redis_failures = Family::<ReasonLabels, Counter>::default();
         registry.register(
             "redis_failures",
-            "Redis calls that failed or timed out",
+            "Redis calls and connection attempts that failed, by reason (timeout, connection, auth, cluster, other)",
             redis_failures.clone(),
+        );
+        let redis_duration = Family::<RedisOpLabels, Histogram>::new_with_constructor(
+            redis_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "redis_duration_seconds",
+            "Latency of Redis calls by operation (limits, get, set, lock, unlock, refund, ping)",
+            redis_duration.clone(),
         );
         let upstream_circuit_open = Gauge::default();
         registry.register(
@@ -194,6 +218,7 @@ impl Metrics {
             limiter_keys,
             redis_up,
             redis_failures,
+            redis_duration,
             upstream_circuit_open,
         }
     }
@@ -204,6 +229,18 @@ impl Metrics {
         self.upstream_duration
             .get_or_create(&labels)
             .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn observe_redis(&self, op: &'static str, elapsed: Duration) {
+        self.redis_duration
+            .get_or_create(&RedisOpLabels { op })
+            .observe(elapsed.as_secs_f64());
+    }
+
+    pub fn count_redis_failure(&self, reason: &'static str) {
+        self.redis_failures
+            .get_or_create(&ReasonLabels { reason })
+            .inc();
     }
 
     pub fn count_request(&self, route: &'static str, code: &'static str) {
@@ -233,6 +270,8 @@ mod tests {
         m.cache_requests
             .get_or_create(&ResultLabels { result: "hit" })
             .inc();
+        m.observe_redis("limits", Duration::from_micros(300));
+        m.count_redis_failure("auth");
         let text = m.encode();
         for series in [
             "broker_requests_total{route=\"/v1/token\",code=\"ok\"} 1",
@@ -240,6 +279,8 @@ mod tests {
             "broker_upstream_duration_seconds_bucket",
             "broker_cache_requests_total{result=\"hit\"} 1",
             "broker_build_info{version=",
+            "broker_redis_duration_seconds_count{op=\"limits\"} 1",
+            "broker_redis_failures_total{reason=\"auth\"} 1",
         ] {
             assert!(text.contains(series), "missing {series} in\n{text}");
         }

@@ -233,6 +233,7 @@ pub enum SecretKind {
     SessionHs256(usize),
     IntrospectionClient,
     RedisCache,
+    RedisPassword,
 }
 
 impl SecretKind {
@@ -243,6 +244,7 @@ impl SecretKind {
             SecretKind::SessionHs256(_) => "session.hs256_secret",
             SecretKind::IntrospectionClient => "session.introspection.client_secret",
             SecretKind::RedisCache => "redis.cache_secret",
+            SecretKind::RedisPassword => "redis.password",
         }
     }
 }
@@ -367,6 +369,13 @@ impl Secrets {
             add(
                 SecretKind::RedisCache,
                 "redis.cache_secret_file".into(),
+                SecretCell::load(SecretSource::File(path.clone())),
+            )?;
+        }
+        if let Some(path) = settings.redis.as_ref().and_then(|r| r.password_file.as_ref()) {
+            add(
+                SecretKind::RedisPassword,
+                "redis.password_file".into(),
                 SecretCell::load(SecretSource::File(path.clone())),
             )?;
         }

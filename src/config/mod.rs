@@ -335,6 +335,42 @@ pub struct RedisSettings {
     /// (all replicas share it, and rotating the key simply empties the shared cache).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cache_secret_file: Option<PathBuf>,
+    /// The password for `AUTH` (the ACL user comes from the URL), from a file (a Kubernetes
+    /// Secret); re-read on change. Mutually exclusive with a password in the URL.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_file: Option<PathBuf>,
+    /// A PEM CA bundle trusted for `rediss://` in addition to the system roots (Memorystore's
+    /// in-transit encryption, a private CA). Read at start.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_file: Option<PathBuf>,
+    /// The URL names one node of a Redis Cluster: every command goes to its key's shard.
+    #[serde(default)]
+    pub cluster: bool,
+}
+
+impl RedisSettings {
+    /// Cross-key rules of `[redis]`.
+    fn validate(&self) -> Result<(), ConfigError> {
+        if self.password_file.is_some() && self.url.has_password() {
+            return Err(ConfigError::key(
+                "redis.password_file",
+                "the URL carries a password too; keep the password in one place (remove it from redis.url)",
+            ));
+        }
+        if self.ca_file.is_some() && !self.url.is_tls() {
+            return Err(ConfigError::key(
+                "redis.ca_file",
+                "applies to TLS only; use a rediss:// URL",
+            ));
+        }
+        if self.cluster && self.url.database().is_some_and(|db| db != "0") {
+            return Err(ConfigError::key(
+                "redis.url",
+                "a Redis Cluster has only database 0; remove the database from the URL",
+            ));
+        }
+        Ok(())
+    }
 }
 
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
@@ -486,6 +522,9 @@ impl Settings {
             ));
         }
         self.session.validate()?;
+        if let Some(redis) = &self.redis {
+            redis.validate()?;
+        }
         Ok(())
     }
 

@@ -130,6 +130,20 @@ impl RedisUrl {
         self.0.scheme() == "rediss"
     }
 
+    /// The ACL user name the URL carries, if any.
+    pub fn username(&self) -> Option<&str> {
+        Some(self.0.username()).filter(|u| !u.is_empty())
+    }
+
+    pub fn has_password(&self) -> bool {
+        self.0.password().is_some()
+    }
+
+    /// The database number in the path (`/0`), if any.
+    pub fn database(&self) -> Option<&str> {
+        Some(self.0.path().trim_matches('/')).filter(|p| !p.is_empty())
+    }
+
     /// The URL with its password replaced, for display.
     pub fn redacted(&self) -> String {
         let mut shown = self.0.clone();
@@ -154,6 +168,11 @@ impl TryFrom<String> for RedisUrl {
             return Err("must start with redis:// or rediss://".to_owned());
         }
         match reqwest::Url::parse(&text) {
+            // `#insecure` is how the Redis client is told to skip certificate checks: never.
+            Ok(url) if url.fragment().is_some() => Err(
+                "must not carry a `#fragment` (`#insecure` would skip certificate checks, which the broker refuses)"
+                    .to_owned(),
+            ),
             Ok(url) if url.host_str().is_some_and(|h| !h.is_empty()) => Ok(RedisUrl(url)),
             _ => {
                 Err("is not a valid URL (redis[s]://[user[:password]@]host[:port][/db])".to_owned())

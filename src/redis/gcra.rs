@@ -1,6 +1,18 @@
 //! Shared GCRA buckets: every limit one request needs, decided by one Lua script in one round trip,
 //! on Redis's clock (replicas with skewed clocks agree).
+//!
+//! In a Redis Cluster a script may only touch keys of one slot, and a request's buckets live in
+//! different slots: the per-IP bucket is shared by every user behind that address, so it cannot
+//! carry the user's hash tag. There the buckets are grouped by hash tag and each group is decided
+//! by its own script call, all groups concurrently (one round trip of wall time). Every bucket is
+//! still decided atomically on its shard, so a burst of B + k against one bucket admits exactly B,
+//! across replicas and shards. What changes is the walk across buckets: a group cannot see another
+//! group's refusal, so a bucket after the first refused one may have been charged; it is refunded
+//! at once (one more call, off the request's path). Until the refund lands, a concurrent request
+//! of that bucket sees one charge too many — it can only be refused early, never admitted beyond
+//! the limit.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use super::{RedisStore, Unavailable};
@@ -34,12 +46,44 @@ end
 return out
 ";
 
+/// Gives back one charge of each `KEYS[i]` (interval `ARGV[i]` µs): the bucket of a request that
+/// a later bucket refused, in cluster mode (see the module docs).
+const REFUND: &str = r"
+local now_parts = redis.call('TIME')
+local now = tonumber(now_parts[1]) * 1000000 + tonumber(now_parts[2])
+for i, key in ipairs(KEYS) do
+  local tat = tonumber(redis.call('GET', key))
+  if tat then
+    local new_tat = tat - tonumber(ARGV[i])
+    if new_tat <= now then
+      redis.call('DEL', key)
+    else
+      redis.call('SET', key, string.format('%.0f', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1)
+    end
+  end
+end
+return 0
+";
+
 /// One bucket of a request's check.
 #[derive(Debug, Clone)]
 pub(crate) struct Bucket {
     pub key: String,
     pub interval: Duration,
     pub burst: u32,
+}
+
+impl Bucket {
+    fn interval_us(&self) -> u64 {
+        u64::try_from(self.interval.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    /// The `{hash tag}` of the key: buckets with one tag share a slot.
+    fn tag(&self) -> &str {
+        tag_of(&self.key)
+    }
 }
 
 /// A GCRA decision from Redis.
@@ -53,33 +97,96 @@ pub(crate) struct Decision {
 
 pub(crate) struct Gcra {
     script: redis::Script,
+    refund: Arc<redis::Script>,
 }
 
 impl Gcra {
     pub fn new() -> Gcra {
         Gcra {
             script: redis::Script::new(SCRIPT),
+            refund: Arc::new(redis::Script::new(REFUND)),
         }
     }
 
-    /// Decides `buckets` in order in one round trip; stops at the first refusal.
+    /// Decides `buckets` in order in one round trip; stops at the first refusal. Returns the
+    /// decisions of the buckets up to and including the first refusal.
     pub async fn check(
         &self,
-        store: &RedisStore,
+        store: &Arc<RedisStore>,
         buckets: &[Bucket],
+    ) -> Result<Vec<Decision>, Unavailable> {
+        if !store.is_cluster() || buckets.iter().all(|b| b.tag() == buckets[0].tag()) {
+            return self.decide(store, buckets.iter()).await;
+        }
+        // Cluster, several slots: one script call per hash tag, concurrently.
+        let mut groups: Vec<Vec<usize>> = Vec::new();
+        for (i, bucket) in buckets.iter().enumerate() {
+            match groups
+                .iter_mut()
+                .find(|g| buckets[g[0]].tag() == bucket.tag())
+            {
+                Some(group) => group.push(i),
+                None => groups.push(vec![i]),
+            }
+        }
+        let calls = groups
+            .iter()
+            .map(|group| self.decide(store, group.iter().map(|&i| &buckets[i])));
+        let results = futures_util::future::join_all(calls).await;
+        let mut decided: Vec<Option<Decision>> = vec![None; buckets.len()];
+        let mut failed = false;
+        for (group, result) in groups.iter().zip(results) {
+            match result {
+                Ok(decisions) => {
+                    for (&i, d) in group.iter().zip(decisions) {
+                        decided[i] = Some(d);
+                    }
+                }
+                Err(Unavailable) => failed = true,
+            }
+        }
+        let first_refusal = decided
+            .iter()
+            .position(|d| d.is_some_and(|d| !d.allowed))
+            .unwrap_or(buckets.len());
+        // Buckets after the first refusal were not meant to be charged: give their charge back.
+        let refunds: Vec<&Bucket> = buckets
+            .iter()
+            .zip(&decided)
+            .enumerate()
+            .filter(|(i, (_, d))| (failed || *i > first_refusal) && d.is_some_and(|d| d.allowed))
+            .map(|(_, (b, _))| b)
+            .collect();
+        if !refunds.is_empty() {
+            self.spawn_refund(store, &refunds);
+        }
+        if failed {
+            return Err(Unavailable);
+        }
+        Ok(decided
+            .into_iter()
+            .take(first_refusal.saturating_add(1))
+            .flatten()
+            .collect())
+    }
+
+    /// One script call deciding `buckets` (all in one slot) in order.
+    async fn decide<'b>(
+        &self,
+        store: &RedisStore,
+        buckets: impl Iterator<Item = &'b Bucket>,
     ) -> Result<Vec<Decision>, Unavailable> {
         let mut invocation = self.script.prepare_invoke();
         for bucket in buckets {
-            let interval_us = u64::try_from(bucket.interval.as_micros())
-                .unwrap_or(u64::MAX)
-                .max(1);
             invocation
                 .key(bucket.key.as_str())
-                .arg(interval_us)
+                .arg(bucket.interval_us())
                 .arg(bucket.burst);
         }
         let flat: Vec<i64> = store
-            .call(|mut c| async move { invocation.invoke_async(&mut c).await })
+            .call("limits", |mut c| async move {
+                invocation.invoke_async(&mut c).await
+            })
             .await?;
         let micros = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
         Ok(flat
@@ -91,5 +198,42 @@ impl Gcra {
                 reset: micros(d[3]),
             })
             .collect())
+    }
+
+    /// Refunds `buckets` in the background, one call per hash tag; best effort.
+    fn spawn_refund(&self, store: &Arc<RedisStore>, buckets: &[&Bucket]) {
+        let mut groups: Vec<Vec<(String, u64)>> = Vec::new();
+        for bucket in buckets {
+            let entry = (bucket.key.clone(), bucket.interval_us());
+            match groups.iter_mut().find(|g| {
+                g.first()
+                    .is_some_and(|(k, _)| tag_of(k) == bucket.tag())
+            }) {
+                Some(group) => group.push(entry),
+                None => groups.push(vec![entry]),
+            }
+        }
+        let store = Arc::clone(store);
+        let script = Arc::clone(&self.refund);
+        tokio::spawn(async move {
+            for group in groups {
+                let mut invocation = script.prepare_invoke();
+                for (key, interval) in &group {
+                    invocation.key(key.as_str()).arg(*interval);
+                }
+                let _ = store
+                    .call("refund", |mut c| async move {
+                        invocation.invoke_async::<i64>(&mut c).await
+                    })
+                    .await;
+            }
+        });
+    }
+}
+
+fn tag_of(key: &str) -> &str {
+    match (key.find('{'), key.find('}')) {
+        (Some(open), Some(close)) if close > open + 1 => &key[open + 1..close],
+        _ => key,
     }
 }

@@ -3,20 +3,23 @@
 //! request. What is stored there is decided by the limits ([`gcra`]) and the token cache
 //! ([`seal`]); this module only moves bytes and reports `Unavailable`.
 
+pub(crate) mod connection;
 pub(crate) mod gcra;
 pub(crate) mod seal;
 
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, RwLock, Weak};
+use std::time::{Duration, Instant};
 
 use rand::RngCore;
-use redis::aio::ConnectionManager;
 use sha2::{Digest, Sha256};
 
 use crate::breaker::CircuitBreaker;
 use crate::config::{RedisFallback, RedisSettings};
 use crate::metrics::Metrics;
+use crate::secrets::SecretCell;
+pub(crate) use connection::Connection;
+use connection::{Connector, FailureReason, describe};
 
 /// Redis could not answer in time (or the breaker is open).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +29,10 @@ pub struct Unavailable;
 /// Consecutive failed Redis calls that open the breaker, and how long it stays open.
 const BREAKER_THRESHOLD: u32 = 3;
 const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
+/// `broker_redis_up` reads 1 only when no call failed for this long.
+const HEALTHY_AFTER: Duration = Duration::from_secs(2);
+/// How often the supervisor looks at the connection (and pings Redis when no call did).
+const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
 
 /// Deletes the lock only if it is still ours (compare-and-delete).
 const UNLOCK: &str = r"
@@ -36,20 +43,26 @@ return 0
 ";
 
 pub struct RedisStore {
-    connection: RwLock<Option<ConnectionManager>>,
+    connection: RwLock<Option<Connection>>,
     connected: AtomicBool,
+    cluster: bool,
     breaker: CircuitBreaker,
     timeout: Duration,
     prefix: String,
     fallback: RedisFallback,
     unlock: redis::Script,
     metrics: Arc<Metrics>,
+    /// When the store was made; the two instants below are milliseconds since then (0 = never).
+    epoch: Instant,
+    last_success_ms: AtomicU64,
+    last_failure_ms: AtomicU64,
 }
 
 impl std::fmt::Debug for RedisStore {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("RedisStore")
             .field("connected", &self.connected.load(Ordering::Relaxed))
+            .field("cluster", &self.cluster)
             .field("prefix", &self.prefix)
             .finish_non_exhaustive()
     }
@@ -57,75 +70,97 @@ impl std::fmt::Debug for RedisStore {
 
 impl RedisStore {
     /// Builds the store and starts connecting in the background: a broker starting while Redis
-    /// is down still starts, and uses its fallback until Redis answers.
+    /// is down (or refusing our password) still starts, and uses its fallback until Redis
+    /// answers. `password` is `redis.password_file`'s cell from the secrets registry: when it
+    /// rotates, the store connects again with the new password and swaps connections once the
+    /// new one is authenticated (the old one keeps serving until then).
     pub fn start(
         settings: &RedisSettings,
+        password: Option<Arc<SecretCell>>,
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisStore>, String> {
-        let client = redis::Client::open(settings.url.url().as_str())
-            .map_err(|e| format!("config key `redis.url`: {}", e.category()))?;
+        crate::http_client::install_crypto_provider();
+        let connector = Connector::new(settings, password)?;
         metrics.redis_up.set(0);
         let store = Arc::new(RedisStore {
             connection: RwLock::new(None),
             connected: AtomicBool::new(false),
+            cluster: connector.is_cluster(),
             breaker: CircuitBreaker::new(BREAKER_THRESHOLD, BREAKER_COOLDOWN),
             timeout: Duration::from_millis(settings.timeout_ms.get()),
             prefix: settings.key_prefix.as_str().to_owned(),
             fallback: settings.on_unavailable,
             unlock: redis::Script::new(UNLOCK),
             metrics,
+            epoch: Instant::now(),
+            last_success_ms: AtomicU64::new(0),
+            last_failure_ms: AtomicU64::new(0),
         });
-        let weak = Arc::downgrade(&store);
-        tokio::spawn(async move {
-            let mut wait = Duration::from_millis(200);
-            loop {
-                let config = redis::aio::ConnectionManagerConfig::new()
-                    .set_connection_timeout(Some(Duration::from_secs(2)))
-                    .set_response_timeout(Some(Duration::from_secs(2)));
-                match redis::aio::ConnectionManager::new_with_config(client.clone(), config).await {
-                    Ok(manager) => {
-                        let Some(store) = weak.upgrade() else { return };
-                        match store.connection.write() {
-                            Ok(mut g) => *g = Some(manager),
-                            Err(p) => *p.into_inner() = Some(manager),
-                        }
-                        store.connected.store(true, Ordering::Release);
-                        store.metrics.redis_up.set(1);
-                        tracing::info!("Redis connected");
-                        return;
-                    }
-                    Err(e) => {
-                        if weak.strong_count() == 0 {
-                            return;
-                        }
-                        tracing::warn!(
-                            error = e.category(),
-                            "Redis not reachable yet; using the fallback"
-                        );
-                        tokio::time::sleep(wait).await;
-                        wait = (wait * 2).min(Duration::from_secs(5));
-                    }
-                }
-            }
-        });
+        tokio::spawn(supervise(Arc::downgrade(&store), connector));
         Ok(store)
+    }
+
+    /// What `check-config` can know without connecting: the URL parses and `ca_file` holds a
+    /// PEM bundle.
+    pub fn check_settings(settings: &RedisSettings) -> Result<(), String> {
+        Connector::new(settings, None).map(|_| ())
     }
 
     pub fn fallback(&self) -> RedisFallback {
         self.fallback
     }
 
-    fn connection(&self) -> Option<ConnectionManager> {
+    /// Whether keys of one request may live on different shards (see [`gcra`]).
+    pub fn is_cluster(&self) -> bool {
+        self.cluster
+    }
+
+    fn connection(&self) -> Option<Connection> {
         match self.connection.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
         }
     }
 
-    /// Runs one Redis operation under the timeout and the breaker.
-    pub(crate) async fn call<T, F, Fut>(&self, op: F) -> Result<T, Unavailable>
+    fn set_connection(&self, connection: Connection) {
+        match self.connection.write() {
+            Ok(mut g) => *g = Some(connection),
+            Err(p) => *p.into_inner() = Some(connection),
+        }
+        self.connected.store(true, Ordering::Release);
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_millis())
+            .unwrap_or(u64::MAX)
+            .max(1)
+    }
+
+    fn record_success(&self) {
+        let now = self.now_ms();
+        self.last_success_ms.store(now, Ordering::Relaxed);
+        let failed = self.last_failure_ms.load(Ordering::Relaxed);
+        if failed == 0 || now.saturating_sub(failed) >= HEALTHY_AFTER.as_millis() as u64 {
+            self.metrics.redis_up.set(1);
+        }
+    }
+
+    fn record_failure(&self, reason: FailureReason) {
+        let now = self.now_ms();
+        let previous = self.last_failure_ms.swap(now, Ordering::Relaxed);
+        self.metrics.redis_up.set(0);
+        self.metrics.count_redis_failure(reason.label());
+        // One warning per episode (the first failure after a healthy spell); the rest at debug.
+        if previous == 0 || now.saturating_sub(previous) >= HEALTHY_AFTER.as_millis() as u64 {
+            tracing::warn!(reason = reason.label(), "Redis call failed");
+        }
+    }
+
+    /// Runs one Redis operation under the timeout and the breaker; `op` names it in
+    /// `broker_redis_duration_seconds`.
+    pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, Unavailable>
     where
-        F: FnOnce(ConnectionManager) -> Fut,
+        F: FnOnce(Connection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
     {
         let Some(connection) = self.connection() else {
@@ -134,30 +169,36 @@ impl RedisStore {
         if !self.breaker.allow() {
             return Err(Unavailable);
         }
-        match tokio::time::timeout(self.timeout, op(connection)).await {
+        let started = Instant::now();
+        let outcome = tokio::time::timeout(self.timeout, f(connection)).await;
+        self.metrics.observe_redis(op, started.elapsed());
+        let reason = match outcome {
             Ok(Ok(value)) => {
                 if self.breaker.success() {
                     tracing::info!("Redis is back; shared limits and cache resumed");
                 }
-                self.metrics.redis_up.set(1);
-                Ok(value)
+                self.record_success();
+                return Ok(value);
             }
-            outcome => {
-                match &outcome {
-                    Ok(Err(e)) => tracing::debug!(error = %e, "Redis call failed"),
-                    _ => tracing::debug!(
-                        timeout_ms = self.timeout.as_millis() as u64,
-                        "Redis call timed out"
-                    ),
-                }
-                self.metrics.redis_failures.inc();
-                if self.breaker.failure() {
-                    self.metrics.redis_up.set(0);
-                    tracing::warn!(fallback = ?self.fallback, "Redis unavailable; circuit open");
-                }
-                Err(Unavailable)
+            Ok(Err(e)) => {
+                let reason = FailureReason::of(&e);
+                tracing::debug!(op, reason = reason.label(), error = %describe(&e), "Redis call failed");
+                reason
             }
+            Err(_) => {
+                tracing::debug!(
+                    op,
+                    timeout_ms = self.timeout.as_millis() as u64,
+                    "Redis call timed out"
+                );
+                FailureReason::Timeout
+            }
+        };
+        self.record_failure(reason);
+        if self.breaker.failure() {
+            tracing::warn!(fallback = ?self.fallback, reason = reason.label(), "Redis unavailable; circuit open");
         }
+        Err(Unavailable)
     }
 
     /// A hashed, hash-tagged key: no user id or address is stored in clear, and one subject's
@@ -169,8 +210,10 @@ impl RedisStore {
     }
 
     pub(crate) async fn get(&self, key: String) -> Result<Option<Vec<u8>>, Unavailable> {
-        self.call(|mut c| async move { redis::cmd("GET").arg(key).query_async(&mut c).await })
-            .await
+        self.call("get", |mut c| async move {
+            redis::cmd("GET").arg(key).query_async(&mut c).await
+        })
+        .await
     }
 
     pub(crate) async fn set_px(
@@ -180,7 +223,7 @@ impl RedisStore {
         ttl: Duration,
     ) -> Result<(), Unavailable> {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX).max(1);
-        self.call(|mut c| async move {
+        self.call("set", |mut c| async move {
             redis::cmd("SET")
                 .arg(key)
                 .arg(value)
@@ -204,7 +247,7 @@ impl RedisStore {
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(1000).max(1);
         let value = token.clone();
         let acquired: Option<String> = self
-            .call(|mut c| async move {
+            .call("lock", |mut c| async move {
                 redis::cmd("SET")
                     .arg(key)
                     .arg(value)
@@ -223,9 +266,65 @@ impl RedisStore {
         let script = &self.unlock;
         let token = token.to_owned();
         let _ = self
-            .call(
-                |mut c| async move { script.key(key).arg(token).invoke_async::<i64>(&mut c).await },
-            )
+            .call("unlock", |mut c| async move {
+                script.key(key).arg(token).invoke_async::<i64>(&mut c).await
+            })
             .await;
+    }
+}
+
+/// Connects (again when the password rotates), and pings Redis when no call told how it is, so
+/// `broker_redis_up` stays true on an idle replica. Ends when the store is dropped.
+async fn supervise(store: Weak<RedisStore>, connector: Connector) {
+    let mut wait = Duration::from_millis(200);
+    let mut connected_generation = None;
+    loop {
+        let Some(this) = store.upgrade() else { return };
+        let generation = connector.credentials_generation();
+        if connected_generation != Some(generation) {
+            let rotated = connected_generation.is_some();
+            match connector.connect().await {
+                Ok(connection) => {
+                    this.set_connection(connection);
+                    connected_generation = Some(generation);
+                    wait = Duration::from_millis(200);
+                    this.record_success();
+                    if rotated {
+                        tracing::info!("Redis password rotated; reconnected with the new one");
+                    } else {
+                        tracing::info!(cluster = this.cluster, "Redis connected");
+                    }
+                }
+                Err(e) => {
+                    let reason = FailureReason::of(&e);
+                    this.record_failure(reason);
+                    tracing::warn!(
+                        reason = reason.label(),
+                        error = %describe(&e),
+                        "cannot connect to Redis; {}",
+                        if rotated { "keeping the connection made with the previous password" } else { "using the fallback" }
+                    );
+                    drop(this);
+                    tokio::time::sleep(wait).await;
+                    wait = (wait * 2).min(Duration::from_secs(5));
+                    continue;
+                }
+            }
+        } else {
+            let idle = this
+                .now_ms()
+                .saturating_sub(this.last_success_ms.load(Ordering::Relaxed));
+            let failed_since = this.last_failure_ms.load(Ordering::Relaxed)
+                >= this.last_success_ms.load(Ordering::Relaxed);
+            if idle >= SUPERVISE_EVERY.as_millis() as u64 || failed_since {
+                let _ = this
+                    .call("ping", |mut c| async move {
+                        redis::cmd("PING").query_async::<()>(&mut c).await
+                    })
+                    .await;
+            }
+        }
+        drop(this);
+        tokio::time::sleep(SUPERVISE_EVERY).await;
     }
 }
