@@ -5,12 +5,8 @@
 
 use std::time::Duration;
 
-#[path = "support/memory.rs"]
-mod memory;
-#[path = "support/procfs.rs"]
-mod procfs;
-
-use procfs::mb;
+use testkit::memory;
+use testkit::procfs::mb;
 
 #[global_allocator]
 static ALLOCATOR: intellia_token_broker::allocator::Allocator =

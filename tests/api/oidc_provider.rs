@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use testkit::prelude::*;
 
 struct Provider {
     child: Child,
