@@ -350,13 +350,9 @@ fn report_limited(table: &mut Table, name: &str, o: &Outcome) {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runtime) = testkit::bench::runtime() else {
         return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    };
     let mut table = Table(Vec::new());
     runtime.block_on(bench(&mut table));
     println!("| measurement | result |\n|---|---|");

@@ -94,14 +94,9 @@ async fn redis_limiter(rows: &mut Vec<(String, String)>) {
 }
 
 fn main() {
-    // `cargo test --benches` runs bench targets with --bench absent; do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runtime) = testkit::bench::runtime() else {
         return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    };
     let mut rows = Vec::new();
     runtime.block_on(redis_limiter(&mut rows));
     println!("| measurement | result |\n|---|---|");

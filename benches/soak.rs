@@ -374,17 +374,13 @@ burst = 200
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runtime) = testkit::bench::runtime() else {
         return;
-    }
+    };
     let secs = std::env::var("SOAK_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     match runtime.block_on(soak(Duration::from_secs(secs))) {
         Ok(lines) => println!("{}", lines.join("\n")),
         Err(report) => {

@@ -115,6 +115,13 @@ impl TestApp {
         panic!("broker at {} never became ready", self.base);
     }
 
+    /// `GET /readyz`: the status and the JSON body (`null` when it is not JSON).
+    pub async fn readyz(&self) -> (u16, Value) {
+        let resp = self.client.get(self.url("/readyz")).send().await.unwrap();
+        let status = resp.status().as_u16();
+        (status, resp.json().await.unwrap_or(Value::Null))
+    }
+
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
     }

@@ -15,6 +15,20 @@ use crate::jwt::{rsa_key, sign};
 use crate::loadgen::{Request, request};
 use crate::process::{BrokerProcess, broker_bin, free_addr, wait_ok};
 
+/// The runtime a benchmark's `main` runs on, or `None` when the target was started without
+/// `--bench`: `cargo test --benches` runs bench targets that way, and they do nothing then.
+pub fn runtime() -> Option<tokio::runtime::Runtime> {
+    if !std::env::args().any(|a| a == "--bench") {
+        return None;
+    }
+    Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime"),
+    )
+}
+
 /// The HS256 issuer of a bench broker.
 pub const HS_ISSUER: &str = "https://hs.bench.example";
 /// The RS256 issuer of a bench broker (keys from the bench process's JWKS).
