@@ -4,7 +4,6 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -12,35 +11,17 @@ use intellia_token_broker::config::{PerMinuteLimit, RateLimitSettings};
 use intellia_token_broker::limits::Limits;
 use intellia_token_broker::metrics::Metrics;
 use secrecy::SecretString;
+use testkit::redis::RedisServer;
 
 /// Shared (Redis) limiter decisions from one broker: 64 concurrent callers over one multiplexed
 /// connection to a local `redis-server`, as many user keys as callers.
 async fn redis_limiter(rows: &mut Vec<(String, String)>) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let Ok(mut server) = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-    else {
+    let Ok(server) = RedisServer::builder().try_start() else {
         rows.push(("Redis limiter".into(), "skipped: no redis-server".into()));
         return;
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
     let settings = intellia_token_broker::config::RedisSettings {
-        url: format!("redis://127.0.0.1:{port}"),
+        url: server.url(),
         on_unavailable: intellia_token_broker::config::RedisFallback::Deny,
         timeout_ms: 1000,
         replicas: 1,
@@ -109,19 +90,13 @@ async fn redis_limiter(rows: &mut Vec<(String, String)>) {
             ),
         ));
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }
 
 fn main() {
-    // `cargo test --benches` runs bench targets with --bench absent; do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runtime) = testkit::bench::runtime() else {
         return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    };
     let mut rows = Vec::new();
     runtime.block_on(redis_limiter(&mut rows));
     println!("| measurement | result |\n|---|---|");

@@ -3,9 +3,6 @@
 //! the peak and after idle eviction. Shared by the memory benchmark (`benches/memory.rs`, which
 //! reports) and the memory-bound test (`tests/memory_bounds.rs`, which asserts).
 
-// Shared by several bench and test targets, each using part of it.
-#![allow(dead_code)]
-
 use std::time::{Duration, Instant};
 
 use intellia_token_broker::cache::TokenCache;

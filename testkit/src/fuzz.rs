@@ -1,7 +1,7 @@
-//! The fuzz entry points, one per target. The cargo-fuzz binaries in `fuzz_targets/` call them
-//! with libFuzzer's inputs; `tests/fuzz_replay.rs` includes this very file and calls them with the
-//! committed seeds and regression inputs, so whatever crashed a target once is replayed through
-//! the same code by plain `cargo test`, without nightly.
+//! The fuzz entry points, one per target. The cargo-fuzz binaries in `fuzz/fuzz_targets/` call
+//! them with libFuzzer's inputs; `tests/fuzz_replay.rs` calls them with the committed seeds and
+//! regression inputs, so whatever crashed a target once is replayed through the same code by plain
+//! `cargo test`, without nightly.
 //!
 //! Every entry drives the broker's real code and panics when an invariant of the product contract
 //! breaks: a 5xx or a body that is not problem+json where the contract says 4xx, a session that
@@ -25,7 +25,7 @@
 //!   leading status line the whole input is a 200 body.
 
 // Panicking is how a fuzz target reports a broken invariant.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::panic)]
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -56,6 +56,8 @@ use intellia_token_broker::session::{Identity, valid_user_id};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use serde_json::Value;
+
+use crate::jwt::now;
 
 /// What the broker made of an input. The replay test expects `accept-*` seeds to be accepted and
 /// `reject-*` seeds to be rejected; the fuzz targets ignore it.
@@ -117,10 +119,6 @@ const RSA_PRIVATE: &[u8] = include_bytes!("../../tests/fixtures/rsa-private.pem"
 const RSA_PUBLIC: &[u8] = include_bytes!("../../tests/fixtures/rsa-public.pem");
 const EC_PRIVATE: &[u8] = include_bytes!("../../tests/fixtures/ec-private.pem");
 const JWKS: &str = include_str!("../../tests/fixtures/jwks.json");
-
-fn now() -> u64 {
-    jsonwebtoken::get_current_timestamp()
-}
 
 // ---------------------------------------------------------------------------------------------
 // The world: the real application, built once per thread, against the simulator and a JWKS server.
@@ -229,10 +227,10 @@ max_entries = 10000
     )
 }
 
-/// Serves the fixture JWKS (keys `rsa-1` and `ec-1`) as an identity provider would.
+/// Serves the fixture JWKS (keys `rsa-1` and `ec-1`) as an identity provider would, on actix
+/// worker threads (so it answers while libFuzzer has the main thread).
 fn start_jwks_server() -> String {
-    let all: Value = serde_json::from_str(JWKS).expect("fixture JWKS");
-    let body = serde_json::json!({ "keys": [all["rsa-1"], all["ec-1"]] }).to_string();
+    let body = crate::idp::jwks(&["rsa-1", "ec-1"]).to_string();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind JWKS server");
     let base = format!("http://{}", listener.local_addr().expect("JWKS address"));
     let server = HttpServer::new(move || {
