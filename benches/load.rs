@@ -261,7 +261,95 @@ async fn bench(table: &mut Table) {
     table.row("RSS after the runs, 15 s idle", mb(broker.rss()));
     drop(broker);
 
+    shared_limits_ratio(&fixture, table).await;
     twice_the_limits(&fixture, table).await;
+}
+
+/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+/// Cache-hit token throughput as a ratio to `/healthz` of the same process, with per-user, per-IP
+/// and upstream limits set: without Redis, then with `[redis]` (every token request one Redis
+/// round trip, the cached token from the in-memory tier), with Redis's own CPU during the run.
+async fn shared_limits_ratio(fixture: &Fixture, table: &mut Table) {
+    let limits = r#"
+[rate_limit.per_user]
+per_minute = 1000000000
+burst = 1000000000
+
+[rate_limit.per_ip]
+per_minute = 1000000000
+burst = 1000000000
+
+[rate_limit.upstream]
+per_second = 1000
+burst = 1000
+"#;
+    let Ok(redis) = testkit::redis::RedisServer::builder().try_start() else {
+        table.row("cache hit with [redis]", "skipped: no redis-server");
+        return;
+    };
+    let with_redis = format!(
+        "{limits}\n[redis]\nurl = \"{}\"\ntimeout_ms = 50\n",
+        redis.url()
+    );
+    let hs = fixture.hs_token("bench-shared-user");
+    for (name, tail) in [("local limits", limits.to_owned()), ("[redis]", with_redis)] {
+        let (broker, _) = fixture.broker(&format!("ratio-{}", name.len()), "", &tail).await;
+        let warm = throughput(
+            &broker,
+            vec![token_request(&hs)],
+            Stop::After(Duration::from_millis(500)),
+            4,
+        )
+        .await;
+        assert_eq!(warm.unexpected(&[200]), 0, "warm-up: {}", warm.statuses());
+        let health = throughput(
+            &broker,
+            vec![request("GET", "/healthz", &[], b"")],
+            Stop::After(RUN),
+            CONNECTIONS,
+        )
+        .await;
+        table.run(
+            &format!("GET /healthz, broker with per_user + per_ip + upstream, {name}"),
+            &health,
+            None,
+            &[200],
+        );
+        let redis_cpu = cpu_secs(redis.pid().unwrap_or(0));
+        let o = throughput(
+            &broker,
+            vec![token_request(&hs)],
+            Stop::After(RUN),
+            CONNECTIONS,
+        )
+        .await;
+        let redis_cpu = (cpu_secs(redis.pid().unwrap_or(0)) - redis_cpu) / RUN.as_secs_f64();
+        table.run(
+            &format!("POST /v1/token, cache hit, per_user + per_ip + upstream, {name}"),
+            &o,
+            Some(health.rps()),
+            &[200],
+        );
+        if name == "[redis]" {
+            table.row(
+                "redis-server CPU during the cache-hit run with [redis]",
+                format!(
+                    "{:.0} % of one core ({:.0} token requests/s, one EVALSHA each)",
+                    redis_cpu * 100.0,
+                    o.rps()
+                ),
+            );
+        }
+    }
 }
 
 /// Traffic at twice each configured limit: users, one client address, and calls to Intellia.

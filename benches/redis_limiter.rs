@@ -1,96 +1,145 @@
-//! Shared (Redis) limiter decisions from one broker against a local `redis-server`: throughput
-//! and latency at several concurrencies. `cargo bench --bench redis_limiter`; skipped with a note
-//! when `redis-server` is not installed.
+//! Shared (Redis) limiter decisions from one broker against local `redis-server` processes:
+//! throughput and latency at 8, 16 and 64 concurrent callers, each decision charging a per-IP and
+//! a per-user bucket in one round trip (as a token request does), and Redis's own CPU while it
+//! answers (the limit on this machine). Standalone, then a three-node cluster (one call per slot,
+//! concurrently). `cargo bench --bench redis_limiter`; skipped with a note when `redis-server` is
+//! not installed.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use intellia_token_broker::config::{PerMinuteLimit, RateLimitSettings};
-use intellia_token_broker::limits::Limits;
+use intellia_token_broker::config::{RateLimitSettings, RedisSettings};
+use intellia_token_broker::identity::UserId;
+use intellia_token_broker::limits::{Limits, RequestKeys};
 use intellia_token_broker::metrics::Metrics;
-use secrecy::SecretString;
-use testkit::redis::RedisServer;
+use intellia_token_broker::redis::RedisStore;
+use testkit::redis::{RedisCluster, RedisServer};
 
-/// Shared (Redis) limiter decisions from one broker: 64 concurrent callers over one multiplexed
-/// connection to a local `redis-server`, as many user keys as callers.
+const LIMITS: &str = "
+[per_user]
+per_minute = 1000000000
+burst = 1000000000
+[per_ip]
+per_minute = 1000000000
+burst = 1000000000
+";
+
+/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
+    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // After the ")" the fields start at 3 (state): utime is field 14, stime 15.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+async fn limits_for(url: &str, cluster: bool) -> (Arc<Limits>, Arc<Metrics>) {
+    let redis: RedisSettings = toml::from_str(&format!(
+        "url = \"{url}\"\non_unavailable = \"deny\"\ntimeout_ms = 1000\nkey_prefix = \"bench\"\ncluster = {cluster}\n"
+    ))
+    .unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let store = RedisStore::start(&redis, None, Arc::clone(&metrics)).unwrap();
+    let started = Instant::now();
+    while !metrics.encode().lines().any(|l| l == "broker_redis_up 1") {
+        assert!(started.elapsed() < Duration::from_secs(20), "Redis never up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let settings: RateLimitSettings = toml::from_str(LIMITS).unwrap();
+    (Arc::new(Limits::new(&settings, Some(store), 1)), metrics)
+}
+
+/// `callers` tasks deciding for `duration`, each its own user and address: sorted latencies.
+async fn run(limits: &Arc<Limits>, duration: Duration, callers: usize) -> Vec<Duration> {
+    let deadline = Instant::now() + duration;
+    let mut tasks = Vec::new();
+    for caller in 0..callers {
+        let limits = Arc::clone(limits);
+        tasks.push(tokio::spawn(async move {
+            let user = UserId::parse(format!("user-{caller}")).unwrap();
+            let ip = IpAddr::V4(Ipv4Addr::new(10, 0, (caller / 256) as u8, caller as u8));
+            let mut latencies = Vec::with_capacity(100_000);
+            while Instant::now() < deadline {
+                let start = Instant::now();
+                let keys = RequestKeys {
+                    ip: Some(ip),
+                    user: Some(&user),
+                };
+                limits.check(keys).await.unwrap();
+                latencies.push(start.elapsed());
+            }
+            latencies
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all.sort();
+    all
+}
+
+async fn measure(
+    rows: &mut Vec<(String, String)>,
+    what: &str,
+    limits: &Arc<Limits>,
+    pids: &[u32],
+    counts: &[usize],
+) {
+    let _ = run(limits, Duration::from_secs(1), 16).await;
+    let duration = Duration::from_secs(4);
+    for &callers in counts {
+        let cpu_before: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
+        let all = run(limits, duration, callers).await;
+        let cpu = (pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu_before)
+            / duration.as_secs_f64();
+        rows.push((
+            format!("{what}, {callers} concurrent callers (per-IP + per-user in one decision)"),
+            format!(
+                "{:.0} decisions/s, p50 {:.2} ms, p99 {:.2} ms, redis-server CPU {:.0} % of one core",
+                all.len() as f64 / duration.as_secs_f64(),
+                all[all.len() / 2].as_secs_f64() * 1000.0,
+                all[all.len() * 99 / 100].as_secs_f64() * 1000.0,
+                cpu * 100.0
+            ),
+        ));
+        eprintln!("{:?}", rows.last());
+    }
+}
+
 async fn redis_limiter(rows: &mut Vec<(String, String)>) {
     let Ok(server) = RedisServer::builder().try_start() else {
         rows.push(("Redis limiter".into(), "skipped: no redis-server".into()));
         return;
     };
-    let settings = intellia_token_broker::config::RedisSettings {
-        url: server.url(),
-        on_unavailable: intellia_token_broker::config::RedisFallback::Deny,
-        timeout_ms: 1000,
-        replicas: 1,
-        key_prefix: "bench".into(),
-        cache_secret_file: None,
-    };
-    let metrics = Arc::new(Metrics::new());
-    let store = intellia_token_broker::redis_store::RedisStore::start(
-        &settings,
-        &SecretString::from("bench"),
-        Arc::clone(&metrics),
+    let (limits, _) = limits_for(&server.url(), false).await;
+    measure(
+        rows,
+        "standalone Redis, one multiplexed connection",
+        &limits,
+        &[server.pid().unwrap()],
+        &[8, 16, 64],
     )
-    .unwrap();
-    while !metrics.encode().lines().any(|l| l == "broker_redis_up 1") {
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let limits = Arc::new(Limits::with_shared(
-        &RateLimitSettings {
-            per_user: Some(PerMinuteLimit {
-                per_minute: 1_000_000,
-                burst: 1_000_000,
-            }),
-            per_ip: None,
-            upstream: None,
-        },
-        Some(store),
-        1,
-    ));
-    let duration = Duration::from_secs(4);
-    let run = |duration: Duration, callers: usize| {
-        let limits = Arc::clone(&limits);
-        async move {
-            let deadline = Instant::now() + duration;
-            let mut tasks = Vec::new();
-            for caller in 0..callers {
-                let limits = Arc::clone(&limits);
-                tasks.push(tokio::spawn(async move {
-                    let key = format!("user-{caller}");
-                    let mut latencies = Vec::with_capacity(100_000);
-                    while Instant::now() < deadline {
-                        let start = Instant::now();
-                        limits.check_user(&key).await.unwrap();
-                        latencies.push(start.elapsed());
-                    }
-                    latencies
-                }));
-            }
-            let mut all = Vec::new();
-            for t in tasks {
-                all.extend(t.await.unwrap());
-            }
-            all.sort();
-            all
-        }
-    };
-    let _ = run(Duration::from_secs(1), 16).await;
-    for callers in [8, 16, 64] {
-        let all = run(duration, callers).await;
-        rows.push((
-            format!("Redis limiter decisions, {callers} concurrent callers, one connection"),
-            format!(
-                "{:.0} decisions/s, p50 {:?}, p99 {:?}",
-                all.len() as f64 / duration.as_secs_f64(),
-                all[all.len() / 2],
-                all[all.len() * 99 / 100]
-            ),
-        ));
-    }
+    .await;
+    drop(limits);
     drop(server);
+
+    let cluster = RedisCluster::start();
+    let (limits, _) = limits_for(&cluster.urls()[0], true).await;
+    let pids: Vec<u32> = cluster.nodes().iter().filter_map(|n| n.pid()).collect();
+    measure(
+        rows,
+        "three-node Redis Cluster (one script call per slot, concurrently)",
+        &limits,
+        &pids,
+        &[64],
+    )
+    .await;
 }
 
 fn main() {

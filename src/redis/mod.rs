@@ -201,6 +201,30 @@ impl RedisStore {
         Err(Unavailable)
     }
 
+    /// `PING` (every primary of a cluster), and for a cluster `cluster_state:ok` as a node sees
+    /// it: a shard down longer than the node timeout makes the cluster refuse every key.
+    async fn probe(&self) {
+        let cluster = self.cluster;
+        let _ = self
+            .call("ping", |mut c| async move {
+                redis::cmd("PING").query_async::<()>(&mut c).await?;
+                if cluster {
+                    let info: String = redis::cmd("CLUSTER")
+                        .arg("INFO")
+                        .query_async(&mut c)
+                        .await?;
+                    if !info.contains("cluster_state:ok") {
+                        return Err(redis::RedisError::from((
+                            redis::ErrorKind::Server(redis::ServerErrorKind::ClusterDown),
+                            "cluster_state is not ok",
+                        )));
+                    }
+                }
+                Ok(())
+            })
+            .await;
+    }
+
     /// A hashed, hash-tagged key: no user id or address is stored in clear, and one subject's
     /// keys live in one Redis Cluster slot.
     pub(crate) fn key(&self, subject: &str, kind: &str) -> String {
@@ -317,11 +341,7 @@ async fn supervise(store: Weak<RedisStore>, connector: Connector) {
             let failed_since = this.last_failure_ms.load(Ordering::Relaxed)
                 >= this.last_success_ms.load(Ordering::Relaxed);
             if idle >= SUPERVISE_EVERY.as_millis() as u64 || failed_since {
-                let _ = this
-                    .call("ping", |mut c| async move {
-                        redis::cmd("PING").query_async::<()>(&mut c).await
-                    })
-                    .await;
+                this.probe().await;
             }
         }
         drop(this);

@@ -12,6 +12,7 @@ mod limits;
 mod oidc_provider;
 mod operations;
 mod process;
+mod redis_managed;
 mod redis_shared;
 mod session_keys;
 mod testkit_selftest;
