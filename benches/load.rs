@@ -271,7 +271,12 @@ fn cpu_secs(pid: u32) -> f64 {
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     (ticks(11) + ticks(12)) / 100.0
 }
 
@@ -302,7 +307,9 @@ burst = 1000
     );
     let hs = fixture.hs_token("bench-shared-user");
     for (name, tail) in [("local limits", limits.to_owned()), ("[redis]", with_redis)] {
-        let (broker, _) = fixture.broker(&format!("ratio-{}", name.len()), "", &tail).await;
+        let (broker, _) = fixture
+            .broker(&format!("ratio-{}", name.len()), "", &tail)
+            .await;
         let warm = throughput(
             &broker,
             vec![token_request(&hs)],

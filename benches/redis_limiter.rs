@@ -33,7 +33,12 @@ fn cpu_secs(pid: u32) -> f64 {
     let fields: Vec<&str> = stat
         .rsplit_once(')')
         .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| fields.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
     // After the ")" the fields start at 3 (state): utime is field 14, stime 15.
     (ticks(11) + ticks(12)) / 100.0
 }
@@ -47,7 +52,10 @@ async fn limits_for(url: &str, cluster: bool) -> (Arc<Limits>, Arc<Metrics>) {
     let store = RedisStore::start(&redis, None, Arc::clone(&metrics)).unwrap();
     let started = Instant::now();
     while !metrics.encode().lines().any(|l| l == "broker_redis_up 1") {
-        assert!(started.elapsed() < Duration::from_secs(20), "Redis never up");
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "Redis never up"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let settings: RateLimitSettings = toml::from_str(LIMITS).unwrap();
@@ -96,8 +104,8 @@ async fn measure(
     for &callers in counts {
         let cpu_before: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
         let all = run(limits, duration, callers).await;
-        let cpu = (pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu_before)
-            / duration.as_secs_f64();
+        let cpu =
+            (pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu_before) / duration.as_secs_f64();
         rows.push((
             format!("{what}, {callers} concurrent callers (per-IP + per-user in one decision)"),
             format!(

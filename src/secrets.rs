@@ -375,7 +375,11 @@ impl Secrets {
                 SecretCell::load(SecretSource::File(path.clone())),
             )?;
         }
-        if let Some(path) = settings.redis.as_ref().and_then(|r| r.password_file.as_ref()) {
+        if let Some(path) = settings
+            .redis
+            .as_ref()
+            .and_then(|r| r.password_file.as_ref())
+        {
             add(
                 SecretKind::RedisPassword,
                 "redis.password_file".into(),

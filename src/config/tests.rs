@@ -255,3 +255,36 @@ fn any_grace_period_works_alone() {
     }
     assert_eq!(parse(MINIMAL).unwrap().server.drain_delay_secs(), 5);
 }
+
+#[test]
+fn managed_redis_keys_parse_and_conflicts_are_named() {
+    let ok = format!(
+        "{MINIMAL}\n[redis]\nurl = \"rediss://broker@redis:6380\"\npassword_file = \"/run/pw\"\nca_file = \"/etc/ca.pem\"\ncluster = true\n"
+    );
+    let s = parse(&ok).expect("TLS, ACL user, password file, CA, cluster");
+    let redis = s.redis.expect("[redis]");
+    assert!(redis.cluster && redis.url.is_tls());
+    assert_eq!(redis.url.username(), Some("broker"));
+    parse(&s_redacted(&ok)).expect("check-config's output loads");
+
+    for (text, key) in [
+        // The password in two places: refused rather than one silently winning.
+        (
+            "url = \"redis://broker:pw@redis\"\npassword_file = \"/run/pw\"",
+            "redis.password_file",
+        ),
+        // A CA for a plain-text connection means the operator expected TLS.
+        ("url = \"redis://redis\"\nca_file = \"/etc/ca.pem\"", "redis.ca_file"),
+        // `#insecure` would skip certificate checks.
+        ("url = \"rediss://redis:6380/#insecure\"", "redis.url"),
+        ("url = \"redis://redis/2\"\ncluster = true", "redis.url"),
+    ] {
+        let err = parse(&format!("{MINIMAL}\n[redis]\n{text}\n")).expect_err(text);
+        assert!(err.0.contains(key), "{text}: {}", err.0);
+        assert!(!err.0.contains(":pw@"), "{}", err.0);
+    }
+}
+
+fn s_redacted(text: &str) -> String {
+    parse(text).expect("valid").redacted_toml()
+}

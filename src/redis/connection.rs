@@ -92,11 +92,7 @@ impl Connector {
             .as_str()
             .into_connection_info()
             .map_err(|e| format!("config key `redis.url`: {}", describe(&e)))?;
-        let roots = settings
-            .ca_file
-            .as_deref()
-            .map(trusted_roots)
-            .transpose()?;
+        let roots = settings.ca_file.as_deref().map(trusted_roots).transpose()?;
         Ok(Connector {
             info,
             password,
@@ -146,17 +142,13 @@ impl Connector {
                 builder = builder.certs(roots.clone());
             }
             let client = builder.build()?;
-            let connection = tokio::time::timeout(
-                CONNECT_TIMEOUT * 2,
-                client.get_async_connection(),
-            )
-            .await
-            .map_err(|_| RedisError::from((ErrorKind::Io, "connect timed out")))??;
+            let connection =
+                tokio::time::timeout(CONNECT_TIMEOUT * 2, client.get_async_connection())
+                    .await
+                    .map_err(|_| RedisError::from((ErrorKind::Io, "connect timed out")))??;
             // A cluster connection is made lazily per node; make sure we can talk to one.
             let mut probe = Connection::Cluster(connection);
-            redis::cmd("PING")
-                .query_async::<()>(&mut probe)
-                .await?;
+            redis::cmd("PING").query_async::<()>(&mut probe).await?;
             Ok(probe)
         } else {
             let client = match &self.roots {
@@ -261,5 +253,10 @@ impl FailureReason {
 /// its errors, but the URL's password must not slip through either).
 pub(crate) fn describe(e: &RedisError) -> String {
     let text = e.to_string();
-    text.lines().next().unwrap_or_default().chars().take(200).collect()
+    text.lines()
+        .next()
+        .unwrap_or_default()
+        .chars()
+        .take(200)
+        .collect()
 }

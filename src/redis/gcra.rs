@@ -205,10 +205,10 @@ impl Gcra {
         let mut groups: Vec<Vec<(String, u64)>> = Vec::new();
         for bucket in buckets {
             let entry = (bucket.key.clone(), bucket.interval_us());
-            match groups.iter_mut().find(|g| {
-                g.first()
-                    .is_some_and(|(k, _)| tag_of(k) == bucket.tag())
-            }) {
+            match groups
+                .iter_mut()
+                .find(|g| g.first().is_some_and(|(k, _)| tag_of(k) == bucket.tag()))
+            {
                 Some(group) => group.push(entry),
                 None => groups.push(vec![entry]),
             }
@@ -235,5 +235,19 @@ fn tag_of(key: &str) -> &str {
     match (key.find('{'), key.find('}')) {
         (Some(open), Some(close)) if close > open + 1 => &key[open + 1..close],
         _ => key,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_hash_tag_decides_the_slot_group() {
+        assert_eq!(tag_of("itb:{abc}:user"), "abc");
+        assert_eq!(tag_of("itb:{abc}:ip"), "abc");
+        // No tag (or an empty one): Redis hashes the whole key.
+        assert_eq!(tag_of("itb:{}:x"), "itb:{}:x");
+        assert_eq!(tag_of("plain"), "plain");
     }
 }

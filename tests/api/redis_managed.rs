@@ -97,7 +97,10 @@ async fn tls_with_acl_user_and_test_ca_shares_exact_limits_and_survives_password
     assert!(got[4..].iter().all(|s| *s == 429), "{got:?}");
     assert_eq!(sim.calls(), 1, "one mint across both replicas");
     let keys = redis.cli(&["--scan"]);
-    assert!(keys.contains("itb:{"), "the broker's keys are in Redis: {keys}");
+    assert!(
+        keys.contains("itb:{"),
+        "the broker's keys are in Redis: {keys}"
+    );
 
     // Rotation: the server accepts both passwords, the file changes, then the old password is
     // removed and the broker's connections are killed. It must come back with the new one.
@@ -106,19 +109,38 @@ async fn tls_with_acl_user_and_test_ca_shares_exact_limits_and_survives_password
     tokio::time::sleep(Duration::from_millis(2500)).await;
     redis.cli(&["ACL", "SETUSER", "broker", "<first-password"]);
     let killed = std::process::Command::new("redis-cli")
-        .args(["-h", "127.0.0.1", "-p", &redis.port().to_string(), "--tls", "--cacert"])
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &redis.port().to_string(),
+            "--tls",
+            "--cacert",
+        ])
         .arg(&redis.tls().unwrap().ca)
-        .args(["--user", "broker", "--pass", "second-password", "--no-auth-warning"])
+        .args([
+            "--user",
+            "broker",
+            "--pass",
+            "second-password",
+            "--no-auth-warning",
+        ])
         .args(["CLIENT", "KILL", "USER", "broker"])
         .output()
         .unwrap();
     assert!(
-        String::from_utf8_lossy(&killed.stdout).trim().parse::<u32>().unwrap_or(0) >= 2,
+        String::from_utf8_lossy(&killed.stdout)
+            .trim()
+            .parse::<u32>()
+            .unwrap_or(0)
+            >= 2,
         "the replicas' connections were killed: {killed:?}"
     );
     let mut served = 0;
     for n in 0..40 {
-        let resp = apps[n % 2].token(&session(&format!("after-rotation-{n}"))).await;
+        let resp = apps[n % 2]
+            .token(&session(&format!("after-rotation-{n}")))
+            .await;
         if resp.status() == 200 {
             served += 1;
         }
@@ -131,7 +153,10 @@ async fn tls_with_acl_user_and_test_ca_shares_exact_limits_and_survives_password
     for app in &apps {
         wait_for_redis(app).await;
         assert!(
-            metric_line(app, "broker_secret_reloads_total{secret=\"redis.password\"} 1"),
+            metric_line(
+                app,
+                "broker_secret_reloads_total{secret=\"redis.password\"} 1"
+            ),
             "{}",
             app.state.metrics.encode()
         );
@@ -163,7 +188,11 @@ async fn a_wrong_redis_password_denies_quickly_or_falls_back_as_configured() {
         assert_problem(resp, 503, "upstream_unavailable").await;
         assert!(took < SLOWEST_ALLOWED, "request {n} took {took:?}");
     }
-    assert_eq!(sim.calls(), 0, "nothing minted while limits cannot be checked");
+    assert_eq!(
+        sim.calls(),
+        0,
+        "nothing minted while limits cannot be checked"
+    );
     for app in &deny {
         let text = app.state.metrics.encode();
         assert!(text.contains("broker_redis_up 0"), "{text}");
