@@ -6,7 +6,7 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use intellia_token_broker::app::{AppState, Application, BuildOptions, ShutdownHandle};
+use intellia_token_broker::app::{AppParts, Application, BuildOptions, ShutdownHandle};
 use intellia_token_broker::config::Settings;
 use intellia_token_broker::intellia::simulator::{
     KeyPolicy, Simulator, SimulatorConfig, SimulatorState,
@@ -24,7 +24,8 @@ pub struct TestApp {
     pub client: reqwest::Client,
     pub shutdown: ShutdownHandle,
     pub dir: PathBuf,
-    pub state: actix_web::web::Data<AppState>,
+    /// The running parts: metrics, secrets, the token service.
+    pub parts: AppParts,
 }
 
 /// A plain test client. reqwest needs the process's rustls provider installed first, whichever
@@ -80,7 +81,7 @@ pub async fn spawn_app_with_simulator(
     let base = format!("http://{}", app.public_addr());
     let admin = app.admin_addr().map(|a| format!("http://{a}"));
     let shutdown = app.shutdown_handle();
-    let state = app.state();
+    let parts = app.parts();
     tokio::spawn(app.run_until_stopped());
     let client = http_client();
     let test_app = TestApp {
@@ -90,7 +91,7 @@ pub async fn spawn_app_with_simulator(
         client,
         shutdown,
         dir,
-        state,
+        parts,
     };
     if expect_ready {
         test_app.wait_ready().await;

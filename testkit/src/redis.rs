@@ -26,6 +26,7 @@ pub struct TlsFiles {
 pub struct RedisBuilder {
     port: Option<u16>,
     tls: bool,
+    tls_files: Option<TlsFiles>,
     user: Option<(String, String)>,
     cluster: bool,
     args: Vec<String>,
@@ -41,6 +42,13 @@ impl RedisBuilder {
     /// TLS only: `--port 0 --tls-port P`, with a fresh CA and server certificate.
     pub fn tls(mut self) -> Self {
         self.tls = true;
+        self
+    }
+
+    /// TLS only, with these files (another server's: the nodes of a TLS cluster share one CA).
+    pub fn tls_files(mut self, files: TlsFiles) -> Self {
+        self.tls = true;
+        self.tls_files = Some(files);
         self
     }
 
@@ -79,10 +87,10 @@ impl RedisBuilder {
             None if self.cluster => cluster_port(),
             None => free_port(),
         };
-        let tls = if self.tls {
-            Some(make_certificates(&dir)?)
-        } else {
-            None
+        let tls = match self.tls_files {
+            Some(files) => Some(files),
+            None if self.tls => Some(make_certificates(&dir)?),
+            None => None,
         };
         let mut args: Vec<String> = Vec::new();
         let mut push = |a: &[&str]| args.extend(a.iter().map(|s| (*s).to_owned()));
@@ -126,6 +134,10 @@ impl RedisBuilder {
                 "&*",
                 "+@all",
             ]);
+        }
+        if self.cluster && tls.is_some() {
+            // The cluster bus over TLS too (a TLS-only node has no plain port to derive it from).
+            push(&["--tls-cluster", "yes"]);
         }
         if self.cluster {
             push(&[
@@ -330,19 +342,26 @@ impl RedisCluster {
         Self::start_with(RedisServer::builder)
     }
 
-    /// Three nodes from `builder` (e.g. `|| RedisServer::builder().user("app", "pw")`); each is
-    /// made a cluster node on a port whose bus port (+10000) is free.
+    /// Three nodes from `builder` (e.g. `|| RedisServer::builder().tls().user("app", "pw")`);
+    /// each is made a cluster node on a port whose bus port (+10000) is free. TLS nodes share the
+    /// first node's CA and certificate.
     pub fn start_with(builder: impl Fn() -> RedisBuilder) -> RedisCluster {
-        let nodes: Vec<RedisServer> = (0..3).map(|_| builder().cluster_node().start()).collect();
+        let mut nodes = vec![builder().cluster_node().start()];
+        let shared_tls = nodes[0].tls().cloned();
+        for _ in 1..3 {
+            let node = match &shared_tls {
+                Some(files) => builder().tls_files(files.clone()),
+                None => builder(),
+            };
+            nodes.push(node.cluster_node().start());
+        }
         let mut create = nodes[0].cli_command();
         create.arg("--cluster").arg("create");
         for node in &nodes {
             create.arg(format!("127.0.0.1:{}", node.port));
         }
-        let out = create
-            .args(["--cluster-replicas", "0", "--cluster-yes"])
-            .output()
-            .expect("redis-cli is installed");
+        create.args(["--cluster-replicas", "0", "--cluster-yes"]);
+        let out = output_within(create, Duration::from_secs(30));
         assert!(
             out.status.success(),
             "redis-cli --cluster create failed: {}{}",
@@ -400,6 +419,22 @@ impl RedisCluster {
     }
 }
 
+/// Runs `cmd` to its end, killing it after `limit` (`redis-cli --cluster create` waits forever
+/// for nodes that cannot reach each other).
+fn output_within(mut cmd: Command, limit: Duration) -> std::process::Output {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("redis-cli is installed (scripts/test.sh installs it)");
+    let started = Instant::now();
+    while matches!(child.try_wait(), Ok(None)) && started.elapsed() < limit {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    child.wait_with_output().expect("redis-cli output")
+}
+
 /// A loopback port that was free a moment ago.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -422,7 +457,8 @@ fn cluster_port() -> u16 {
 }
 
 /// A CA and a server certificate for `127.0.0.1` / `localhost` signed by it (P-256, one day),
-/// made with the `openssl` command in `dir`.
+/// made with the `openssl` command in `dir`. The certificate is for clients too: cluster nodes
+/// present it to each other on the TLS cluster bus.
 fn make_certificates(dir: &Path) -> Result<TlsFiles, String> {
     let files = TlsFiles {
         ca: dir.join("ca.crt"),
@@ -433,7 +469,7 @@ fn make_certificates(dir: &Path) -> Result<TlsFiles, String> {
     std::fs::write(
         &ext,
         "subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n\
-         keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+         keyUsage=critical,digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth,clientAuth\n",
     )
     .map_err(|e| e.to_string())?;
     let p = |path: &Path| path.display().to_string();

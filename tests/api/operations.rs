@@ -277,7 +277,7 @@ async fn api_key_rotation_through_a_kubernetes_style_symlink_swap() {
         app.sim.last_authorization().unwrap(),
         "Bearer rotated-key-two"
     );
-    assert_eq!(app.state.stale_secrets(), vec!["intellia.api_key"]);
+    assert_eq!(app.parts.secrets.stale(), vec!["intellia.api_key"]);
     let (_, ready) = app.readyz().await;
     assert_eq!(ready["checks"]["secrets"], "stale");
     assert_eq!(ready["status"], "ready");

@@ -32,7 +32,7 @@ async fn replicas(n: usize, cfg: impl Fn() -> TestConfig) -> (Vec<TestApp>, Arc<
 async fn wait_for_redis(app: &TestApp) {
     for _ in 0..100 {
         if app
-            .state
+            .parts
             .metrics
             .encode()
             .lines()
@@ -167,7 +167,7 @@ async fn redis_outage_falls_back_to_local_limits_and_recovers() {
         2,
         "{statuses:?}"
     );
-    let metrics = apps[0].state.metrics.encode();
+    let metrics = apps[0].parts.metrics.encode();
     assert!(
         metrics.contains("broker_redis_up 0"),
         "the degraded state is visible"

@@ -108,3 +108,21 @@ fn a_three_node_cluster_spreads_keys_and_survives_a_node_restart() {
     cluster.wait_ok(std::time::Duration::from_secs(20));
     assert_eq!(cluster.cli(&["SET", "after-restart", "v"]).trim(), "OK");
 }
+
+#[test]
+fn a_tls_cluster_with_an_acl_user_answers_that_user_over_tls() {
+    let cluster =
+        RedisCluster::start_with(|| RedisServer::builder().tls().user("broker", "cluster-pw"));
+    assert!(
+        cluster
+            .urls()
+            .iter()
+            .all(|u| u.starts_with("rediss://127.0.0.1:"))
+    );
+    let info = cluster.cli(&["CLUSTER", "INFO"]);
+    assert!(info.contains("cluster_state:ok"), "{info}");
+    for n in 0..10 {
+        assert_eq!(cluster.cli(&["SET", &format!("k{n}"), "v"]).trim(), "OK");
+    }
+    assert_eq!(cluster.cli(&["ACL", "WHOAMI"]).trim(), "broker");
+}
