@@ -26,7 +26,7 @@ async fn replicas(n: usize, cfg: impl Fn() -> TestConfig) -> (Vec<TestApp>, Arc<
 }
 
 fn metric_line(app: &TestApp, line: &str) -> bool {
-    app.state.metrics.encode().lines().any(|l| l == line)
+    app.parts.metrics.encode().lines().any(|l| l == line)
 }
 
 async fn wait_for_redis(app: &TestApp) {
@@ -38,8 +38,18 @@ async fn wait_for_redis(app: &TestApp) {
     }
     panic!(
         "the broker never connected to Redis:\n{}",
-        app.state.metrics.encode()
+        app.parts.metrics.encode()
     );
+}
+
+async fn wait_for_metric(app: &TestApp, prefix: &str) {
+    for _ in 0..200 {
+        if app.parts.metrics.encode().lines().any(|l| l.starts_with(prefix)) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no {prefix}:\n{}", app.parts.metrics.encode());
 }
 
 /// The TLS-only server's `[redis]` section: the ACL user in the URL, the password in a file.
@@ -158,7 +168,7 @@ async fn tls_with_acl_user_and_test_ca_shares_exact_limits_and_survives_password
                 "broker_secret_reloads_total{secret=\"redis.password\"} 1"
             ),
             "{}",
-            app.state.metrics.encode()
+            app.parts.metrics.encode()
         );
     }
 }
@@ -180,7 +190,9 @@ async fn a_wrong_redis_password_denies_quickly_or_falls_back_as_configured() {
     })
     .await;
     // Let the replicas try (and fail) to authenticate.
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    for app in &deny {
+        wait_for_metric(app, "broker_redis_failures_total{reason=\"auth\"}").await;
+    }
     for n in 0..10 {
         let started = Instant::now();
         let resp = deny[n % 2].token(&session(&format!("deny-{n}"))).await;
@@ -194,7 +206,7 @@ async fn a_wrong_redis_password_denies_quickly_or_falls_back_as_configured() {
         "nothing minted while limits cannot be checked"
     );
     for app in &deny {
-        let text = app.state.metrics.encode();
+        let text = app.parts.metrics.encode();
         assert!(text.contains("broker_redis_up 0"), "{text}");
         assert!(
             text.contains("broker_redis_failures_total{reason=\"auth\"}"),
@@ -227,6 +239,8 @@ async fn a_three_node_cluster_keeps_limits_exact_across_shards_and_survives_a_ki
         // Per minute 1: nothing refills during the test.
         per_user: Some((1, 3)),
         per_ip: Some((1, 8)),
+        // The outage phase comes from other addresses (X-Forwarded-For from loopback).
+        trusted_proxies: vec!["127.0.0.1/32".into()],
         extra_toml: cluster_section(&cluster, "local"),
         ..TestConfig::default()
     })
@@ -252,7 +266,7 @@ async fn a_three_node_cluster_keeps_limits_exact_across_shards_and_survives_a_ki
         .count();
     assert!(shards_with_keys >= 2, "keys on {shards_with_keys} shard(s)");
     for app in &apps {
-        let text = app.state.metrics.encode();
+        let text = app.parts.metrics.encode();
         assert!(
             !text.contains("broker_redis_failures_total{reason="),
             "no failure while the cluster is healthy (no CROSSSLOT, MOVED followed): {text}"
@@ -260,35 +274,41 @@ async fn a_three_node_cluster_keeps_limits_exact_across_shards_and_survives_a_ki
     }
 
     // A node dies mid-run: every request is still answered (local fallback), none slower than
-    // the timeout plus a margin, and the state is visible.
+    // the timeout plus a margin, and the state is visible. Each request from its own address and
+    // user, so its keys are spread over all three shards.
     cluster.node_mut(1).kill();
     let mut slowest = Duration::ZERO;
     for n in 0..40 {
+        let app = &apps[n % 2];
         let started = Instant::now();
-        let status = apps[n % 2]
-            .token(&session(&format!("during-{n}")))
+        let status = app
+            .client
+            .post(app.url("/v1/token"))
+            .bearer_auth(session(&format!("during-{n}")))
+            .header("X-Forwarded-For", format!("10.9.0.{n}"))
+            .send()
             .await
+            .unwrap()
             .status()
             .as_u16();
         slowest = slowest.max(started.elapsed());
-        assert!(
-            status == 200 || status == 429,
-            "request {n} during the outage: {status}"
-        );
+        assert_eq!(status, 200, "request {n} during the outage");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
         slowest < SLOWEST_ALLOWED,
         "slowest request with a node down took {slowest:?}"
     );
-    let text = apps[0].state.metrics.encode();
-    assert!(text.contains("broker_redis_up 0"), "{text}");
-    assert!(
+    for app in &apps {
+        let text = app.parts.metrics.encode();
+        assert!(text.contains("broker_redis_up 0"), "{text}");
+        assert!(
         text.contains("broker_redis_failures_total{reason=\"cluster\"}")
             || text.contains("broker_redis_failures_total{reason=\"connection\"}")
             || text.contains("broker_redis_failures_total{reason=\"timeout\"}"),
-        "{text}"
-    );
+            "{text}"
+        );
+    }
 
     // The node comes back and rejoins: the replicas share limits again by themselves.
     cluster.node_mut(1).restart();
