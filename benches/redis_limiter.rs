@@ -18,15 +18,6 @@ use intellia_token_broker::metrics::Metrics;
 use intellia_token_broker::redis::RedisStore;
 use testkit::redis::{RedisCluster, RedisServer};
 
-const LIMITS: &str = "
-[per_user]
-per_minute = 1000000000
-burst = 1000000000
-[per_ip]
-per_minute = 1000000000
-burst = 1000000000
-";
-
 /// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
 fn cpu_secs(pid: u32) -> f64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
@@ -44,9 +35,13 @@ fn cpu_secs(pid: u32) -> f64 {
 }
 
 async fn limits_for(url: &str, cluster: bool) -> (Arc<Limits>, Arc<Metrics>) {
-    let redis: RedisSettings = toml::from_str(&format!(
-        "url = \"{url}\"\non_unavailable = \"deny\"\ntimeout_ms = 1000\nkey_prefix = \"bench\"\ncluster = {cluster}\n"
-    ))
+    let redis: RedisSettings = serde_json::from_value(serde_json::json!({
+        "url": url,
+        "on_unavailable": "deny",
+        "timeout_ms": 1000,
+        "key_prefix": "bench",
+        "cluster": cluster,
+    }))
     .unwrap();
     let metrics = Arc::new(Metrics::new());
     let store = RedisStore::start(&redis, None, Arc::clone(&metrics)).unwrap();
@@ -58,7 +53,11 @@ async fn limits_for(url: &str, cluster: bool) -> (Arc<Limits>, Arc<Metrics>) {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let settings: RateLimitSettings = toml::from_str(LIMITS).unwrap();
+    let unlimited =
+        serde_json::json!({ "per_minute": 1_000_000_000u32, "burst": 1_000_000_000u32 });
+    let settings: RateLimitSettings =
+        serde_json::from_value(serde_json::json!({ "per_user": unlimited, "per_ip": unlimited }))
+            .unwrap();
     (Arc::new(Limits::new(&settings, Some(store), 1)), metrics)
 }
 

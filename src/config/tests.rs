@@ -274,7 +274,10 @@ fn managed_redis_keys_parse_and_conflicts_are_named() {
             "redis.password_file",
         ),
         // A CA for a plain-text connection means the operator expected TLS.
-        ("url = \"redis://redis\"\nca_file = \"/etc/ca.pem\"", "redis.ca_file"),
+        (
+            "url = \"redis://redis\"\nca_file = \"/etc/ca.pem\"",
+            "redis.ca_file",
+        ),
         // `#insecure` would skip certificate checks.
         ("url = \"rediss://redis:6380/#insecure\"", "redis.url"),
         ("url = \"redis://redis/2\"\ncluster = true", "redis.url"),

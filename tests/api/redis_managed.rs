@@ -44,7 +44,13 @@ async fn wait_for_redis(app: &TestApp) {
 
 async fn wait_for_metric(app: &TestApp, prefix: &str) {
     for _ in 0..200 {
-        if app.parts.metrics.encode().lines().any(|l| l.starts_with(prefix)) {
+        if app
+            .parts
+            .metrics
+            .encode()
+            .lines()
+            .any(|l| l.starts_with(prefix))
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
@@ -303,9 +309,9 @@ async fn a_three_node_cluster_keeps_limits_exact_across_shards_and_survives_a_ki
         let text = app.parts.metrics.encode();
         assert!(text.contains("broker_redis_up 0"), "{text}");
         assert!(
-        text.contains("broker_redis_failures_total{reason=\"cluster\"}")
-            || text.contains("broker_redis_failures_total{reason=\"connection\"}")
-            || text.contains("broker_redis_failures_total{reason=\"timeout\"}"),
+            text.contains("broker_redis_failures_total{reason=\"cluster\"}")
+                || text.contains("broker_redis_failures_total{reason=\"connection\"}")
+                || text.contains("broker_redis_failures_total{reason=\"timeout\"}"),
             "{text}"
         );
     }
