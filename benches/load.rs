@@ -449,7 +449,15 @@ fn main() {
         return;
     };
     let mut table = Table(Vec::new());
-    runtime.block_on(bench(&mut table));
+    // `cargo bench --bench load -- redis`: only the with/without-Redis ratio rows.
+    if std::env::args().skip(1).any(|a| a == "redis") {
+        runtime.block_on(async {
+            let fixture = Fixture::start("load-redis").await;
+            shared_limits_ratio(&fixture, &mut table).await;
+        });
+    } else {
+        runtime.block_on(bench(&mut table));
+    }
     println!("| measurement | result |\n|---|---|");
     for (name, value) in table.0 {
         println!("| {name} | {value} |");
