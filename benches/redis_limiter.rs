@@ -34,7 +34,7 @@ fn cpu_secs(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
-async fn limits_for(url: &str, cluster: bool) -> (Arc<Limits>, Arc<Metrics>) {
+async fn limits_for(url: &str, cluster: bool, per_ip: bool) -> (Arc<Limits>, Arc<Metrics>) {
     let redis: RedisSettings = serde_json::from_value(serde_json::json!({
         "url": url,
         "on_unavailable": "deny",
@@ -55,9 +55,12 @@ async fn limits_for(url: &str, cluster: bool) -> (Arc<Limits>, Arc<Metrics>) {
     }
     let unlimited =
         serde_json::json!({ "per_minute": 1_000_000_000u32, "burst": 1_000_000_000u32 });
-    let settings: RateLimitSettings =
-        serde_json::from_value(serde_json::json!({ "per_user": unlimited, "per_ip": unlimited }))
-            .unwrap();
+    let settings: RateLimitSettings = serde_json::from_value(if per_ip {
+        serde_json::json!({ "per_user": unlimited, "per_ip": unlimited })
+    } else {
+        serde_json::json!({ "per_user": unlimited })
+    })
+    .unwrap();
     (Arc::new(Limits::new(&settings, Some(store), 1)), metrics)
 }
 
@@ -106,7 +109,7 @@ async fn measure(
         let cpu =
             (pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu_before) / duration.as_secs_f64();
         rows.push((
-            format!("{what}, {callers} concurrent callers (per-IP + per-user in one decision)"),
+            format!("{what}, {callers} concurrent callers"),
             format!(
                 "{:.0} decisions/s, p50 {:.2} ms, p99 {:.2} ms, redis-server CPU {:.0} % of one core",
                 all.len() as f64 / duration.as_secs_f64(),
@@ -124,10 +127,20 @@ async fn redis_limiter(rows: &mut Vec<(String, String)>) {
         rows.push(("Redis limiter".into(), "skipped: no redis-server".into()));
         return;
     };
-    let (limits, _) = limits_for(&server.url(), false).await;
+    let (limits, _) = limits_for(&server.url(), false, false).await;
     measure(
         rows,
-        "standalone Redis, one multiplexed connection",
+        "standalone Redis, per-user bucket only (as before issue 15)",
+        &limits,
+        &[server.pid().unwrap()],
+        &[64],
+    )
+    .await;
+    drop(limits);
+    let (limits, _) = limits_for(&server.url(), false, true).await;
+    measure(
+        rows,
+        "standalone Redis, per-IP + per-user in one decision (a token request)",
         &limits,
         &[server.pid().unwrap()],
         &[8, 16, 64],
@@ -137,11 +150,11 @@ async fn redis_limiter(rows: &mut Vec<(String, String)>) {
     drop(server);
 
     let cluster = RedisCluster::start();
-    let (limits, _) = limits_for(&cluster.urls()[0], true).await;
+    let (limits, _) = limits_for(&cluster.urls()[0], true, true).await;
     let pids: Vec<u32> = cluster.nodes().iter().filter_map(|n| n.pid()).collect();
     measure(
         rows,
-        "three-node Redis Cluster (one script call per slot, concurrently)",
+        "three-node Redis Cluster on the same 2 cores, per-IP + per-user (one call per slot, concurrently)",
         &limits,
         &pids,
         &[64],

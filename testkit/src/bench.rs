@@ -120,12 +120,14 @@ issuer = "{HS_ISSUER}"
 audience = "{AUDIENCE}"
 hs256_secret_file = "{d}/hs256"
 algorithms = ["HS256"]
+user_id_prefix = "hs:"
 
 [[session.jwt]]
 issuer = "{RS_ISSUER}"
 audience = "{AUDIENCE}"
 jwks_url = "http://{jwks}/jwks.json"
 algorithms = ["RS256"]
+user_id_prefix = "rs:"
 
 [backend]
 secret_file = "{d}/backend"
