@@ -31,6 +31,7 @@ SEALED_TOKEN_BYTES = 1024  # sealed JSON (token ~600 B) + key + Redis overhead p
 LIMITER_KEY_BYTES = 120  # key + value + TTL overhead
 LIMITER_KEY_TTL_S = 30.0  # a GCRA key lives until its bucket refills (per_user 10/min burst 5)
 INTELLIA_QUOTA_PER_S = 50.0  # the organization's assume-role quota (the example's upstream limit)
+SHARD_MEMORY_BYTES = 8 * 2**30  # a managed shard size that is common and cheap (e.g. 8 GB)
 OPS_PER_MINT = 5  # GET (miss), SET NX (lock), EVALSHA (upstream limit), SET (sealed), EVALSHA (unlock)
 SIZES = [10_000, 1_000_000, 10_000_000]
 
@@ -66,13 +67,23 @@ def size(users: int, m: dict) -> dict:
     cluster_ops = token_rps * m["cluster_calls_per_request"] + gets_rps + mint_rps * OPS_PER_MINT
     cluster = standalone_ops * HEADROOM > m["redis_ops_per_core_s"]
     ops = cluster_ops if cluster else standalone_ops
-    shards = max(1, math.ceil(ops * HEADROOM / m["redis_ops_per_core_s"]))
     live_tokens = mint_rps / PEAK_SECOND_FACTOR * reuse_min * 60
     memory = live_tokens * SEALED_TOKEN_BYTES + token_rps * 2 * LIMITER_KEY_TTL_S * LIMITER_KEY_BYTES
+    cpu_shards = math.ceil(ops * HEADROOM / m["redis_ops_per_core_s"])
+    memory_shards = math.ceil(memory * HEADROOM / SHARD_MEMORY_BYTES)
+    if max(cpu_shards, memory_shards) > 1 and not cluster:
+        cluster = True
+        ops = cluster_ops
+        cpu_shards = math.ceil(ops * HEADROOM / m["redis_ops_per_core_s"])
+    shards = max(1, cpu_shards, memory_shards)
     quota_use = mint_rps / INTELLIA_QUOTA_PER_S
     replica_use = token_rps / (replicas * m["replica_token_rps"])
-    redis_use = ops / (shards * m["redis_ops_per_core_s"])
-    if quota_use >= 1:
+    redis_use = max(
+        ops / (shards * m["redis_ops_per_core_s"]), memory / (shards * SHARD_MEMORY_BYTES)
+    )
+    if max(quota_use, replica_use, redis_use) < 0.5:
+        first = f"nothing near a limit (Intellia quota {quota_use:.0%}, broker {replica_use:.0%})"
+    elif quota_use >= 1:
         first = f"Intellia quota ({quota_use:.1f}x of {INTELLIA_QUOTA_PER_S:.0f}/s)"
     else:
         first = max(

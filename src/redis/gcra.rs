@@ -173,7 +173,7 @@ impl Gcra {
     /// One script call deciding `buckets` (all in one slot) in order.
     async fn decide<'b>(
         &self,
-        store: &RedisStore,
+        store: &Arc<RedisStore>,
         buckets: impl Iterator<Item = &'b Bucket>,
     ) -> Result<Vec<Decision>, Unavailable> {
         let mut invocation = self.script.prepare_invoke();

@@ -33,6 +33,9 @@ const BREAKER_COOLDOWN: Duration = Duration::from_secs(1);
 const HEALTHY_AFTER: Duration = Duration::from_secs(2);
 /// How often the supervisor looks at the connection (and pings Redis when no call did).
 const SUPERVISE_EVERY: Duration = Duration::from_secs(1);
+/// How long a thread whose own connection could not be made uses the shared one before trying
+/// again.
+const LOCAL_RETRY: Duration = Duration::from_secs(5);
 
 /// Deletes the lock only if it is still ours (compare-and-delete).
 const UNLOCK: &str = r"
@@ -42,8 +45,32 @@ end
 return 0
 ";
 
+/// Distinguishes stores in the per-thread connection table (tests run several in one process).
+static NEXT_STORE_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A thread's own connection to a standalone Redis.
+struct LocalConnection {
+    store: u64,
+    generation: u64,
+    /// `None` while it is being made (or after a failed attempt, until `retry_at`).
+    connection: Option<Connection>,
+    retry_at: Instant,
+}
+
+thread_local! {
+    /// Each actix worker is a single-threaded runtime: with its own multiplexed connection (driven
+    /// on that thread) a call costs no cross-thread wake-ups, and the commands of the requests a
+    /// worker handles in one turn go out in one write.
+    static LOCAL: std::cell::RefCell<Vec<LocalConnection>> = const { std::cell::RefCell::new(Vec::new()) };
+}
+
 pub struct RedisStore {
+    id: u64,
     connection: RwLock<Option<Connection>>,
+    /// Bumped whenever `connection` is replaced (a reconnect after a password rotation); the
+    /// per-thread connections of an older generation are dropped and made again.
+    generation: AtomicU64,
+    connector: Arc<Connector>,
     connected: AtomicBool,
     cluster: bool,
     breaker: CircuitBreaker,
@@ -80,10 +107,13 @@ impl RedisStore {
         metrics: Arc<Metrics>,
     ) -> Result<Arc<RedisStore>, String> {
         crate::http_client::install_crypto_provider();
-        let connector = Connector::new(settings, password)?;
+        let connector = Arc::new(Connector::new(settings, password)?);
         metrics.redis_up.set(0);
         let store = Arc::new(RedisStore {
+            id: NEXT_STORE_ID.fetch_add(1, Ordering::Relaxed),
             connection: RwLock::new(None),
+            generation: AtomicU64::new(0),
+            connector: Arc::clone(&connector),
             connected: AtomicBool::new(false),
             cluster: connector.is_cluster(),
             breaker: CircuitBreaker::new(BREAKER_THRESHOLD, BREAKER_COOLDOWN),
@@ -115,11 +145,81 @@ impl RedisStore {
         self.cluster
     }
 
-    fn connection(&self) -> Option<Connection> {
+    fn shared_connection(&self) -> Option<Connection> {
         match self.connection.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
         }
+    }
+
+    /// This thread's connection when it has one (standalone Redis only), else the shared one;
+    /// a thread without one starts making it in the background.
+    fn connection(self: &Arc<Self>) -> Option<Connection> {
+        let shared = self.shared_connection()?;
+        if self.cluster {
+            return Some(shared);
+        }
+        let generation = self.generation.load(Ordering::Acquire);
+        let now = Instant::now();
+        let fresh = || LocalConnection {
+            store: self.id,
+            generation,
+            connection: None,
+            retry_at: now + LOCAL_RETRY,
+        };
+        let start = LOCAL.with(|local| {
+            let mut local = local.borrow_mut();
+            match local.iter_mut().find(|l| l.store == self.id) {
+                Some(entry) if entry.generation == generation => {
+                    if let Some(connection) = &entry.connection {
+                        return Err(connection.clone());
+                    }
+                    if now < entry.retry_at {
+                        return Ok(false);
+                    }
+                    entry.retry_at = now + LOCAL_RETRY;
+                    Ok(true)
+                }
+                Some(entry) => {
+                    *entry = fresh();
+                    Ok(true)
+                }
+                None => {
+                    local.push(fresh());
+                    Ok(true)
+                }
+            }
+        });
+        match start {
+            Err(own) => return Some(own),
+            Ok(true) => {
+                let store = Arc::downgrade(self);
+                let connector = Arc::clone(&self.connector);
+                let thread = std::thread::current().id();
+                // On a worker's current-thread runtime this runs on this very thread, so the
+                // connection lands in this thread's table; a task that ran elsewhere drops it.
+                tokio::spawn(async move {
+                    let Ok(connection) = connector.connect().await else {
+                        return;
+                    };
+                    let Some(store) = store.upgrade() else { return };
+                    if std::thread::current().id() != thread {
+                        return;
+                    }
+                    LOCAL.with(|local| {
+                        if let Some(entry) = local
+                            .borrow_mut()
+                            .iter_mut()
+                            .find(|l| l.store == store.id && l.generation == generation)
+                        {
+                            entry.connection = Some(connection);
+                        }
+                    });
+                });
+            }
+            Ok(false) => {}
+        }
+        Some(shared)
     }
 
     fn set_connection(&self, connection: Connection) {
@@ -127,6 +227,7 @@ impl RedisStore {
             Ok(mut g) => *g = Some(connection),
             Err(p) => *p.into_inner() = Some(connection),
         }
+        self.generation.fetch_add(1, Ordering::AcqRel);
         self.connected.store(true, Ordering::Release);
     }
 
@@ -158,7 +259,11 @@ impl RedisStore {
 
     /// Runs one Redis operation under the timeout and the breaker; `op` names it in
     /// `broker_redis_duration_seconds`.
-    pub(crate) async fn call<T, F, Fut>(&self, op: &'static str, f: F) -> Result<T, Unavailable>
+    pub(crate) async fn call<T, F, Fut>(
+        self: &Arc<Self>,
+        op: &'static str,
+        f: F,
+    ) -> Result<T, Unavailable>
     where
         F: FnOnce(Connection) -> Fut,
         Fut: std::future::Future<Output = redis::RedisResult<T>>,
@@ -203,7 +308,7 @@ impl RedisStore {
 
     /// `PING` (every primary of a cluster), and for a cluster `cluster_state:ok` as a node sees
     /// it: a shard down longer than the node timeout makes the cluster refuse every key.
-    async fn probe(&self) {
+    async fn probe(self: &Arc<Self>) {
         let cluster = self.cluster;
         let _ = self
             .call("ping", |mut c| async move {
@@ -233,7 +338,7 @@ impl RedisStore {
         format!("{}:{{{hex}}}:{kind}", self.prefix)
     }
 
-    pub(crate) async fn get(&self, key: String) -> Result<Option<Vec<u8>>, Unavailable> {
+    pub(crate) async fn get(self: &Arc<Self>, key: String) -> Result<Option<Vec<u8>>, Unavailable> {
         self.call("get", |mut c| async move {
             redis::cmd("GET").arg(key).query_async(&mut c).await
         })
@@ -241,7 +346,7 @@ impl RedisStore {
     }
 
     pub(crate) async fn set_px(
-        &self,
+        self: &Arc<Self>,
         key: String,
         value: Vec<u8>,
         ttl: Duration,
@@ -261,7 +366,7 @@ impl RedisStore {
 
     /// Takes a lock for `ttl` (`SET NX PX` with a random value); returns the value when it is ours.
     pub(crate) async fn lock(
-        &self,
+        self: &Arc<Self>,
         key: String,
         ttl: Duration,
     ) -> Result<Option<String>, Unavailable> {
@@ -286,7 +391,7 @@ impl RedisStore {
     }
 
     /// Releases a lock taken with [`RedisStore::lock`] if it is still ours.
-    pub(crate) async fn unlock(&self, key: String, token: &str) {
+    pub(crate) async fn unlock(self: &Arc<Self>, key: String, token: &str) {
         let script = &self.unlock;
         let token = token.to_owned();
         let _ = self
@@ -299,7 +404,7 @@ impl RedisStore {
 
 /// Connects (again when the password rotates), and pings Redis when no call told how it is, so
 /// `broker_redis_up` stays true on an idle replica. Ends when the store is dropped.
-async fn supervise(store: Weak<RedisStore>, connector: Connector) {
+async fn supervise(store: Weak<RedisStore>, connector: Arc<Connector>) {
     let mut wait = Duration::from_millis(200);
     let mut connected_generation = None;
     loop {
