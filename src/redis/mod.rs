@@ -152,11 +152,15 @@ impl RedisStore {
         }
     }
 
-    /// This thread's connection when it has one (standalone Redis only), else the shared one;
-    /// a thread without one starts making it in the background.
+    /// This thread's connection when it has one (standalone Redis, current-thread runtime), else
+    /// the shared one; a thread without one starts making it in the background.
     fn connection(self: &Arc<Self>) -> Option<Connection> {
         let shared = self.shared_connection()?;
-        if self.cluster {
+        // Only for thread-per-core runtimes (the actix workers): on a work-stealing runtime the
+        // one shared connection batches better.
+        let current_thread = tokio::runtime::Handle::try_current()
+            .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::CurrentThread);
+        if self.cluster || !current_thread {
             return Some(shared);
         }
         let generation = self.generation.load(Ordering::Acquire);
