@@ -76,6 +76,10 @@ enum Command {
         /// only its expiry.
         #[arg(long, value_name = "ID")]
         mint_test_user: Option<String>,
+        /// Bound on each check (they run in parallel); at most 25, so a run ends within 30 s.
+        #[arg(long, default_value_t = 10, value_name = "SECS",
+              value_parser = clap::value_parser!(u64).range(1..=crate::doctor::MAX_CHECK_SECS))]
+        timeout_secs: u64,
     },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
@@ -151,9 +155,10 @@ async fn run(command: Command, settings: Option<Settings>) -> Result<(), String>
         Command::Doctor {
             config,
             mint_test_user,
+            timeout_secs,
         } => {
             let path = resolve_config_path(config.as_deref());
-            crate::doctor::run(&path, mint_test_user.as_deref()).await
+            crate::doctor::run(&path, mint_test_user.as_deref(), timeout_secs).await
         }
         Command::Dev { listen } => crate::dev::run(listen).await,
         Command::CheckConfig { config } => check_config(config),

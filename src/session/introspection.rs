@@ -58,6 +58,7 @@ impl Introspector {
         }
     }
 
+    #[tracing::instrument(name = "session.introspect", skip_all, fields(otel.kind = "client"))]
     pub async fn introspect(
         &self,
         token: &str,
@@ -66,22 +67,13 @@ impl Introspector {
         if self.settings.negative_cache_secs.get() > 0 && self.inactive.contains_key(digest) {
             return Err(BrokerError::Unauthenticated(AuthFailure::Inactive));
         }
-        let secret = self.secret.get();
-        let response = self
-            .http
-            .post(self.settings.url.url().clone())
-            .basic_auth(&self.settings.client_id, Some(secret.expose()))
-            .header(reqwest::header::ACCEPT, "application/json")
-            .form(&[("token", token), ("token_type_hint", "access_token")])
-            .send()
-            .await
-            .map_err(|e| {
-                tracing::warn!(
-                    timeout = e.is_timeout(),
-                    "introspection endpoint unreachable"
-                );
-                BrokerError::SessionProviderUnavailable
-            })?;
+        let response = self.request(token).send().await.map_err(|e| {
+            tracing::warn!(
+                timeout = e.is_timeout(),
+                "introspection endpoint unreachable"
+            );
+            BrokerError::SessionProviderUnavailable
+        })?;
         let status = response.status();
         if !status.is_success() {
             // 401/403 here mean *our* client credentials are wrong: an operator problem, not the
@@ -105,6 +97,34 @@ impl Introspector {
                 Err(BrokerError::Unauthenticated(failure))
             }
         }
+    }
+
+    /// The authenticated introspection request for `token`.
+    fn request(&self, token: &str) -> reqwest::RequestBuilder {
+        let secret = self.secret.get();
+        crate::http_client::traced(self.http.post(self.settings.url.url().clone()))
+            .basic_auth(&self.settings.client_id, Some(secret.expose()))
+            .header(reqwest::header::ACCEPT, "application/json")
+            .form(&[("token", token), ("token_type_hint", "access_token")])
+    }
+
+    /// Introspects a token that cannot exist, with our credentials (`doctor`): a provider that
+    /// accepts them answers 200 `{"active":false}`; 401/403 means it refuses them. Returns the
+    /// status and, for a JSON object answer, its `active` member.
+    pub async fn probe(&self) -> Result<(u16, Option<bool>), reqwest::Error> {
+        let mut raw = [0u8; 16];
+        rand::RngCore::fill_bytes(&mut rand::rng(), &mut raw);
+        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let response = self
+            .request(&format!("doctor-probe-{token}"))
+            .send()
+            .await?;
+        let status = response.status().as_u16();
+        let active = read_answer(response)
+            .await
+            .ok()
+            .map(|answer| answer.get("active") == Some(&Value::Bool(true)));
+        Ok((status, active))
     }
 
     /// Validates the answer; returns until when it may be reused.

@@ -145,6 +145,7 @@ pub struct SessionVerifier {
     verified: moka::future::Cache<[u8; 32], Arc<VerifiedSession>>,
     introspector: Option<Introspector>,
     http: reqwest::Client,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for SessionVerifier {
@@ -278,6 +279,7 @@ impl SessionVerifier {
                 .build(),
             introspector,
             http: http.clone(),
+            metrics: Arc::clone(metrics),
         })
     }
 
@@ -327,6 +329,7 @@ impl SessionVerifier {
 
     /// Verifies a session token and maps its claims to an identity. A token verified before is
     /// answered from memory until its `exp`.
+    #[tracing::instrument(name = "session.verify", skip_all, fields(source = tracing::field::Empty))]
     pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, BrokerError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(BrokerError::Unauthenticated(AuthFailure::TooLarge));
@@ -337,12 +340,20 @@ impl SessionVerifier {
         {
             return Ok(Arc::clone(&seen.identity));
         }
-        let (identity, reuse_until) = match self.verify_jwt(token).await {
+        let started = Instant::now();
+        let local = self.verify_jwt(token).await;
+        if !matches!(local, Err(LocalOutcome::NotForUs(_))) {
+            self.observe("jwt", started);
+        }
+        let (identity, reuse_until) = match local {
             Ok(verified) => verified,
             Err(LocalOutcome::Refused(e)) => return Err(e),
             Err(LocalOutcome::NotForUs(failure)) => match &self.introspector {
                 Some(introspector) => {
-                    let answer = introspector.introspect(token, &digest).await?;
+                    let started = Instant::now();
+                    let answer = introspector.introspect(token, &digest).await;
+                    self.observe("introspection", started);
+                    let answer = answer?;
                     (answer.identity, answer.reuse_until)
                 }
                 None => return Err(BrokerError::Unauthenticated(failure)),
@@ -358,6 +369,14 @@ impl SessionVerifier {
             self.verified.insert(digest, Arc::new(session)).await;
         }
         Ok(identity)
+    }
+
+    /// Records how long a verification by `source` (`jwt`, `introspection`) took, in the metric
+    /// and on the current `session.verify` span.
+    fn observe(&self, source: &'static str, started: Instant) {
+        self.metrics
+            .observe_session_verify(source, started.elapsed());
+        tracing::Span::current().record("source", source);
     }
 
     /// Verifies a JWT locally; returns the identity and the token's `exp`.
