@@ -159,7 +159,6 @@ impl RootSpanBuilder for BrokerRootSpan {
             otel.name = tracing::field::Empty,
             otel.kind = tracing::field::Empty,
             otel.status_code = tracing::field::Empty,
-            http.response.status_code = tracing::field::Empty,
         );
         if crate::traces::enabled() {
             span.record("otel.name", format!("{} {route}", request.method()));
@@ -207,7 +206,7 @@ impl RootSpanBuilder for BrokerRootSpan {
             metrics.observe_request(route, status.as_u16(), latency);
         }
         if crate::traces::enabled() {
-            span.record("http.response.status_code", status.as_u16());
+            crate::traces::set_status_code(&span, status.as_u16());
             if status.is_server_error() {
                 span.record("otel.status_code", "error");
             }

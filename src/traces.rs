@@ -232,6 +232,14 @@ impl TracePipeline {
     }
 }
 
+/// Sets `http.response.status_code` on the span's trace only (the log line has its own
+/// `status`).
+pub fn set_status_code(span: &tracing::Span, status: u16) {
+    if enabled() {
+        span.set_attribute("http.response.status_code", i64::from(status));
+    }
+}
+
 struct ActixHeaders<'a>(&'a actix_web::http::header::HeaderMap);
 
 impl Extractor for ActixHeaders<'_> {

@@ -210,7 +210,6 @@ impl IntelliaClient {
                 "intellia.attempt",
                 otel.kind = "client",
                 attempt = attempt + 1,
-                http.response.status_code = tracing::field::Empty,
                 otel.status_code = tracing::field::Empty,
             );
             let outcome = self.attempt(req, budget).instrument(span.clone()).await;
@@ -269,7 +268,7 @@ impl IntelliaClient {
             .map_err(classify_transport_error)?;
 
         let status = response.status();
-        tracing::Span::current().record("http.response.status_code", status.as_u16());
+        crate::traces::set_status_code(&tracing::Span::current(), status.as_u16());
         if status.is_success() {
             let body = read_body(response).await?;
             return parse_assume_role_body(&body);
