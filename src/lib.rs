@@ -11,6 +11,7 @@ pub mod cache;
 pub mod cli;
 mod client_ip;
 pub mod config;
+mod console;
 pub mod cors;
 mod dev;
 mod doctor;
