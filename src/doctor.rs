@@ -277,7 +277,7 @@ pub fn transport_cause(e: &reqwest::Error) -> String {
 
 /// GETs a JSON document: its body, or the cause in the operator's terms.
 async fn get_document(http: &reqwest::Client, what: &str, url: &str) -> Result<Vec<u8>, String> {
-    let mut response = crate::http_client::traced(http.get(url))
+    let mut response = crate::traces::traced(http.get(url))
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await

@@ -1,8 +1,8 @@
 //! The one place outgoing HTTP clients are configured: rustls with the ring provider, no
 //! redirects (a redirect from Intellia or an identity provider is never followed with our
 //! credentials), and an honest User-Agent. `HTTPS_PROXY`/`NO_PROXY` are honoured, as egress proxies
-//! in clusters expect. Every outgoing request goes through [`traced`], which carries the current
-//! trace on (W3C `traceparent`) when traces are on.
+//! in clusters expect. Every outgoing request goes through `traces::traced`, which carries the
+//! current trace on (W3C `traceparent`) when traces are on.
 
 use std::sync::Once;
 
@@ -22,16 +22,4 @@ pub fn builder() -> reqwest::ClientBuilder {
         .redirect(reqwest::redirect::Policy::none())
         .user_agent(concat!("intellia-token-broker/", env!("CARGO_PKG_VERSION")))
         .tcp_nodelay(true)
-}
-
-/// Adds the current span's W3C trace context (`traceparent`, `tracestate`) to an outgoing
-/// request, so Intellia's and the identity provider's traces join the caller's. Nothing is added
-/// when traces are off.
-pub fn traced(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
-    let headers = crate::traces::outgoing_headers();
-    if headers.is_empty() {
-        request
-    } else {
-        request.headers(headers)
-    }
 }

@@ -325,6 +325,18 @@ pub fn outgoing_headers() -> reqwest::header::HeaderMap {
     headers
 }
 
+/// Adds the current span's W3C trace context (`traceparent`, `tracestate`) to an outgoing
+/// request, so Intellia's and the identity provider's traces join the caller's. Nothing is added
+/// when traces are off. Every outgoing call of the broker is built through this.
+pub fn traced(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+    let headers = outgoing_headers();
+    if headers.is_empty() {
+        request
+    } else {
+        request.headers(headers)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

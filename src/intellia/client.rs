@@ -258,7 +258,7 @@ impl IntelliaClient {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
             .map_err(|_| UpstreamError::Rejected { status: 401 })?;
         auth.set_sensitive(true);
-        let response = crate::http_client::traced(self.http.post(self.url.clone()))
+        let response = crate::traces::traced(self.http.post(self.url.clone()))
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .timeout(timeout)
@@ -293,7 +293,7 @@ impl IntelliaClient {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
             .unwrap_or_else(|_| HeaderValue::from_static("Bearer -"));
         auth.set_sensitive(true);
-        let response = crate::http_client::traced(self.http.post(self.url.clone()))
+        let response = crate::traces::traced(self.http.post(self.url.clone()))
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .timeout(self.timeout)

@@ -107,7 +107,7 @@ impl Introspector {
     /// The authenticated introspection request for `token`.
     fn request(&self, token: &str) -> reqwest::RequestBuilder {
         let secret = self.secret.get();
-        crate::http_client::traced(self.http.post(self.settings.url.url().clone()))
+        crate::traces::traced(self.http.post(self.settings.url.url().clone()))
             .basic_auth(&self.settings.client_id, Some(secret.expose()))
             .header(reqwest::header::ACCEPT, "application/json")
             .form(&[("token", token), ("token_type_hint", "access_token")])

@@ -352,7 +352,7 @@ impl JwksCache {
         what: &'static str,
         url: &str,
     ) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
-        let mut response = crate::http_client::traced(self.http.get(url))
+        let mut response = crate::traces::traced(self.http.get(url))
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
