@@ -8,6 +8,7 @@
 //! - [`app`]: the broker in-process ([`app::spawn_app`], [`app::TestApp`]) and the simulator.
 //! - [`process`]: the real binary as a child process ([`process::BrokerProcess`]).
 //! - [`redis`]: `redis-server` launchers: plain, TLS-only, with an ACL user, a three-node cluster.
+//! - [`otlp`]: [`otlp::OtlpReceiver`], the OTLP/HTTP trace receiver (`tests/otlp-receiver/`) as a child.
 //! - [`assert`]: [`assert::assert_problem`] and [`assert::assert_no_secret`].
 //! - [`procfs`], [`memory`], [`loadgen`], [`bench`]: `/proc` readers, the memory driver, the load
 //!   generator and the benchmark fixture (simulator and brokers as processes).
@@ -28,6 +29,7 @@ pub mod idp;
 pub mod jwt;
 pub mod loadgen;
 pub mod memory;
+pub mod otlp;
 pub mod process;
 pub mod procfs;
 pub mod redis;

@@ -7,6 +7,7 @@
 mod attacks;
 mod backend_route;
 mod cache;
+mod doctor;
 mod fault_matrix;
 mod limits;
 mod oidc_provider;
@@ -16,4 +17,5 @@ mod redis_shared;
 mod session_keys;
 mod testkit_selftest;
 mod token_route;
+mod traces;
 mod upstream;
