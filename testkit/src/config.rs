@@ -71,6 +71,19 @@ pub fn temp_dir() -> PathBuf {
 }
 
 /// Writes the config and secret files a test broker runs with; returns the config text.
+/// The HS256 issuer's `user_id_prefix`: none while it is the only session source, `site:` beside
+/// any other, as the broker requires (DESIGN §9.1: sources of different issuers never share ids).
+pub fn hs256_prefix(cfg: &TestConfig) -> &'static str {
+    let others = [&cfg.extra_issuers, &cfg.extra_toml]
+        .iter()
+        .any(|t| t.contains("[[session.jwt]]") || t.contains("[session.introspection]"));
+    if others {
+        "user_id_prefix = \"site:\"\n"
+    } else {
+        ""
+    }
+}
+
 pub fn write_config(cfg: &TestConfig, dir: &Path, simulator: &str, listen: &str) -> String {
     std::fs::write(dir.join("api-key"), format!("{API_KEY}\n")).unwrap();
     std::fs::write(dir.join("hs256"), HS_SECRET).unwrap();
@@ -106,7 +119,7 @@ hs256_secret_file = "{dir}/hs256"
 algorithms = ["HS256"]
 cookie = "site_session"
 leeway_secs = 5
-{extra}
+{hs_prefix}{extra}
 
 [cache]
 enabled = {cache}
@@ -120,6 +133,7 @@ min_remaining_secs = 900
             ""
         },
         server_extra = cfg.server_toml,
+        hs_prefix = hs256_prefix(cfg),
         dir = dir.display(),
         timeout = cfg.timeout_ms,
         retries = cfg.max_retries,
