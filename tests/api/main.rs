@@ -10,6 +10,7 @@ mod cache;
 mod doctor;
 mod fault_matrix;
 mod limits;
+mod metrics_names;
 mod oidc_provider;
 mod operations;
 mod process;
