@@ -420,6 +420,33 @@ mod tests {
     }
 
     #[test]
+    fn sample_ratio_takes_integers_and_environment_overrides() {
+        let base = "[server]\n[intellia]\norganization_id = \"o\"\napi_key_env = \"K\"\n";
+        let s = crate::config::Settings::from_toml_with_env(
+            &format!("{base}[telemetry]\nsample_ratio = 0"),
+            Vec::<(String, String)>::new(),
+        )
+        .expect("an integer ratio");
+        assert_eq!(s.telemetry.sample_ratio.get(), 0.0);
+        let s = crate::config::Settings::from_toml_with_env(
+            base,
+            vec![
+                (
+                    "BROKER__TELEMETRY__SAMPLE_RATIO".to_owned(),
+                    "0.5".to_owned(),
+                ),
+                (
+                    "BROKER__TELEMETRY__OTLP_ENDPOINT".to_owned(),
+                    "http://c:4318".to_owned(),
+                ),
+            ],
+        )
+        .expect("overrides");
+        assert_eq!(s.telemetry.sample_ratio.get(), 0.5);
+        assert!(s.telemetry.otlp_endpoint.is_some());
+    }
+
+    #[test]
     fn sample_ratio_outside_zero_to_one_is_a_config_error() {
         let text = "[server]\n[intellia]\norganization_id = \"o\"\napi_key_env = \"K\"\n[telemetry]\nsample_ratio = 1.5";
         let e = crate::config::Settings::from_toml_with_env(text, Vec::<(String, String)>::new())
