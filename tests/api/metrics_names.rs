@@ -18,17 +18,24 @@ async fn every_family_the_chart_names_is_exposed() {
     // Families that get their first series on events this test does not cause (a limit hit, a
     // JWKS issuer, a rotation): one series each, so their names show.
     let m = &app.parts.metrics;
-    m.rate_limited.get_or_create(&LimitLabels { limit: "user" });
-    m.jwks_fetches.get_or_create(&IssuerLabels {
-        issuer: "0".into(),
-        result: "ok",
-    });
+    m.rate_limited
+        .get_or_create(&LimitLabels { limit: "user" })
+        .inc();
+    m.jwks_fetches
+        .get_or_create(&IssuerLabels {
+            issuer: "0".into(),
+            result: "ok",
+        })
+        .inc();
     m.jwks_last_success
-        .get_or_create(&IssuerIndexLabels { issuer: "0".into() });
+        .get_or_create(&IssuerIndexLabels { issuer: "0".into() })
+        .set(0);
     m.secret_reloads
-        .get_or_create(&SecretLabels { secret: "api_key" });
+        .get_or_create(&SecretLabels { secret: "api_key" })
+        .inc();
     m.secret_reload_failures
-        .get_or_create(&SecretLabels { secret: "api_key" });
+        .get_or_create(&SecretLabels { secret: "api_key" })
+        .inc();
     let text = app
         .client
         .get(format!("{}/metrics", app.admin.clone().unwrap()))
