@@ -46,8 +46,8 @@ use intellia_token_broker::cache::CachedToken;
 use intellia_token_broker::config::Settings;
 use intellia_token_broker::cors::CorsPolicy;
 use intellia_token_broker::error::{BrokerError, PROBLEM_JSON};
-use intellia_token_broker::intellia::UpstreamError;
 use intellia_token_broker::identity::Identity;
+use intellia_token_broker::intellia::UpstreamError;
 use intellia_token_broker::intellia::client::{error_for_status, parse_assume_role_body};
 use intellia_token_broker::intellia::simulator::{Simulator, SimulatorConfig};
 use intellia_token_broker::routes::{TokenResponse, token_response};
@@ -177,6 +177,7 @@ hs256_secret_file = "{dir}/hs256"
 algorithms = ["HS256"]
 cookie = "{COOKIE}"
 leeway_secs = {hs_leeway}
+user_id_prefix = "hs:"
 
 [[session.jwt]]
 issuer = "{jwks_iss}"
@@ -184,6 +185,7 @@ audience = "{AUDIENCE}"
 jwks_url = "{jwks}/jwks.json"
 algorithms = ["RS256", "PS256", "ES256"]
 leeway_secs = {jwks_leeway}
+user_id_prefix = "jwks:"
 
 [[session.jwt]]
 issuer = "{claims}"
@@ -649,9 +651,7 @@ pub fn session_token(data: &[u8]) -> Verdict {
                 let request = test::TestRequest::default()
                     .insert_header((name, value))
                     .to_http_request();
-                let Ok(credential) =
-                    credential::find(&request, verifier.cookie_names())
-                else {
+                let Ok(credential) = credential::find(&request, verifier.cookie_names()) else {
                     verdicts.push(Verdict::Rejected("no credential".into()));
                     continue;
                 };

@@ -217,7 +217,11 @@ async fn session_provider_faults() {
             &format!("jwks_url = \"{}\"", never.jwks_url()),
         )
         // A second issuer needs ids of its own (DESIGN §9.1).
-        .replacen("user_id_prefix = \"idp:\"", "user_id_prefix = \"cached:\"", 1),
+        .replacen(
+            "user_id_prefix = \"idp:\"",
+            "user_id_prefix = \"cached:\"",
+            1,
+        ),
         ..TestConfig::default()
     };
     let mut m = Matrix::start(&cfg, &sim_url).await;
@@ -292,7 +296,11 @@ async fn session_provider_faults() {
         if resp.status() == 200 || recovered.elapsed() > Duration::from_secs(45) {
             break resp;
         }
-        assert_eq!(resp.status(), 503, "{row}: while the refresher has not retried yet");
+        assert_eq!(
+            resp.status(),
+            503,
+            "{row}: while the refresher has not retried yet"
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     };
     m.minted(resp, row).await;
