@@ -27,4 +27,4 @@ pub mod routes;
 pub mod secrets;
 pub mod service;
 pub mod session;
-pub mod telemetry;
+mod telemetry;
