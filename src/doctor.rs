@@ -83,7 +83,7 @@ pub async fn run(
     let settings = match Settings::load(config) {
         Ok(settings) => settings,
         Err(e) => {
-            println!("{}", Line::fail("config", e.to_string()));
+            crate::console::line(&Line::fail("config", e.to_string()).to_string());
             return Err("doctor: the configuration does not load".to_owned());
         }
     };
@@ -105,14 +105,14 @@ pub async fn run(
     let scrub = Scrubber::new(secrets.as_deref(), &settings);
     let failed = lines.iter().filter(|l| !l.ok).count();
     for line in &lines {
-        println!("{}", scrub.apply(&line.to_string()));
+        crate::console::line(&scrub.apply(&line.to_string()));
     }
-    println!(
+    crate::console::line(&format!(
         "{} checks, {} failed, in {:.1} s",
         lines.len(),
         failed,
         started.elapsed().as_secs_f64()
-    );
+    ));
     if failed == 0 {
         Ok(())
     } else {

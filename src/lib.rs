@@ -29,5 +29,5 @@ pub mod routes;
 pub mod secrets;
 pub mod service;
 pub mod session;
-pub mod telemetry;
-pub mod traces;
+mod telemetry;
+mod traces;

@@ -21,6 +21,8 @@ pub struct TestConfig {
     pub max_body_bytes: usize,
     /// Extra `[[session.jwt]]` tables (TOML) beside the HS256 issuer.
     pub extra_issuers: String,
+    /// Appended to the HS256 issuer's own table as is (e.g. a `userinfo_url`).
+    pub hs256_toml: String,
     pub admin: bool,
     /// Wait for `/readyz` before handing the app to the test.
     pub expect_ready: bool,
@@ -47,6 +49,7 @@ impl Default for TestConfig {
             max_retries: 0,
             max_body_bytes: 4096,
             extra_issuers: String::new(),
+            hs256_toml: String::new(),
             admin: false,
             expect_ready: true,
             breaker: None,
@@ -119,7 +122,8 @@ hs256_secret_file = "{dir}/hs256"
 algorithms = ["HS256"]
 cookie = "site_session"
 leeway_secs = 5
-{hs_prefix}{extra}
+{hs_prefix}{hs256_toml}
+{extra}
 
 [cache]
 enabled = {cache}
@@ -134,6 +138,7 @@ min_remaining_secs = 900
         },
         server_extra = cfg.server_toml,
         hs_prefix = hs256_prefix(cfg),
+        hs256_toml = cfg.hs256_toml,
         dir = dir.display(),
         timeout = cfg.timeout_ms,
         retries = cfg.max_retries,

@@ -9,6 +9,7 @@ mod backend_route;
 mod cache;
 mod doctor;
 mod fault_matrix;
+mod isolation;
 mod limits;
 mod metrics_names;
 mod oidc_provider;
