@@ -271,6 +271,19 @@ pub fn transport_cause(e: &reqwest::Error) -> String {
         if text.contains("dns error") || text.contains("failed to lookup address") {
             return "DNS lookup failed (no such host?)".to_owned();
         }
+        // rustls's errors as they reach us through the connector's `io::Error`.
+        if [
+            "certificate",
+            "corrupt message",
+            "handshake",
+            "received fatal alert",
+            "peer is incompatible",
+        ]
+        .iter()
+        .any(|needle| text.contains(needle))
+        {
+            return format!("TLS handshake failed: {text}");
+        }
         innermost = text;
         source = err.source();
     }

@@ -180,6 +180,19 @@ async fn broken_dependencies_fail_each_with_its_cause() {
     assert_eq!(report.code, 1, "{}", report.stdout);
     report.assert_fail("intellia", "credentials refused: HTTP 401");
     report.assert_fail("redis", "credentials refused");
+    let wrong_key_report = report;
+
+    // TLS spoken to a plain-HTTP Intellia.
+    write_config(
+        &TestConfig::default(),
+        &dir,
+        &sim_url.replacen("http://", "https://", 1),
+        "127.0.0.1:0",
+    );
+    let report = doctor(&dir, &[]).await;
+    assert_eq!(report.code, 1, "{}", report.stdout);
+    report.assert_fail("intellia", "TLS handshake failed");
+    let report = wrong_key_report;
     assert_prints_no_secret(
         &report,
         &[
