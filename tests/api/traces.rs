@@ -71,8 +71,16 @@ async fn caller_trace_is_continued_carried_to_intellia_and_holds_no_secret() {
     );
     assert_ne!(parts[2], caller_span);
 
+    // The server span ends last; once it is there, so are its children.
+    let _ = receiver
+        .spans(
+            &format!("trace_id={trace_id}&kind=SPAN_KIND_SERVER"),
+            1,
+            Duration::from_secs(15),
+        )
+        .await;
     let spans = receiver
-        .spans(&format!("trace_id={trace_id}"), 7, Duration::from_secs(15))
+        .spans(&format!("trace_id={trace_id}"), 7, Duration::from_secs(5))
         .await;
     let server = named(&spans, "POST /v1/token");
     assert_eq!(server.len(), 1, "{spans:#?}");
