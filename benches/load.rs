@@ -11,16 +11,11 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-#[path = "support/broker_proc.rs"]
-mod broker_proc;
-#[path = "support/loadgen.rs"]
-mod loadgen;
-#[path = "support/procfs.rs"]
-mod procfs;
-
-use broker_proc::{API_KEY, BIN, Fixture, ORG, Proc, backend_request_for, token_request};
-use loadgen::{Outcome, Request, Stop, request};
-use procfs::mb;
+use testkit::bench::{Fixture, backend_request_for, token_request};
+use testkit::consts::{API_KEY, ORG};
+use testkit::loadgen::{self, Outcome, Request, Stop, request};
+use testkit::process::{BrokerProcess, broker_bin};
+use testkit::procfs::{self, mb};
 
 const CONNECTIONS: usize = 16;
 const RUN: Duration = Duration::from_secs(5);
@@ -95,13 +90,18 @@ impl Table {
     }
 }
 
-async fn throughput(broker: &Proc, requests: Vec<Request>, stop: Stop, conns: usize) -> Outcome {
+async fn throughput(
+    broker: &BrokerProcess,
+    requests: Vec<Request>,
+    stop: Stop,
+    conns: usize,
+) -> Outcome {
     loadgen::run(broker.addr, Arc::new(requests), conns, stop, None).await
 }
 
 async fn bench(table: &mut Table) {
     let fixture = Fixture::start("load").await;
-    let size = std::fs::metadata(BIN).map_or(0, |m| m.len());
+    let size = std::fs::metadata(broker_bin()).map_or(0, |m| m.len());
     table.row("binary size (release, stripped)", mb(size));
 
     // Start-up to ready, five times; the last instance stays for the runs.
@@ -350,13 +350,9 @@ fn report_limited(table: &mut Table, name: &str, o: &Outcome) {
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runtime) = testkit::bench::runtime() else {
         return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    };
     let mut table = Table(Vec::new());
     runtime.block_on(bench(&mut table));
     println!("| measurement | result |\n|---|---|");

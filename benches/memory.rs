@@ -5,29 +5,21 @@
 
 use std::time::Duration;
 
-#[path = "support/memory.rs"]
-mod memory;
-#[path = "support/procfs.rs"]
-mod procfs;
-
-use procfs::mb;
+use testkit::memory;
+use testkit::procfs::mb;
 
 #[global_allocator]
 static ALLOCATOR: intellia_token_broker::allocator::Allocator =
     intellia_token_broker::allocator::Allocator;
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runtime) = testkit::bench::runtime() else {
         return;
-    }
+    };
     let users: usize = std::env::var("BENCH_USERS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(1_000_000);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     let r = runtime.block_on(memory::drive(
         users,
         users,

@@ -5,18 +5,20 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::collections::HashMap;
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use intellia_token_broker::cache::TokenCache;
-use intellia_token_broker::config::{CacheSettings, PerMinuteLimit, RateLimitSettings, Settings};
+use intellia_token_broker::config::{
+    CacheSettings, Count, PerMinuteLimit, RateLimitSettings, Settings,
+};
+use intellia_token_broker::identity::UserId;
 use intellia_token_broker::intellia::MintedToken;
-use intellia_token_broker::limits::Limits;
+use intellia_token_broker::limits::{Limits, RequestKeys};
 use intellia_token_broker::metrics::Metrics;
-use intellia_token_broker::secrets::{SecretCell, SecretSource};
+use intellia_token_broker::secrets::{InlineSecrets, Secrets};
 use intellia_token_broker::session::SessionVerifier;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::SecretString;
@@ -49,18 +51,32 @@ fn settings(session: &str) -> Settings {
     .unwrap()
 }
 
-fn hs_verifier() -> SessionVerifier {
-    let settings = settings("hs256_secret_file = \"/dev/null\"\nalgorithms = [\"HS256\"]\n");
+fn verifier(settings: &Settings, hs256: Option<&str>) -> SessionVerifier {
+    let secrets = Secrets::load(
+        settings,
+        InlineSecrets {
+            api_key: Some(SecretString::from("unused")),
+            session_hs256: hs256
+                .map(|s| (0, SecretString::from(s)))
+                .into_iter()
+                .collect(),
+        },
+    )
+    .unwrap();
     SessionVerifier::new(
         &settings.session,
-        &reqwest::Client::new(),
+        &secrets,
+        &intellia_token_broker::http_client::builder()
+            .build()
+            .unwrap(),
         &Arc::new(Metrics::new()),
-        HashMap::from([(
-            0,
-            SecretCell::with_value(SecretSource::Inline, SecretString::from(SECRET)),
-        )]),
     )
     .unwrap()
+}
+
+fn hs_verifier() -> SessionVerifier {
+    let settings = settings("hs256_secret_file = \"/dev/null\"\nalgorithms = [\"HS256\"]\n");
+    verifier(&settings, Some(SECRET))
 }
 
 fn hs_token(sub: &str) -> String {
@@ -104,34 +120,31 @@ fn rs_verifier(jwks_url: &str) -> SessionVerifier {
     let settings = settings(&format!(
         "jwks_url = \"{jwks_url}\"\nalgorithms = [\"RS256\"]\n"
     ));
-    SessionVerifier::new(
-        &settings.session,
-        &intellia_token_broker::http_client::builder()
-            .build()
-            .unwrap(),
-        &Arc::new(Metrics::new()),
-        HashMap::new(),
-    )
-    .unwrap()
+    verifier(&settings, None)
 }
 
 fn limiter(c: &mut Criterion) {
     let rt = runtime();
-    let limits = Limits::new(&RateLimitSettings {
+    let settings = RateLimitSettings {
         per_user: Some(PerMinuteLimit {
-            per_minute: u32::MAX / 2,
-            burst: u32::MAX / 2,
+            per_minute: Count::of(u64::from(u32::MAX / 2)),
+            burst: Count::of(u64::from(u32::MAX / 2)),
         }),
         per_ip: None,
         upstream: None,
-    });
-    let user = "zitadel|273645198273645198";
+    };
+    let limits = Limits::new(&settings, None, 1);
+    let user = UserId::parse("zitadel|273645198273645198".to_owned()).unwrap();
     c.bench_function("limiter check, existing key", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
                 let start = Instant::now();
                 for _ in 0..iters {
-                    black_box(limits.check_user(black_box(user)).await.ok());
+                    let keys = RequestKeys {
+                        ip: None,
+                        user: Some(black_box(&user)),
+                    };
+                    black_box(limits.check(keys).await.ok());
                 }
                 start.elapsed()
             })
@@ -219,9 +232,10 @@ fn session(c: &mut Criterion) {
 
 fn cache_hit(c: &mut Criterion) {
     let rt = runtime();
-    let cache = TokenCache::new(&CacheSettings::default());
+    let cache = TokenCache::new(&CacheSettings::default(), None, Duration::from_secs(5));
+    let alice = UserId::parse("alice".to_owned()).unwrap();
     let mint = || async {
-        Ok(MintedToken {
+        Ok::<_, ()>(MintedToken {
             token: SecretString::from("sim_0123456789abcdef0123456789abcdef0123456"),
             expires_at: time::OffsetDateTime::now_utc() + Duration::from_secs(7200),
             user_id: "alice".into(),
@@ -232,10 +246,10 @@ fn cache_hit(c: &mut Criterion) {
     c.bench_function("token cache hit", |b| {
         b.iter_custom(|iters| {
             rt.block_on(async {
-                cache.get_or_mint("alice", mint).await.unwrap();
+                cache.get_or_mint(&alice, mint).await.unwrap();
                 let start = Instant::now();
                 for _ in 0..iters {
-                    black_box(cache.get_or_mint(black_box("alice"), mint).await.unwrap());
+                    black_box(cache.get_or_mint(black_box(&alice), mint).await.unwrap());
                 }
                 start.elapsed()
             })

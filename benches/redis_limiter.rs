@@ -4,64 +4,40 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::net::TcpListener;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use intellia_token_broker::config::{PerMinuteLimit, RateLimitSettings};
-use intellia_token_broker::limits::Limits;
+use intellia_token_broker::config::{Count, PerMinuteLimit, RateLimitSettings, RedisSettings};
+use intellia_token_broker::identity::UserId;
+use intellia_token_broker::limits::{Limits, RequestKeys};
 use intellia_token_broker::metrics::Metrics;
-use secrecy::SecretString;
+use intellia_token_broker::redis::RedisStore;
+use testkit::redis::RedisServer;
 
 /// Shared (Redis) limiter decisions from one broker: 64 concurrent callers over one multiplexed
 /// connection to a local `redis-server`, as many user keys as callers.
 async fn redis_limiter(rows: &mut Vec<(String, String)>) {
-    let port = TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port();
-    let Ok(mut server) = std::process::Command::new("redis-server")
-        .args([
-            "--port",
-            &port.to_string(),
-            "--bind",
-            "127.0.0.1",
-            "--save",
-            "",
-            "--appendonly",
-            "no",
-        ])
-        .stdout(std::process::Stdio::null())
-        .spawn()
-    else {
+    let Ok(server) = RedisServer::builder().try_start() else {
         rows.push(("Redis limiter".into(), "skipped: no redis-server".into()));
         return;
     };
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let settings = intellia_token_broker::config::RedisSettings {
-        url: format!("redis://127.0.0.1:{port}"),
-        on_unavailable: intellia_token_broker::config::RedisFallback::Deny,
-        timeout_ms: 1000,
-        replicas: 1,
-        key_prefix: "bench".into(),
-        cache_secret_file: None,
-    };
-    let metrics = Arc::new(Metrics::new());
-    let store = intellia_token_broker::redis_store::RedisStore::start(
-        &settings,
-        &SecretString::from("bench"),
-        Arc::clone(&metrics),
-    )
+    let settings: RedisSettings = serde_json::from_value(serde_json::json!({
+        "url": server.url(),
+        "on_unavailable": "deny",
+        "timeout_ms": 1000,
+        "key_prefix": "bench",
+    }))
     .unwrap();
+    let metrics = Arc::new(Metrics::new());
+    let store = RedisStore::start(&settings, Arc::clone(&metrics)).unwrap();
     while !metrics.encode().lines().any(|l| l == "broker_redis_up 1") {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    let limits = Arc::new(Limits::with_shared(
+    let limits = Arc::new(Limits::new(
         &RateLimitSettings {
             per_user: Some(PerMinuteLimit {
-                per_minute: 1_000_000,
-                burst: 1_000_000,
+                per_minute: Count::of(1_000_000),
+                burst: Count::of(1_000_000),
             }),
             per_ip: None,
             upstream: None,
@@ -78,11 +54,15 @@ async fn redis_limiter(rows: &mut Vec<(String, String)>) {
             for caller in 0..callers {
                 let limits = Arc::clone(&limits);
                 tasks.push(tokio::spawn(async move {
-                    let key = format!("user-{caller}");
+                    let user = UserId::parse(format!("user-{caller}")).unwrap();
+                    let keys = RequestKeys {
+                        ip: None,
+                        user: Some(&user),
+                    };
                     let mut latencies = Vec::with_capacity(100_000);
                     while Instant::now() < deadline {
                         let start = Instant::now();
-                        limits.check_user(&key).await.unwrap();
+                        limits.check(keys).await.unwrap();
                         latencies.push(start.elapsed());
                     }
                     latencies
@@ -109,19 +89,13 @@ async fn redis_limiter(rows: &mut Vec<(String, String)>) {
             ),
         ));
     }
-    let _ = server.kill();
-    let _ = server.wait();
+    drop(server);
 }
 
 fn main() {
-    // `cargo test --benches` runs bench targets with --bench absent; do nothing then.
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runtime) = testkit::bench::runtime() else {
         return;
-    }
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
+    };
     let mut rows = Vec::new();
     runtime.block_on(redis_limiter(&mut rows));
     println!("| measurement | result |\n|---|---|");

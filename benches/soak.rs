@@ -11,18 +11,11 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-#[path = "support/broker_proc.rs"]
-mod broker_proc;
-#[path = "support/loadgen.rs"]
-mod loadgen;
-#[path = "support/procfs.rs"]
-mod procfs;
-
-use broker_proc::{
-    API_KEY, BACKEND_SECRET, Fixture, HS_SECRET, Proc, backend_request, token_request,
-};
-use loadgen::{Outcome, Request, Stop, request};
-use procfs::mb;
+use testkit::bench::{Fixture, backend_request, token_request};
+use testkit::consts::{API_KEY, BACKEND_SECRET, HS_SECRET};
+use testkit::loadgen::{self, Outcome, Request, Stop, request};
+use testkit::process::BrokerProcess;
+use testkit::procfs::mb;
 
 const PHASE: Duration = Duration::from_secs(15);
 
@@ -58,7 +51,7 @@ struct Stream {
     fresh: bool,
 }
 
-async fn post_json(sim: &Proc, path: &str, body: &str) {
+async fn post_json(sim: &BrokerProcess, path: &str, body: &str) {
     let req = request(
         "POST",
         path,
@@ -297,7 +290,7 @@ burst = 200
         if !broker.alive() {
             return Err(format!("the broker exited during phase {phase}"));
         }
-        let (rss, fds) = (broker.rss(), broker.fds());
+        let (rss, fds) = (broker.rss(), broker.open_fds());
         samples.push((rss, fds));
         lines.push(format!(
             "| {phase} ({:.0} s) | {} | {} | {fds} | {phase_requests} | {phase_5xx} |",
@@ -381,17 +374,13 @@ burst = 200
 }
 
 fn main() {
-    if !std::env::args().any(|a| a == "--bench") {
+    let Some(runtime) = testkit::bench::runtime() else {
         return;
-    }
+    };
     let secs = std::env::var("SOAK_SECS")
         .ok()
         .and_then(|v| v.parse().ok())
         .unwrap_or(300);
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-        .unwrap();
     match runtime.block_on(soak(Duration::from_secs(secs))) {
         Ok(lines) => println!("{}", lines.join("\n")),
         Err(report) => {

@@ -32,7 +32,7 @@ run_stage() {
 }
 
 stage_lint() {
-  cargo fmt --all -- --check && cargo clippy --locked --all-targets -- -D warnings
+  cargo fmt --all -- --check && cargo clippy --locked --workspace --all-targets -- -D warnings
 }
 
 # Installs Debian packages whose commands are missing (CI runs as root on a fresh machine).

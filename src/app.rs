@@ -17,6 +17,7 @@ use crate::config::Settings;
 use crate::cors::CorsPolicy;
 use crate::intellia::IntelliaClient;
 use crate::limits::Limits;
+use crate::limits::failures::FailureLimit;
 use crate::metrics::{Metrics, SecretLabels};
 use crate::middleware::{ConnectionPolicy, Drain, body_deadline, request_context};
 use crate::routes::assets::Assets;
@@ -117,9 +118,18 @@ impl AppParts {
         );
         let service = TokenService::new(limits, cache, intellia, Arc::clone(&metrics));
         let drain = Drain::default();
-        let backend = secrets
-            .get(SecretKind::Backend)
-            .map(|secret| web::Data::new(BackendAuth { secret }));
+        let backend = settings
+            .backend
+            .as_ref()
+            .zip(secrets.get(SecretKind::Backend))
+            .map(|(backend, secret)| {
+                web::Data::new(BackendAuth {
+                    secret,
+                    failures: FailureLimit::new(
+                        u32::try_from(backend.max_failures_per_minute.get()).unwrap_or(u32::MAX),
+                    ),
+                })
+            });
         Ok(AppParts {
             service: web::Data::new(service),
             verifier: web::Data::from(Arc::clone(&verifier)),
@@ -135,6 +145,7 @@ impl AppParts {
             metrics: web::Data::from(metrics),
             connection: web::Data::new(ConnectionPolicy {
                 trusted_proxies: settings.server.trusted_proxies.clone(),
+                client_ip_header: settings.server.client_ip_header,
                 request_timeout: Duration::from_millis(settings.server.request_timeout_ms.get()),
                 drain,
             }),
@@ -195,7 +206,7 @@ pub struct Application {
     server: Server,
     admin: Option<Server>,
     parts: AppParts,
-    /// Keeps the secret poller going for as long as the application runs.
+    /// Keeps the periodic tasks (secret poller, housekeeping) going while the application runs.
     _reloader: Arc<AppParts>,
     drain_delay: Duration,
     handle_signals: bool,
@@ -272,22 +283,24 @@ impl Application {
         let handle_signals = options.handle_signals;
         let parts = AppParts::build(&settings, options).map_err(StartupError::Invalid)?;
 
-        // Evicts what idle users left behind: `moka` evicts only as entries are touched, so an
-        // idle replica would otherwise keep a burst's memory.
-        let service = parts.service.clone().into_inner();
-        spawn_periodic(
-            Arc::downgrade(&service),
-            Duration::from_secs(60),
-            |service| async move {
-                service.housekeeping().await;
-            },
-        );
         parts.verifier.spawn_refreshers();
         let reloader = Arc::new(parts.clone());
         spawn_periodic(
             Arc::downgrade(&reloader),
             Duration::from_secs(settings.server.secret_poll_secs.get()),
             |parts| async move { parts.reload_secrets() },
+        );
+        // Evicts what idle clients left behind: `moka` evicts only as entries are touched, so an
+        // idle replica would otherwise keep a burst's memory.
+        spawn_periodic(
+            Arc::downgrade(&reloader),
+            Duration::from_secs(60),
+            |parts| async move {
+                parts.service.housekeeping().await;
+                if let Some(backend) = &parts.backend {
+                    backend.failures.sweep();
+                }
+            },
         );
 
         let listener = bind(settings.server.listen)?;
@@ -306,7 +319,7 @@ impl Application {
         let stop_timeout = server_settings
             .shutdown_grace_secs
             .get()
-            .saturating_sub(server_settings.drain_delay_secs.get())
+            .saturating_sub(server_settings.drain_delay_secs())
             .saturating_sub(1)
             .max(1);
         let app_parts = parts.clone();
@@ -371,7 +384,7 @@ impl Application {
             admin,
             parts,
             _reloader: reloader,
-            drain_delay: Duration::from_secs(server_settings.drain_delay_secs.get()),
+            drain_delay: Duration::from_secs(server_settings.drain_delay_secs()),
             handle_signals,
         })
     }

@@ -11,6 +11,7 @@ use clap::{Parser, Subcommand};
 
 use crate::app::{Application, BuildOptions};
 use crate::config::{Settings, resolve_config_path};
+use crate::console;
 use crate::intellia::simulator::{KeyPolicy, Simulator, SimulatorConfig};
 use crate::secrets::{InlineSecrets, Secrets};
 use crate::telemetry::LogFormat;
@@ -103,7 +104,7 @@ pub fn main() -> ExitCode {
 }
 
 fn fail(message: &str) -> ExitCode {
-    eprintln!("error: {message}");
+    console::error_line(&format!("error: {message}"));
     ExitCode::FAILURE
 }
 
@@ -120,7 +121,7 @@ async fn run(command: Command) -> Result<(), String> {
         } => simulate(listen, api_key_file, organization_id, token_ttl_secs).await,
         Command::Healthcheck { url } => healthcheck(&url).await,
         Command::Openapi => {
-            print!("{}", crate::openapi::document_json());
+            console::out(&crate::openapi::document_json());
             Ok(())
         }
     }
@@ -149,11 +150,11 @@ fn check_config(config: Option<PathBuf>) -> Result<(), String> {
     // Every secret `serve` reads, read now, so a missing or empty file is reported here rather
     // than at start-up.
     let secrets = Secrets::load(&settings, InlineSecrets::default())?;
-    println!("# {} is valid", path.display());
+    console::line(&format!("# {} is valid", path.display()));
     for (key, source) in secrets.describe() {
-        println!("# {key}: readable ({source}), value redacted");
+        console::line(&format!("# {key}: readable ({source}), value redacted"));
     }
-    print!("{}", settings.redacted_toml());
+    console::out(&settings.redacted_toml());
     Ok(())
 }
 
@@ -199,7 +200,10 @@ async fn simulate(
     )
     .map_err(|e| format!("cannot start the simulator: {e}"))?;
     tracing::info!(listen = %simulator.addr, "Intellia simulator listening");
-    println!("Intellia simulator listening on {}", simulator.base_url());
+    console::line(&format!(
+        "Intellia simulator listening on {}",
+        simulator.base_url()
+    ));
     let handle = simulator.server.handle();
     tokio::spawn(async move {
         let _ = tokio::signal::ctrl_c().await;
@@ -263,7 +267,7 @@ async fn healthcheck(url: &str) -> Result<(), String> {
         .await
         .map_err(|_| format!("{url} did not answer within 3 s"))??;
     if (200..300).contains(&status) {
-        println!("ok: {url} answered {status}");
+        console::line(&format!("ok: {url} answered {status}"));
         Ok(())
     } else {
         Err(format!("{url} answered {status}"))

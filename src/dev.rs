@@ -16,6 +16,7 @@ use serde::Serialize;
 
 use crate::app::{Application, BuildOptions};
 use crate::config::Settings;
+use crate::console;
 use crate::intellia::simulator::{Simulator, SimulatorConfig};
 use crate::secrets::InlineSecrets;
 
@@ -191,18 +192,18 @@ pub async fn run(listen: SocketAddr) -> Result<(), String> {
             Duration::from_secs(12 * 60 * 60),
         )
         .map_err(|e| format!("cannot mint a dev session: {e}"))?;
-    println!();
-    println!(
+    console::line("");
+    console::line(&format!(
         "  intellia-token-broker dev mode (simulated Intellia at {sim_url}, nothing real is called)"
-    );
-    println!();
-    println!("  Demo page:   http://{shown}/dev/");
-    println!(
+    ));
+    console::line("");
+    console::line(&format!("  Demo page:   http://{shown}/dev/"));
+    console::line(&format!(
         "  Get a token: curl -s -X POST http://{shown}/v1/token -H 'Authorization: Bearer {token}'"
-    );
-    println!();
-    println!("  The dev session above is valid for 12 hours. Press Ctrl-C to stop.");
-    println!();
+    ));
+    console::line("");
+    console::line("  The dev session above is valid for 12 hours. Press Ctrl-C to stop.");
+    console::line("");
     app.run_until_stopped().await.map_err(|e| e.to_string())
 }
 

@@ -12,6 +12,7 @@ pub mod cli;
 mod client_ip;
 pub mod client_key;
 pub mod config;
+mod console;
 pub mod cors;
 mod dev;
 pub mod error;

@@ -17,6 +17,7 @@ use actix_web::{Error, HttpMessage, web};
 use futures_util::StreamExt;
 use ipnet::IpNet;
 
+use crate::config::ClientIpHeader;
 use crate::cors::CorsPolicy;
 use crate::telemetry::{ClientIp, RequestId, RequestStart};
 
@@ -38,6 +39,7 @@ impl Drain {
 #[derive(Debug, Clone)]
 pub struct ConnectionPolicy {
     pub trusted_proxies: Vec<IpNet>,
+    pub client_ip_header: ClientIpHeader,
     pub request_timeout: Duration,
     pub drain: Drain,
 }
@@ -52,13 +54,31 @@ fn acceptable_request_id(value: &HeaderValue) -> Option<&str> {
     ok.then_some(text)
 }
 
-fn client_ip(req: &ServiceRequest, trusted: &[IpNet]) -> Option<IpAddr> {
+fn client_ip(req: &ServiceRequest, policy: &ConnectionPolicy) -> Option<IpAddr> {
+    let name = match policy.client_ip_header {
+        ClientIpHeader::XForwardedFor => "x-forwarded-for",
+        ClientIpHeader::Forwarded => "forwarded",
+    };
+    if policy.trusted_proxies.is_empty() {
+        // Nobody's header is believed: skip reading it.
+        return crate::client_ip::client_ip(
+            req.peer_addr(),
+            policy.client_ip_header,
+            std::iter::empty(),
+            &[],
+        );
+    }
+    // A line that is not text cannot be read, so it stops the walk like a garbage hop.
+    let lines = req
+        .headers()
+        .get_all(name)
+        .map(|v| v.to_str().unwrap_or("\u{0}"))
+        .collect::<Vec<_>>();
     crate::client_ip::client_ip(
         req.peer_addr(),
-        req.headers()
-            .get("x-forwarded-for")
-            .and_then(|v| v.to_str().ok()),
-        trusted,
+        policy.client_ip_header,
+        lines.into_iter(),
+        &policy.trusted_proxies,
     )
 }
 
@@ -74,9 +94,7 @@ pub async fn request_context(
         .and_then(acceptable_request_id)
         .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
     let policy = req.app_data::<web::Data<ConnectionPolicy>>().cloned();
-    let client_ip = policy
-        .as_ref()
-        .and_then(|p| client_ip(&req, &p.trusted_proxies));
+    let client_ip = policy.as_ref().and_then(|p| client_ip(&req, p));
     {
         let mut ext = req.extensions_mut();
         ext.insert(RequestStart(Instant::now()));

@@ -287,9 +287,9 @@ impl SecretKind {
     }
 }
 
-/// HMAC secrets shorter than this are refused: a short HS256 secret can be brute-forced offline
-/// from one session token.
-pub const MIN_HMAC_SECRET_BYTES: usize = 32;
+/// Shared secrets shorter than this are refused, at start-up and on rotation: a short HS256
+/// secret can be brute-forced offline from one session token, a short backend secret online.
+pub const MIN_SHARED_SECRET_BYTES: usize = 32;
 
 struct Entry {
     kind: SecretKind,
@@ -370,7 +370,10 @@ impl Secrets {
             add(
                 SecretKind::Backend,
                 "backend.secret_file".into(),
-                SecretCell::load(SecretSource::File(backend.secret_file.clone())),
+                SecretCell::load_at_least(
+                    SecretSource::File(backend.secret_file.clone()),
+                    MIN_SHARED_SECRET_BYTES,
+                ),
             )?;
         }
         for (index, jwt) in settings.session.jwt.iter().enumerate() {
@@ -387,7 +390,7 @@ impl Secrets {
                     key,
                     SecretCell::load_at_least(
                         SecretSource::File(path.clone()),
-                        MIN_HMAC_SECRET_BYTES,
+                        MIN_SHARED_SECRET_BYTES,
                     ),
                 )?;
             }

@@ -78,15 +78,18 @@ impl TokenService {
 
     fn limit_error(&self, error: LimitError) -> BrokerError {
         match error {
-            LimitError::Limited(status) => {
-                self.metrics
-                    .rate_limited
-                    .get_or_create(&LimitLabels { limit: status.name })
-                    .inc();
-                BrokerError::RateLimited(status)
-            }
+            LimitError::Limited(status) => self.rate_limited(status),
             LimitError::Unavailable => shared_state_unavailable(),
         }
+    }
+
+    /// A spent limit, counted.
+    pub fn rate_limited(&self, status: RateLimitStatus) -> BrokerError {
+        self.metrics
+            .rate_limited
+            .get_or_create(&LimitLabels { limit: status.name })
+            .inc();
+        BrokerError::RateLimited(status)
     }
 
     /// Charges the client's per-IP limit alone: for a request that must be limited before its

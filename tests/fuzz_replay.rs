@@ -1,17 +1,15 @@
 //! Replays every committed fuzz seed and regression input (`fuzz/seeds/<target>/`,
-//! `fuzz/regressions/<target>/`) through the fuzz targets' own entry points, on the stable
+//! `fuzz/regressions/<target>/`) through the fuzz targets' own entry points (`testkit::fuzz`), on the stable
 //! toolchain, so an input that once crashed a target fails `cargo test` if the bug comes back.
 //! Files named `accept-*` must be accepted and `reject-*` refused: the seeds must keep reaching the
 //! code they were written for.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-#[path = "../fuzz/src/lib.rs"]
-mod harness;
-
 use std::path::{Path, PathBuf};
 
-use harness::Verdict;
+use testkit::fuzz as harness;
+use testkit::fuzz::Verdict;
 
 fn inputs(target: &str) -> Vec<PathBuf> {
     let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz");

@@ -7,10 +7,7 @@
 
 use std::time::Duration;
 
-#[path = "../benches/support/memory.rs"]
-mod memory;
-#[path = "../benches/support/procfs.rs"]
-mod procfs;
+use testkit::memory;
 
 #[global_allocator]
 static ALLOCATOR: intellia_token_broker::allocator::Allocator =

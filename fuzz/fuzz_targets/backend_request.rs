@@ -1,5 +1,5 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(init: intellia_token_broker_fuzz::init(), |data: &[u8]| {
-    let _ = intellia_token_broker_fuzz::backend_request(data);
+libfuzzer_sys::fuzz_target!(init: intellia_token_broker_testkit::fuzz::init(), |data: &[u8]| {
+    let _ = intellia_token_broker_testkit::fuzz::backend_request(data);
 });

@@ -78,9 +78,13 @@ pub struct ServerSettings {
     #[serde(default = "default_shutdown_grace_secs")]
     pub shutdown_grace_secs: Bounded<1, 600>,
     /// After SIGTERM, how long `/readyz` reports 503 while the listener keeps serving, so the
-    /// Service stops routing here before connections are refused.
-    #[serde(default = "default_drain_delay_secs")]
-    pub drain_delay_secs: Bounded<0, 599>,
+    /// Service stops routing here before connections are refused. Default: 5 s, at most half
+    /// the grace period.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain_delay_secs: Option<Bounded<0, 599>>,
+    /// Which header trusted proxies write the client's address into.
+    #[serde(default)]
+    pub client_ip_header: ClientIpHeader,
     /// How often secret files are checked for rotation.
     #[serde(default = "default_secret_poll_secs")]
     pub secret_poll_secs: Bounded<1, 300>,
@@ -103,7 +107,25 @@ impl Default for Bounded<0, 256> {
     }
 }
 
+/// The header a deployment's proxies append the client address to. Only one is read: a header
+/// the proxies do not write is whatever the client put there.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ClientIpHeader {
+    #[default]
+    XForwardedFor,
+    /// RFC 7239 `Forwarded: for=...`.
+    Forwarded,
+}
+
 impl ServerSettings {
+    /// The drain delay: as configured, else 5 s but at most half the grace period, so any grace
+    /// period works alone.
+    pub fn drain_delay_secs(&self) -> u64 {
+        self.drain_delay_secs
+            .map_or((self.shutdown_grace_secs.get() / 2).min(5), Bounded::get)
+    }
+
     pub fn max_body_bytes(&self) -> usize {
         usize::try_from(self.max_body_bytes.get()).unwrap_or(usize::MAX)
     }
@@ -263,6 +285,10 @@ impl Default for CorsSettings {
 #[serde(deny_unknown_fields)]
 pub struct BackendSettings {
     pub secret_file: PathBuf,
+    /// Failed backend-secret attempts a client address may make per minute (the burst as
+    /// well); past it every attempt from that address gets 429 until the bucket refills.
+    #[serde(default = "default_backend_failures")]
+    pub max_failures_per_minute: Bounded<1, 10_000>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -271,7 +297,7 @@ pub struct RateLimitSettings {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub per_user: Option<PerMinuteLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub per_ip: Option<PerMinuteLimit>,
+    pub per_ip: Option<PerIpLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<PerSecondLimit>,
 }
@@ -284,6 +310,17 @@ pub type Count = Bounded<1, 4_294_967_295>;
 pub struct PerMinuteLimit {
     pub per_minute: Count,
     pub burst: Count,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerIpLimit {
+    pub per_minute: Count,
+    pub burst: Count,
+    /// IPv6 clients are limited per prefix of this length: one subscriber holds at least a /64,
+    /// so a per-address limit would be no limit.
+    #[serde(default = "default_ipv6_prefix")]
+    pub ipv6_prefix: Bounded<32, 128>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
@@ -354,9 +391,6 @@ fn default_max_body_bytes() -> Bounded<1, 1_048_576> {
 fn default_shutdown_grace_secs() -> Bounded<1, 600> {
     Bounded::of(20)
 }
-fn default_drain_delay_secs() -> Bounded<0, 599> {
-    Bounded::of(5)
-}
 fn default_secret_poll_secs() -> Bounded<1, 300> {
     Bounded::of(2)
 }
@@ -381,6 +415,12 @@ fn default_breaker_failures() -> Bounded<1, 1000> {
     Bounded::of(5)
 }
 fn default_breaker_open_secs() -> Bounded<1, 3600> {
+    Bounded::of(10)
+}
+fn default_ipv6_prefix() -> Bounded<32, 128> {
+    Bounded::of(64)
+}
+fn default_backend_failures() -> Bounded<1, 10_000> {
     Bounded::of(10)
 }
 fn default_cors_max_age() -> Bounded<0, 86_400> {
@@ -471,7 +511,7 @@ impl Settings {
     /// The rules that span several keys; everything about a single value was settled by its type.
     pub fn validate(&self) -> Result<(), ConfigError> {
         let s = &self.server;
-        if s.drain_delay_secs.get() >= s.shutdown_grace_secs.get() {
+        if s.drain_delay_secs() >= s.shutdown_grace_secs.get() {
             return Err(ConfigError::key(
                 "server.drain_delay_secs",
                 "must be shorter than server.shutdown_grace_secs, or in-flight requests get no time to finish",

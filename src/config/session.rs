@@ -542,6 +542,70 @@ impl SessionSettings {
                 ));
             }
         }
+        self.validate_id_spaces()
+    }
+
+    /// §9.1: two session sources share one user-id space only when they name the same issuer
+    /// (then they must also agree on the prefix, so one person is one user). Any other pair must
+    /// have distinct, non-empty prefixes, neither a prefix of the other: `sub=123` at issuer A
+    /// and `sub=123` at issuer B would otherwise receive each other's tokens.
+    fn validate_id_spaces(&self) -> Result<(), ConfigError> {
+        let mut sources: Vec<(String, Option<&str>, &str)> = self
+            .jwt
+            .iter()
+            .enumerate()
+            .map(|(n, j)| {
+                (
+                    format!("session.jwt[{n}]"),
+                    Some(j.issuer.as_str()),
+                    j.claims.user_id_prefix.as_str(),
+                )
+            })
+            .collect();
+        if let Some(intro) = &self.introspection {
+            sources.push((
+                "session.introspection".to_owned(),
+                intro.issuer.as_deref(),
+                intro.claims.user_id_prefix.as_str(),
+            ));
+        }
+        for (i, (key_b, issuer_b, prefix_b)) in sources.iter().enumerate() {
+            for (key_a, issuer_a, prefix_a) in &sources[..i] {
+                let at = format!("{key_b}.user_id_prefix");
+                if issuer_a.is_some() && issuer_a == issuer_b {
+                    if prefix_a != prefix_b {
+                        return Err(ConfigError::key(
+                            &at,
+                            format!(
+                                "must equal {key_a}.user_id_prefix: both name the same issuer, so one person must be one user"
+                            ),
+                        ));
+                    }
+                    continue;
+                }
+                if prefix_a.is_empty() || prefix_b.is_empty() {
+                    let (key, _) = if prefix_b.is_empty() {
+                        (key_b, key_a)
+                    } else {
+                        (key_a, key_b)
+                    };
+                    return Err(ConfigError::key(
+                        &format!("{key}.user_id_prefix"),
+                        format!(
+                            "must be set (e.g. \"acme:\"): {key_a} and {key_b} are different session sources, and without distinct prefixes the same user id at both would be one user and get one token"
+                        ),
+                    ));
+                }
+                if prefix_a.starts_with(prefix_b) || prefix_b.starts_with(prefix_a) {
+                    return Err(ConfigError::key(
+                        &at,
+                        format!(
+                            "`{prefix_b}` and {key_a}.user_id_prefix `{prefix_a}` must differ and neither may begin with the other, or ids of the two sources can collide"
+                        ),
+                    ));
+                }
+            }
+        }
         Ok(())
     }
 

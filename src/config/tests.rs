@@ -192,3 +192,66 @@ fn struct_level_problems_name_the_field() {
         "config key `cache.min_remaining_secs`: must be at most 7199"
     );
 }
+
+fn two_issuers(prefix_a: &str, prefix_b: &str, issuer_b: &str) -> String {
+    format!(
+        "{MINIMAL}\n[[session.jwt]]\nissuer = \"https://a.example\"\naudience = \"w\"\njwks_url = \"https://a.example/keys\"\nalgorithms = [\"RS256\"]\nuser_id_prefix = \"{prefix_a}\"\n[[session.jwt]]\nissuer = \"{issuer_b}\"\naudience = \"w\"\njwks_url = \"https://b.example/keys\"\nalgorithms = [\"RS256\"]\nuser_id_prefix = \"{prefix_b}\"\n"
+    )
+}
+
+#[test]
+fn two_sources_never_share_user_ids_by_accident() {
+    for (a, b, named) in [
+        ("", "", "session.jwt[1].user_id_prefix"),
+        ("a:", "", "session.jwt[1].user_id_prefix"),
+        ("", "b:", "session.jwt[0].user_id_prefix"),
+        ("x:", "x:", "session.jwt[1].user_id_prefix"),
+        ("x", "x:", "session.jwt[1].user_id_prefix"),
+        ("acme:eu:", "acme:", "session.jwt[1].user_id_prefix"),
+    ] {
+        let err = parse(&two_issuers(a, b, "https://b.example")).expect_err("collision refused");
+        assert!(
+            err.0.starts_with(&format!("config key `{named}`")),
+            "{a:?} {b:?}: {}",
+            err.0
+        );
+        assert!(!err.0.contains('\n'));
+    }
+    parse(&two_issuers("a:", "b:", "https://b.example")).expect("distinct prefixes");
+}
+
+#[test]
+fn introspection_shares_the_id_space_of_its_own_issuer_only() {
+    let intro = |issuer: &str, prefix: &str| {
+        format!(
+            "{MINIMAL}\n[[session.jwt]]\nissuer = \"https://a.example\"\naudience = \"w\"\njwks_url = \"https://a.example/keys\"\nalgorithms = [\"RS256\"]\nuser_id_prefix = \"a:\"\n[session.introspection]\nurl = \"https://a.example/introspect\"\nclient_id = \"broker\"\nclient_secret_file = \"/tmp/s\"\n{issuer}user_id_prefix = \"{prefix}\"\n"
+        )
+    };
+    parse(&intro("issuer = \"https://a.example\"\n", "a:")).expect("same issuer, same prefix");
+    let err = parse(&intro("issuer = \"https://a.example\"\n", "")).expect_err("same issuer");
+    assert!(
+        err.0.contains("session.introspection.user_id_prefix"),
+        "{}",
+        err.0
+    );
+    let err = parse(&intro("", "")).expect_err("no issuer named: another source");
+    assert!(
+        err.0.contains("session.introspection.user_id_prefix"),
+        "{}",
+        err.0
+    );
+    parse(&intro("", "opaque:")).expect("own prefix");
+}
+
+#[test]
+fn any_grace_period_works_alone() {
+    for grace in [1, 2, 5, 10, 600] {
+        let text = MINIMAL.replace(
+            "[server]",
+            &format!("[server]\nshutdown_grace_secs = {grace}"),
+        );
+        let s = parse(&text).unwrap_or_else(|e| panic!("grace {grace}: {e}"));
+        assert!(s.server.drain_delay_secs() < grace);
+    }
+    assert_eq!(parse(MINIMAL).unwrap().server.drain_delay_secs(), 5);
+}

@@ -6,6 +6,7 @@
 //! `on_unavailable = "local"`, each replica keeps its own ([`local`]) holding 1/replicas of every
 //! limit.
 
+pub mod failures;
 mod local;
 mod shared;
 
@@ -101,6 +102,21 @@ impl Shape {
     }
 }
 
+/// The address a client is limited by: IPv4 as is, IPv6 cut to its first `prefix` bits (a
+/// subscriber owns at least a /64 and can pick any address in it).
+pub(crate) fn bucket_of(ip: IpAddr, prefix: u8) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => {
+            let bits = u128::from(v6);
+            let mask = u128::MAX
+                .checked_shl(128 - u32::from(prefix.min(128)))
+                .unwrap_or(0);
+            IpAddr::V6((bits & mask).into())
+        }
+    }
+}
+
 pub(crate) fn ceil_secs(d: Duration) -> u64 {
     d.as_secs() + u64::from(d.subsec_nanos() > 0)
 }
@@ -134,6 +150,8 @@ pub struct RequestKeys<'a> {
 pub struct Limits {
     per_user: Option<Shape>,
     per_ip: Option<Shape>,
+    /// IPv6 clients share one bucket per prefix of this length.
+    ipv6_prefix: u8,
     upstream: Option<Shape>,
     local: LocalLimits,
     shared: Option<SharedLimits>,
@@ -169,6 +187,9 @@ impl Limits {
             .upstream
             .map(|l| Shape::new("upstream", 1, l.per_second.get(), l.burst.get(), replicas));
         Limits {
+            ipv6_prefix: settings
+                .per_ip
+                .map_or(64, |l| u8::try_from(l.ipv6_prefix.get()).unwrap_or(128)),
             local: LocalLimits::new(per_user.as_ref(), per_ip.as_ref(), upstream.as_ref()),
             shared: shared.map(SharedLimits::new),
             per_user,
@@ -204,7 +225,10 @@ impl Limits {
         &self,
         keys: RequestKeys<'_>,
     ) -> Result<Option<RateLimitStatus>, LimitError> {
-        let ip = self.per_ip.as_ref().zip(keys.ip.map(Subject::Ip));
+        let ip = self.per_ip.as_ref().zip(
+            keys.ip
+                .map(|ip| Subject::Ip(bucket_of(ip, self.ipv6_prefix))),
+        );
         let user = self.per_user.as_ref().zip(keys.user.map(Subject::User));
         let verdict = match (ip, user) {
             (Some(ip), Some(user)) => self.decide(&[ip, user]).await?,

@@ -112,3 +112,16 @@ fn tightest_prefers_fewest_remaining() {
     assert_eq!(RateLimitStatus::tightest(Some(a), b).name, "user");
     assert_eq!(RateLimitStatus::tightest(Some(b), a).name, "user");
 }
+
+#[test]
+fn ipv6_clients_share_their_prefix_bucket() {
+    let a: IpAddr = "2001:db8:1:2:aaaa::1".parse().unwrap();
+    let b: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+    let c: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+    assert_eq!(bucket_of(a, 64), bucket_of(b, 64));
+    assert_ne!(bucket_of(a, 64), bucket_of(c, 64));
+    assert_ne!(bucket_of(a, 128), bucket_of(b, 128));
+    assert_eq!(bucket_of(a, 128), a);
+    let v4: IpAddr = "192.0.2.7".parse().unwrap();
+    assert_eq!(bucket_of(v4, 64), v4);
+}

@@ -1,7 +1,7 @@
 //! `POST /v1/backend/token`: the sidecar path. A backend that already knows the user names them.
 
 use actix_web::http::header;
-use actix_web::{HttpRequest, HttpResponse, web};
+use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
@@ -9,13 +9,16 @@ use subtle::ConstantTimeEq;
 use super::{RequestLimits, TokenRouteResponses, read_body, record_user, render_issued};
 use crate::error::{AuthFailure, BrokerError};
 use crate::identity::{DisplayName, Email, Identity, UserId};
+use crate::limits::failures::FailureLimit;
 use crate::secrets::SecretCell;
 use crate::service::{IpCharge, TokenService};
 use crate::session::credential::bearer_token;
+use crate::telemetry::ClientIp;
 
-/// The backend secret, when the route is configured.
+/// The backend secret, when the route is configured, and the failed attempts per client.
 pub struct BackendAuth {
     pub secret: std::sync::Arc<SecretCell>,
+    pub failures: FailureLimit,
 }
 
 /// Body of the sidecar route.
@@ -64,15 +67,20 @@ pub async fn backend_token(
     auth: web::Data<BackendAuth>,
     service: web::Data<TokenService>,
 ) -> Result<HttpResponse, BrokerError> {
-    let presented = bearer_token(&req)
-        .map_err(BrokerError::Unauthenticated)?
-        .ok_or(BrokerError::Unauthenticated(AuthFailure::Missing))?;
-    // Comparing digests keeps the comparison constant-time in the secret's length as well.
-    let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-    if !bool::from(presented.ct_eq(auth.secret.get().fingerprint())) {
-        return Err(BrokerError::Unauthenticated(
-            AuthFailure::WrongBackendSecret,
-        ));
+    let client_ip = req.extensions().get::<ClientIp>().map(|c| c.0);
+    if let Some(ip) = client_ip
+        && let Some(refused) = auth.failures.blocked(ip).await
+    {
+        return Err(service.rate_limited(refused));
+    }
+    if let Err(failure) = check_secret(&req, &auth) {
+        if let Some(ip) = client_ip
+            && let Some(refused) = auth.failures.record(ip).await
+        {
+            tracing::warn!(client_ip = %ip, "backend-secret failures spent; refusing this client for a while");
+            return Err(service.rate_limited(refused));
+        }
+        return Err(BrokerError::Unauthenticated(failure));
     }
 
     let is_json = req
@@ -99,6 +107,18 @@ pub async fn backend_token(
     record_user(identity.user_id.as_str());
     // A sidecar's callers share one address, so only the user's limit applies.
     render_issued(&service.issue(&identity, IpCharge::None).await?)
+}
+
+/// Whether the request carries the backend secret. Comparing digests keeps the comparison
+/// constant-time in the secret's length as well.
+fn check_secret(req: &HttpRequest, auth: &BackendAuth) -> Result<(), AuthFailure> {
+    let presented = bearer_token(req)?.ok_or(AuthFailure::Missing)?;
+    let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
+    if bool::from(presented.ct_eq(auth.secret.get().fingerprint())) {
+        Ok(())
+    } else {
+        Err(AuthFailure::WrongBackendSecret)
+    }
 }
 
 /// serde's message without the echo of long values: the category and position are enough.

@@ -131,6 +131,11 @@ impl Introspector {
         }
     }
 
+    /// The issuer whose JWTs may also be introspected, when configured.
+    pub fn issuer(&self) -> Option<&str> {
+        self.settings.issuer.as_deref()
+    }
+
     pub async fn introspect(
         &self,
         token: &str,
@@ -269,10 +274,13 @@ impl Introspector {
         {
             return Err(AuthFailure::UntrustedIssuer);
         }
-        if let (Some(expected), Some(aud)) = (&self.settings.audience, answer.get("aud")) {
-            let ok = match aud {
-                Value::String(a) => a == expected,
-                Value::Array(list) => list.iter().any(|a| a.as_str() == Some(expected.as_str())),
+        // With an audience configured, an answer that names none is not for us either.
+        if let Some(expected) = &self.settings.audience {
+            let ok = match answer.get("aud") {
+                Some(Value::String(a)) => a == expected,
+                Some(Value::Array(list)) => {
+                    list.iter().any(|a| a.as_str() == Some(expected.as_str()))
+                }
                 _ => false,
             };
             if !ok {

@@ -86,6 +86,8 @@ pub enum FetchError {
     Status { what: &'static str, status: u16 },
     #[error("{what} is not valid: {reason}")]
     Invalid { what: &'static str, reason: String },
+    #[error("a fetch was made moments ago or is under way")]
+    InProgress,
 }
 
 /// The outcome of a key lookup.
@@ -179,16 +181,26 @@ impl JwksCache {
         }
     }
 
-    /// Finds the key for a token, refetching once per window when it is unknown.
+    /// Finds the key for a token, refetching once per window when it is unknown. While no key
+    /// set has ever loaded, requests do not queue behind a fetch: they get `Unavailable` at once,
+    /// and the window holds for them too (the background refresher keeps retrying).
     pub async fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> KeyLookup {
         if let Some(key) = self.find(kid, alg) {
             return KeyLookup::Found(key);
         }
-        let may_refetch = !self.is_loaded()
-            || lock(&self.last_fetch).is_none_or(|t| t.elapsed() >= UNKNOWN_KID_REFETCH);
-        if may_refetch {
-            let _ = self.refresh_if_due(UNKNOWN_KID_REFETCH).await;
-            if let Some(key) = self.find(kid, alg) {
+        let loaded = self.is_loaded();
+        if self.window_open() {
+            let fetched = if loaded {
+                self.refresh_if_due(UNKNOWN_KID_REFETCH).await
+            } else {
+                match self.fetch_lock.try_lock() {
+                    Ok(guard) => self.refresh_locked(guard, UNKNOWN_KID_REFETCH).await,
+                    Err(_) => Err(FetchError::InProgress),
+                }
+            };
+            if fetched.is_ok()
+                && let Some(key) = self.find(kid, alg)
+            {
                 return KeyLookup::Found(key);
             }
         }
@@ -199,13 +211,29 @@ impl JwksCache {
         }
     }
 
-    /// Fetches unless another fetch finished less than `min_age` ago. Concurrent callers share one
+    /// Whether a request may trigger a fetch: at most one per [`UNKNOWN_KID_REFETCH`].
+    fn window_open(&self) -> bool {
+        lock(&self.last_fetch).is_none_or(|t| t.elapsed() >= UNKNOWN_KID_REFETCH)
+    }
+
+    /// Fetches unless another fetch started less than `min_age` ago. Concurrent callers share one
     /// fetch: the lock is taken, and the age re-checked, before any request is made.
     pub async fn refresh_if_due(&self, min_age: Duration) -> Result<(), FetchError> {
-        let _guard = self.fetch_lock.lock().await;
-        let recent = lock(&self.last_fetch).is_some_and(|t| t.elapsed() < min_age);
-        if recent && self.is_loaded() {
-            return Ok(());
+        let guard = self.fetch_lock.lock().await;
+        self.refresh_locked(guard, min_age).await
+    }
+
+    async fn refresh_locked(
+        &self,
+        _guard: tokio::sync::MutexGuard<'_, ()>,
+        min_age: Duration,
+    ) -> Result<(), FetchError> {
+        if lock(&self.last_fetch).is_some_and(|t| t.elapsed() < min_age) {
+            return if self.is_loaded() {
+                Ok(())
+            } else {
+                Err(FetchError::InProgress)
+            };
         }
         // Stamp the attempt before it is made: a failing provider is asked once per window too.
         *lock(&self.last_fetch) = Some(Instant::now());

@@ -58,7 +58,8 @@ impl HmacKey {
         }
     }
 
-    fn get(&self) -> Arc<DecodingKey> {
+    /// The current key and the secret generation it was built from.
+    fn get(&self) -> (u64, Arc<DecodingKey>) {
         let current = self.secret.get();
         {
             let guard = self
@@ -66,7 +67,7 @@ impl HmacKey {
                 .read()
                 .unwrap_or_else(std::sync::PoisonError::into_inner);
             if guard.0 == current.generation() {
-                return Arc::clone(&guard.1);
+                return (guard.0, Arc::clone(&guard.1));
             }
         }
         let fresh = Arc::new(DecodingKey::from_secret(current.expose().as_bytes()));
@@ -75,7 +76,11 @@ impl HmacKey {
             .write()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         *guard = (current.generation(), Arc::clone(&fresh));
-        fresh
+        (current.generation(), fresh)
+    }
+
+    fn generation(&self) -> u64 {
+        self.secret.get().generation()
     }
 }
 
@@ -115,6 +120,17 @@ impl From<BrokerError> for LocalOutcome {
 struct VerifiedSession {
     identity: Arc<Identity>,
     valid_until: Instant,
+    /// For a session verified with a shared secret: the issuer and the secret's generation. A
+    /// rotated secret makes the entry worthless, even one stored while the rotation happened.
+    hmac: Option<(usize, u64)>,
+}
+
+/// What verifying a token established.
+struct Verified {
+    identity: Identity,
+    /// Unix seconds until which the answer may be reused.
+    reuse_until: u64,
+    hmac: Option<(usize, u64)>,
 }
 
 struct UntilTokenExpiry;
@@ -327,11 +343,27 @@ impl SessionVerifier {
         if token.len() > MAX_TOKEN_BYTES {
             return None;
         }
-        self.verified
-            .get(&digest(token))
-            .await
-            .filter(|seen| seen.valid_until > Instant::now())
-            .map(|seen| Arc::clone(&seen.identity))
+        self.recall(&digest(token)).await
+    }
+
+    /// A remembered session, unless it expired or its issuer's secret rotated since.
+    async fn recall(&self, digest: &[u8; 32]) -> Option<Arc<Identity>> {
+        let seen = self.verified.get(digest).await?;
+        if seen.valid_until <= Instant::now() || !self.still_current(seen.hmac) {
+            return None;
+        }
+        Some(Arc::clone(&seen.identity))
+    }
+
+    /// Whether the shared secret a session was verified with is still the issuer's.
+    fn still_current(&self, hmac: Option<(usize, u64)>) -> bool {
+        match hmac {
+            None => true,
+            Some((index, generation)) => match self.issuers.get(index).map(|i| &i.keys) {
+                Some(IssuerKeys::Hmac(key)) => key.generation() == generation,
+                _ => false,
+            },
+        }
     }
 
     /// Verifies a session token and maps its claims to an identity. A token verified before is
@@ -341,42 +373,51 @@ impl SessionVerifier {
             return Err(BrokerError::Unauthenticated(AuthFailure::TooLarge));
         }
         let digest = digest(token);
-        if let Some(seen) = self.verified.get(&digest).await
-            && seen.valid_until > Instant::now()
-        {
-            return Ok(Arc::clone(&seen.identity));
+        if let Some(identity) = self.recall(&digest).await {
+            return Ok(identity);
         }
-        let (identity, reuse_until) = match self.verify_jwt(token).await {
+        let verified = match self.verify_jwt(token).await {
             Ok(verified) => verified,
             Err(LocalOutcome::Refused(e)) => return Err(e),
             Err(LocalOutcome::NotForUs(failure)) => match &self.introspector {
                 Some(introspector) => {
                     let answer = introspector.introspect(token, &digest).await?;
-                    (answer.identity, answer.reuse_until)
+                    Verified {
+                        identity: answer.identity,
+                        reuse_until: answer.reuse_until,
+                        hmac: None,
+                    }
                 }
                 None => return Err(BrokerError::Unauthenticated(failure)),
             },
         };
-        let identity = Arc::new(identity);
-        let left = reuse_until.saturating_sub(jsonwebtoken::get_current_timestamp());
-        if left > 0 {
+        let identity = Arc::new(verified.identity);
+        let left = verified
+            .reuse_until
+            .saturating_sub(jsonwebtoken::get_current_timestamp());
+        // A session verified with a secret that rotated meanwhile is not remembered.
+        if left > 0 && self.still_current(verified.hmac) {
             let session = VerifiedSession {
                 identity: Arc::clone(&identity),
                 valid_until: Instant::now() + Duration::from_secs(left).min(MAX_REMEMBERED),
+                hmac: verified.hmac,
             };
             self.verified.insert(digest, Arc::new(session)).await;
         }
         Ok(identity)
     }
 
-    /// Verifies a JWT locally; returns the identity and the token's `exp`.
-    async fn verify_jwt(&self, token: &str) -> Result<(Identity, u64), LocalOutcome> {
+    /// Verifies a JWT locally. `NotForUs` means the token may be for introspection: it is not a
+    /// JWT at all (opaque), or a JWT whose `iss` is the introspection issuer; a JWT of any other
+    /// unknown issuer is refused here (`UntrustedIssuer`), never sent to the provider.
+    async fn verify_jwt(&self, token: &str) -> Result<Verified, LocalOutcome> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(_sig), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
         else {
             return Err(LocalOutcome::NotForUs(AuthFailure::Malformed));
         };
+        // Three segments whose first is a JOSE header make a JWT; anything else is opaque.
         let header: PeekHeader = decode_segment(header_b64).map_err(LocalOutcome::NotForUs)?;
         if header.crit.is_some() {
             // We understand no extension, so a token that demands one must be refused (RFC 7515 §4.1.11).
@@ -387,20 +428,36 @@ impl SessionVerifier {
                 AuthFailure::UnsupportedAlgorithm,
             ))?
             .get();
-        let peek: PeekClaims = decode_segment(payload_b64).map_err(LocalOutcome::NotForUs)?;
-        let index = peek
+        let peek: PeekClaims = decode_segment(payload_b64)
+            .map_err(|_| BrokerError::Unauthenticated(AuthFailure::Malformed))?;
+        let Some(index) = peek
             .iss
             .as_deref()
             .and_then(|iss| self.by_iss.get(iss))
             .copied()
-            .ok_or(LocalOutcome::NotForUs(AuthFailure::UntrustedIssuer))?;
+        else {
+            let introspected = self
+                .introspector
+                .as_ref()
+                .is_some_and(|i| i.issuer().is_some() && i.issuer() == peek.iss.as_deref());
+            return Err(if introspected {
+                LocalOutcome::NotForUs(AuthFailure::Malformed)
+            } else {
+                BrokerError::Unauthenticated(AuthFailure::UntrustedIssuer).into()
+            });
+        };
         let issuer = &self.issuers[index];
         let policy = issuer.policy(alg).ok_or(BrokerError::Unauthenticated(
             AuthFailure::UnsupportedAlgorithm,
         ))?;
 
+        let mut hmac = None;
         let claims = match &issuer.keys {
-            IssuerKeys::Hmac(key) => decode_claims(token, &key.get(), &policy.validation)?,
+            IssuerKeys::Hmac(key) => {
+                let (generation, key) = key.get();
+                hmac = Some((index, generation));
+                decode_claims(token, &key, &policy.validation)?
+            }
             IssuerKeys::Jwks(cache) => match cache.lookup(header.kid.as_deref(), alg).await {
                 KeyLookup::Found(key) => decode_claims(token, &key.key, &policy.validation)?,
                 KeyLookup::Unknown => {
@@ -425,7 +482,11 @@ impl SessionVerifier {
                 .complete(&self.http, &issuer.claims, token, subject, &mut identity)
                 .await;
         }
-        Ok((identity, exp))
+        Ok(Verified {
+            identity,
+            reuse_until: exp,
+            hmac,
+        })
     }
 }
 

@@ -3,7 +3,7 @@
 
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use testkit::prelude::*;
 
 async fn refused(app: &TestApp, token: &str, case: &str) {
     let resp = app.token(token).await;

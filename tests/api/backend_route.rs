@@ -1,6 +1,6 @@
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use testkit::prelude::*;
 
 #[tokio::test]
 async fn backend_names_the_user() {

@@ -1,6 +1,6 @@
 use serde_json::json;
 
-use crate::helpers::*;
+use testkit::prelude::*;
 
 #[tokio::test]
 async fn per_user_limit_admits_exactly_burst_then_429() {

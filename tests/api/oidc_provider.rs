@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use testkit::prelude::*;
 
 struct Provider {
     child: Child,
@@ -161,15 +161,7 @@ async fn key_rotation_and_provider_outage() {
     provider.control("/down", json!({"mode": "503"})).await;
     let carol = provider.token("carol", "ES256").await;
     assert_eq!(app.token(&carol).await.status(), 200);
-    assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.readyz().await.0, 200);
 }
 
 fn introspection_table(provider: &Provider, ttl: u64) -> String {

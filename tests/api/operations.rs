@@ -4,22 +4,14 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::*;
+use testkit::prelude::*;
 
 #[tokio::test]
 async fn health_and_readiness() {
     let app = spawn_app(TestConfig::default()).await;
     let health = app.client.get(app.url("/healthz")).send().await.unwrap();
     assert_eq!(health.status(), 200);
-    let ready: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ready) = app.readyz().await;
     assert_eq!(ready["status"], "ready");
 }
 
@@ -285,16 +277,8 @@ async fn api_key_rotation_through_a_kubernetes_style_symlink_swap() {
         app.sim.last_authorization().unwrap(),
         "Bearer rotated-key-two"
     );
-    assert_eq!(app.state.stale_secrets(), vec!["intellia.api_key"]);
-    let ready: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    assert_eq!(app.parts.secrets.stale(), vec!["intellia.api_key"]);
+    let (_, ready) = app.readyz().await;
     assert_eq!(ready["checks"]["secrets"], "stale");
     assert_eq!(ready["status"], "ready");
 }

@@ -6,10 +6,10 @@ use std::time::Duration;
 
 use serde_json::json;
 
-use crate::helpers::*;
+use testkit::prelude::*;
 
 fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(BIN)
+    let out = Command::new(broker_bin())
         .args(args)
         .envs(env.iter().copied())
         .env_remove("BROKER_CONFIG")

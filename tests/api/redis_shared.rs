@@ -2,101 +2,26 @@
 //! to test outages): exact limits across replicas, one mint per user across replicas, encrypted
 //! tokens in Redis, and the `local` / `deny` fallbacks.
 
-use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use intellia_token_broker::intellia::simulator::{KeyPolicy, SimulatorConfig, SimulatorState};
+use intellia_token_broker::intellia::simulator::SimulatorState;
 use serde_json::Value;
+use testkit::app::simulator_config;
+use testkit::prelude::*;
+use testkit::redis::RedisServer;
 
-use crate::helpers::*;
-
-struct RedisServer {
-    port: u16,
-    child: Option<Child>,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut server = RedisServer { port, child: None };
-        server.restart();
-        server
-    }
-
-    fn restart(&mut self) {
-        let child = Command::new("redis-server")
-            .args([
-                "--port",
-                &self.port.to_string(),
-                "--bind",
-                "127.0.0.1",
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-            ])
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("redis-server is installed (scripts/test.sh installs it)");
-        self.child = Some(child);
-        for _ in 0..100 {
-            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        panic!("redis-server did not start");
-    }
-
-    fn kill(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    fn cli(&self, args: &[&str]) -> String {
-        let out = Command::new("redis-cli")
-            .args(["-p", &self.port.to_string()])
-            .args(args)
-            .output()
-            .unwrap();
-        String::from_utf8_lossy(&out.stdout).into_owned()
-    }
-
-    fn section(&self, mode: &str) -> String {
-        format!(
-            "\n[redis]\nurl = \"redis://127.0.0.1:{}\"\non_unavailable = \"{mode}\"\ntimeout_ms = 100\nreplicas = 2\n",
-            self.port
-        )
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        self.kill();
-    }
-}
-
-fn shared_simulator() -> (String, Arc<SimulatorState>) {
-    start_simulator(SimulatorConfig {
-        organization_id: Some(ORG.to_owned()),
-        keys: KeyPolicy::Keys(std::collections::HashMap::from([(
-            API_KEY.to_owned(),
-            true,
-        )])),
-        ..SimulatorConfig::default()
-    })
+/// The `[redis]` section of a replica: shared limits and cache through `redis`, `mode` when it is
+/// down.
+fn section(redis: &RedisServer, mode: &str) -> String {
+    format!(
+        "\n[redis]\nurl = \"{}\"\non_unavailable = \"{mode}\"\ntimeout_ms = 100\nreplicas = 2\n",
+        redis.url()
+    )
 }
 
 async fn replicas(n: usize, cfg: impl Fn() -> TestConfig) -> (Vec<TestApp>, Arc<SimulatorState>) {
-    let (url, sim) = shared_simulator();
+    let (url, sim) = start_simulator(simulator_config(&[]));
     let mut apps = Vec::new();
     for _ in 0..n {
         apps.push(spawn_app_with_simulator(cfg(), url.clone(), sim.clone()).await);
@@ -107,7 +32,7 @@ async fn replicas(n: usize, cfg: impl Fn() -> TestConfig) -> (Vec<TestApp>, Arc<
 async fn wait_for_redis(app: &TestApp) {
     for _ in 0..100 {
         if app
-            .state
+            .parts
             .metrics
             .encode()
             .lines()
@@ -125,7 +50,7 @@ async fn a_burst_spread_over_replicas_admits_exactly_burst() {
     let redis = RedisServer::start();
     let (apps, _) = replicas(3, || TestConfig {
         per_user: Some((10, 5)),
-        extra_toml: redis.section("local"),
+        extra_toml: section(&redis, "local"),
         ..TestConfig::default()
     })
     .await;
@@ -157,7 +82,7 @@ async fn a_burst_spread_over_replicas_admits_exactly_burst() {
 async fn fifty_concurrent_requests_across_replicas_make_one_upstream_call() {
     let redis = RedisServer::start();
     let (apps, sim) = replicas(3, || TestConfig {
-        extra_toml: redis.section("local"),
+        extra_toml: section(&redis, "local"),
         ..TestConfig::default()
     })
     .await;
@@ -209,7 +134,7 @@ async fn redis_outage_falls_back_to_local_limits_and_recovers() {
     let mut redis = RedisServer::start();
     let (apps, _) = replicas(2, || TestConfig {
         per_user: Some((600, 4)),
-        extra_toml: redis.section("local"),
+        extra_toml: section(&redis, "local"),
         ..TestConfig::default()
     })
     .await;
@@ -242,7 +167,7 @@ async fn redis_outage_falls_back_to_local_limits_and_recovers() {
         2,
         "{statuses:?}"
     );
-    let metrics = apps[0].state.metrics.encode();
+    let metrics = apps[0].parts.metrics.encode();
     assert!(
         metrics.contains("broker_redis_up 0"),
         "the degraded state is visible"
@@ -273,7 +198,7 @@ async fn redis_outage_under_deny_answers_503_quickly() {
     let mut redis = RedisServer::start();
     let (apps, sim) = replicas(1, || TestConfig {
         per_user: Some((600, 100)),
-        extra_toml: redis.section("deny"),
+        extra_toml: section(&redis, "deny"),
         ..TestConfig::default()
     })
     .await;
@@ -297,7 +222,7 @@ async fn redis_outage_under_deny_answers_503_quickly() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_broker_starts_and_serves_while_redis_is_down() {
     let mut redis = RedisServer::start();
-    let section = redis.section("local");
+    let section = section(&redis, "local");
     redis.kill();
     let (apps, _) = replicas(1, || TestConfig {
         per_user: Some((600, 10)),

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::helpers::*;
+use testkit::prelude::*;
 
 #[tokio::test]
 async fn rs256_and_es256_sessions_verify_against_the_jwks() {
@@ -100,15 +100,7 @@ async fn known_keys_keep_working_while_the_provider_is_down() {
         ))
         .await;
     assert_eq!(resp.status(), 200);
-    assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        200
-    );
+    assert_eq!(app.readyz().await.0, 200);
 }
 
 #[tokio::test]
@@ -122,15 +114,7 @@ async fn provider_down_from_the_start_is_not_ready_and_503() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    let ready: Value = app
-        .client
-        .get(app.url("/readyz"))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let (_, ready) = app.readyz().await;
     assert_eq!(ready["status"], "starting");
     let resp = app
         .token(&rs256(
@@ -161,15 +145,7 @@ async fn discovery_with_a_foreign_issuer_is_refused() {
     })
     .await;
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        app.client
-            .get(app.url("/readyz"))
-            .send()
-            .await
-            .unwrap()
-            .status(),
-        503
-    );
+    assert_eq!(app.readyz().await.0, 503);
 }
 
 #[tokio::test]

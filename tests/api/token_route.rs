@@ -1,6 +1,6 @@
 use serde_json::{Value, json};
 
-use crate::helpers::*;
+use testkit::prelude::*;
 
 #[tokio::test]
 async fn bearer_session_gets_a_two_hour_token() {

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 use intellia_token_broker::intellia::simulator::{Fault, KeyPolicy, SimulatorConfig};
 use serde_json::Value;
 
-use crate::helpers::*;
+use testkit::prelude::*;
 
 fn assert_no_upstream_body(body: &Value) {
     let text = body.to_string();

@@ -2,9 +2,6 @@
 //! keep-alive connections, a few microseconds of client work per request, so that on a 2-core
 //! machine most of the CPU goes to the server being measured rather than to the client.
 
-// Shared by several bench and test targets, each using part of it.
-#![allow(dead_code)]
-
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::Arc;

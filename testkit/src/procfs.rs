@@ -1,8 +1,5 @@
 //! A process's memory as `/proc` reports it, for the benchmarks and the memory-bound test.
 
-// Shared by several bench and test targets, each using part of it.
-#![allow(dead_code)]
-
 /// A `kB` field of `/proc/{pid}/status` (e.g. `VmRSS`, `VmHWM`; `pid` may be `self`), in bytes;
 /// 0 when the process or the field is gone.
 pub fn status_bytes(pid: &str, field: &str) -> u64 {

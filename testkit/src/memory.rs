@@ -3,15 +3,13 @@
 //! the peak and after idle eviction. Shared by the memory benchmark (`benches/memory.rs`, which
 //! reports) and the memory-bound test (`tests/memory_bounds.rs`, which asserts).
 
-// Shared by several bench and test targets, each using part of it.
-#![allow(dead_code)]
-
 use std::time::{Duration, Instant};
 
 use intellia_token_broker::cache::TokenCache;
-use intellia_token_broker::config::{CacheSettings, PerMinuteLimit, RateLimitSettings};
+use intellia_token_broker::config::{CacheSettings, Count, PerMinuteLimit, RateLimitSettings};
+use intellia_token_broker::identity::UserId;
 use intellia_token_broker::intellia::MintedToken;
-use intellia_token_broker::limits::Limits;
+use intellia_token_broker::limits::{Limits, RequestKeys};
 use secrecy::SecretString;
 use time::OffsetDateTime;
 
@@ -45,14 +43,22 @@ pub struct MemoryReport {
 /// Limits as deployed (a per-user bucket of 5), with a refill fast enough (10 ms per request)
 /// that the buckets are full again, and so evictable, within a second of the run.
 fn limits() -> Limits {
-    Limits::new(&RateLimitSettings {
+    let settings = RateLimitSettings {
         per_user: Some(PerMinuteLimit {
-            per_minute: 6_000,
-            burst: 5,
+            per_minute: Count::of(6_000),
+            burst: Count::of(5),
         }),
         per_ip: None,
         upstream: None,
-    })
+    };
+    Limits::new(&settings, None, 1)
+}
+
+fn for_user(user: &UserId) -> RequestKeys<'_> {
+    RequestKeys {
+        ip: None,
+        user: Some(user),
+    }
 }
 
 /// Tokens that stay fresh for `fresh` and are then evicted: expiry minus the default
@@ -63,7 +69,7 @@ fn minted(user_id: &str, fresh: Duration, token: &str) -> MintedToken {
         // A fresh allocation per user, as a real mint makes.
         token: SecretString::from(token.to_owned()),
         expires_at: OffsetDateTime::now_utc()
-            + Duration::from_secs(settings.min_remaining_secs)
+            + Duration::from_secs(settings.min_remaining_secs.get())
             + fresh,
         user_id: user_id.to_owned(),
         organization_id: "org-0123456789".to_owned(),
@@ -89,15 +95,15 @@ pub async fn drive(
     intellia_token_broker::allocator::enable_background_purge().expect("jemalloc is installed");
     let started = Instant::now();
     let limits = limits();
-    let cache = TokenCache::new(&CacheSettings::default());
+    let cache = TokenCache::new(&CacheSettings::default(), None, Duration::from_secs(5));
     // A 400-byte token: larger than the simulator's, in the range of signed JWTs.
     let token = "t".repeat(400);
-    let id = |i: usize| format!("zitadel|{i:018}");
+    let id = |i: usize| UserId::parse(format!("zitadel|{i:018}")).expect("a valid id");
 
     let (baseline, _) = rss();
     let pass = Instant::now();
     for i in 0..users {
-        let _ = limits.check_user(&id(i)).await;
+        let _ = limits.check(for_user(&id(i))).await;
     }
     let limiter_pass = pass.elapsed();
     let (limiter_only, _) = rss();
@@ -105,12 +111,14 @@ pub async fn drive(
     for i in 0..users {
         let user = id(i);
         if i >= cache_users {
-            let _ = limits.check_user(&user).await;
+            let _ = limits.check(for_user(&user)).await;
             continue;
         }
-        let _ = limits.check_user(&user).await;
+        let _ = limits.check(for_user(&user)).await;
         let _ = cache
-            .get_or_mint(&user, || async { Ok(minted(&user, fresh, &token)) })
+            .get_or_mint(&user, || async {
+                Ok::<_, ()>(minted(user.as_str(), fresh, &token))
+            })
             .await;
     }
     let cache_pass = pass.elapsed();

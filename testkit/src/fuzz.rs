@@ -1,7 +1,7 @@
-//! The fuzz entry points, one per target. The cargo-fuzz binaries in `fuzz_targets/` call them
-//! with libFuzzer's inputs; `tests/fuzz_replay.rs` includes this very file and calls them with the
-//! committed seeds and regression inputs, so whatever crashed a target once is replayed through
-//! the same code by plain `cargo test`, without nightly.
+//! The fuzz entry points, one per target. The cargo-fuzz binaries in `fuzz/fuzz_targets/` call
+//! them with libFuzzer's inputs; `tests/fuzz_replay.rs` calls them with the committed seeds and
+//! regression inputs, so whatever crashed a target once is replayed through the same code by plain
+//! `cargo test`, without nightly.
 //!
 //! Every entry drives the broker's real code and panics when an invariant of the product contract
 //! breaks: a 5xx or a body that is not problem+json where the contract says 4xx, a session that
@@ -25,7 +25,7 @@
 //!   leading status line the whole input is a 200 body.
 
 // Panicking is how a fuzz target reports a broken invariant.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+#![allow(clippy::panic)]
 
 use std::collections::HashMap;
 use std::net::TcpListener;
@@ -41,21 +41,22 @@ use actix_web::web::{self, Bytes};
 use actix_web::{App, HttpResponse, HttpServer, test};
 use base64::Engine;
 use futures_util::future::LocalBoxFuture;
-use intellia_token_broker::app::{AppState, Application, BuildOptions, public_app};
+use intellia_token_broker::app::{AppParts, Application, BuildOptions, public_app};
 use intellia_token_broker::cache::CachedToken;
 use intellia_token_broker::config::Settings;
 use intellia_token_broker::cors::CorsPolicy;
 use intellia_token_broker::error::{BrokerError, PROBLEM_JSON};
 use intellia_token_broker::intellia::UpstreamError;
-use intellia_token_broker::intellia::client::{
-    assume_role_url, error_for_status, parse_assume_role_body,
-};
+use intellia_token_broker::identity::Identity;
+use intellia_token_broker::intellia::client::{error_for_status, parse_assume_role_body};
 use intellia_token_broker::intellia::simulator::{Simulator, SimulatorConfig};
-use intellia_token_broker::routes::{TokenResponse, plausible_email, token_response};
-use intellia_token_broker::session::{Identity, valid_user_id};
+use intellia_token_broker::routes::{TokenResponse, token_response};
+use intellia_token_broker::session::credential;
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use serde_json::Value;
+
+use crate::jwt::now;
 
 /// What the broker made of an input. The replay test expects `accept-*` seeds to be accepted and
 /// `reject-*` seeds to be rejected; the fuzz targets ignore it.
@@ -118,10 +119,6 @@ const RSA_PUBLIC: &[u8] = include_bytes!("../../tests/fixtures/rsa-public.pem");
 const EC_PRIVATE: &[u8] = include_bytes!("../../tests/fixtures/ec-private.pem");
 const JWKS: &str = include_str!("../../tests/fixtures/jwks.json");
 
-fn now() -> u64 {
-    jsonwebtoken::get_current_timestamp()
-}
-
 // ---------------------------------------------------------------------------------------------
 // The world: the real application, built once per thread, against the simulator and a JWKS server.
 
@@ -136,7 +133,7 @@ type CallFn = Box<dyn Fn(test::TestRequest, Payload) -> LocalBoxFuture<'static, 
 
 struct World {
     system: actix_web::rt::SystemRunner,
-    state: web::Data<AppState>,
+    parts: AppParts,
     call: CallFn,
 }
 
@@ -229,10 +226,10 @@ max_entries = 10000
     )
 }
 
-/// Serves the fixture JWKS (keys `rsa-1` and `ec-1`) as an identity provider would.
+/// Serves the fixture JWKS (keys `rsa-1` and `ec-1`) as an identity provider would, on actix
+/// worker threads (so it answers while libFuzzer has the main thread).
 fn start_jwks_server() -> String {
-    let all: Value = serde_json::from_str(JWKS).expect("fixture JWKS");
-    let body = serde_json::json!({ "keys": [all["rsa-1"], all["ec-1"]] }).to_string();
+    let body = crate::idp::jwks(&["rsa-1", "ec-1"]).to_string();
     let listener = TcpListener::bind("127.0.0.1:0").expect("bind JWKS server");
     let base = format!("http://{}", listener.local_addr().expect("JWKS address"));
     let server = HttpServer::new(move || {
@@ -261,7 +258,7 @@ fn start_jwks_server() -> String {
 impl World {
     fn start() -> World {
         let system = actix_web::rt::System::new();
-        let (state, call) = system.block_on(async {
+        let (parts, call) = system.block_on(async {
             let simulator = Simulator::start(
                 TcpListener::bind("127.0.0.1:0").expect("bind simulator"),
                 SimulatorConfig {
@@ -296,17 +293,17 @@ impl World {
                 .await
                 .expect("the broker builds");
             let _ = std::fs::remove_dir_all(&dir);
-            let state = app.state();
+            let parts = app.parts();
             // A JWKS issuer answers 503 until its keys are loaded; fuzzing starts after that.
             for _ in 0..500 {
-                if state.verifier.keys_loaded() {
+                if parts.verifier.keys_loaded() {
                     break;
                 }
                 actix_web::rt::time::sleep(Duration::from_millis(10)).await;
             }
-            assert!(state.verifier.keys_loaded(), "the JWKS never loaded");
+            assert!(parts.verifier.keys_loaded(), "the JWKS never loaded");
 
-            let service = std::rc::Rc::new(test::init_service(public_app(state.clone())).await);
+            let service = std::rc::Rc::new(test::init_service(public_app(parts.clone())).await);
             let call: CallFn = Box::new(move |request: test::TestRequest, payload: Payload| {
                 let service = std::rc::Rc::clone(&service);
                 Box::pin(async move {
@@ -354,11 +351,11 @@ impl World {
             )]));
             let answer = call(warm_up, Payload::from(body)).await;
             assert_eq!(answer.status, 200, "warm-up mint: {:?}", answer.body);
-            (state, call)
+            (parts, call)
         });
         World {
             system,
-            state,
+            parts,
             call,
         }
     }
@@ -592,16 +589,31 @@ fn assert_genuine(token: &str, identity: &Identity) {
     assert_identity(identity);
 }
 
+/// Intellia's `userId` rule, written out again for the oracle: 1–256 characters, no control
+/// characters.
+fn valid_user_id(id: &str) -> bool {
+    (1..=256).contains(&id.chars().count()) && !id.chars().any(char::is_control)
+}
+
 fn assert_identity(identity: &Identity) {
+    let user_id = identity.user_id.as_str();
     assert!(
-        valid_user_id(&identity.user_id),
-        "identity with an invalid user id {:?}",
-        identity.user_id
+        valid_user_id(user_id),
+        "identity with an invalid user id {user_id:?}"
     );
     if let Some(email) = &identity.email {
-        assert!(plausible_email(email), "implausible e-mail {email:?}");
+        let email = email.as_str();
+        let (local, domain) = email.rsplit_once('@').expect("an e-mail without @");
+        assert!(
+            !local.is_empty()
+                && domain.contains('.')
+                && email.chars().count() <= 320
+                && !email.chars().any(|c| c.is_control() || c.is_whitespace()),
+            "implausible e-mail {email:?}"
+        );
     }
     if let Some(name) = &identity.name {
+        let name = name.as_str();
         assert!(
             !name.is_empty() && name.chars().count() <= 256 && !name.chars().any(char::is_control),
             "unacceptable name {name:?}"
@@ -624,7 +636,7 @@ pub fn session_token(data: &[u8]) -> Verdict {
     with_world(|world| {
         world.system.block_on(async {
             settle().await;
-            let verifier = &world.state.verifier;
+            let verifier = &world.parts.verifier;
             let mut verdicts = Vec::new();
             let mut bearer = b"Bearer ".to_vec();
             bearer.extend_from_slice(&token);
@@ -637,7 +649,9 @@ pub fn session_token(data: &[u8]) -> Verdict {
                 let request = test::TestRequest::default()
                     .insert_header((name, value))
                     .to_http_request();
-                let Ok(credential) = verifier.credential(&request) else {
+                let Ok(credential) =
+                    credential::find(&request, verifier.cookie_names())
+                else {
                     verdicts.push(Verdict::Rejected("no credential".into()));
                     continue;
                 };
@@ -948,11 +962,12 @@ pub fn config(data: &[u8]) -> Verdict {
         panic!("check-config printed a configuration that does not load ({e}):\n{shown}");
     }
     // Start-up must accept whatever validation accepted.
-    CorsPolicy::new(&settings.cors.allowed_origins, settings.cors.max_age_secs)
-        .unwrap_or_else(|e| panic!("validated origins refused at start-up: {e}"));
-    let url = assume_role_url(&settings.intellia)
-        .unwrap_or_else(|e| panic!("validated Intellia URL refused at start-up: {e}"));
-    let expected_tail = format!("/orgs/{}/assume-role", settings.intellia.organization_id);
+    let _ = CorsPolicy::new(&settings.cors);
+    let url = settings.intellia.assume_role_url();
+    let expected_tail = format!(
+        "/orgs/{}/assume-role",
+        settings.intellia.organization_id.as_str()
+    );
     assert!(
         url.path().ends_with(&expected_tail) && url.query().is_none() && url.fragment().is_none(),
         "intellia.base_url {:?} sends the mint to {url}",

@@ -5,193 +5,21 @@
 //! cleanly on SIGTERM (so it was never killed for writing a file), with no panic and no secret in
 //! anything it printed.
 
-use std::collections::HashMap;
-use std::path::PathBuf;
-use std::sync::Arc;
+mod harness;
+
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use intellia_token_broker::intellia::simulator::{KeyPolicy, SimulatorConfig, SimulatorState};
+use intellia_token_broker::intellia::simulator::SimulatorConfig;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use testkit::prelude::*;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 
-use crate::helpers::*;
-
-const LOG_LEVEL: &str = "trace";
-/// What the simulator says in its error bodies; the broker must never pass it on.
-const UPSTREAM_BODY_MARKERS: [&str; 3] = ["simulated failure", "sim-5f3a", "sim_truncated"];
-
-/// One broker process under test, and everything it was sent and answered, for the final checks.
-struct Matrix {
-    broker: BrokerProcess,
-    client: reqwest::Client,
-    dir: PathBuf,
-    /// Session tokens sent and chat tokens minted: none may appear in the output.
-    secrets: Vec<String>,
-    /// Headers and bodies of every error answer.
-    answers: String,
-    users: usize,
-}
-
-impl Matrix {
-    async fn start(cfg: &TestConfig, sim_url: &str) -> Matrix {
-        let dir = temp_dir();
-        write_config(cfg, &dir, sim_url, "127.0.0.1:0");
-        let config_dir = dir.clone();
-        let broker = tokio::task::spawn_blocking(move || {
-            BrokerProcess::serve_without_file_writes(&config_dir, LOG_LEVEL)
-        })
-        .await
-        .unwrap();
-        Matrix {
-            broker,
-            client: http_client(),
-            dir,
-            secrets: Vec::new(),
-            answers: String::new(),
-            users: 0,
-        }
-    }
-
-    async fn readyz(&self) -> (u16, Value) {
-        let resp = self
-            .client
-            .get(self.broker.url("/readyz"))
-            .send()
-            .await
-            .unwrap();
-        (resp.status().as_u16(), resp.json().await.unwrap())
-    }
-
-    async fn wait_ready(&self) {
-        self.wait_for("readiness", |(status, _)| status == 200)
-            .await;
-    }
-
-    /// Polls `/readyz` until `done` holds (at most ten seconds).
-    async fn wait_for(&self, what: &str, done: impl Fn((u16, Value)) -> bool) {
-        for _ in 0..200 {
-            if done(self.readyz().await) {
-                return;
-            }
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
-        panic!(
-            "{what}: never happened; readyz says {:?}",
-            self.readyz().await
-        );
-    }
-
-    /// A session of the HS256 issuer for a user not seen before (so the cache never answers).
-    fn fresh_session(&mut self) -> String {
-        self.users += 1;
-        let token = session(&format!("user-{}", self.users));
-        self.secrets.push(token.clone());
-        token
-    }
-
-    async fn token_with(&mut self, session_token: &str) -> reqwest::Response {
-        self.secrets.push(session_token.to_owned());
-        self.client
-            .post(self.broker.url("/v1/token"))
-            .bearer_auth(session_token)
-            .send()
-            .await
-            .unwrap()
-    }
-
-    async fn token(&mut self) -> reqwest::Response {
-        let s = self.fresh_session();
-        self.token_with(&s).await
-    }
-
-    /// Expects a minted token; remembers it as a secret.
-    async fn minted(&mut self, resp: reqwest::Response, row: &str) {
-        let status = resp.status().as_u16();
-        let body: Value = resp.json().await.unwrap();
-        assert_eq!(status, 200, "{row}: {body}");
-        self.secrets
-            .push(body["token"].as_str().unwrap().to_owned());
-    }
-
-    /// Expects a problem answer; returns its headers.
-    async fn problem(
-        &mut self,
-        resp: reqwest::Response,
-        status: u16,
-        code: &str,
-        row: &str,
-    ) -> reqwest::header::HeaderMap {
-        let headers = resp.headers().clone();
-        assert_eq!(resp.status().as_u16(), status, "{row}");
-        let body = assert_problem(resp, status, code).await;
-        self.answers
-            .push_str(&format!("{row}: {headers:?} {body}\n"));
-        headers
-    }
-
-    /// The process keeps serving: a normal request for a new user mints a token.
-    async fn still_serving(&mut self, after: &str) {
-        let resp = self.token().await;
-        self.minted(resp, &format!("a normal request after `{after}`"))
-            .await;
-    }
-
-    /// SIGTERM, then the checks every row shares. Returns the output for row-specific checks.
-    async fn finish(mut self, more_secrets: &[&str]) -> String {
-        let (status, output) = self.broker.stop().await;
-        assert!(
-            status.success(),
-            "the broker did not exit cleanly on SIGTERM ({status:?}); killed by SIGXFSZ means it \
-             wrote to a file"
-        );
-        assert!(output.len() > 1000, "output at trace level was captured");
-        assert!(!output.contains("panicked"), "a panic was printed");
-        self.secrets.extend(
-            [API_KEY, BACKEND_SECRET, HS_SECRET]
-                .into_iter()
-                .chain(more_secrets.iter().copied())
-                .map(str::to_owned),
-        );
-        assert_no_secret(&output, &self.secrets, "the broker's output");
-        assert_no_secret(&self.answers, &self.secrets, "an error answer");
-        for marker in UPSTREAM_BODY_MARKERS {
-            assert!(
-                !self.answers.contains(marker),
-                "an upstream body reached a client: {marker}"
-            );
-            assert!(
-                !output.contains(marker),
-                "an upstream body reached the log: {marker}"
-            );
-        }
-        output
-    }
-}
-
-fn intellia_simulator(extra_keys: &[&str]) -> (String, Arc<SimulatorState>) {
-    let keys = std::iter::once(API_KEY)
-        .chain(extra_keys.iter().copied())
-        .map(|k| (k.to_owned(), true))
-        .collect::<HashMap<_, _>>();
-    start_simulator(SimulatorConfig {
-        organization_id: Some(ORG.to_owned()),
-        keys: KeyPolicy::Keys(keys),
-        ..SimulatorConfig::default()
-    })
-}
-
-/// Sets the simulator's faults through its HTTP control API, as a test in another language would.
-async fn set_faults(client: &reqwest::Client, sim_url: &str, plan: Value) {
-    let resp = client
-        .post(format!("{sim_url}/__simulator/faults"))
-        .json(&plan)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 204, "fault plan {plan} accepted");
-}
+use harness::{
+    Matrix, ensure_open_files, head_with, intellia_simulator, raw_exchange, read_until_closed,
+    set_faults, slowloris,
+};
 
 #[tokio::test]
 async fn the_simulator_control_api_refuses_unknown_faults() {
@@ -559,60 +387,6 @@ async fn secret_files_deleted_emptied_rotated() {
     );
 }
 
-/// Reads what the server sends until it closes the connection or `limit` passes. Returns the
-/// bytes and, when it closed, after how long.
-async fn read_until_closed(
-    stream: &mut (impl AsyncReadExt + Unpin),
-    limit: Duration,
-) -> (String, Option<Duration>) {
-    let started = Instant::now();
-    let mut seen = Vec::new();
-    let mut chunk = [0u8; 8192];
-    loop {
-        match tokio::time::timeout_at((started + limit).into(), stream.read(&mut chunk)).await {
-            Ok(Ok(0) | Err(_)) => {
-                return (
-                    String::from_utf8_lossy(&seen).into_owned(),
-                    Some(started.elapsed()),
-                );
-            }
-            Ok(Ok(n)) => seen.extend_from_slice(&chunk[..n]),
-            Err(_) => return (String::from_utf8_lossy(&seen).into_owned(), None),
-        }
-    }
-}
-
-/// A slowloris client: sends `head`, then `drip` every 200 ms for up to twenty seconds, while
-/// reading. Returns what the server answered and when (counted from before the connection was
-/// opened, so never later than the server's own clock) it closed the connection.
-async fn slowloris(
-    addr: std::net::SocketAddr,
-    head: String,
-    drip: &'static [u8],
-) -> (String, Duration) {
-    let started = Instant::now();
-    let stream = TcpStream::connect(addr).await.unwrap();
-    let (mut rd, mut wr) = stream.into_split();
-    let writer = tokio::spawn(async move {
-        if wr.write_all(head.as_bytes()).await.is_err() {
-            return;
-        }
-        for _ in 0..100 {
-            tokio::time::sleep(Duration::from_millis(200)).await;
-            if wr.write_all(drip).await.is_err() {
-                return;
-            }
-        }
-    });
-    let (answer, closed) = read_until_closed(&mut rd, Duration::from_secs(20)).await;
-    writer.abort();
-    assert!(
-        closed.is_some(),
-        "the server closed the slow connection while it was still dripping"
-    );
-    (answer, started.elapsed())
-}
-
 /// Slow clients: a head or a body sent a byte at a time is cut off after `request_timeout_ms`
 /// (here 1 s) while everyone else is served.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -718,25 +492,6 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
     m.finish(&[]).await;
 }
 
-/// Sends `request` on a new connection; returns what came back before the server closed it.
-async fn raw_exchange(addr: std::net::SocketAddr, request: Vec<u8>) -> (String, bool) {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    // The server may answer and close before it has read everything; that is fine.
-    let _ = stream.write_all(&request).await;
-    let (answer, closed) = read_until_closed(&mut stream, Duration::from_secs(10)).await;
-    (answer, closed.is_some())
-}
-
-fn head_with(headers: impl IntoIterator<Item = String>) -> Vec<u8> {
-    let mut head = "GET /healthz HTTP/1.1\r\nHost: broker\r\n".to_owned();
-    for h in headers {
-        head.push_str(&h);
-        head.push_str("\r\n");
-    }
-    head.push_str("\r\n");
-    head.into_bytes()
-}
-
 /// Header floods and junk: answered by actix before any broker code runs (431 / 400 with an empty
 /// body and `Connection: close`) or, within the limits, by the broker as usual.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -812,42 +567,6 @@ async fn header_floods_are_refused_and_the_broker_keeps_serving() {
     m.finish(&[]).await;
 }
 
-/// The soft limit on open files of this process, raised towards the hard limit when it is
-/// below `needed` (with util-linux `prlimit`: the crate forbids the `unsafe` a direct
-/// `setrlimit` call takes).
-fn ensure_open_files(needed: u64) -> u64 {
-    let read = || -> (u64, u64) {
-        let limits = std::fs::read_to_string("/proc/self/limits").unwrap();
-        let line = limits
-            .lines()
-            .find(|l| l.starts_with("Max open files"))
-            .unwrap();
-        let mut numbers = line.split_whitespace().filter_map(|w| {
-            w.parse::<u64>()
-                .ok()
-                .or((w == "unlimited").then_some(u64::MAX))
-        });
-        (numbers.next().unwrap(), numbers.next().unwrap())
-    };
-    let (soft, hard) = read();
-    if soft < needed && hard >= needed {
-        let _ = std::process::Command::new("prlimit")
-            .arg(format!("--pid={}", std::process::id()))
-            .arg(format!("--nofile={needed}:"))
-            .status();
-    }
-    read().0
-}
-
-fn rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .unwrap_or_default()
-        .lines()
-        .find_map(|l| l.strip_prefix("VmRSS:"))
-        .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        .unwrap_or(0)
-}
-
 /// 10,000 idle connections (no byte sent): the broker keeps answering new requests while they
 /// are open, and closes every one of them after `request_timeout_ms` (a 408 first), giving its
 /// file descriptors back. The broker is its own process, so each side holds 10,000 sockets.
@@ -869,7 +588,7 @@ async fn ten_thousand_idle_connections_are_released_while_serving() {
     m.wait_ready().await;
     m.still_serving("start-up").await;
     let baseline = m.broker.open_fds();
-    let baseline_rss = rss_kib(m.broker.pid());
+    let baseline_rss = m.broker.rss() / 1024;
     let addr = m.broker.addr;
 
     let started = Instant::now();
@@ -883,7 +602,7 @@ async fn ten_thousand_idle_connections_are_released_while_serving() {
     let row = "10,000 idle connections open";
     m.still_serving(row).await;
     let held = m.broker.open_fds();
-    let rss = rss_kib(m.broker.pid());
+    let rss = m.broker.rss() / 1024;
     println!(
         "{IDLE} idle connections opened in {opened:?}; broker fds {baseline} -> {held}, \
          RSS {} -> {} MiB",

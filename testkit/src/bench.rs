@@ -1,0 +1,227 @@
+//! The benchmark fixture: the release broker and the Intellia simulator as real processes on
+//! loopback, configured from a scratch directory, for the load benchmark and the soak. The bench
+//! process serves the JWKS for RS256 sessions itself.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::json;
+
+use crate::consts::{API_KEY, AUDIENCE, BACKEND_SECRET, HS_SECRET, ORG};
+use crate::idp::{fixture_jwks, serve_jwks};
+use crate::jwt::{rsa_key, sign};
+use crate::loadgen::{Request, request};
+use crate::process::{BrokerProcess, broker_bin, free_addr, wait_ok};
+
+/// The runtime a benchmark's `main` runs on, or `None` when the target was started without
+/// `--bench`: `cargo test --benches` runs bench targets that way, and they do nothing then.
+pub fn runtime() -> Option<tokio::runtime::Runtime> {
+    if !std::env::args().any(|a| a == "--bench") {
+        return None;
+    }
+    Some(
+        tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build()
+            .expect("a tokio runtime"),
+    )
+}
+
+/// The HS256 issuer of a bench broker.
+pub const HS_ISSUER: &str = "https://hs.bench.example";
+/// The RS256 issuer of a bench broker (keys from the bench process's JWKS).
+pub const RS_ISSUER: &str = "https://rs.bench.example";
+
+pub struct Fixture {
+    pub dir: PathBuf,
+    pub simulator: BrokerProcess,
+    jwks: std::net::SocketAddr,
+    rsa: EncodingKey,
+    hs: EncodingKey,
+}
+
+impl Fixture {
+    /// Starts the simulator (a real process) and the JWKS endpoint.
+    pub async fn start(name: &str) -> Fixture {
+        let dir = std::env::temp_dir().join(format!("itb-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir).expect("scratch dir");
+        for (file, value) in [
+            ("api-key", API_KEY),
+            ("hs256", HS_SECRET),
+            ("backend", BACKEND_SECRET),
+        ] {
+            std::fs::write(dir.join(file), value).expect("secret file");
+        }
+        // Every fixture key, cacheable for an hour as a real provider would serve them.
+        let keys: Vec<_> = fixture_jwks()
+            .as_object()
+            .expect("the fixture JWKS is an object")
+            .values()
+            .cloned()
+            .collect();
+        let jwks = serve_jwks(json!({ "keys": keys }), Some(3600)).await;
+        let addr = free_addr();
+        let mut cmd = Command::new(broker_bin());
+        cmd.args(["simulate-intellia", "--listen", &addr.to_string()])
+            .args(["--organization-id", ORG, "--api-key-file"])
+            .arg(dir.join("api-key"));
+        let simulator = BrokerProcess::spawn_to_files(
+            cmd,
+            addr,
+            &dir.join("simulator.out"),
+            &dir.join("simulator.log"),
+        );
+        wait_ok(
+            addr,
+            "/__simulator/stats",
+            Instant::now(),
+            Duration::from_secs(10),
+        )
+        .await;
+        Fixture {
+            dir,
+            simulator,
+            jwks,
+            rsa: rsa_key("rsa-private.pem"),
+            hs: EncodingKey::from_secret(HS_SECRET.as_bytes()),
+        }
+    }
+
+    /// A complete config: HS256 and RS256 sessions, the backend route, the cache, `intellia` lines
+    /// added to that table, and `tail` (e.g. `[rate_limit.*]` tables) at the end.
+    pub fn config(
+        &self,
+        name: &str,
+        listen: std::net::SocketAddr,
+        intellia: &str,
+        tail: &str,
+    ) -> PathBuf {
+        let d = self.dir.display();
+        let text = format!(
+            r#"
+[server]
+listen = "{listen}"
+shutdown_grace_secs = 2
+drain_delay_secs = 0
+
+[intellia]
+base_url = "http://{sim}"
+organization_id = "{ORG}"
+api_key_file = "{d}/api-key"
+timeout_ms = 1000
+max_retries = 1
+{intellia}
+
+[[session.jwt]]
+issuer = "{HS_ISSUER}"
+audience = "{AUDIENCE}"
+hs256_secret_file = "{d}/hs256"
+algorithms = ["HS256"]
+
+[[session.jwt]]
+issuer = "{RS_ISSUER}"
+audience = "{AUDIENCE}"
+jwks_url = "http://{jwks}/jwks.json"
+algorithms = ["RS256"]
+
+[backend]
+secret_file = "{d}/backend"
+
+[cache]
+enabled = true
+
+{tail}
+"#,
+            sim = self.simulator.addr,
+            jwks = self.jwks,
+        );
+        let path = self.dir.join(format!("{name}.toml"));
+        std::fs::write(&path, text).expect("config file");
+        path
+    }
+
+    /// Starts a broker configured by [`Fixture::config`] and returns it with its start-up time
+    /// (spawn to `/readyz` 200). Its stdout is `{name}.log`, its stderr `{name}.stderr`.
+    pub async fn broker(
+        &self,
+        name: &str,
+        intellia: &str,
+        tail: &str,
+    ) -> (BrokerProcess, Duration) {
+        let addr = free_addr();
+        let config = self.config(name, addr, intellia, tail);
+        let started = Instant::now();
+        let mut cmd = Command::new(broker_bin());
+        cmd.args(["serve", "--config"]).arg(&config);
+        let broker = BrokerProcess::spawn_to_files(
+            cmd,
+            addr,
+            &self.dir.join(format!("{name}.log")),
+            &self.dir.join(format!("{name}.stderr")),
+        );
+        let Some(ready) = wait_ok(addr, "/readyz", started, Duration::from_secs(10)).await else {
+            panic!("broker {name} not ready:\n{}", broker.output());
+        };
+        (broker, ready)
+    }
+
+    pub fn hs_token(&self, sub: &str) -> String {
+        token(&self.hs, Header::new(Algorithm::HS256), HS_ISSUER, sub)
+    }
+
+    pub fn rs_token(&self, sub: &str) -> String {
+        let mut header = Header::new(Algorithm::RS256);
+        header.kid = Some("rsa-1".into());
+        token(&self.rsa, header, RS_ISSUER, sub)
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+}
+
+impl Drop for Fixture {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// `POST /v1/token` with a bearer session.
+pub fn token_request(token: &str) -> Request {
+    request(
+        "POST",
+        "/v1/token",
+        &[("Authorization", &format!("Bearer {token}"))],
+        b"",
+    )
+}
+
+/// `POST /v1/backend/token` with the backend secret and this JSON body.
+pub fn backend_request(body: &str) -> Request {
+    request(
+        "POST",
+        "/v1/backend/token",
+        &[
+            ("Authorization", &format!("Bearer {BACKEND_SECRET}")),
+            ("Content-Type", "application/json"),
+        ],
+        body.as_bytes(),
+    )
+}
+
+/// `POST /v1/backend/token` for this user.
+pub fn backend_request_for(user: &str) -> Request {
+    backend_request(&format!(r#"{{"userId":"{user}"}}"#))
+}
+
+fn token(key: &EncodingKey, header: Header, iss: &str, sub: &str) -> String {
+    let now = jsonwebtoken::get_current_timestamp();
+    let claims = json!({
+        "iss": iss, "aud": AUDIENCE, "sub": sub, "email": "bench@example.com",
+        "name": "Bench User", "iat": now, "nbf": now - 5, "exp": now + 3600,
+    });
+    sign(header, &claims, key)
+}
