@@ -46,8 +46,8 @@ use intellia_token_broker::cache::CachedToken;
 use intellia_token_broker::config::Settings;
 use intellia_token_broker::cors::CorsPolicy;
 use intellia_token_broker::error::{BrokerError, PROBLEM_JSON};
-use intellia_token_broker::intellia::UpstreamError;
 use intellia_token_broker::identity::Identity;
+use intellia_token_broker::intellia::UpstreamError;
 use intellia_token_broker::intellia::client::{error_for_status, parse_assume_role_body};
 use intellia_token_broker::intellia::simulator::{Simulator, SimulatorConfig};
 use intellia_token_broker::routes::{TokenResponse, token_response};
@@ -649,9 +649,7 @@ pub fn session_token(data: &[u8]) -> Verdict {
                 let request = test::TestRequest::default()
                     .insert_header((name, value))
                     .to_http_request();
-                let Ok(credential) =
-                    credential::find(&request, verifier.cookie_names())
-                else {
+                let Ok(credential) = credential::find(&request, verifier.cookie_names()) else {
                     verdicts.push(Verdict::Rejected("no credential".into()));
                     continue;
                 };
