@@ -351,3 +351,105 @@ where
     }
     false
 }
+
+/// The real binary at `RUST_LOG=trace` with a key the provider refuses: visitors get 503, the log
+/// has one ERROR naming the configuration problem, and neither the key, the assertion nor the
+/// roles appear anywhere in the output. `check-config` reads the key file and names what is wrong.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_logged_as_a_configuration_problem_without_secrets() {
+    let provider = Provider::start();
+    provider
+        .control("/client_auth", json!({"assertion_audience": "issuer"}))
+        .await;
+    let keys = provider.get("/client_key").await;
+    let (sim_url, _sim) = start_simulator(Default::default());
+    let dir = temp_dir();
+    let key_file = dir.join("zitadel-key.json");
+    write_key(&key_file, &keys["wrong"]["zitadel_json"].to_string());
+    let cfg = TestConfig {
+        extra_issuers: zitadel_tables(&provider, &key_file, &zitadel_roles()),
+        ..TestConfig::default()
+    };
+    write_config(&cfg, &dir, &sim_url, "127.0.0.1:0");
+
+    let check = |file_text: &str| {
+        write_key(&key_file, file_text);
+        let out = std::process::Command::new(broker_bin())
+            .args(["check-config", "--config"])
+            .arg(dir.join("config.toml"))
+            .output()
+            .unwrap();
+        let text = String::from_utf8_lossy(&out.stdout).into_owned()
+            + &String::from_utf8_lossy(&out.stderr);
+        (out.status.success(), text)
+    };
+    let (ok, text) = check(&keys["wrong"]["zitadel_json"].to_string());
+    assert!(ok, "{text}");
+    let mut mismatched = keys["zitadel_json"].clone();
+    mismatched["type"] = json!("serviceaccount");
+    let (ok, text) = check(&mismatched.to_string());
+    assert!(!ok);
+    assert!(
+        text.contains("session.introspection.client_key_file")
+            && text.contains("type serviceaccount"),
+        "{text}"
+    );
+    let (ok, text) = check(keys["pkcs8_pem"].as_str().unwrap());
+    assert!(!ok);
+    assert!(
+        text.contains("session.introspection.client_id must be set"),
+        "{text}"
+    );
+    write_key(&key_file, &keys["wrong"]["zitadel_json"].to_string());
+
+    let broker = BrokerProcess::serve(&dir, "trace");
+    let client = http_client();
+    let pat = provider.mint("sam", "opaque", &["chat-user"]).await;
+    let jwt = provider.mint("sam", "jwt", &["chat-user"]).await;
+    let resp = client
+        .post(broker.url("/v1/token"))
+        .bearer_auth(&pat)
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, 503, "upstream_unavailable").await;
+    // The JWT of the same person still works: only introspection is misconfigured.
+    let resp = client
+        .post(broker.url("/v1/token"))
+        .bearer_auth(&jwt)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_, output) = broker.stop().await;
+
+    let refused: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("introspection credentials refused"))
+        .collect();
+    assert_eq!(refused.len(), 1, "{output}");
+    for field in [
+        "\"level\":\"ERROR\"",
+        "\"client_auth\":\"private_key_jwt\"",
+        "\"status\":401",
+        "\"error\":\"invalid_client\"",
+        "\"key_id\":\"",
+    ] {
+        assert!(refused[0].contains(field), "{field}: {}", refused[0]);
+    }
+    let log = provider.assertions().await;
+    let jti = log[0]["claims"]["jti"].as_str().unwrap().to_owned();
+    let mut secrets: Vec<String> = Vec::new();
+    for pem in [&keys["wrong"]["pkcs1_pem"], &keys["wrong"]["pkcs8_pem"]] {
+        secrets.extend(
+            pem.as_str()
+                .unwrap()
+                .lines()
+                .filter(|l| !l.starts_with("-----"))
+                .map(str::to_owned),
+        );
+    }
+    secrets.extend([pat, jwt, jti, "chat-user".to_owned(), ROLES.to_owned()]);
+    assert_no_secret(&output, &secrets, "the broker's trace output");
+}
