@@ -212,13 +212,14 @@ impl SecretCell {
         }
         let value = self.source.read()?;
         check_length(&self.source, &value, self.min_len)?;
-        if let Some(check) = &self.check {
-            run_check(&self.source, &value, check)?;
-        }
         let new_fp = fingerprint(&value);
         let current = self.get();
         if new_fp == current.fingerprint {
             return Ok(false);
+        }
+        // Only a changed value is checked: the check may be costly (a key file is parsed).
+        if let Some(check) = &self.check {
+            run_check(&self.source, &value, check)?;
         }
         let next = Arc::new(SecretValue {
             value,

@@ -256,8 +256,9 @@ impl From<JwtIssuerSettings> for RawJwtIssuer {
     }
 }
 
-/// How the broker authenticates itself to the introspection endpoint (`client_auth`).
-#[derive(Clone, PartialEq, Eq)]
+/// How the broker authenticates itself to the introspection endpoint (`client_auth`). Holds
+/// paths and ids only; the secret and the key are read by the secrets registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum IntrospectionAuth {
     /// `client_secret_basic`: HTTP Basic with the client id and the secret from the file.
     SecretBasic {
@@ -273,31 +274,6 @@ pub enum IntrospectionAuth {
         client_id: Option<String>,
         key_id: Option<String>,
     },
-}
-
-impl std::fmt::Debug for IntrospectionAuth {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            IntrospectionAuth::SecretBasic {
-                client_id,
-                secret_file,
-            } => f
-                .debug_struct("SecretBasic")
-                .field("client_id", client_id)
-                .field("secret_file", secret_file)
-                .finish(),
-            IntrospectionAuth::PrivateKeyJwt {
-                key_file,
-                client_id,
-                key_id,
-            } => f
-                .debug_struct("PrivateKeyJwt")
-                .field("key_file", key_file)
-                .field("client_id", client_id)
-                .field("key_id", key_id)
-                .finish(),
-        }
-    }
 }
 
 /// The `client_auth` key as written.

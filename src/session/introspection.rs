@@ -117,6 +117,10 @@ impl Introspector {
                 audience: settings.assertion_audience(),
             },
         };
+        if let Credentials::Assertion { key, .. } = &credentials {
+            // Parse the key now rather than on the first visitor's request; a failure shows then.
+            let _ = key.get();
+        }
         Introspector {
             policy: ClaimPolicy::new(&settings.claims),
             settings: settings.clone(),
