@@ -28,4 +28,4 @@ pub mod routes;
 pub mod secrets;
 pub mod service;
 pub mod session;
-pub mod telemetry;
+mod telemetry;

@@ -178,6 +178,7 @@ hs256_secret_file = "{dir}/hs256"
 algorithms = ["HS256"]
 cookie = "{COOKIE}"
 leeway_secs = {hs_leeway}
+user_id_prefix = "hs:"
 
 [[session.jwt]]
 issuer = "{jwks_iss}"
@@ -185,6 +186,7 @@ audience = "{AUDIENCE}"
 jwks_url = "{jwks}/jwks.json"
 algorithms = ["RS256", "PS256", "ES256"]
 leeway_secs = {jwks_leeway}
+user_id_prefix = "jwks:"
 
 [[session.jwt]]
 issuer = "{claims}"

@@ -8,6 +8,7 @@ mod attacks;
 mod backend_route;
 mod cache;
 mod fault_matrix;
+mod isolation;
 mod limits;
 mod oidc_provider;
 mod operations;
