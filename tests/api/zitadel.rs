@@ -66,27 +66,11 @@ fn write_key(path: &Path, contents: &str) {
     std::fs::rename(&tmp, path).unwrap();
 }
 
-/// The base test issuer (HS256) and the provider are different issuers, so the base issuer
-/// needs a prefix of its own (§9.1) unless the test kit already gives it one.
-fn base_issuer_prefix() -> &'static str {
-    let base = write_config(
-        &TestConfig::default(),
-        &temp_dir(),
-        "http://127.0.0.1:1",
-        "127.0.0.1:0",
-    );
-    if base.contains("user_id_prefix") {
-        ""
-    } else {
-        "user_id_prefix = \"site:\"\n"
-    }
-}
-
 /// One Zitadel issuer reached two ways, with one id space: JWT access tokens verified locally
 /// and opaque tokens (PATs) introspected with `private_key_jwt`.
 fn zitadel_tables(provider: &Provider, key_file: &Path, jwt_roles: &str) -> String {
     format!(
-        r#"{base}
+        r#"
 [[session.jwt]]
 issuer = "{issuer}"
 audience = "{AUDIENCE}"
@@ -105,7 +89,6 @@ roles_claim = "{PROJECT_ROLES}"
 required_roles = ["chat-user", "chat-admin"]
 cache_ttl_secs = 60
 "#,
-        base = base_issuer_prefix(),
         issuer = provider.issuer(),
         url = provider.info["introspection_endpoint"].as_str().unwrap(),
         key = key_file.display(),
