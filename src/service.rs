@@ -68,14 +68,6 @@ impl TokenService {
         }
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
-    pub fn cache(&self) -> &TokenCache {
-        &self.cache
-    }
-
     fn limit_error(&self, error: LimitError) -> BrokerError {
         match error {
             LimitError::Limited(status) => self.rate_limited(status),

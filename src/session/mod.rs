@@ -6,10 +6,10 @@
 //! with leeway; or, for opaque tokens, by RFC 7662 introspection. The identity comes from the
 //! verified claims only ([`claims`]).
 
-pub mod claims;
+mod claims;
 pub mod credential;
-pub mod introspection;
-pub mod jwks;
+mod introspection;
+mod jwks;
 mod userinfo;
 
 use std::collections::HashMap;

@@ -442,8 +442,8 @@ async fn a_short_grace_period_alone_is_a_valid_configuration() {
         .await
         .unwrap();
     let started = Instant::now();
-    let (status, _) = broker.stop().await;
-    assert!(status.success());
+    let (status, output) = broker.stop().await;
+    assert!(status.success(), "{status:?}: {output}");
     assert!(
         started.elapsed() < Duration::from_secs(5),
         "{:?}",
