@@ -22,7 +22,9 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{JwtAlgorithm, JwtIssuerSettings, KeySource, SessionSettings, UserinfoSource};
+use crate::config::{
+    IntrospectionAuth, JwtAlgorithm, JwtIssuerSettings, KeySource, SessionSettings, UserinfoSource,
+};
 use crate::error::{AuthFailure, BrokerError};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
@@ -270,13 +272,20 @@ impl SessionVerifier {
         }
         let introspector = match &settings.introspection {
             Some(i) => {
-                let secret = secrets
-                    .get(SecretKind::IntrospectionClient)
-                    .ok_or_else(|| {
-                        "config key `session.introspection.client_secret_file`: not loaded"
-                            .to_owned()
-                    })?;
-                Some(Introspector::new(i, secret, http.clone()))
+                let (kind, key) = match &i.auth {
+                    IntrospectionAuth::SecretBasic { .. } => (
+                        SecretKind::IntrospectionClient,
+                        "session.introspection.client_secret_file",
+                    ),
+                    IntrospectionAuth::PrivateKeyJwt { .. } => (
+                        SecretKind::IntrospectionClientKey,
+                        "session.introspection.client_key_file",
+                    ),
+                };
+                let credential = secrets
+                    .get(kind)
+                    .ok_or_else(|| format!("config key `{key}`: not loaded"))?;
+                Some(Introspector::new(i, credential, http.clone()))
             }
             None => None,
         };

@@ -18,3 +18,4 @@ mod session_keys;
 mod testkit_selftest;
 mod token_route;
 mod upstream;
+mod zitadel;
