@@ -30,8 +30,7 @@ use crate::identity::{Identity, UserId};
 use crate::intellia::IntelliaClient;
 use crate::metrics::Metrics;
 use crate::secrets::{InlineSecrets, SecretKind, Secrets};
-use crate::session::introspection::Introspector;
-use crate::session::jwks::{DiscoveryDocument, usable_keys};
+use crate::session::{DiscoveryDocument, Introspector, Probe, usable_keys};
 
 /// The most any one check may take; with the start-up work this keeps a run under 30 s.
 pub const MAX_CHECK_SECS: u64 = 25;
@@ -161,14 +160,14 @@ async fn check_all(
     }
     if let Some(introspection) = &settings.session.introspection {
         let name = format!("introspection {}", introspection.url.as_str());
-        match secrets.and_then(|s| s.get(SecretKind::IntrospectionClient)) {
-            Some(secret) => {
-                let introspector = Introspector::new(introspection, secret, http.clone());
+        match secrets.map(|s| crate::session::introspector(introspection, s, &http)) {
+            Some(Ok(introspector)) => {
                 checks.push((
                     name,
                     Box::pin(async move { check_introspection(&introspector).await }.then_line()),
                 ));
             }
+            Some(Err(e)) => checks.push((name, Box::pin(std::future::ready(Line::fail("", e))))),
             None => checks.push((name, skipped())),
         }
     }
@@ -346,21 +345,40 @@ async fn check_discovery(http: &reqwest::Client, issuer: &str) -> Result<String,
 
 async fn check_introspection(introspector: &Introspector) -> Result<String, String> {
     match introspector.probe().await {
-        Err(e) => Err(transport_cause(&e)),
-        Ok((200, Some(false))) => {
-            Ok("credentials accepted (a made-up token is reported inactive)".to_owned())
-        }
-        Ok((200, Some(true))) => Err(
+        Probe::Unreachable(e) => Err(transport_cause(&e)),
+        Probe::KeyUnusable => Err(
+            "credentials unusable: the client key cannot sign an assertion (session.introspection.client_key_file)"
+                .to_owned(),
+        ),
+        Probe::Answered {
+            status: 200,
+            active: Some(false),
+            ..
+        } => Ok("credentials accepted (a made-up token is reported inactive)".to_owned()),
+        Probe::Answered {
+            status: 200,
+            active: Some(true),
+            ..
+        } => Err(
             "answered active for a made-up token: this is not a working introspection endpoint"
                 .to_owned(),
         ),
-        Ok((200, None)) => {
+        Probe::Answered { status: 200, .. } => {
             Err("HTTP 200 but the answer is not an introspection response".to_owned())
         }
-        Ok((status @ (401 | 403), _)) => Err(format!(
-            "credentials refused: HTTP {status} (check client_id and the client secret)"
-        )),
-        Ok((status, _)) => Err(format!("HTTP {status}")),
+        Probe::Answered { status, error, .. }
+            if matches!(status, 401 | 403)
+                || matches!(
+                    error.as_deref(),
+                    Some("invalid_client" | "unauthorized_client")
+                ) =>
+        {
+            Err(format!(
+                "credentials refused: HTTP {status}{} (check the client id and its secret or key)",
+                error.map(|e| format!(" {e}")).unwrap_or_default()
+            ))
+        }
+        Probe::Answered { status, .. } => Err(format!("HTTP {status}")),
     }
 }
 

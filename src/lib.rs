@@ -10,6 +10,7 @@ mod breaker;
 pub mod cache;
 pub mod cli;
 mod client_ip;
+pub mod client_key;
 pub mod config;
 mod console;
 pub mod cors;

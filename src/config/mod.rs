@@ -12,12 +12,12 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use session::{
-    ClaimRules, IntrospectionSettings, JwtIssuerSettings, KeySource, SessionSettings,
-    UserinfoSource,
+    ClaimRules, IntrospectionAuth, IntrospectionSettings, JwtIssuerSettings, KeySource, RoleRule,
+    SessionSettings, UserinfoSource,
 };
 pub use values::{
     BaseUrl, Bounded, ClaimName, CookieName, HttpUrl, JwtAlgorithm, KeyPrefix, OrganizationId,
-    OriginPattern, Ratio, RedisUrl, RequiredClaim, ServiceName, UserIdPrefix,
+    OriginPattern, Ratio, RedisUrl, RequiredClaim, RoleName, ServiceName, UserIdPrefix,
 };
 
 /// A configuration problem, phrased for the operator: it always names the key or path at fault.

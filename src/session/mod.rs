@@ -6,10 +6,13 @@
 //! with leeway; or, for opaque tokens, by RFC 7662 introspection. The identity comes from the
 //! verified claims only ([`claims`]).
 
-pub mod claims;
+mod claims;
 pub mod credential;
-pub mod introspection;
-pub mod jwks;
+mod introspection;
+mod jwks;
+
+pub(crate) use introspection::{Introspector, Probe};
+pub(crate) use jwks::{DiscoveryDocument, usable_keys};
 mod userinfo;
 
 use std::collections::HashMap;
@@ -22,13 +25,15 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{JwtAlgorithm, JwtIssuerSettings, KeySource, SessionSettings, UserinfoSource};
+use crate::config::{
+    IntrospectionAuth, IntrospectionSettings, JwtAlgorithm, JwtIssuerSettings, KeySource,
+    SessionSettings, UserinfoSource,
+};
 use crate::error::{AuthFailure, BrokerError};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::secrets::{SecretCell, SecretKind, Secrets};
 use claims::{ClaimPolicy, Claims};
-use introspection::Introspector;
 use jwks::{JwksCache, JwksSource, KeyLookup};
 
 /// Tokens larger than this are refused before any parsing.
@@ -210,6 +215,29 @@ fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
 }
 
+/// The introspector the settings describe, with its credential from the registry (the verifier's,
+/// and `doctor`'s).
+pub(crate) fn introspector(
+    i: &IntrospectionSettings,
+    secrets: &Secrets,
+    http: &reqwest::Client,
+) -> Result<Introspector, String> {
+    let (kind, key) = match &i.auth {
+        IntrospectionAuth::SecretBasic { .. } => (
+            SecretKind::IntrospectionClient,
+            "session.introspection.client_secret_file",
+        ),
+        IntrospectionAuth::PrivateKeyJwt { .. } => (
+            SecretKind::IntrospectionClientKey,
+            "session.introspection.client_key_file",
+        ),
+    };
+    let credential = secrets
+        .get(kind)
+        .ok_or_else(|| format!("config key `{key}`: not loaded"))?;
+    Ok(Introspector::new(i, credential, http.clone()))
+}
+
 impl SessionVerifier {
     /// Builds the verifier from the settings and the secrets they name.
     pub fn new(
@@ -270,15 +298,7 @@ impl SessionVerifier {
             });
         }
         let introspector = match &settings.introspection {
-            Some(i) => {
-                let secret = secrets
-                    .get(SecretKind::IntrospectionClient)
-                    .ok_or_else(|| {
-                        "config key `session.introspection.client_secret_file`: not loaded"
-                            .to_owned()
-                    })?;
-                Some(Introspector::new(i, secret, http.clone()))
-            }
+            Some(i) => Some(introspector(i, secrets, http)?),
             None => None,
         };
         Ok(SessionVerifier {

@@ -45,5 +45,5 @@ pub mod prelude {
     pub use crate::consts::*;
     pub use crate::idp::{FakeIdp, idp_claims, jwks_issuer};
     pub use crate::jwt::{claims, es256, hs256, now, raw_jwt, rs256, session};
-    pub use crate::process::{BrokerProcess, broker_bin};
+    pub use crate::process::{BrokerProcess, broker_bin, run_broker};
 }

@@ -53,15 +53,8 @@ async fn token_from(
 
 /// Runs the binary to completion with `args`; returns its exit code and stderr.
 fn run(args: &[&str]) -> (i32, String) {
-    let out = Command::new(broker_bin())
-        .args(args)
-        .env_remove("BROKER_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, stderr) = run_broker(args, &[]);
+    (code, stderr)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -21,3 +21,4 @@ mod testkit_selftest;
 mod token_route;
 mod traces;
 mod upstream;
+mod zitadel;
