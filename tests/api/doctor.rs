@@ -235,3 +235,67 @@ async fn hanging_endpoints_are_reported_within_the_bound() {
     let report = doctor(&dir, &["--timeout-secs", "60"]).await;
     assert_eq!(report.code, 2, "{}", report.stderr);
 }
+
+/// Introspection with Zitadel's `private_key_jwt` against the real OpenID provider fixture: our
+/// key accepted, then a key the provider does not know refused — and no key material printed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn introspection_credentials_accepted_and_refused() {
+    let provider = crate::oidc_provider::Provider::start();
+    provider
+        .control(
+            "/client_auth",
+            serde_json::json!({"assertion_audience": "issuer"}),
+        )
+        .await;
+    let keys: serde_json::Value = provider
+        .http
+        .get(format!(
+            "{}/client_key",
+            provider.info["control"].as_str().unwrap()
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let (sim_url, _sim) = start_simulator(simulator_config(&[]));
+    let dir = temp_dir();
+    let key_file = dir.join("zitadel-key.json");
+    let tables = format!(
+        "\n[[session.jwt]]\nissuer = \"{issuer}\"\naudience = \"{AUDIENCE}\"\ndiscovery = true\nalgorithms = [\"RS256\"]\nuser_id_prefix = \"zitadel:\"\n\n[session.introspection]\nurl = \"{url}\"\nclient_auth = \"private_key_jwt\"\nclient_key_file = \"{key}\"\nissuer = \"{issuer}\"\nuser_id_prefix = \"zitadel:\"\n",
+        issuer = provider.issuer(),
+        url = provider.info["introspection_endpoint"].as_str().unwrap(),
+        key = key_file.display(),
+    );
+    let cfg = TestConfig {
+        extra_issuers: tables,
+        ..TestConfig::default()
+    };
+    write_config(&cfg, &dir, &sim_url, "127.0.0.1:0");
+    let private_keys = [
+        keys["zitadel_json"]["key"].as_str().unwrap().to_owned(),
+        keys["wrong"]["zitadel_json"]["key"]
+            .as_str()
+            .unwrap()
+            .to_owned(),
+    ];
+
+    std::fs::write(&key_file, keys["zitadel_json"].to_string()).unwrap();
+    let report = doctor(&dir, &[]).await;
+    assert_eq!(report.code, 0, "{}\n{}", report.stdout, report.stderr);
+    report.assert_ok(&format!("issuer[1] {}", provider.issuer()));
+    report.assert_ok("introspection");
+    assert!(
+        report
+            .line("introspection")
+            .contains("credentials accepted")
+    );
+    assert_prints_no_secret(&report, &private_keys);
+
+    std::fs::write(&key_file, keys["wrong"]["zitadel_json"].to_string()).unwrap();
+    let report = doctor(&dir, &[]).await;
+    assert_eq!(report.code, 1, "{}", report.stdout);
+    report.assert_fail("introspection", "credentials refused: HTTP 401");
+    assert_prints_no_secret(&report, &private_keys);
+}
