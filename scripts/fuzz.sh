@@ -13,7 +13,7 @@ export CARGO_TERM_COLOR=${CARGO_TERM_COLOR:-never}
 export RUST_BACKTRACE=${RUST_BACKTRACE:-1}
 
 CARGO_FUZZ_VERSION=0.13.2
-ALL_TARGETS=(session_token token_request backend_request config intellia_response)
+ALL_TARGETS=(session_token token_request backend_request config intellia_response client_key)
 # Sanitizer: AddressSanitizer (cargo-fuzz's default) also watches the unsafe code in dependencies;
 # `FUZZ_SANITIZER=none` fuzzes faster (the broker forbids unsafe code; its bugs are panics).
 SANITIZER=${FUZZ_SANITIZER:-address}
@@ -40,6 +40,7 @@ max_len() {
     token_request | backend_request) echo 6144 ;;
     config) echo 8192 ;;
     intellia_response) echo 4096 ;;
+    client_key) echo 8192 ;;
   esac
 }
 

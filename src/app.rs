@@ -215,7 +215,7 @@ pub struct Application {
     /// Keeps the periodic tasks (secret poller, housekeeping) going while the application runs.
     _reloader: Arc<AppParts>,
     drain_delay: Duration,
-    handle_signals: bool,
+    signals: Option<Signals>,
 }
 
 /// Pending connections the kernel queues for `accept`: actix's own default, where std's
@@ -286,7 +286,7 @@ impl Application {
         settings: Settings,
         options: BuildOptions,
     ) -> Result<Application, StartupError> {
-        let handle_signals = options.handle_signals;
+        let signals = options.handle_signals.then(Signals::install);
         let parts = AppParts::build(&settings, options).map_err(StartupError::Invalid)?;
 
         parts.verifier.spawn_refreshers();
@@ -391,7 +391,7 @@ impl Application {
             parts,
             _reloader: reloader,
             drain_delay: Duration::from_secs(server_settings.drain_delay_secs()),
-            handle_signals,
+            signals,
         })
     }
 
@@ -420,11 +420,11 @@ impl Application {
     }
 
     /// Serves until stopped (by a signal when enabled, or through a [`ShutdownHandle`]).
-    pub async fn run_until_stopped(self) -> std::io::Result<()> {
-        if self.handle_signals {
+    pub async fn run_until_stopped(mut self) -> std::io::Result<()> {
+        if let Some(signals) = self.signals.take() {
             let handle = self.shutdown_handle();
             tokio::spawn(async move {
-                wait_for_signal().await;
+                signals.received().await;
                 handle.drain_and_stop().await;
             });
         }
@@ -467,27 +467,38 @@ impl ShutdownHandle {
     }
 }
 
-async fn wait_for_signal() {
+/// SIGTERM and SIGINT, listened for from the moment the application is built: a signal that
+/// arrives right after the "broker listening" line must drain the broker, not kill it.
+struct Signals {
     #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => tracing::info!("SIGTERM received"),
-                    _ = int.recv() => tracing::info!("SIGINT received"),
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn install() -> Signals {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            Signals {
+                term: signal(SignalKind::terminate()).ok(),
+                int: signal(SignalKind::interrupt()).ok(),
             }
         }
+        #[cfg(not(unix))]
+        Signals {}
     }
-    #[cfg(not(unix))]
-    {
+
+    async fn received(self) {
+        #[cfg(unix)]
+        if let (Some(mut term), Some(mut int)) = (self.term, self.int) {
+            tokio::select! {
+                _ = term.recv() => tracing::info!("SIGTERM received"),
+                _ = int.recv() => tracing::info!("SIGINT received"),
+            }
+            return;
+        }
         let _ = tokio::signal::ctrl_c().await;
     }
 }

@@ -1,5 +1,5 @@
-//! The command line: `serve`, `dev`, `check-config`, `simulate-intellia`, `healthcheck`,
-//! `--version`. Every failure ends as one line on stderr and a non-zero exit, never a panic.
+//! The command line: `serve`, `dev`, `check-config`, `doctor`, `simulate-intellia`,
+//! `healthcheck`, `--version`. Every failure ends as one line on stderr and a non-zero exit, never a panic.
 
 use std::collections::HashMap;
 use std::net::{SocketAddr, TcpListener};
@@ -14,7 +14,7 @@ use crate::config::{Settings, resolve_config_path};
 use crate::console;
 use crate::intellia::simulator::{KeyPolicy, Simulator, SimulatorConfig};
 use crate::secrets::{InlineSecrets, Secrets};
-use crate::telemetry::LogFormat;
+use crate::telemetry::{LogFormat, LogTarget};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -67,6 +67,21 @@ enum Command {
         #[arg(long, default_value_t = 7200, value_name = "SECS")]
         token_ttl_secs: u64,
     },
+    /// Check every live dependency (identity providers, introspection, Redis, Intellia), one line
+    /// each; exit 0 only when all pass. Never prints a secret. Bounded to 30 s.
+    Doctor {
+        /// Config file; defaults to $BROKER_CONFIG, else config/default.toml.
+        #[arg(long, value_name = "PATH")]
+        config: Option<PathBuf>,
+        /// Also mint one real token for this user id (Intellia creates unknown users) and print
+        /// only its expiry.
+        #[arg(long, value_name = "ID")]
+        mint_test_user: Option<String>,
+        /// Bound on each check (they run in parallel); at most 25, so a run ends within 30 s.
+        #[arg(long, default_value_t = 10, value_name = "SECS",
+              value_parser = clap::value_parser!(u64).range(1..=crate::doctor::MAX_CHECK_SECS))]
+        timeout_secs: u64,
+    },
     /// Print the OpenAPI document of the HTTP API.
     Openapi,
     /// Exit 0 when the broker's /healthz answers (for images without curl).
@@ -90,13 +105,37 @@ pub fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => return fail(&format!("cannot start the async runtime: {e}")),
     };
-    crate::telemetry::init(cli.log_format);
+    // `serve` loads its settings before logging starts, so traces are set up from them (a bad
+    // config is one line on stderr either way); `doctor` keeps stdout for its report.
+    let settings = match &cli.command {
+        Command::Serve { config } => {
+            let path = resolve_config_path(config.as_deref());
+            match Settings::load(&path) {
+                Ok(settings) => Some(settings),
+                Err(e) => return fail(&e.to_string()),
+            }
+        }
+        _ => None,
+    };
+    let target = match cli.command {
+        Command::Doctor { .. } => LogTarget::Stderr,
+        _ => LogTarget::Stdout,
+    };
+    let telemetry = {
+        let _runtime = runtime.enter();
+        crate::telemetry::init(
+            cli.log_format,
+            target,
+            settings.as_ref().map(|s| &s.telemetry),
+        )
+    };
     if let Err(message) = crate::allocator::enable_background_purge() {
         // Memory is still freed, only not returned to the OS while idle: worth a warning, not a
         // refusal to start.
         tracing::warn!("{message}");
     }
-    let result = runtime.block_on(run(cli.command));
+    let result = runtime.block_on(run(cli.command, settings));
+    telemetry.shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail(&message),
@@ -108,9 +147,20 @@ fn fail(message: &str) -> ExitCode {
     ExitCode::FAILURE
 }
 
-async fn run(command: Command) -> Result<(), String> {
+async fn run(command: Command, settings: Option<Settings>) -> Result<(), String> {
     match command {
-        Command::Serve { config } => serve(config).await,
+        Command::Serve { .. } => match settings {
+            Some(settings) => serve(settings).await,
+            None => Err("serve: no settings loaded".to_owned()),
+        },
+        Command::Doctor {
+            config,
+            mint_test_user,
+            timeout_secs,
+        } => {
+            let path = resolve_config_path(config.as_deref());
+            crate::doctor::run(&path, mint_test_user.as_deref(), timeout_secs).await
+        }
         Command::Dev { listen } => crate::dev::run(listen).await,
         Command::CheckConfig { config } => check_config(config),
         Command::SimulateIntellia {
@@ -127,9 +177,7 @@ async fn run(command: Command) -> Result<(), String> {
     }
 }
 
-async fn serve(config: Option<PathBuf>) -> Result<(), String> {
-    let path = resolve_config_path(config.as_deref());
-    let settings = Settings::load(&path).map_err(|e| e.to_string())?;
+async fn serve(settings: Settings) -> Result<(), String> {
     let app = Application::build(
         settings,
         BuildOptions {

@@ -1,7 +1,8 @@
 //! The one place outgoing HTTP clients are configured: rustls with the ring provider, no
 //! redirects (a redirect from Intellia or an identity provider is never followed with our
 //! credentials), and an honest User-Agent. `HTTPS_PROXY`/`NO_PROXY` are honoured, as egress proxies
-//! in clusters expect.
+//! in clusters expect. Every outgoing request goes through `traces::traced`, which carries the
+//! current trace on (W3C `traceparent`) when traces are on.
 
 use std::sync::Once;
 

@@ -41,6 +41,25 @@ pub struct IssuerLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RouteStatusLabels {
+    pub route: &'static str,
+    /// The numeric HTTP status the broker answered with (a closed set: the broker's own answers).
+    pub status: u16,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SourceLabels {
+    /// `jwt` or `introspection`.
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct IssuerIndexLabels {
+    /// Index of the `[[session.jwt]]` table, as in `broker_jwks_fetches_total`.
+    pub issuer: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SecretLabels {
     pub secret: &'static str,
 }
@@ -73,6 +92,9 @@ pub struct Metrics {
     pub redis_failures: Family<ReasonLabels, Counter>,
     pub redis_duration: Family<RedisOpLabels, Histogram>,
     pub upstream_circuit_open: Gauge,
+    pub request_duration: Family<RouteStatusLabels, Histogram>,
+    pub session_verify_duration: Family<SourceLabels, Histogram>,
+    pub jwks_last_success: Family<IssuerIndexLabels, Gauge>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -91,6 +113,12 @@ fn redis_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 13))
 }
 
+/// Whole requests and session checks: a cached answer takes well under a millisecond.
+fn request_histogram() -> Histogram {
+    // 0.5 ms .. ~16 s
+    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+}
+
 impl Default for Metrics {
     fn default() -> Self {
         Self::new()
@@ -99,7 +127,10 @@ impl Default for Metrics {
 
 impl Metrics {
     pub fn new() -> Metrics {
-        let mut registry = Registry::with_prefix("broker");
+        // Process metrics carry the conventional unprefixed names; everything else is `broker_`.
+        let mut root = Registry::default();
+        crate::process_metrics::register(&mut root);
+        let registry = root.sub_registry_with_prefix("broker");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(
             "requests",
@@ -200,10 +231,32 @@ impl Metrics {
             "Whether the circuit breaker toward Intellia is open (1) or closed (0)",
             upstream_circuit_open.clone(),
         );
+        let request_duration = Family::<RouteStatusLabels, Histogram>::new_with_constructor(
+            request_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "request_duration_seconds",
+            "Time from a request's arrival to its answer, by route and HTTP status",
+            request_duration.clone(),
+        );
+        let session_verify_duration = Family::<SourceLabels, Histogram>::new_with_constructor(
+            request_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "session_verify_duration_seconds",
+            "Time to verify a session not seen before, by source (jwt, introspection); includes key fetches and userinfo",
+            session_verify_duration.clone(),
+        );
+        let jwks_last_success = Family::<IssuerIndexLabels, Gauge>::default();
+        registry.register(
+            "jwks_last_success_timestamp_seconds",
+            "Unix time of the last successful JWKS fetch by issuer index (0 = never)",
+            jwks_last_success.clone(),
+        );
         let build_info = Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
         registry.register("build", "Build information", build_info);
         Metrics {
-            registry,
+            registry: root,
             requests,
             upstream_requests,
             upstream_duration,
@@ -220,7 +273,22 @@ impl Metrics {
             redis_failures,
             redis_duration,
             upstream_circuit_open,
+            request_duration,
+            session_verify_duration,
+            jwks_last_success,
         }
+    }
+
+    pub fn observe_request(&self, route: &'static str, status: u16, seconds: f64) {
+        self.request_duration
+            .get_or_create(&RouteStatusLabels { route, status })
+            .observe(seconds);
+    }
+
+    pub fn observe_session_verify(&self, source: &'static str, elapsed: Duration) {
+        self.session_verify_duration
+            .get_or_create(&SourceLabels { source })
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn observe_upstream(&self, status_class: &'static str, elapsed: Duration) {
@@ -267,6 +335,11 @@ mod tests {
         let m = Metrics::new();
         m.count_request("/v1/token", "ok");
         m.observe_upstream("2xx", Duration::from_millis(12));
+        m.observe_request("/v1/token", 200, 0.004);
+        m.observe_session_verify("jwt", Duration::from_millis(3));
+        m.jwks_last_success
+            .get_or_create(&IssuerIndexLabels { issuer: "0".into() })
+            .set(0);
         m.cache_requests
             .get_or_create(&ResultLabels { result: "hit" })
             .inc();
@@ -281,6 +354,10 @@ mod tests {
             "broker_build_info{version=",
             "broker_redis_duration_seconds_count{op=\"limits\"} 1",
             "broker_redis_failures_total{reason=\"auth\"} 1",
+            "broker_request_duration_seconds_bucket{le=\"0.001\",route=\"/v1/token\",status=\"200\"} 0",
+            "broker_request_duration_seconds_count{route=\"/v1/token\",status=\"200\"} 1",
+            "broker_session_verify_duration_seconds_count{source=\"jwt\"} 1",
+            "broker_jwks_last_success_timestamp_seconds{issuer=\"0\"} 0",
         ] {
             assert!(text.contains(series), "missing {series} in\n{text}");
         }

@@ -12,7 +12,8 @@ use std::sync::{Arc, RwLock};
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use crate::config::{ApiKeySource, KeySource, Settings};
+use crate::client_key::ClientKey;
+use crate::config::{ApiKeySource, IntrospectionAuth, KeySource, Settings};
 
 /// Why a secret could not be loaded; always names the path or variable, never the value.
 #[derive(Debug, thiserror::Error)]
@@ -23,6 +24,9 @@ pub enum SecretError {
     Env { name: String, reason: &'static str },
     #[error("secret {source_name} is shorter than {min} bytes")]
     TooShort { source_name: String, min: usize },
+    /// The content is not what the secret must be (e.g. a key file that holds no usable key).
+    #[error("secret {source_name} {reason}")]
+    Invalid { source_name: String, reason: String },
 }
 
 /// Where a secret comes from, so it can be read again when it rotates.
@@ -125,11 +129,16 @@ impl SecretValue {
     }
 }
 
+/// Checks a secret's content beyond its length (a key file must hold a usable key); the error
+/// says what is wrong, never the value.
+pub type SecretCheck = Arc<dyn Fn(&SecretString) -> Result<(), String> + Send + Sync>;
+
 /// A secret that can be swapped while requests are using it: readers take a cheap `Arc` snapshot
 /// and never hold the lock across an await.
 pub struct SecretCell {
     source: SecretSource,
     min_len: usize,
+    check: Option<SecretCheck>,
     current: RwLock<Arc<SecretValue>>,
 }
 
@@ -156,10 +165,24 @@ impl SecretCell {
         Ok(cell)
     }
 
+    /// Loads a secret whose content must pass `check`, now and after every rotation: a rotated
+    /// value that fails it is refused and the last good value stays in use.
+    pub fn load_checked(
+        source: SecretSource,
+        check: SecretCheck,
+    ) -> Result<SecretCell, SecretError> {
+        let value = source.read()?;
+        run_check(&source, &value, &check)?;
+        let mut cell = Self::with_value(source, value);
+        cell.check = Some(check);
+        Ok(cell)
+    }
+
     pub fn with_value(source: SecretSource, value: SecretString) -> SecretCell {
         SecretCell {
             source,
             min_len: 1,
+            check: None,
             current: RwLock::new(Arc::new(SecretValue {
                 fingerprint: fingerprint(&value),
                 value,
@@ -194,6 +217,10 @@ impl SecretCell {
         if new_fp == current.fingerprint {
             return Ok(false);
         }
+        // Only a changed value is checked: the check may be costly (a key file is parsed).
+        if let Some(check) = &self.check {
+            run_check(&self.source, &value, check)?;
+        }
         let next = Arc::new(SecretValue {
             value,
             fingerprint: new_fp,
@@ -221,6 +248,17 @@ fn check_length(
     })
 }
 
+fn run_check(
+    source: &SecretSource,
+    value: &SecretString,
+    check: &SecretCheck,
+) -> Result<(), SecretError> {
+    check(value).map_err(|reason| SecretError::Invalid {
+        source_name: format!("{source:?}"),
+        reason,
+    })
+}
+
 pub fn fingerprint(value: &SecretString) -> [u8; 32] {
     Sha256::digest(value.expose_secret().as_bytes()).into()
 }
@@ -232,6 +270,8 @@ pub enum SecretKind {
     Backend,
     SessionHs256(usize),
     IntrospectionClient,
+    /// The `private_key_jwt` key file (Zitadel's key JSON or a PEM RSA private key).
+    IntrospectionClientKey,
     RedisCache,
     RedisPassword,
 }
@@ -243,6 +283,7 @@ impl SecretKind {
             SecretKind::Backend => "backend.secret",
             SecretKind::SessionHs256(_) => "session.hs256_secret",
             SecretKind::IntrospectionClient => "session.introspection.client_secret",
+            SecretKind::IntrospectionClientKey => "session.introspection.client_key",
             SecretKind::RedisCache => "redis.cache_secret",
             SecretKind::RedisPassword => "redis.password",
         }
@@ -357,12 +398,34 @@ impl Secrets {
                 )?;
             }
         }
-        if let Some(intro) = &settings.session.introspection {
-            add(
+        match settings.session.introspection.as_ref().map(|i| &i.auth) {
+            None => {}
+            Some(IntrospectionAuth::SecretBasic { secret_file, .. }) => add(
                 SecretKind::IntrospectionClient,
                 "session.introspection.client_secret_file".into(),
-                SecretCell::load(SecretSource::File(intro.client_secret_file.clone())),
-            )?;
+                SecretCell::load(SecretSource::File(secret_file.clone())),
+            )?,
+            Some(IntrospectionAuth::PrivateKeyJwt {
+                key_file,
+                client_id,
+                key_id,
+            }) => {
+                let (client_id, key_id) = (client_id.clone(), key_id.clone());
+                let check: SecretCheck = Arc::new(move |text| {
+                    ClientKey::parse(
+                        text.expose_secret(),
+                        client_id.as_deref(),
+                        key_id.as_deref(),
+                    )
+                    .map(drop)
+                    .map_err(|e| e.to_string())
+                });
+                add(
+                    SecretKind::IntrospectionClientKey,
+                    "session.introspection.client_key_file".into(),
+                    SecretCell::load_checked(SecretSource::File(key_file.clone()), check),
+                )?;
+            }
         }
         if let Some(path) = settings
             .redis
@@ -529,5 +592,99 @@ mod tests {
         std::fs::write(&path, "short").unwrap_or_default();
         assert!(matches!(cell.reload(), Err(SecretError::TooShort { .. })));
         assert_eq!(cell.get().expose().len(), 32);
+    }
+
+    fn key_json(pem: &str, key_id: &str) -> String {
+        serde_json::json!({
+            "type": "application", "keyId": key_id, "key": pem,
+            "appId": "1", "clientId": "broker-jwt"
+        })
+        .to_string()
+    }
+
+    fn private_key_jwt_settings(path: &Path, key_id: Option<&str>) -> Settings {
+        let key_id = key_id.map_or(String::new(), |k| format!("key_id = \"{k}\"\n"));
+        Settings::from_toml_with_env(
+            &format!(
+                "[server]\n[intellia]\norganization_id = \"org\"\napi_key_env = \"UNUSED\"\n\
+                 [session.introspection]\nurl = \"https://auth.test/introspect\"\n\
+                 client_auth = \"private_key_jwt\"\nclient_key_file = \"{}\"\n{key_id}",
+                path.display()
+            ),
+            Vec::<(String, String)>::new(),
+        )
+        .expect("settings")
+    }
+
+    fn inline_api_key() -> InlineSecrets {
+        InlineSecrets {
+            api_key: Some("k".into()),
+            ..InlineSecrets::default()
+        }
+    }
+
+    #[test]
+    fn the_client_key_file_is_loaded_checked_and_rotated() {
+        let pkcs1 = include_str!("../tests/fixtures/rsa-private-pkcs1.pem");
+        let other = include_str!("../tests/fixtures/rsa-private-2.pem");
+        let path = temp_file("client-key.json", &key_json(pkcs1, "111"));
+        let secrets = Secrets::load(&private_key_jwt_settings(&path, None), inline_api_key())
+            .expect("a Zitadel key JSON loads");
+        let cell = secrets
+            .get(SecretKind::IntrospectionClientKey)
+            .expect("registered");
+        assert!(secrets.get(SecretKind::IntrospectionClient).is_none());
+        // A rotated file that holds no usable key is refused; the last good key stays.
+        std::fs::write(&path, "{\"type\":\"application\"}").unwrap_or_default();
+        let seen = secrets.reload();
+        assert!(
+            matches!(
+                &seen[..],
+                [Reload::Failed {
+                    kind: SecretKind::IntrospectionClientKey,
+                    first: true,
+                    ..
+                }]
+            ),
+            "{seen:?}"
+        );
+        assert_eq!(secrets.stale(), vec!["session.introspection.client_key"]);
+        assert_eq!(cell.get().generation(), 0);
+        // A good new key is taken.
+        std::fs::write(&path, key_json(other, "222")).unwrap_or_default();
+        secrets.reload();
+        assert_eq!(cell.get().generation(), 1);
+        assert!(secrets.stale().is_empty());
+    }
+
+    #[test]
+    fn a_bad_client_key_file_names_the_config_key_and_never_the_key() {
+        let pkcs1 = include_str!("../tests/fixtures/rsa-private-pkcs1.pem");
+        let path = temp_file("client-key-mismatch.json", &key_json(pkcs1, "111"));
+        let err = Secrets::load(
+            &private_key_jwt_settings(&path, Some("999")),
+            inline_api_key(),
+        )
+        .expect_err("key_id mismatch");
+        assert!(
+            err.starts_with("config key `session.introspection.client_key_file`: secret file "),
+            "{err}"
+        );
+        assert!(
+            err.contains("has keyId \"111\", but session.introspection.key_id is \"999\""),
+            "{err}"
+        );
+        assert!(!err.contains(pkcs1.lines().nth(1).unwrap_or("-")), "{err}");
+        let ec = include_str!("../tests/fixtures/ec-private.pem");
+        let path = temp_file("client-key-ec.pem", ec);
+        let err = Secrets::load(
+            &private_key_jwt_settings(&path, Some("1")),
+            inline_api_key(),
+        )
+        .expect_err("EC key");
+        assert!(
+            err.contains("session.introspection.client_id must be set"),
+            "{err}"
+        );
     }
 }

@@ -5,6 +5,8 @@
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use tracing::Instrument;
+
 use crate::cache::{CacheError, CachedToken, Provenance, TokenCache};
 use crate::error::BrokerError;
 use crate::identity::Identity;
@@ -68,14 +70,6 @@ impl TokenService {
         }
     }
 
-    pub fn limits(&self) -> &Limits {
-        &self.limits
-    }
-
-    pub fn cache(&self) -> &TokenCache {
-        &self.cache
-    }
-
     fn limit_error(&self, error: LimitError) -> BrokerError {
         match error {
             LimitError::Limited(status) => self.rate_limited(status),
@@ -104,6 +98,7 @@ impl TokenService {
         };
         self.limits
             .check(keys)
+            .instrument(tracing::info_span!("limits.check", subject = "ip"))
             .await
             .map_err(|e| self.limit_error(e))
     }
@@ -130,16 +125,28 @@ impl TokenService {
             ip: pending_ip,
             user: Some(&identity.user_id),
         };
-        let limit = match self.limits.check(keys).await {
+        let subject = if pending_ip.is_some() {
+            "ip+user"
+        } else {
+            "user"
+        };
+        let checked = self
+            .limits
+            .check(keys)
+            .instrument(tracing::info_span!("limits.check", subject))
+            .await;
+        let limit = match checked {
             Ok(Some(status)) => Some(RateLimitStatus::tightest(charged, status)),
             Ok(None) => charged,
             Err(e) => return Err(self.limit_error(e)),
         };
+        let cache_span = tracing::info_span!("cache.get_or_mint", result = tracing::field::Empty);
         let (token, provenance) = self
             .cache
             .get_or_mint(&identity.user_id, || async {
                 self.limits
                     .check_upstream()
+                    .instrument(tracing::info_span!("limits.check", subject = "upstream"))
                     .await
                     .map_err(|e| self.limit_error(e))?;
                 self.intellia
@@ -147,19 +154,20 @@ impl TokenService {
                     .await
                     .map_err(BrokerError::from)
             })
+            .instrument(cache_span.clone())
             .await
             .map_err(|e| match e {
                 CacheError::Mint(e) => e,
                 CacheError::SharedUnavailable => shared_state_unavailable(),
             })?;
+        let result = match provenance {
+            Provenance::Cached => "hit",
+            Provenance::Minted => "miss",
+        };
+        cache_span.record("result", result);
         self.metrics
             .cache_requests
-            .get_or_create(&ResultLabels {
-                result: match provenance {
-                    Provenance::Cached => "hit",
-                    Provenance::Minted => "miss",
-                },
-            })
+            .get_or_create(&ResultLabels { result })
             .inc();
         Ok(Issued {
             token,

@@ -9,12 +9,15 @@ use std::time::Instant;
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
 use actix_web::{Error, HttpMessage, web};
-use tracing::Span;
+use tracing::{Level, Span};
 use tracing_actix_web::RootSpanBuilder;
-use tracing_subscriber::EnvFilter;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
 
+use crate::config::TelemetrySettings;
 use crate::error::OutcomeCode;
 use crate::metrics::Metrics;
 
@@ -24,27 +27,90 @@ pub enum LogFormat {
     Pretty,
 }
 
-/// Installs the global subscriber. `RUST_LOG` sets the level (default `info`).
-pub fn init(format: LogFormat) {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
-    let registry = tracing_subscriber::registry().with(filter);
-    let result = match format {
-        LogFormat::Json => registry
-            .with(
-                tracing_subscriber::fmt::layer()
-                    .json()
-                    .flatten_event(true)
-                    .with_current_span(true)
-                    .with_span_list(false)
-                    .with_target(true),
-            )
-            .try_init(),
-        LogFormat::Pretty => registry
-            .with(tracing_subscriber::fmt::layer().with_target(false))
-            .try_init(),
+/// Where log lines go: stdout for the server, stderr for commands whose stdout is their answer
+/// (`doctor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    Stdout,
+    Stderr,
+}
+
+/// The installed logging and tracing; [`Telemetry::shutdown`] exports the spans still queued.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    traces: Option<crate::traces::TracePipeline>,
+}
+
+impl Telemetry {
+    pub fn shutdown(self) {
+        if let Some(pipeline) = self.traces {
+            pipeline.shutdown(std::time::Duration::from_secs(3));
+        }
+    }
+}
+
+/// Installs the global subscriber. `RUST_LOG` sets the log level (default `info`, or `warn` for
+/// [`LogTarget::Stderr`]). With `traces` resolving to an endpoint (DESIGN §9.6), this crate's
+/// spans are also exported through OpenTelemetry, whatever the log level. Must run inside the
+/// Tokio runtime.
+pub fn init(format: LogFormat, target: LogTarget, traces: Option<&TelemetrySettings>) -> Telemetry {
+    let default_level = match target {
+        LogTarget::Stdout => "info",
+        LogTarget::Stderr => "warn",
     };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+    let writer = match target {
+        LogTarget::Stdout => BoxMakeWriter::new(std::io::stdout),
+        LogTarget::Stderr => BoxMakeWriter::new(std::io::stderr),
+    };
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::with_capacity(2);
+    layers.push(match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_target(true)
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .with_target(false)
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
+    });
+    let mut warnings = Vec::new();
+    let mut telemetry = Telemetry::default();
+    if let Some(settings) = traces {
+        let (config, problems) = crate::traces::resolve(settings, |name| std::env::var(name).ok());
+        warnings = problems;
+        if let Some(config) = config {
+            match crate::traces::TracePipeline::build(&config) {
+                Ok((pipeline, tracer)) => {
+                    let spans = Targets::new().with_target(env!("CARGO_CRATE_NAME"), Level::INFO);
+                    layers.push(
+                        tracing_opentelemetry::layer()
+                            .with_tracer(tracer)
+                            .with_location(false)
+                            .with_threads(false)
+                            .with_tracked_inactivity(false)
+                            .with_filter(spans)
+                            .boxed(),
+                    );
+                    telemetry.traces = Some(pipeline);
+                }
+                Err(problem) => warnings.push(format!("{problem}; traces are off")),
+            }
+        }
+    }
     // Already installed (tests, or `dev` after an earlier init): keep the first.
-    let _ = result;
+    let _ = tracing_subscriber::registry().with(layers).try_init();
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    telemetry
 }
 
 #[derive(Debug, Clone)]
@@ -81,14 +147,27 @@ impl RootSpanBuilder for BrokerRootSpan {
         let ext = request.extensions();
         let request_id = ext.get::<RequestId>().map_or("", |r| r.0.as_str());
         let client_ip = ext.get::<ClientIp>().map(|c| c.0);
-        tracing::info_span!(
+        let route = route_label(request.path());
+        let span = tracing::info_span!(
             "request",
             request_id = %request_id,
             method = %request.method(),
-            route = route_label(request.path()),
+            route,
             client_ip = client_ip.map(tracing::field::display),
             user_id = tracing::field::Empty,
-        )
+            trace_id = tracing::field::Empty,
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        if crate::traces::enabled() {
+            span.record("otel.name", format!("{} {route}", request.method()));
+            span.record("otel.kind", "server");
+        }
+        if let Some(trace_id) = crate::traces::continue_trace(&span, request.headers()) {
+            span.record("trace_id", trace_id);
+        }
+        span
     }
 
     fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
@@ -116,13 +195,21 @@ impl RootSpanBuilder for BrokerRootSpan {
                 |c| c.0,
             );
         let request = response.request();
-        let latency_ms = request
+        let latency = request
             .extensions()
             .get::<RequestStart>()
-            .map_or(0.0, |s| s.0.elapsed().as_secs_f64() * 1000.0);
+            .map_or(0.0, |s| s.0.elapsed().as_secs_f64());
+        let latency_ms = latency * 1000.0;
         let route = route_label(request.path());
         if let Some(metrics) = request.app_data::<web::Data<Metrics>>() {
             metrics.count_request(route, code);
+            metrics.observe_request(route, status.as_u16(), latency);
+        }
+        if crate::traces::enabled() {
+            crate::traces::set_status_code(&span, status.as_u16());
+            if status.is_server_error() {
+                span.record("otel.status_code", "error");
+            }
         }
         let _entered = span.enter();
         if status.is_server_error() {

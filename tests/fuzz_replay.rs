@@ -77,3 +77,8 @@ fn config() {
 fn intellia_response() {
     replay("intellia_response", harness::intellia_response);
 }
+
+#[test]
+fn client_key() {
+    replay("client_key", harness::client_key);
+}

@@ -95,9 +95,12 @@ impl SharedTier {
         })
     }
 
-    fn fresh(&self, minted: MintedToken) -> Option<CachedToken> {
-        (!fresh_for(&minted, self.min_remaining).is_zero())
-            .then(|| CachedToken::with_origin(minted, self.min_remaining, Provenance::Cached))
+    /// The user's shared token, if another replica minted one that is still fresh enough.
+    async fn shared_fresh(&self, user_id: &UserId) -> Result<Option<CachedToken>, Unavailable> {
+        let found = self.get(user_id).await?;
+        Ok(found
+            .filter(|minted| !fresh_for(minted, self.min_remaining).is_zero())
+            .map(|minted| CachedToken::with_origin(minted, self.min_remaining, Provenance::Cached)))
     }
 
     /// A fresh token another replica minted, else this replica mints under the user's lock
@@ -119,12 +122,8 @@ impl SharedTier {
                 self.min_remaining,
             ))
         };
-        match self.get(user_id).await {
-            Ok(Some(found)) => {
-                if let Some(token) = self.fresh(found) {
-                    return Ok(token);
-                }
-            }
+        match self.shared_fresh(user_id).await {
+            Ok(Some(token)) => return Ok(token),
             Ok(None) => {}
             Err(Unavailable) if deny => return Err(CacheError::SharedUnavailable),
             Err(Unavailable) => return mint_alone(mint).await,
@@ -154,12 +153,8 @@ impl SharedTier {
                 break;
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
-            match self.get(user_id).await {
-                Ok(Some(found)) => {
-                    if let Some(token) = self.fresh(found) {
-                        return Ok(token);
-                    }
-                }
+            match self.shared_fresh(user_id).await {
+                Ok(Some(token)) => return Ok(token),
                 Ok(None) => {}
                 Err(Unavailable) if deny => return Err(CacheError::SharedUnavailable),
                 Err(Unavailable) => break,

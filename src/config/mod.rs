@@ -12,12 +12,12 @@ use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
 pub use session::{
-    ClaimRules, IntrospectionSettings, JwtIssuerSettings, KeySource, SessionSettings,
-    UserinfoSource,
+    ClaimRules, IntrospectionAuth, IntrospectionSettings, JwtIssuerSettings, KeySource, RoleRule,
+    SessionSettings, UserinfoSource,
 };
 pub use values::{
     BaseUrl, Bounded, ClaimName, CookieName, HttpUrl, JwtAlgorithm, KeyPrefix, OrganizationId,
-    OriginPattern, RedisUrl, RequiredClaim, UserIdPrefix,
+    OriginPattern, Ratio, RedisUrl, RequiredClaim, RoleName, ServiceName, UserIdPrefix,
 };
 
 /// A configuration problem, phrased for the operator: it always names the key or path at fault.
@@ -62,6 +62,34 @@ pub struct Settings {
     pub cache: CacheSettings,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub redis: Option<RedisSettings>,
+    #[serde(default)]
+    pub telemetry: TelemetrySettings,
+}
+
+/// OpenTelemetry traces (DESIGN §9.6). The standard `OTEL_*` variables take precedence; without an
+/// endpoint from either, traces are off and cost nothing.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct TelemetrySettings {
+    /// The collector's OTLP/HTTP base URL (`/v1/traces` is appended), e.g.
+    /// `http://otel-collector:4318`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub otlp_endpoint: Option<HttpUrl>,
+    #[serde(default = "default_service_name")]
+    pub service_name: ServiceName,
+    /// Share of new traces recorded; a caller's sampling decision is followed.
+    #[serde(default = "default_sample_ratio")]
+    pub sample_ratio: Ratio,
+}
+
+impl Default for TelemetrySettings {
+    fn default() -> Self {
+        TelemetrySettings {
+            otlp_endpoint: None,
+            service_name: default_service_name(),
+            sample_ratio: default_sample_ratio(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
@@ -470,6 +498,13 @@ fn default_replicas() -> Bounded<1, 1000> {
 }
 fn default_key_prefix() -> KeyPrefix {
     KeyPrefix::try_from("itb".to_owned()).unwrap_or_else(|_| unreachable!("a valid prefix"))
+}
+fn default_service_name() -> ServiceName {
+    ServiceName::try_from("intellia-token-broker".to_owned())
+        .unwrap_or_else(|_| unreachable!("a valid service name"))
+}
+fn default_sample_ratio() -> Ratio {
+    Ratio::ONE
 }
 fn default_true() -> bool {
     true

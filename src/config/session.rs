@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use serde::{Deserialize, Serialize};
 
 use super::values::{
-    Bounded, ClaimName, CookieName, HttpUrl, JwtAlgorithm, RequiredClaim, UserIdPrefix,
+    Bounded, ClaimName, CookieName, HttpUrl, JwtAlgorithm, RequiredClaim, RoleName, UserIdPrefix,
 };
 use super::{ConfigError, field_error};
 
@@ -28,6 +28,41 @@ pub struct ClaimRules {
     pub user_id_prefix: UserIdPrefix,
     /// `claim=value` conditions a session must meet; otherwise 403 `forbidden`.
     pub required_claims: Vec<RequiredClaim>,
+    /// Where the session's roles are, and which of them grant access.
+    pub roles: Option<RoleRule>,
+}
+
+/// `roles_claim` and `required_roles`: the claim holding the session's roles (an array of role
+/// names, or an object whose keys are role names, as Zitadel writes them) and the roles of which
+/// the session must hold at least one. An empty list requires nothing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleRule {
+    pub claim: ClaimName,
+    pub required: Vec<RoleName>,
+}
+
+impl RoleRule {
+    /// Parses `roles_claim` and `required_roles` as they appear in one session source.
+    fn from_raw(
+        claim: Option<ClaimName>,
+        required: Vec<RoleName>,
+    ) -> Result<Option<RoleRule>, String> {
+        match claim {
+            Some(claim) => Ok(Some(RoleRule { claim, required })),
+            None if required.is_empty() => Ok(None),
+            None => Err(field_error(
+                "required_roles",
+                "needs roles_claim: the claim that holds the roles, e.g. \"urn:zitadel:iam:org:project:roles\" or \"realm_access.roles\"",
+            )),
+        }
+    }
+
+    fn into_raw(rule: Option<RoleRule>) -> (Option<ClaimName>, Vec<RoleName>) {
+        match rule {
+            Some(rule) => (Some(rule.claim), rule.required),
+            None => (None, Vec::new()),
+        }
+    }
 }
 
 impl Default for ClaimRules {
@@ -38,6 +73,7 @@ impl Default for ClaimRules {
             name_claim: default_name_claim(),
             user_id_prefix: UserIdPrefix::default(),
             required_claims: Vec::new(),
+            roles: None,
         }
     }
 }
@@ -100,6 +136,10 @@ struct RawJwtIssuer {
     user_id_prefix: UserIdPrefix,
     #[serde(default)]
     required_claims: Vec<RequiredClaim>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    roles_claim: Option<ClaimName>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    required_roles: Vec<RoleName>,
     #[serde(default = "default_leeway_secs")]
     leeway_secs: Bounded<0, 300>,
     /// Fetch a missing e-mail or name from the provider's userinfo endpoint.
@@ -149,6 +189,7 @@ impl TryFrom<RawJwtIssuer> for JwtIssuerSettings {
                 ),
             ));
         }
+        let roles = RoleRule::from_raw(raw.roles_claim, raw.required_roles)?;
         let userinfo = match (raw.userinfo, raw.userinfo_url, &keys) {
             (false, None, _) => None,
             (_, Some(url), _) => Some(UserinfoSource::Url(url)),
@@ -172,6 +213,7 @@ impl TryFrom<RawJwtIssuer> for JwtIssuerSettings {
                 name_claim: raw.name_claim,
                 user_id_prefix: raw.user_id_prefix,
                 required_claims: raw.required_claims,
+                roles,
             },
             leeway_secs: raw.leeway_secs,
             userinfo,
@@ -191,6 +233,7 @@ impl From<JwtIssuerSettings> for RawJwtIssuer {
             Some(UserinfoSource::Url(url)) => (true, Some(url)),
             Some(UserinfoSource::Discovered) => (true, None),
         };
+        let (roles_claim, required_roles) = RoleRule::into_raw(s.claims.roles);
         RawJwtIssuer {
             issuer: s.issuer,
             audience: s.audience,
@@ -204,6 +247,8 @@ impl From<JwtIssuerSettings> for RawJwtIssuer {
             name_claim: s.claims.name_claim,
             user_id_prefix: s.claims.user_id_prefix,
             required_claims: s.claims.required_claims,
+            roles_claim,
+            required_roles,
             leeway_secs: s.leeway_secs,
             userinfo,
             userinfo_url,
@@ -211,13 +256,43 @@ impl From<JwtIssuerSettings> for RawJwtIssuer {
     }
 }
 
+/// How the broker authenticates itself to the introspection endpoint (`client_auth`). Holds
+/// paths and ids only; the secret and the key are read by the secrets registry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum IntrospectionAuth {
+    /// `client_secret_basic`: HTTP Basic with the client id and the secret from the file.
+    SecretBasic {
+        client_id: String,
+        secret_file: PathBuf,
+    },
+    /// `private_key_jwt` (RFC 7523, Zitadel's "JWT" method): a fresh RS256 client assertion per
+    /// call, signed with the key in `key_file` (Zitadel's key JSON or a PEM RSA private key).
+    /// `client_id` and `key_id` may come from the key JSON; where both are given they must agree,
+    /// which is checked when the key file is loaded (with every other secret).
+    PrivateKeyJwt {
+        key_file: PathBuf,
+        client_id: Option<String>,
+        key_id: Option<String>,
+    },
+}
+
+/// The `client_auth` key as written.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+enum ClientAuthMethod {
+    #[default]
+    ClientSecretBasic,
+    PrivateKeyJwt,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(try_from = "RawIntrospection", into = "RawIntrospection")]
 pub struct IntrospectionSettings {
     pub url: HttpUrl,
-    pub client_id: String,
-    pub client_secret_file: PathBuf,
-    /// When set, an `iss` in the introspection answer must equal it.
+    pub auth: IntrospectionAuth,
+    /// When set, an `iss` in the introspection answer must equal it. It is also what makes
+    /// introspection share a user-id space with a `[[session.jwt]]` of the same issuer, and the
+    /// `aud` of a `private_key_jwt` client assertion.
     pub issuer: Option<String>,
     /// When set, an `aud` in the introspection answer must contain it.
     pub audience: Option<String>,
@@ -229,12 +304,32 @@ pub struct IntrospectionSettings {
     pub negative_cache_secs: Bounded<0, 300>,
 }
 
+impl IntrospectionSettings {
+    /// The `aud` of a `private_key_jwt` client assertion: the provider's issuer. That is
+    /// `issuer` when set, else the origin of the introspection URL (Zitadel's issuer is the
+    /// origin of its endpoints; a provider whose issuer has a path needs `issuer` set).
+    pub fn assertion_audience(&self) -> String {
+        match &self.issuer {
+            Some(issuer) => issuer.clone(),
+            None => self.url.url().origin().ascii_serialization(),
+        }
+    }
+}
+
 #[derive(Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct RawIntrospection {
     url: HttpUrl,
-    client_id: String,
-    client_secret_file: PathBuf,
+    #[serde(default)]
+    client_auth: ClientAuthMethod,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_secret_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    client_key_file: Option<PathBuf>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     issuer: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -249,6 +344,10 @@ struct RawIntrospection {
     user_id_prefix: UserIdPrefix,
     #[serde(default)]
     required_claims: Vec<RequiredClaim>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    roles_claim: Option<ClaimName>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    required_roles: Vec<RoleName>,
     #[serde(default = "default_leeway_secs")]
     leeway_secs: Bounded<0, 300>,
     #[serde(default = "default_introspection_ttl")]
@@ -257,16 +356,91 @@ struct RawIntrospection {
     negative_cache_secs: Bounded<0, 300>,
 }
 
+/// A client id or key id: printable, no surrounding whitespace (it goes into a JWT and a form).
+fn identifier(field: &str, value: Option<String>) -> Result<Option<String>, String> {
+    match value {
+        None => Ok(None),
+        Some(v)
+            if v.is_empty()
+                || v.len() > 256
+                || v.trim() != v
+                || v.chars().any(char::is_control) =>
+        {
+            Err(field_error(
+                field,
+                "must be 1-256 printable characters without surrounding spaces",
+            ))
+        }
+        Some(v) => Ok(Some(v)),
+    }
+}
+
+fn parse_auth(raw: &mut RawIntrospection) -> Result<IntrospectionAuth, String> {
+    let client_id = identifier("client_id", raw.client_id.take())?;
+    let key_id = identifier("key_id", raw.key_id.take())?;
+    match raw.client_auth {
+        ClientAuthMethod::ClientSecretBasic => {
+            if raw.client_key_file.is_some() || key_id.is_some() {
+                let field = if raw.client_key_file.is_some() {
+                    "client_key_file"
+                } else {
+                    "key_id"
+                };
+                return Err(field_error(
+                    field,
+                    "belongs to client_auth = \"private_key_jwt\" (the default is client_secret_basic)",
+                ));
+            }
+            let client_id = client_id.ok_or_else(|| {
+                field_error(
+                    "client_id",
+                    "missing: client_secret_basic needs a client id",
+                )
+            })?;
+            let secret_file = raw.client_secret_file.take().ok_or_else(|| {
+                field_error(
+                    "client_secret_file",
+                    "missing: client_secret_basic needs the client secret's file",
+                )
+            })?;
+            Ok(IntrospectionAuth::SecretBasic {
+                client_id,
+                secret_file,
+            })
+        }
+        ClientAuthMethod::PrivateKeyJwt => {
+            if raw.client_secret_file.is_some() {
+                return Err(field_error(
+                    "client_secret_file",
+                    "is not used with client_auth = \"private_key_jwt\"; set client_key_file",
+                ));
+            }
+            let key_file = raw.client_key_file.take().ok_or_else(|| {
+                field_error(
+                    "client_key_file",
+                    "missing: private_key_jwt needs the key file (Zitadel's key JSON or a PEM RSA private key)",
+                )
+            })?;
+            Ok(IntrospectionAuth::PrivateKeyJwt {
+                key_file,
+                client_id,
+                key_id,
+            })
+        }
+    }
+}
+
 impl TryFrom<RawIntrospection> for IntrospectionSettings {
     type Error = String;
-    fn try_from(raw: RawIntrospection) -> Result<Self, String> {
-        if raw.client_id.is_empty() {
-            return Err(field_error("client_id", "must not be empty"));
+    fn try_from(mut raw: RawIntrospection) -> Result<Self, String> {
+        let auth = parse_auth(&mut raw)?;
+        if raw.issuer.as_deref().is_some_and(|i| i.trim().is_empty()) {
+            return Err(field_error("issuer", "must not be empty"));
         }
+        let roles = RoleRule::from_raw(raw.roles_claim, raw.required_roles)?;
         Ok(IntrospectionSettings {
             url: raw.url,
-            client_id: raw.client_id,
-            client_secret_file: raw.client_secret_file,
+            auth,
             issuer: raw.issuer,
             audience: raw.audience,
             claims: ClaimRules {
@@ -275,6 +449,7 @@ impl TryFrom<RawIntrospection> for IntrospectionSettings {
                 name_claim: raw.name_claim,
                 user_id_prefix: raw.user_id_prefix,
                 required_claims: raw.required_claims,
+                roles,
             },
             leeway_secs: raw.leeway_secs,
             cache_ttl_secs: raw.cache_ttl_secs,
@@ -285,10 +460,37 @@ impl TryFrom<RawIntrospection> for IntrospectionSettings {
 
 impl From<IntrospectionSettings> for RawIntrospection {
     fn from(s: IntrospectionSettings) -> RawIntrospection {
+        let (client_auth, client_id, client_secret_file, client_key_file, key_id) = match s.auth {
+            IntrospectionAuth::SecretBasic {
+                client_id,
+                secret_file,
+            } => (
+                ClientAuthMethod::ClientSecretBasic,
+                Some(client_id),
+                Some(secret_file),
+                None,
+                None,
+            ),
+            IntrospectionAuth::PrivateKeyJwt {
+                key_file,
+                client_id,
+                key_id,
+            } => (
+                ClientAuthMethod::PrivateKeyJwt,
+                client_id,
+                None,
+                Some(key_file),
+                key_id,
+            ),
+        };
+        let (roles_claim, required_roles) = RoleRule::into_raw(s.claims.roles);
         RawIntrospection {
             url: s.url,
-            client_id: s.client_id,
-            client_secret_file: s.client_secret_file,
+            client_auth,
+            client_id,
+            client_secret_file,
+            client_key_file,
+            key_id,
             issuer: s.issuer,
             audience: s.audience,
             user_id_claim: s.claims.user_id_claim,
@@ -296,6 +498,8 @@ impl From<IntrospectionSettings> for RawIntrospection {
             name_claim: s.claims.name_claim,
             user_id_prefix: s.claims.user_id_prefix,
             required_claims: s.claims.required_claims,
+            roles_claim,
+            required_roles,
             leeway_secs: s.leeway_secs,
             cache_ttl_secs: s.cache_ttl_secs,
             negative_cache_secs: s.negative_cache_secs,
@@ -411,3 +615,7 @@ fn default_introspection_ttl() -> Bounded<1, 3600> {
 fn default_negative_ttl() -> Bounded<0, 300> {
     Bounded::of(10)
 }
+
+#[cfg(test)]
+#[path = "session_tests.rs"]
+mod tests;

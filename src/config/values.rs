@@ -187,6 +187,63 @@ impl From<RedisUrl> for String {
     }
 }
 
+/// A fraction in `0.0..=1.0` (a trace sampling ratio).
+#[derive(Debug, Clone, Copy, PartialEq, PartialOrd, Deserialize, Serialize)]
+#[serde(try_from = "f64", into = "f64")]
+pub struct Ratio(f64);
+
+impl Ratio {
+    pub const ONE: Ratio = Ratio(1.0);
+
+    pub fn get(self) -> f64 {
+        self.0
+    }
+}
+
+impl TryFrom<f64> for Ratio {
+    type Error = String;
+    fn try_from(value: f64) -> Result<Self, String> {
+        if (0.0..=1.0).contains(&value) {
+            Ok(Ratio(value))
+        } else {
+            Err("must be between 0.0 and 1.0".to_owned())
+        }
+    }
+}
+
+impl From<Ratio> for f64 {
+    fn from(value: Ratio) -> f64 {
+        value.0
+    }
+}
+
+/// The `service.name` traces are reported under: 1-255 printable characters.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ServiceName(String);
+
+impl ServiceName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl TryFrom<String> for ServiceName {
+    type Error = String;
+    fn try_from(text: String) -> Result<Self, String> {
+        if text.trim().is_empty() || text.len() > 255 || text.chars().any(char::is_control) {
+            return Err("must be 1-255 printable characters".to_owned());
+        }
+        Ok(ServiceName(text))
+    }
+}
+
+impl From<ServiceName> for String {
+    fn from(name: ServiceName) -> String {
+        name.0
+    }
+}
+
 /// An algorithm a session JWT may be signed with. `none` (and every HMAC but HS256) has no
 /// representation, so it can never be allowed.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]

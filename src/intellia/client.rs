@@ -14,6 +14,7 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
+use tracing::Instrument;
 
 use crate::breaker::CircuitBreaker;
 use crate::config::IntelliaSettings;
@@ -205,7 +206,16 @@ impl IntelliaClient {
             if budget.is_zero() {
                 return Err(UpstreamError::Timeout);
             }
-            let outcome = self.attempt(req, budget).await;
+            let span = tracing::info_span!(
+                "intellia.attempt",
+                otel.kind = "client",
+                attempt = attempt + 1,
+                otel.status_code = tracing::field::Empty,
+            );
+            let outcome = self.attempt(req, budget).instrument(span.clone()).await;
+            if outcome.is_err() {
+                span.record("otel.status_code", "error");
+            }
             self.metrics
                 .observe_upstream(status_class(&outcome), started.elapsed());
             let error = match outcome {
@@ -248,9 +258,7 @@ impl IntelliaClient {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
             .map_err(|_| UpstreamError::Rejected { status: 401 })?;
         auth.set_sensitive(true);
-        let response = self
-            .http
-            .post(self.url.clone())
+        let response = crate::traces::traced(self.http.post(self.url.clone()))
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .timeout(timeout)
@@ -260,12 +268,39 @@ impl IntelliaClient {
             .map_err(classify_transport_error)?;
 
         let status = response.status();
+        crate::traces::set_status_code(&tracing::Span::current(), status.as_u16());
         if status.is_success() {
             let body = read_body(response).await?;
             return parse_assume_role_body(&body);
         }
         tracing::warn!(status = status.as_u16(), "Intellia answered with an error");
         Err(error_for_status(status, response.headers()))
+    }
+}
+
+impl IntelliaClient {
+    /// The assume-role URL, for `doctor`'s report.
+    pub fn url(&self) -> &reqwest::Url {
+        &self.url
+    }
+
+    /// Calls assume-role with our key and a body naming no user (`doctor`): a request that cannot
+    /// mint, since there is nobody to mint for. Intellia answers 400/422 once the key and the
+    /// organization are accepted, 401/403 when the key is refused, 404 for an unknown
+    /// organization. Returns the status; the body is never read.
+    pub async fn probe(&self) -> Result<reqwest::StatusCode, reqwest::Error> {
+        let key = self.api_key.get();
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+            .unwrap_or_else(|_| HeaderValue::from_static("Bearer -"));
+        auth.set_sensitive(true);
+        let response = crate::traces::traced(self.http.post(self.url.clone()))
+            .header(AUTHORIZATION, auth)
+            .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
+            .timeout(self.timeout)
+            .body("{}")
+            .send()
+            .await?;
+        Ok(response.status())
     }
 }
 

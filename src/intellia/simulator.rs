@@ -156,6 +156,7 @@ pub struct SimulatorState {
     calls: AtomicU64,
     minted: AtomicU64,
     last_authorization: Mutex<Option<String>>,
+    last_traceparent: Mutex<Option<String>>,
 }
 
 impl SimulatorState {
@@ -167,6 +168,7 @@ impl SimulatorState {
             calls: AtomicU64::new(0),
             minted: AtomicU64::new(0),
             last_authorization: Mutex::new(None),
+            last_traceparent: Mutex::new(None),
         })
     }
 
@@ -186,6 +188,12 @@ impl SimulatorState {
     /// The `Authorization` header of the last request, so tests can check the key sent.
     pub fn last_authorization(&self) -> Option<String> {
         lock(&self.last_authorization).clone()
+    }
+
+    /// The W3C `traceparent` header of the last request, so tests can check the trace is
+    /// carried on.
+    pub fn last_traceparent(&self) -> Option<String> {
+        lock(&self.last_traceparent).clone()
     }
 
     pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
@@ -238,6 +246,11 @@ async fn assume_role(
 ) -> HttpResponse {
     use actix_web::http::StatusCode;
     state.calls.fetch_add(1, Ordering::SeqCst);
+    *lock(&state.last_traceparent) = req
+        .headers()
+        .get("traceparent")
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
     let (latency, fault) = state.next_fault();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

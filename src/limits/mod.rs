@@ -6,7 +6,7 @@
 //! `on_unavailable = "local"`, each replica keeps its own ([`local`]) holding 1/replicas of every
 //! limit.
 
-pub mod failures;
+pub(crate) mod failures;
 mod local;
 mod shared;
 

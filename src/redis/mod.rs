@@ -406,6 +406,49 @@ impl RedisStore {
     }
 }
 
+/// Why `doctor`'s Redis check failed.
+#[derive(Debug)]
+pub enum Diagnosis {
+    /// `ca_file` unreadable, the URL refused.
+    Config(String),
+    Redis(redis::RedisError),
+    /// A cluster node says the cluster is not `ok`.
+    ClusterState(String),
+}
+
+/// One connection as `serve` makes it, `PING` (every primary of a cluster) and for a cluster
+/// `cluster_state`; for `doctor`. Returns what was checked.
+pub async fn diagnose(
+    settings: &RedisSettings,
+    password: Option<Arc<SecretCell>>,
+) -> Result<String, Diagnosis> {
+    crate::http_client::install_crypto_provider();
+    let connector = Connector::new(settings, password).map_err(Diagnosis::Config)?;
+    let mut connection = connector.connect().await.map_err(Diagnosis::Redis)?;
+    redis::cmd("PING")
+        .query_async::<()>(&mut connection)
+        .await
+        .map_err(Diagnosis::Redis)?;
+    if !settings.cluster {
+        return Ok("PING".to_owned());
+    }
+    let info: String = redis::cmd("CLUSTER")
+        .arg("INFO")
+        .query_async(&mut connection)
+        .await
+        .map_err(Diagnosis::Redis)?;
+    let state = info
+        .lines()
+        .find_map(|l| l.strip_prefix("cluster_state:"))
+        .unwrap_or("unknown")
+        .trim()
+        .to_owned();
+    if state != "ok" {
+        return Err(Diagnosis::ClusterState(state));
+    }
+    Ok("PING on every primary, cluster_state:ok".to_owned())
+}
+
 /// Connects (again when the password rotates), and pings Redis when no call told how it is, so
 /// `broker_redis_up` stays true on an idle replica. Ends when the store is dropped.
 async fn supervise(store: Weak<RedisStore>, connector: Arc<Connector>) {

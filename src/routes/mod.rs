@@ -91,31 +91,31 @@ pub enum TokenRouteResponses {
         ("RateLimit" = String, description = "Remaining quota of the tightest limit, e.g. `\"user\";r=4;t=12`"),
         ("RateLimit-Policy" = String, description = "The tightest limit, e.g. `\"user\";q=5;w=60`")
     ))]
-    Issued(#[to_schema] TokenResponse),
+    Issued(TokenResponse),
     /// The body did not arrive within request_timeout_ms; the connection is closed
     #[response(status = 408, content_type = "application/problem+json")]
-    RequestTimeout(#[to_schema] Problem),
+    RequestTimeout(Problem),
     /// Body over max_body_bytes
     #[response(status = 413, content_type = "application/problem+json")]
-    PayloadTooLarge(#[to_schema] Problem),
+    PayloadTooLarge(Problem),
     /// A rate limit is spent
     #[response(status = 429, content_type = "application/problem+json", headers(
         ("Retry-After" = u64, description = "Seconds to wait"),
         ("RateLimit" = String, description = "Remaining quota of the tightest limit, e.g. `\"user\";r=0;t=12`"),
         ("RateLimit-Policy" = String, description = "The tightest limit, e.g. `\"user\";q=5;w=60`")
     ))]
-    RateLimited(#[to_schema] Problem),
+    RateLimited(Problem),
     /// Intellia refused to mint
     #[response(status = 502, content_type = "application/problem+json")]
-    UpstreamRejected(#[to_schema] Problem),
+    UpstreamRejected(Problem),
     /// Intellia (or, on the browser route, the session provider) is unavailable, or shared limits cannot be checked
     #[response(status = 503, content_type = "application/problem+json", headers(
         ("Retry-After" = u64, description = "Seconds to wait, when known")
     ))]
-    UpstreamUnavailable(#[to_schema] Problem),
+    UpstreamUnavailable(Problem),
     /// Intellia did not answer in time
     #[response(status = 504, content_type = "application/problem+json")]
-    UpstreamTimeout(#[to_schema] Problem),
+    UpstreamTimeout(Problem),
 }
 
 /// Reads a request body up to `limit` bytes; more is a 413 without reading the rest.

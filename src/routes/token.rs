@@ -20,7 +20,7 @@ use crate::telemetry::ClientIp;
         TokenRouteResponses,
         (status = 401, description = "No, expired, malformed or untrusted session", body = super::Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
-        (status = 403, description = "Cookie credential from an origin that is not allowed, or a session without a required claim", body = super::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Cookie credential from an origin that is not allowed, or a session without a required claim or role", body = super::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn token(

@@ -1,9 +1,9 @@
 //! How verified claims become an identity: claim names (flat or dotted paths), the per-source
-//! user-id prefix, and the conditions a session must meet.
+//! user-id prefix, and the conditions a session must meet (required claims, required roles).
 
 use serde_json::{Map, Value};
 
-use crate::config::{ClaimRules, RequiredClaim};
+use crate::config::{ClaimRules, RequiredClaim, RoleRule};
 use crate::error::{AuthFailure, BrokerError};
 use crate::identity::{DisplayName, Email, Identity, UserId};
 
@@ -44,6 +44,38 @@ impl ClaimPolicy {
         )
     }
 
+    /// Whether the session holds at least one required role (true when none is required).
+    /// Roles are read from the roles claim: an array of role names (Keycloak's
+    /// `realm_access.roles`), or an object whose keys are role names (Zitadel's
+    /// `urn:zitadel:iam:org:project:roles`: `{"chat-user": {"<orgId>": "<domain>"}}`). Any
+    /// other shape holds no role.
+    fn holds_role(&self, claims: &Claims) -> bool {
+        let Some(RoleRule {
+            claim: name,
+            required,
+        }) = &self.rules.roles
+        else {
+            return true;
+        };
+        if required.is_empty() {
+            return true;
+        }
+        let held = |role: &str| required.iter().any(|r| r.as_str() == role);
+        match claim(claims, name.as_str()) {
+            Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).any(held),
+            Some(Value::Object(roles)) => roles.keys().any(|role| held(role)),
+            Some(_) => {
+                // The shape, never the roles: a misconfigured roles_claim is found from this.
+                tracing::debug!(
+                    claim = name.as_str(),
+                    "roles claim is neither an array nor an object"
+                );
+                false
+            }
+            None => false,
+        }
+    }
+
     fn text(claims: &Claims, name: &str) -> Option<String> {
         claim(claims, name)
             .and_then(Value::as_str)
@@ -74,6 +106,11 @@ impl ClaimPolicy {
                 "the session lacks a claim this service requires".into(),
             ));
         }
+        if !self.holds_role(claims) {
+            return Err(BrokerError::Forbidden(
+                "the session lacks a role this service requires".into(),
+            ));
+        }
         Ok(Identity {
             user_id,
             email: self.email(claims),
@@ -99,7 +136,99 @@ pub fn claim<'a>(claims: &'a Claims, name: &str) -> Option<&'a Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::{ClaimName, RoleName};
     use serde_json::json;
+
+    fn policy(roles_claim: &str, required: &[&str]) -> ClaimPolicy {
+        ClaimPolicy::new(&ClaimRules {
+            roles: Some(RoleRule {
+                claim: ClaimName::of(roles_claim),
+                required: required
+                    .iter()
+                    .map(|r| RoleName::try_from((*r).to_owned()).expect("role name"))
+                    .collect(),
+            }),
+            ..ClaimRules::default()
+        })
+    }
+
+    fn decide(policy: &ClaimPolicy, claims: serde_json::Value) -> Result<String, &'static str> {
+        let map = claims.as_object().expect("object");
+        match policy.identity(map) {
+            Ok(identity) => Ok(identity.user_id.as_str().to_owned()),
+            Err(BrokerError::Forbidden(_)) => Err("forbidden"),
+            Err(_) => Err("other"),
+        }
+    }
+
+    const ZITADEL: &str = "urn:zitadel:iam:org:project:roles";
+
+    #[test]
+    fn roles_as_an_array_of_names() {
+        let p = policy("realm_access.roles", &["chat-user", "admin"]);
+        let ok = json!({"sub": "u", "realm_access": {"roles": ["offline_access", "admin"]}});
+        assert_eq!(decide(&p, ok), Ok("u".into()));
+        let none = json!({"sub": "u", "realm_access": {"roles": ["offline_access"]}});
+        assert_eq!(decide(&p, none), Err("forbidden"));
+        // Non-strings in the array are not roles.
+        let odd = json!({"sub": "u", "realm_access": {"roles": [1, null, {"chat-user": 1}]}});
+        assert_eq!(decide(&p, odd), Err("forbidden"));
+    }
+
+    #[test]
+    fn roles_as_zitadel_object_keys() {
+        let p = policy(ZITADEL, &["chat-user"]);
+        let ok = json!({"sub": "u", ZITADEL: {"chat-user": {"2876543210987654321": "acme.example.com"}}});
+        assert_eq!(decide(&p, ok), Ok("u".into()));
+        // A role's value (org id → domain) is not a role name.
+        let other = json!({"sub": "u", ZITADEL: {"reader": {"chat-user": "acme.example.com"}}});
+        assert_eq!(decide(&p, other), Err("forbidden"));
+        let empty = json!({"sub": "u", ZITADEL: {}});
+        assert_eq!(decide(&p, empty), Err("forbidden"));
+        // The project-scoped claim works the same way.
+        let scoped = "urn:zitadel:iam:org:project:2876500000000000000:roles";
+        let p = policy(scoped, &["chat-user"]);
+        let ok = json!({"sub": "u", scoped: {"chat-user": {"1": "a"}}});
+        assert_eq!(decide(&p, ok), Ok("u".into()));
+    }
+
+    #[test]
+    fn roles_under_a_nested_path_and_flat_names_win() {
+        let p = policy("resource_access.chat-widget.roles", &["reader"]);
+        let ok = json!({"sub": "u", "resource_access": {"chat-widget": {"roles": ["reader"]}}});
+        assert_eq!(decide(&p, ok), Ok("u".into()));
+        // A claim literally named like the path is taken first.
+        let p = policy("app.roles", &["reader"]);
+        let flat = json!({"sub": "u", "app.roles": ["writer"], "app": {"roles": ["reader"]}});
+        assert_eq!(decide(&p, flat), Err("forbidden"));
+    }
+
+    #[test]
+    fn absent_or_wrongly_typed_roles_are_forbidden() {
+        let p = policy(ZITADEL, &["chat-user"]);
+        for claims in [
+            json!({"sub": "u"}),
+            json!({"sub": "u", ZITADEL: "chat-user"}),
+            json!({"sub": "u", ZITADEL: null}),
+            json!({"sub": "u", ZITADEL: true}),
+            json!({"sub": "u", ZITADEL: 7}),
+        ] {
+            assert_eq!(decide(&p, claims.clone()), Err("forbidden"), "{claims}");
+        }
+        // The user id is still checked first: no sub is a 401, not a 403.
+        assert_eq!(
+            decide(&p, json!({ZITADEL: {"chat-user": {}}})),
+            Err("other")
+        );
+    }
+
+    #[test]
+    fn a_roles_claim_without_required_roles_requires_nothing() {
+        let p = policy(ZITADEL, &[]);
+        assert_eq!(decide(&p, json!({"sub": "u"})), Ok("u".into()));
+        let p = ClaimPolicy::new(&ClaimRules::default());
+        assert_eq!(decide(&p, json!({"sub": "u"})), Ok("u".into()));
+    }
 
     #[test]
     fn nested_and_flat_claim_names() {

@@ -10,8 +10,9 @@ use std::time::{Duration, Instant};
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
+use tracing::Instrument;
 
-use crate::metrics::{IssuerLabels, Metrics};
+use crate::metrics::{IssuerIndexLabels, IssuerLabels, Metrics};
 
 /// An unknown `kid` triggers at most one fetch per this window, so a storm of forged kids costs
 /// the provider one request per window.
@@ -132,6 +133,13 @@ impl JwksCache {
         http: reqwest::Client,
         metrics: Arc<Metrics>,
     ) -> JwksCache {
+        // 0 = never fetched, until the first success.
+        metrics
+            .jwks_last_success
+            .get_or_create(&IssuerIndexLabels {
+                issuer: issuer_index.to_string(),
+            })
+            .set(0);
         JwksCache {
             issuer_index,
             source,
@@ -237,7 +245,16 @@ impl JwksCache {
         }
         // Stamp the attempt before it is made: a failing provider is asked once per window too.
         *lock(&self.last_fetch) = Some(Instant::now());
-        let result = self.fetch().await;
+        let span = tracing::info_span!(
+            "jwks.fetch",
+            otel.kind = "client",
+            issuer = self.issuer_index,
+            otel.status_code = tracing::field::Empty,
+        );
+        let result = self.fetch().instrument(span.clone()).await;
+        if result.is_err() {
+            span.record("otel.status_code", "error");
+        }
         let label = IssuerLabels {
             issuer: self.issuer_index.to_string(),
             result: if result.is_ok() { "ok" } else { "error" },
@@ -251,6 +268,12 @@ impl JwksCache {
                     Err(p) => *p.into_inner() = Arc::new(set),
                 }
                 self.loaded.store(true, Ordering::Release);
+                self.metrics
+                    .jwks_last_success
+                    .get_or_create(&IssuerIndexLabels {
+                        issuer: self.issuer_index.to_string(),
+                    })
+                    .set(time::OffsetDateTime::now_utc().unix_timestamp());
                 *lock(&self.next_refresh) =
                     max_age.map_or(DEFAULT_REFRESH, |a| a.clamp(MIN_REFRESH, MAX_REFRESH));
                 tracing::info!(issuer = self.issuer_index, keys = count, "JWKS loaded");
@@ -329,9 +352,7 @@ impl JwksCache {
         what: &'static str,
         url: &str,
     ) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
-        let mut response = self
-            .http
-            .get(url)
+        let mut response = crate::traces::traced(self.http.get(url))
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await
@@ -403,11 +424,24 @@ struct JwksDocument {
 }
 
 #[derive(Deserialize)]
-struct DiscoveryDocument {
-    issuer: String,
-    jwks_uri: String,
+pub(crate) struct DiscoveryDocument {
+    pub issuer: String,
+    pub jwks_uri: String,
     #[serde(default)]
-    userinfo_endpoint: Option<String>,
+    pub userinfo_endpoint: Option<String>,
+}
+
+/// How many keys of a JWKS document the verifier can use, and how many it holds (`doctor`).
+pub(crate) fn usable_keys(body: &[u8]) -> Result<(usize, usize), String> {
+    let doc: JwksDocument =
+        serde_json::from_slice(body).map_err(|e| format!("not a JWKS document ({e})"))?;
+    let total = doc.keys.len();
+    let usable = doc
+        .keys
+        .into_iter()
+        .filter(|k| parse_key(k.clone()).is_ok())
+        .count();
+    Ok((usable, total))
 }
 
 fn parse_max_age(cache_control: &str) -> Option<Duration> {

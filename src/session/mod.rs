@@ -6,10 +6,13 @@
 //! with leeway; or, for opaque tokens, by RFC 7662 introspection. The identity comes from the
 //! verified claims only ([`claims`]).
 
-pub mod claims;
+mod claims;
 pub mod credential;
-pub mod introspection;
-pub mod jwks;
+mod introspection;
+mod jwks;
+
+pub(crate) use introspection::{Introspector, Probe};
+pub(crate) use jwks::{DiscoveryDocument, usable_keys};
 mod userinfo;
 
 use std::collections::HashMap;
@@ -22,13 +25,15 @@ use jsonwebtoken::{Algorithm, DecodingKey, Validation};
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::config::{JwtAlgorithm, JwtIssuerSettings, KeySource, SessionSettings, UserinfoSource};
+use crate::config::{
+    IntrospectionAuth, IntrospectionSettings, JwtAlgorithm, JwtIssuerSettings, KeySource,
+    SessionSettings, UserinfoSource,
+};
 use crate::error::{AuthFailure, BrokerError};
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::secrets::{SecretCell, SecretKind, Secrets};
 use claims::{ClaimPolicy, Claims};
-use introspection::Introspector;
 use jwks::{JwksCache, JwksSource, KeyLookup};
 
 /// Tokens larger than this are refused before any parsing.
@@ -161,6 +166,7 @@ pub struct SessionVerifier {
     verified: moka::future::Cache<[u8; 32], Arc<VerifiedSession>>,
     introspector: Option<Introspector>,
     http: reqwest::Client,
+    metrics: Arc<Metrics>,
 }
 
 impl std::fmt::Debug for SessionVerifier {
@@ -207,6 +213,29 @@ fn validation_for(settings: &JwtIssuerSettings, alg: Algorithm) -> Validation {
 /// A SHA-256 digest of a token: the key of everything remembered about it.
 fn digest(token: &str) -> [u8; 32] {
     Sha256::digest(token.as_bytes()).into()
+}
+
+/// The introspector the settings describe, with its credential from the registry (the verifier's,
+/// and `doctor`'s).
+pub(crate) fn introspector(
+    i: &IntrospectionSettings,
+    secrets: &Secrets,
+    http: &reqwest::Client,
+) -> Result<Introspector, String> {
+    let (kind, key) = match &i.auth {
+        IntrospectionAuth::SecretBasic { .. } => (
+            SecretKind::IntrospectionClient,
+            "session.introspection.client_secret_file",
+        ),
+        IntrospectionAuth::PrivateKeyJwt { .. } => (
+            SecretKind::IntrospectionClientKey,
+            "session.introspection.client_key_file",
+        ),
+    };
+    let credential = secrets
+        .get(kind)
+        .ok_or_else(|| format!("config key `{key}`: not loaded"))?;
+    Ok(Introspector::new(i, credential, http.clone()))
 }
 
 impl SessionVerifier {
@@ -269,15 +298,7 @@ impl SessionVerifier {
             });
         }
         let introspector = match &settings.introspection {
-            Some(i) => {
-                let secret = secrets
-                    .get(SecretKind::IntrospectionClient)
-                    .ok_or_else(|| {
-                        "config key `session.introspection.client_secret_file`: not loaded"
-                            .to_owned()
-                    })?;
-                Some(Introspector::new(i, secret, http.clone()))
-            }
+            Some(i) => Some(introspector(i, secrets, http)?),
             None => None,
         };
         Ok(SessionVerifier {
@@ -294,6 +315,7 @@ impl SessionVerifier {
                 .build(),
             introspector,
             http: http.clone(),
+            metrics: Arc::clone(metrics),
         })
     }
 
@@ -359,6 +381,7 @@ impl SessionVerifier {
 
     /// Verifies a session token and maps its claims to an identity. A token verified before is
     /// answered from memory until its `exp`.
+    #[tracing::instrument(name = "session.verify", skip_all, fields(source = tracing::field::Empty))]
     pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, BrokerError> {
         if token.len() > MAX_TOKEN_BYTES {
             return Err(BrokerError::Unauthenticated(AuthFailure::TooLarge));
@@ -367,12 +390,20 @@ impl SessionVerifier {
         if let Some(identity) = self.recall(&digest).await {
             return Ok(identity);
         }
-        let verified = match self.verify_jwt(token).await {
+        let started = Instant::now();
+        let local = self.verify_jwt(token).await;
+        if !matches!(local, Err(LocalOutcome::NotForUs(_))) {
+            self.observe("jwt", started);
+        }
+        let verified = match local {
             Ok(verified) => verified,
             Err(LocalOutcome::Refused(e)) => return Err(e),
             Err(LocalOutcome::NotForUs(failure)) => match &self.introspector {
                 Some(introspector) => {
-                    let answer = introspector.introspect(token, &digest).await?;
+                    let started = Instant::now();
+                    let answer = introspector.introspect(token, &digest).await;
+                    self.observe("introspection", started);
+                    let answer = answer?;
                     Verified {
                         identity: answer.identity,
                         reuse_until: answer.reuse_until,
@@ -396,6 +427,14 @@ impl SessionVerifier {
             self.verified.insert(digest, Arc::new(session)).await;
         }
         Ok(identity)
+    }
+
+    /// Records how long a verification by `source` (`jwt`, `introspection`) took, in the metric
+    /// and on the current `session.verify` span.
+    fn observe(&self, source: &'static str, started: Instant) {
+        self.metrics
+            .observe_session_verify(source, started.elapsed());
+        tracing::Span::current().record("source", source);
     }
 
     /// Verifies a JWT locally. `NotForUs` means the token may be for introspection: it is not a

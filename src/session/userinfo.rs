@@ -17,6 +17,7 @@ pub(super) enum Endpoint {
 }
 
 impl Endpoint {
+    #[tracing::instrument(name = "session.userinfo", skip_all, fields(otel.kind = "client"))]
     pub async fn complete(
         &self,
         http: &reqwest::Client,
@@ -31,7 +32,11 @@ impl Endpoint {
         };
         let Some(url) = url else { return };
         let answer = async {
-            let response = http.get(&url).bearer_auth(token).send().await.ok()?;
+            let response = crate::traces::traced(http.get(&url))
+                .bearer_auth(token)
+                .send()
+                .await
+                .ok()?;
             if !response.status().is_success() {
                 tracing::warn!(
                     status = response.status().as_u16(),

@@ -21,6 +21,8 @@ pub struct TestConfig {
     pub max_body_bytes: usize,
     /// Extra `[[session.jwt]]` tables (TOML) beside the HS256 issuer.
     pub extra_issuers: String,
+    /// Appended to the HS256 issuer's own table as is (e.g. a `userinfo_url`).
+    pub hs256_toml: String,
     pub admin: bool,
     /// Wait for `/readyz` before handing the app to the test.
     pub expect_ready: bool,
@@ -47,6 +49,7 @@ impl Default for TestConfig {
             max_retries: 0,
             max_body_bytes: 4096,
             extra_issuers: String::new(),
+            hs256_toml: String::new(),
             admin: false,
             expect_ready: true,
             breaker: None,
@@ -71,6 +74,19 @@ pub fn temp_dir() -> PathBuf {
 }
 
 /// Writes the config and secret files a test broker runs with; returns the config text.
+/// The HS256 issuer's `user_id_prefix`: none while it is the only session source, `site:` beside
+/// any other, as the broker requires (DESIGN §9.1: sources of different issuers never share ids).
+pub fn hs256_prefix(cfg: &TestConfig) -> &'static str {
+    let others = [&cfg.extra_issuers, &cfg.extra_toml]
+        .iter()
+        .any(|t| t.contains("[[session.jwt]]") || t.contains("[session.introspection]"));
+    if others {
+        "user_id_prefix = \"site:\"\n"
+    } else {
+        ""
+    }
+}
+
 pub fn write_config(cfg: &TestConfig, dir: &Path, simulator: &str, listen: &str) -> String {
     std::fs::write(dir.join("api-key"), format!("{API_KEY}\n")).unwrap();
     std::fs::write(dir.join("hs256"), HS_SECRET).unwrap();
@@ -106,6 +122,7 @@ hs256_secret_file = "{dir}/hs256"
 algorithms = ["HS256"]
 cookie = "site_session"
 leeway_secs = 5
+{hs_prefix}{hs256_toml}
 {extra}
 
 [cache]
@@ -120,6 +137,8 @@ min_remaining_secs = 900
             ""
         },
         server_extra = cfg.server_toml,
+        hs_prefix = hs256_prefix(cfg),
+        hs256_toml = cfg.hs256_toml,
         dir = dir.display(),
         timeout = cfg.timeout_ms,
         retries = cfg.max_retries,

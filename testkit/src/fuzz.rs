@@ -21,6 +21,7 @@
 //!   (the real backend secret as Bearer), `:chunked:` (no Content-Length). A Content-Length header
 //!   in the input is ignored: the HTTP decoder in front of the handlers makes it match the body.
 //! - `config`: TOML; an optional line `#env` starts `KEY=VALUE` environment overrides.
+//! - `client_key`: an optional first line `#ids CLIENT_ID KEY_ID` (`-` = not set), then a key file.
 //! - `intellia_response`: a status line (`200`), header lines, a blank line, the body. Without a
 //!   leading status line the whole input is a 200 body.
 
@@ -177,6 +178,7 @@ hs256_secret_file = "{dir}/hs256"
 algorithms = ["HS256"]
 cookie = "{COOKIE}"
 leeway_secs = {hs_leeway}
+user_id_prefix = "hs:"
 
 [[session.jwt]]
 issuer = "{jwks_iss}"
@@ -184,6 +186,7 @@ audience = "{AUDIENCE}"
 jwks_url = "{jwks}/jwks.json"
 algorithms = ["RS256", "PS256", "ES256"]
 leeway_secs = {jwks_leeway}
+user_id_prefix = "jwks:"
 
 [[session.jwt]]
 issuer = "{claims}"
@@ -1078,4 +1081,61 @@ fn assert_upstream_error(error: UpstreamError) {
     let body = response.into_body().try_into_bytes().unwrap_or_default();
     let problem: Value = serde_json::from_slice(&body).expect("problem JSON");
     assert!(CODES.contains(&problem["code"].as_str().unwrap_or_default()));
+}
+
+// ---------------------------------------------------------------------------------------------
+// The introspection client key file.
+
+/// `client_key`: a `private_key_jwt` key file through the parser the secrets registry uses
+/// (`ClientKey::parse`), then, for a key that parsed, one client assertion. Input: an optional
+/// first line `#ids CLIENT_ID KEY_ID` (`-` for an id not configured), then the file's text.
+pub fn client_key(data: &[u8]) -> Verdict {
+    use intellia_token_broker::client_key::{ClientKey, MIN_RSA_BITS};
+
+    let Ok(text) = std::str::from_utf8(data) else {
+        return Verdict::Rejected("not UTF-8".into());
+    };
+    let (ids, file) = match text.strip_prefix("#ids ") {
+        Some(rest) => rest.split_once('\n').unwrap_or((rest, "")),
+        None => ("- -", text),
+    };
+    let mut ids = ids.split_whitespace().map(|id| (id != "-").then_some(id));
+    let (client_id, key_id) = (ids.next().flatten(), ids.next().flatten());
+    let key = match ClientKey::parse(file, client_id, key_id) {
+        Ok(key) => key,
+        Err(e) => {
+            let message = e.to_string();
+            // One line, and never the key: no PEM armour, no long run of base64 from the file.
+            assert!(!message.contains(['\n', '\r']), "{message:?}");
+            assert!(!message.contains("KEY-----"), "{message:?}");
+            assert!(message.len() < 400, "{message:?}");
+            return Verdict::Rejected(message);
+        }
+    };
+    assert!(
+        key.bits() >= MIN_RSA_BITS,
+        "a {}-bit key accepted",
+        key.bits()
+    );
+    if let Some(id) = client_id {
+        assert_eq!(
+            key.client_id(),
+            id,
+            "the configured client id is the one used"
+        );
+    }
+    if let Some(id) = key_id {
+        assert_eq!(key.key_id(), id, "the configured key id is the one used");
+    }
+    assert!(
+        !format!("{key:?}").contains("PRIVATE"),
+        "Debug shows key material"
+    );
+    let assertion = key
+        .assertion("https://issuer.example", now())
+        .expect("an accepted key signs");
+    let header = jsonwebtoken::decode_header(&assertion).expect("the assertion is a JWS");
+    assert_eq!(header.alg, Algorithm::RS256);
+    assert_eq!(header.kid.as_deref(), Some(key.key_id()));
+    Verdict::Accepted
 }

@@ -2,7 +2,7 @@
 //! [`serve_jwks`], a fixed JWKS for benchmarks and the fuzz harness.
 
 use std::net::{SocketAddr, TcpListener};
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use actix_web::{App, HttpResponse, HttpServer, web};
@@ -62,6 +62,10 @@ pub struct FakeIdp {
     pub up: Arc<AtomicBool>,
     /// While set (and up), the JWKS is answered 200 with a cut-off JSON document.
     pub garbage: Arc<AtomicBool>,
+    /// How long userinfo takes to answer, in milliseconds (a slow provider).
+    pub userinfo_delay_ms: Arc<AtomicU64>,
+    /// Calls to `/introspect`.
+    pub introspections: Arc<AtomicUsize>,
 }
 
 impl FakeIdp {
@@ -77,10 +81,34 @@ impl FakeIdp {
         let base = format!("http://{}", listener.local_addr().unwrap());
         let (k, f, u, b) = (keys.clone(), fetches.clone(), up.clone(), base.clone());
         let g = garbage.clone();
+        let userinfo_delay_ms = Arc::new(AtomicU64::new(0));
+        let introspections = Arc::new(AtomicUsize::new(0));
+        let (delay, calls) = (userinfo_delay_ms.clone(), introspections.clone());
         let server = HttpServer::new(move || {
             let (k, f, u, b, g) = (k.clone(), f.clone(), u.clone(), b.clone(), g.clone());
-            let (u2, b2) = (u.clone(), b.clone());
+            let (u2, b2, b3) = (u.clone(), b.clone(), b.clone());
+            let (delay, calls) = (delay.clone(), calls.clone());
             App::new()
+                .route(
+                    "/introspect",
+                    web::post().to(move |form: web::Form<std::collections::HashMap<String, String>>| {
+                        let (calls, issuer) = (calls.clone(), b3.clone());
+                        async move {
+                            calls.fetch_add(1, Ordering::SeqCst);
+                            // `opaque-<sub>` is active for the test audience, `opaque-noaud-<sub>`
+                            // active without an audience; anything else inactive.
+                            let token = form.get("token").map_or("", String::as_str);
+                            let answer = if let Some(sub) = token.strip_prefix("opaque-noaud-") {
+                                json!({"active": true, "sub": sub, "iss": issuer})
+                            } else if let Some(sub) = token.strip_prefix("opaque-") {
+                                json!({"active": true, "sub": sub, "iss": issuer, "aud": AUDIENCE})
+                            } else {
+                                json!({"active": false})
+                            };
+                            HttpResponse::Ok().json(answer)
+                        }
+                    }),
+                )
                 .route(
                     "/jwks.json",
                     web::get().to(move || {
@@ -102,7 +130,10 @@ impl FakeIdp {
                 )
                 .route(
                     "/userinfo",
-                    web::get().to(|req: actix_web::HttpRequest| async move {
+                    web::get().to(move |req: actix_web::HttpRequest| {
+                        let delay = delay.load(Ordering::SeqCst);
+                        async move {
+                        tokio::time::sleep(std::time::Duration::from_millis(delay)).await;
                         // Answers only for a Bearer token, like a real userinfo endpoint.
                         let sub = req
                             .headers()
@@ -131,6 +162,7 @@ impl FakeIdp {
                             "email": "looked.up@example.com",
                             "name": "Looked Up",
                         }))
+                        }
                     }),
                 )
                 .route(
@@ -161,6 +193,8 @@ impl FakeIdp {
             fetches,
             up,
             garbage,
+            userinfo_delay_ms,
+            introspections,
         }
     }
 
@@ -170,6 +204,10 @@ impl FakeIdp {
 
     pub fn fetches(&self) -> usize {
         self.fetches.load(Ordering::SeqCst)
+    }
+
+    pub fn introspections(&self) -> usize {
+        self.introspections.load(Ordering::SeqCst)
     }
 }
 

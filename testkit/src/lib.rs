@@ -8,6 +8,7 @@
 //! - [`app`]: the broker in-process ([`app::spawn_app`], [`app::TestApp`]) and the simulator.
 //! - [`process`]: the real binary as a child process ([`process::BrokerProcess`]).
 //! - [`redis`]: `redis-server` launchers: plain, TLS-only, with an ACL user, a three-node cluster.
+//! - [`otlp`]: [`otlp::OtlpReceiver`], the OTLP/HTTP trace receiver (`tests/otlp-receiver/`) as a child.
 //! - [`assert`]: [`assert::assert_problem`] and [`assert::assert_no_secret`].
 //! - [`procfs`], [`memory`], [`loadgen`], [`bench`]: `/proc` readers, the memory driver, the load
 //!   generator and the benchmark fixture (simulator and brokers as processes).
@@ -28,6 +29,7 @@ pub mod idp;
 pub mod jwt;
 pub mod loadgen;
 pub mod memory;
+pub mod otlp;
 pub mod process;
 pub mod procfs;
 pub mod redis;
@@ -43,5 +45,5 @@ pub mod prelude {
     pub use crate::consts::*;
     pub use crate::idp::{FakeIdp, idp_claims, jwks_issuer};
     pub use crate::jwt::{claims, es256, hs256, now, raw_jwt, rs256, session};
-    pub use crate::process::{BrokerProcess, broker_bin};
+    pub use crate::process::{BrokerProcess, broker_bin, run_broker};
 }

@@ -30,6 +30,22 @@ pub fn broker_bin() -> PathBuf {
 }
 
 /// A loopback address with a port that was free a moment ago.
+/// Runs the binary to completion with `args` and `env` (never `$BROKER_CONFIG`); returns its exit
+/// code, stdout and stderr.
+pub fn run_broker(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let out = Command::new(broker_bin())
+        .args(args)
+        .envs(env.iter().copied())
+        .env_remove("BROKER_CONFIG")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
 pub fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr")

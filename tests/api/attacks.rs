@@ -15,9 +15,12 @@ async fn refused(app: &TestApp, token: &str, case: &str) {
     assert!(!detail.contains(token), "{case}: token echoed");
 }
 
+/// An issuer of the stand-in provider, its user ids prefixed with its port (so two of them
+/// never share an id space).
 fn rs_issuer(idp: &FakeIdp) -> String {
+    let port = idp.base.rsplit(':').next().unwrap_or("0");
     format!(
-        "\n[[session.jwt]]\nissuer = \"{}\"\naudience = \"{AUDIENCE}\"\njwks_url = \"{}\"\nalgorithms = [\"RS256\", \"ES256\"]\nleeway_secs = 5\n",
+        "\n[[session.jwt]]\nissuer = \"{}\"\naudience = \"{AUDIENCE}\"\njwks_url = \"{}\"\nalgorithms = [\"RS256\", \"ES256\"]\nleeway_secs = 5\nuser_id_prefix = \"idp{port}:\"\n",
         idp.base,
         idp.jwks_url()
     )

@@ -7,8 +7,11 @@
 mod attacks;
 mod backend_route;
 mod cache;
+mod doctor;
 mod fault_matrix;
+mod isolation;
 mod limits;
+mod metrics_names;
 mod oidc_provider;
 mod operations;
 mod process;
@@ -17,4 +20,6 @@ mod redis_shared;
 mod session_keys;
 mod testkit_selftest;
 mod token_route;
+mod traces;
 mod upstream;
+mod zitadel;

@@ -9,10 +9,11 @@ use serde_json::{Value, json};
 
 use testkit::prelude::*;
 
-struct Provider {
+/// The provider as a child process (also used by `zitadel.rs`).
+pub(crate) struct Provider {
     child: Child,
-    info: Value,
-    http: reqwest::Client,
+    pub(crate) info: Value,
+    pub(crate) http: reqwest::Client,
 }
 
 impl Drop for Provider {
@@ -23,7 +24,7 @@ impl Drop for Provider {
 }
 
 impl Provider {
-    fn start() -> Provider {
+    pub(crate) fn start() -> Provider {
         let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/oidc-provider");
         let install = Command::new("bash")
             .args([&format!("{dir}/run.sh"), "--install-only"])
@@ -49,11 +50,11 @@ impl Provider {
         }
     }
 
-    fn issuer(&self) -> &str {
+    pub(crate) fn issuer(&self) -> &str {
         self.info["issuer"].as_str().unwrap()
     }
 
-    async fn control(&self, path: &str, body: Value) -> Value {
+    pub(crate) async fn control(&self, path: &str, body: Value) -> Value {
         let url = format!("{}{path}", self.info["control"].as_str().unwrap());
         let resp = self.http.post(url).json(&body).send().await.unwrap();
         assert!(resp.status().is_success(), "{path}: {}", resp.status());

@@ -1,26 +1,13 @@
 //! The real binary as an operator runs it: start-up errors, and no secret in any log line even at
 //! `RUST_LOG=trace`.
 
-use std::process::Command;
 use std::time::Duration;
 
 use serde_json::json;
 
 use testkit::prelude::*;
 
-fn run(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let out = Command::new(broker_bin())
-        .args(args)
-        .envs(env.iter().copied())
-        .env_remove("BROKER_CONFIG")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
-}
+use testkit::process::run_broker as run;
 
 #[test]
 fn version_and_help() {
@@ -340,4 +327,30 @@ async fn sigterm_drains_without_failing_a_request() {
         exited >= Duration::from_secs(1),
         "the drain delay was honoured"
     );
+}
+
+#[test]
+fn check_config_reads_every_secret_serve_reads() {
+    // `check-config` once skipped `redis.cache_secret_file` and passed configs `serve` refused.
+    let dir = temp_dir();
+    write_config(
+        &TestConfig::default(),
+        &dir,
+        "http://127.0.0.1:9",
+        "127.0.0.1:0",
+    );
+    let config = dir.join("config.toml");
+    let mut text = std::fs::read_to_string(&config).unwrap();
+    text.push_str(
+        "\n[redis]\nurl = \"redis://127.0.0.1:9\"\ncache_secret_file = \"/nonexistent/cache-secret\"\n",
+    );
+    std::fs::write(&config, text).unwrap();
+    for command in ["check-config", "serve"] {
+        let (code, _, err) = run(&[command, "--config", config.to_str().unwrap()], &[]);
+        assert_ne!(code, 0, "{command} accepted a missing secret file");
+        assert_one_clear_line(
+            &err,
+            &["redis.cache_secret_file", "/nonexistent/cache-secret"],
+        );
+    }
 }

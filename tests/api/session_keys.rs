@@ -33,7 +33,8 @@ async fn rs256_and_es256_sessions_verify_against_the_jwks() {
     assert_eq!(es.status(), 200);
     // The HS256 issuer's "alice" is a different person from the JWKS issuer's.
     let hs: Value = app.token(&session("alice")).await.json().await.unwrap();
-    assert_eq!(hs["userId"], "alice");
+    // Beside another issuer the HS256 issuer has its own prefix (DESIGN §9.1).
+    assert_eq!(hs["userId"], "site:alice");
     assert_eq!(app.sim.calls(), 3);
 }
 
@@ -138,7 +139,7 @@ async fn discovery_with_a_foreign_issuer_is_refused() {
     let configured = format!("{}/", idp.base);
     let app = spawn_app(TestConfig {
         extra_issuers: format!(
-            "\n[[session.jwt]]\nissuer = \"{configured}\"\naudience = \"{AUDIENCE}\"\ndiscovery = true\nalgorithms = [\"RS256\"]\n"
+            "\n[[session.jwt]]\nissuer = \"{configured}\"\naudience = \"{AUDIENCE}\"\ndiscovery = true\nalgorithms = [\"RS256\"]\nuser_id_prefix = \"idp:\"\n"
         ),
         expect_ready: false,
         ..TestConfig::default()

@@ -215,6 +215,12 @@ async fn session_provider_faults() {
         ) + &jwks_issuer(
             &never.base,
             &format!("jwks_url = \"{}\"", never.jwks_url()),
+        )
+        // A second issuer needs ids of its own (DESIGN §9.1).
+        .replacen(
+            "user_id_prefix = \"idp:\"",
+            "user_id_prefix = \"cached:\"",
+            1,
         ),
         ..TestConfig::default()
     };
@@ -282,7 +288,21 @@ async fn session_provider_faults() {
     never
         .garbage
         .store(false, std::sync::atomic::Ordering::SeqCst);
-    let resp = m.token_with(&signed(&never, "nina")).await;
+    // Requests do not fetch while the refetch window is closed (they get 503 at once); the
+    // background refresher, retrying with backoff, loads the keys.
+    let recovered = tokio::time::Instant::now();
+    let resp = loop {
+        let resp = m.token_with(&signed(&never, "nina")).await;
+        if resp.status() == 200 || recovered.elapsed() > Duration::from_secs(45) {
+            break resp;
+        }
+        assert_eq!(
+            resp.status(),
+            503,
+            "{row}: while the refresher has not retried yet"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    };
     m.minted(resp, row).await;
     m.wait_ready().await;
 

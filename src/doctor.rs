@@ -1,0 +1,586 @@
+//! `doctor` (DESIGN §9.7): checks every live dependency the configuration names and prints one
+//! line per dependency, `ok` or `FAIL` with the cause: DNS, connect, TLS, HTTP status, issuer
+//! mismatch, no usable key, credentials refused. Exit 0 only when every check passes.
+//!
+//! - every `[[session.jwt]]` issuer: discovery (its `issuer` must match) and the JWKS, which must
+//!   hold at least one key the verifier can use; an HS256 issuer has nothing to fetch;
+//! - introspection: a token that cannot exist is introspected with our credentials; the provider
+//!   must answer 200 `{"active":false}` (401/403: it refuses our credentials);
+//! - Redis: connect (TLS for `rediss://`), authenticate, `PING`;
+//! - Intellia: `POST …/assume-role` with our key and a body naming no user — a request that
+//!   cannot mint (there is nobody to mint for): 400/422 means the key and organization were
+//!   accepted and the body refused; 401/403 that the key is refused; 404 an unknown
+//!   organization. If Intellia ever validated the body before the key, this would prove only
+//!   reachability and TLS: `--mint-test-user ID` is the end-to-end check (it mints one real token
+//!   for that user and prints only its expiry).
+//!
+//! Checks run in parallel, each bounded by `--timeout-secs` (at most 25), so the whole run ends
+//! within 30 s even when endpoints hang. Nothing secret is printed: no key, secret, token or
+//! response body, and every line is scrubbed of the loaded secret values as a last guard.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::future::join_all;
+use time::format_description::well_known::Rfc3339;
+
+use crate::config::{KeySource, Settings};
+use crate::identity::{Identity, UserId};
+use crate::intellia::IntelliaClient;
+use crate::metrics::Metrics;
+use crate::secrets::{InlineSecrets, SecretKind, Secrets};
+use crate::session::{DiscoveryDocument, Introspector, Probe, usable_keys};
+
+/// The most any one check may take; with the start-up work this keeps a run under 30 s.
+pub const MAX_CHECK_SECS: u64 = 25;
+
+/// Answers larger than this are not discovery or JWKS documents.
+const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
+
+/// One line of the report.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Line {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+impl Line {
+    fn ok(name: impl Into<String>, detail: impl Into<String>) -> Line {
+        Line {
+            name: name.into(),
+            ok: true,
+            detail: detail.into(),
+        }
+    }
+
+    fn fail(name: impl Into<String>, detail: impl Into<String>) -> Line {
+        Line {
+            name: name.into(),
+            ok: false,
+            detail: detail.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for Line {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mark = if self.ok { "ok  " } else { "FAIL" };
+        write!(f, "{mark} {}: {}", self.name, self.detail)
+    }
+}
+
+/// Runs every check, prints the report on stdout, and fails when any check failed.
+pub async fn run(
+    config: &Path,
+    mint_test_user: Option<&str>,
+    timeout_secs: u64,
+) -> Result<(), String> {
+    let started = Instant::now();
+    let budget = Duration::from_secs(timeout_secs.clamp(1, MAX_CHECK_SECS));
+    let settings = match Settings::load(config) {
+        Ok(settings) => settings,
+        Err(e) => {
+            crate::console::line(&Line::fail("config", e.to_string()).to_string());
+            return Err("doctor: the configuration does not load".to_owned());
+        }
+    };
+    let secrets = Secrets::load(&settings, InlineSecrets::default());
+    let mut lines = vec![match &secrets {
+        Ok(secrets) => Line::ok(
+            "config",
+            format!(
+                "{} is valid; {} secret(s) readable",
+                config.display(),
+                secrets.describe().len()
+            ),
+        ),
+        Err(e) => Line::fail("config", e.clone()),
+    }];
+    let secrets = secrets.ok().map(Arc::new);
+    lines.extend(check_all(&settings, secrets.as_ref(), mint_test_user, budget).await);
+
+    let scrub = Scrubber::new(secrets.as_deref(), &settings);
+    let failed = lines.iter().filter(|l| !l.ok).count();
+    for line in &lines {
+        crate::console::line(&scrub.apply(&line.to_string()));
+    }
+    crate::console::line(&format!(
+        "{} checks, {} failed, in {:.1} s",
+        lines.len(),
+        failed,
+        started.elapsed().as_secs_f64()
+    ));
+    if failed == 0 {
+        Ok(())
+    } else {
+        Err(format!("doctor: {failed} of {} checks failed", lines.len()))
+    }
+}
+
+type Check<'a> = std::pin::Pin<Box<dyn std::future::Future<Output = Line> + Send + 'a>>;
+
+async fn check_all(
+    settings: &Settings,
+    secrets: Option<&Arc<Secrets>>,
+    mint_test_user: Option<&str>,
+    budget: Duration,
+) -> Vec<Line> {
+    // Inner timeouts a little past the check's own bound, so a hang reads the same everywhere.
+    let inner = budget + Duration::from_secs(1);
+    let http = match crate::http_client::builder()
+        .timeout(inner)
+        .connect_timeout(budget.min(Duration::from_secs(5)))
+        .build()
+    {
+        Ok(http) => http,
+        Err(e) => return vec![Line::fail("http client", e.to_string())],
+    };
+    let metrics = Arc::new(Metrics::new());
+    let mut checks: Vec<(String, Check<'_>)> = Vec::new();
+    for (index, issuer) in settings.session.jwt.iter().enumerate() {
+        let name = format!("issuer[{index}] {}", issuer.issuer);
+        let http = http.clone();
+        checks.push((
+            name,
+            Box::pin(
+                async move {
+                    match &issuer.keys {
+                        KeySource::Hs256(_) => {
+                            Ok("HS256 with a shared secret; nothing to fetch".into())
+                        }
+                        KeySource::Jwks(url) => check_jwks(&http, url.as_str()).await,
+                        KeySource::Discovery => check_discovery(&http, &issuer.issuer).await,
+                    }
+                }
+                .then_line(),
+            ),
+        ));
+    }
+    if let Some(introspection) = &settings.session.introspection {
+        let name = format!("introspection {}", introspection.url.as_str());
+        match secrets.map(|s| crate::session::introspector(introspection, s, &http)) {
+            Some(Ok(introspector)) => {
+                checks.push((
+                    name,
+                    Box::pin(async move { check_introspection(&introspector).await }.then_line()),
+                ));
+            }
+            Some(Err(e)) => checks.push((name, Box::pin(std::future::ready(Line::fail("", e))))),
+            None => checks.push((name, skipped())),
+        }
+    }
+    if let Some(redis) = &settings.redis {
+        let name = format!("redis {}", redis.url.redacted());
+        checks.push((
+            name,
+            Box::pin(
+                check_redis(
+                    redis,
+                    secrets.and_then(|s| s.get(SecretKind::RedisPassword)),
+                    inner,
+                )
+                .then_line(),
+            ),
+        ));
+    }
+    let name = format!("intellia {}", settings.intellia.base_url.url());
+    match secrets.map(|s| s.api_key()) {
+        Some(key) => {
+            let mut intellia_settings = settings.intellia.clone();
+            // One attempt, within the check's budget: doctor reports, it does not retry.
+            intellia_settings.max_retries = crate::config::Bounded::of(0);
+            match IntelliaClient::new(&intellia_settings, key, Arc::clone(&metrics)) {
+                Ok(client) => {
+                    let client = Arc::new(client);
+                    let probe = Arc::clone(&client);
+                    checks.push((
+                        name,
+                        Box::pin(async move { check_intellia(&probe).await }.then_line()),
+                    ));
+                    if let Some(user) = mint_test_user {
+                        checks.push((
+                            format!("mint-test-user {user}"),
+                            Box::pin(async move { mint(&client, user).await }.then_line()),
+                        ));
+                    }
+                }
+                Err(e) => checks.push((name, Box::pin(std::future::ready(Line::fail("", e))))),
+            }
+        }
+        None => checks.push((name, skipped())),
+    }
+    let runs = checks.into_iter().map(|(name, check)| async move {
+        let mut line = match tokio::time::timeout(budget, check).await {
+            Ok(line) => line,
+            Err(_) => Line::fail(
+                "",
+                format!(
+                    "no answer within {} s (hanging endpoint?)",
+                    budget.as_secs()
+                ),
+            ),
+        };
+        line.name = name;
+        line
+    });
+    join_all(runs).await
+}
+
+fn skipped() -> Check<'static> {
+    Box::pin(std::future::ready(Line::fail(
+        "",
+        "skipped: its secret could not be read (see the config line)",
+    )))
+}
+
+/// A check's outcome as a line (named by the caller).
+trait ThenLine: std::future::Future<Output = Result<String, String>> + Sized + Send {
+    fn then_line(self) -> impl std::future::Future<Output = Line> + Send {
+        async move {
+            match self.await {
+                Ok(detail) => Line::ok("", detail),
+                Err(cause) => Line::fail("", cause),
+            }
+        }
+    }
+}
+
+impl<F: std::future::Future<Output = Result<String, String>> + Send> ThenLine for F {}
+
+/// Why a request got no HTTP answer, in the operator's terms: DNS, connect, TLS or timeout.
+pub fn transport_cause(e: &reqwest::Error) -> String {
+    if e.is_timeout() {
+        return "timed out".to_owned();
+    }
+    let mut source: Option<&(dyn std::error::Error + 'static)> = Some(e);
+    let mut innermost = e.to_string();
+    while let Some(err) = source {
+        if let Some(tls) = err.downcast_ref::<rustls::Error>() {
+            return format!("TLS handshake failed: {tls}");
+        }
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            match io.kind() {
+                std::io::ErrorKind::ConnectionRefused => return "connection refused".to_owned(),
+                std::io::ErrorKind::TimedOut => return "connect timed out".to_owned(),
+                _ => {}
+            }
+            if let Some(tls) = io
+                .get_ref()
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            {
+                return format!("TLS handshake failed: {tls}");
+            }
+        }
+        let text = err.to_string();
+        if text.contains("dns error") || text.contains("failed to lookup address") {
+            return "DNS lookup failed (no such host?)".to_owned();
+        }
+        // rustls's errors as they reach us through the connector's `io::Error`.
+        if [
+            "certificate",
+            "corrupt message",
+            "handshake",
+            "received fatal alert",
+            "peer is incompatible",
+        ]
+        .iter()
+        .any(|needle| text.contains(needle))
+        {
+            return format!("TLS handshake failed: {text}");
+        }
+        innermost = text;
+        source = err.source();
+    }
+    format!("connection failed ({innermost})")
+}
+
+/// GETs a JSON document: its body, or the cause in the operator's terms.
+async fn get_document(http: &reqwest::Client, what: &str, url: &str) -> Result<Vec<u8>, String> {
+    let mut response = crate::traces::traced(http.get(url))
+        .header(reqwest::header::ACCEPT, "application/json")
+        .send()
+        .await
+        .map_err(|e| format!("{what} {url}: {}", transport_cause(&e)))?;
+    let status = response.status();
+    if !status.is_success() {
+        return Err(format!("{what} {url}: HTTP {}", status.as_u16()));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response
+        .chunk()
+        .await
+        .map_err(|e| format!("{what} {url}: {}", transport_cause(&e)))?
+    {
+        if body.len() + chunk.len() > MAX_DOCUMENT_BYTES {
+            return Err(format!("{what} {url}: larger than any {what}"));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(body)
+}
+
+async fn check_jwks(http: &reqwest::Client, url: &str) -> Result<String, String> {
+    let body = get_document(http, "JWKS", url).await?;
+    match usable_keys(&body) {
+        Ok((0, total)) => Err(format!(
+            "JWKS {url}: no usable key ({total} key(s), none a public signature key the broker supports)"
+        )),
+        Ok((usable, _)) => Ok(format!("JWKS {url}: {usable} usable key(s)")),
+        Err(e) => Err(format!("JWKS {url}: {e}")),
+    }
+}
+
+async fn check_discovery(http: &reqwest::Client, issuer: &str) -> Result<String, String> {
+    let url = format!(
+        "{}/.well-known/openid-configuration",
+        issuer.trim_end_matches('/')
+    );
+    let body = get_document(http, "discovery", &url).await?;
+    let doc: DiscoveryDocument = serde_json::from_slice(&body)
+        .map_err(|e| format!("discovery {url}: not a discovery document ({e})"))?;
+    if doc.issuer != issuer {
+        return Err(format!(
+            "discovery {url}: issuer mismatch: it names `{}`, the config `{issuer}`",
+            doc.issuer
+        ));
+    }
+    let jwks = check_jwks(http, &doc.jwks_uri).await?;
+    Ok(format!("discovery ok; {jwks}"))
+}
+
+async fn check_introspection(introspector: &Introspector) -> Result<String, String> {
+    match introspector.probe().await {
+        Probe::Unreachable(e) => Err(transport_cause(&e)),
+        Probe::KeyUnusable => Err(
+            "credentials unusable: the client key cannot sign an assertion (session.introspection.client_key_file)"
+                .to_owned(),
+        ),
+        Probe::Answered {
+            status: 200,
+            active: Some(false),
+            ..
+        } => Ok("credentials accepted (a made-up token is reported inactive)".to_owned()),
+        Probe::Answered {
+            status: 200,
+            active: Some(true),
+            ..
+        } => Err(
+            "answered active for a made-up token: this is not a working introspection endpoint"
+                .to_owned(),
+        ),
+        Probe::Answered { status: 200, .. } => {
+            Err("HTTP 200 but the answer is not an introspection response".to_owned())
+        }
+        Probe::Answered { status, error, .. }
+            if matches!(status, 401 | 403)
+                || matches!(
+                    error.as_deref(),
+                    Some("invalid_client" | "unauthorized_client")
+                ) =>
+        {
+            Err(format!(
+                "credentials refused: HTTP {status}{} (check the client id and its secret or key)",
+                error.map(|e| format!(" {e}")).unwrap_or_default()
+            ))
+        }
+        Probe::Answered { status, .. } => Err(format!("HTTP {status}")),
+    }
+}
+
+/// Connects as `serve` does (TLS with `ca_file`, the ACL user, `password_file`, a cluster's
+/// every primary) and `PING`s; for a cluster also `cluster_state`.
+async fn check_redis(
+    settings: &crate::config::RedisSettings,
+    password: Option<Arc<crate::secrets::SecretCell>>,
+    budget: Duration,
+) -> Result<String, String> {
+    let started = Instant::now();
+    let outcome = tokio::time::timeout(budget, crate::redis::diagnose(settings, password))
+        .await
+        .map_err(|_| "timed out".to_owned())?;
+    let detail = outcome.map_err(|e| match e {
+        crate::redis::Diagnosis::Config(text) => text,
+        crate::redis::Diagnosis::Redis(e) => redis_cause(&e),
+        crate::redis::Diagnosis::ClusterState(state) => format!("cluster_state:{state}"),
+    })?;
+    Ok(format!(
+        "connected, authenticated, {detail} in {} ms",
+        started.elapsed().as_millis()
+    ))
+}
+
+fn redis_cause(e: &redis::RedisError) -> String {
+    use redis::ErrorKind;
+    if e.kind() == ErrorKind::AuthenticationFailed
+        || e.code()
+            .is_some_and(|c| c == "WRONGPASS" || c == "NOAUTH" || c == "NOPERM")
+    {
+        return format!(
+            "credentials refused ({})",
+            e.code().unwrap_or("authentication failed")
+        );
+    }
+    if e.is_connection_refusal() {
+        return "connection refused".to_owned();
+    }
+    if e.is_timeout() {
+        return "timed out".to_owned();
+    }
+    let text = e.to_string();
+    if text.contains("failed to lookup address") || text.contains("dns error") {
+        return "DNS lookup failed (no such host?)".to_owned();
+    }
+    if text.to_ascii_lowercase().contains("tls") || text.contains("certificate") {
+        return format!("TLS failed ({})", e.category());
+    }
+    match e.code() {
+        Some(code) => format!("Redis answered {code}"),
+        None => format!("{} error", e.category()),
+    }
+}
+
+async fn check_intellia(client: &IntelliaClient) -> Result<String, String> {
+    let status = client
+        .probe()
+        .await
+        .map_err(|e| transport_cause(&e))?
+        .as_u16();
+    match status {
+        400 | 422 => Ok(format!(
+            "reachable; API key and organization accepted (a request naming no user was refused with HTTP {status}; nothing minted)"
+        )),
+        401 => Err("credentials refused: HTTP 401 (the API key is not valid)".to_owned()),
+        403 => Err(
+            "credentials refused: HTTP 403 (the API key lacks assume_role write permission)"
+                .to_owned(),
+        ),
+        404 => Err(format!(
+            "HTTP 404 for {}: unknown organization id or wrong base_url",
+            client.url()
+        )),
+        429 => Err("HTTP 429: Intellia is rate-limiting this key".to_owned()),
+        s if (200..300).contains(&s) => {
+            Err(format!("unexpected HTTP {s} to a request naming no user"))
+        }
+        s => Err(format!("HTTP {s}")),
+    }
+}
+
+async fn mint(client: &IntelliaClient, user: &str) -> Result<String, String> {
+    let user_id = UserId::parse(user.to_owned())
+        .ok_or_else(|| "--mint-test-user must be 1-256 printable characters".to_owned())?;
+    let identity = Identity {
+        user_id,
+        email: None,
+        name: None,
+    };
+    let minted = client
+        .assume_role(&identity)
+        .await
+        .map_err(|e| e.to_string())?;
+    let expires = minted
+        .expires_at
+        .format(&Rfc3339)
+        .unwrap_or_else(|_| "an unprintable time".to_owned());
+    Ok(format!(
+        "minted a token (not shown) that expires at {expires}"
+    ))
+}
+
+/// Removes every loaded secret value from a line before it is printed.
+struct Scrubber {
+    values: Vec<String>,
+}
+
+impl Scrubber {
+    fn new(secrets: Option<&Secrets>, settings: &Settings) -> Scrubber {
+        let mut values = Vec::new();
+        if let Some(secrets) = secrets {
+            values.push(secrets.api_key().get().expose().to_owned());
+            for kind in [
+                SecretKind::IntrospectionClient,
+                SecretKind::Backend,
+                SecretKind::RedisCache,
+            ] {
+                if let Some(cell) = secrets.get(kind) {
+                    values.push(cell.get().expose().to_owned());
+                }
+            }
+            for index in 0..settings.session.jwt.len() {
+                if let Some(cell) = secrets.get(SecretKind::SessionHs256(index)) {
+                    values.push(cell.get().expose().to_owned());
+                }
+            }
+        }
+        if let Some(password) = settings.redis.as_ref().and_then(|r| r.url.url().password()) {
+            values.push(password.to_owned());
+        }
+        // Very short values would blank out ordinary words; they cannot be real secrets anyway.
+        values.retain(|v| v.len() >= 4);
+        Scrubber { values }
+    }
+
+    fn apply(&self, line: &str) -> String {
+        let mut out = line.to_owned();
+        for value in &self.values {
+            out = out.replace(value.as_str(), "[REDACTED]");
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lines_read_ok_or_fail_with_the_cause() {
+        assert_eq!(
+            Line::ok("redis redis://r:6379", "connected").to_string(),
+            "ok   redis redis://r:6379: connected"
+        );
+        assert_eq!(
+            Line::fail("issuer[0] https://a", "JWKS https://a/k: HTTP 500").to_string(),
+            "FAIL issuer[0] https://a: JWKS https://a/k: HTTP 500"
+        );
+    }
+
+    #[test]
+    fn scrubber_removes_secret_values() {
+        let scrub = Scrubber {
+            values: vec!["sk-live-123456".to_owned()],
+        };
+        assert_eq!(scrub.apply("x sk-live-123456 y"), "x [REDACTED] y");
+    }
+
+    #[tokio::test]
+    async fn transport_causes_name_connect_and_dns() {
+        let http = crate::http_client::builder()
+            .timeout(Duration::from_secs(5))
+            .build()
+            .expect("client");
+        // A port nothing listens on.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("port");
+        let e = http
+            .get(format!("http://127.0.0.1:{port}/"))
+            .send()
+            .await
+            .expect_err("refused");
+        assert_eq!(transport_cause(&e), "connection refused");
+        let e = http
+            .get("http://no-such-host.invalid/")
+            .send()
+            .await
+            .expect_err("no host");
+        assert!(
+            transport_cause(&e).starts_with("DNS"),
+            "{}",
+            transport_cause(&e)
+        );
+    }
+}
