@@ -323,3 +323,62 @@ async fn a_three_node_cluster_keeps_limits_exact_across_shards_and_survives_a_ki
         wait_for_redis(app).await;
     }
 }
+
+/// `doctor` connects as `serve` does: TLS with the test's CA, the ACL user from the URL and the
+/// password from `password_file`; a cluster's state is checked. A wrong password is named.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn doctor_checks_tls_acl_password_file_and_cluster_state() {
+    let redis = RedisServer::builder()
+        .tls()
+        .user("broker", "doctor-password-0123")
+        .start();
+    let cluster = RedisCluster::start();
+    let (sim_url, _sim) = start_simulator(simulator_config(&[]));
+    let run = |dir: std::path::PathBuf| {
+        tokio::task::spawn_blocking(move || {
+            let out = std::process::Command::new(broker_bin())
+                .arg("doctor")
+                .arg("--config")
+                .arg(dir.join("config.toml"))
+                .env_remove("BROKER_CONFIG")
+                .env_remove("RUST_LOG")
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).into_owned()
+        })
+    };
+    let redis_line = |out: &str| {
+        out.lines()
+            .find(|l| l.contains(" redis "))
+            .unwrap_or_default()
+            .to_owned()
+    };
+    for (password, expect) in [
+        ("doctor-password-0123", "ok "),
+        ("not-the-password", "credentials refused"),
+    ] {
+        let dir = temp_dir();
+        let file = dir.join("redis-password");
+        std::fs::write(&file, password).unwrap();
+        let cfg = TestConfig {
+            extra_toml: tls_section(&redis, &file, "local"),
+            ..TestConfig::default()
+        };
+        write_config(&cfg, &dir, &sim_url, "127.0.0.1:0");
+        let out = run(dir).await.unwrap();
+        let line = redis_line(&out);
+        assert!(line.contains(expect), "{expect}: {out}");
+        assert!(!out.contains(password), "the password is printed: {out}");
+    }
+    let dir = temp_dir();
+    let cfg = TestConfig {
+        extra_toml: cluster_section(&cluster, "local"),
+        ..TestConfig::default()
+    };
+    write_config(&cfg, &dir, &sim_url, "127.0.0.1:0");
+    let out = run(dir).await.unwrap();
+    assert!(
+        redis_line(&out).contains("cluster_state:ok"),
+        "cluster state checked: {out}"
+    );
+}
