@@ -54,7 +54,7 @@ UID = 65532
 # audience, the claim names, user_id_prefix, required_claims, leeway_secs,
 # cache_ttl_secs, negative_cache_secs; intellia.breaker_failures,
 # intellia.breaker_open_secs; in [redis] timeout_ms, replicas, key_prefix,
-# cache_secret_file), and v0.2 (/work/plan/decisions.md, DESIGN.md §9): roles,
+# cache_secret_file), and v0.2 (DESIGN.md §9): roles,
 # introspection client_auth/client_key_file/key_id, backend.max_failures_per_minute,
 # rate_limit.per_ip.ipv6_prefix, redis password_file/ca_file/cluster, [telemetry].
 # The rendered TOML must use no other (the broker rejects unknown keys).
