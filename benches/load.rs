@@ -265,21 +265,6 @@ async fn bench(table: &mut Table) {
     twice_the_limits(&fixture, table).await;
 }
 
-/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    (ticks(11) + ticks(12)) / 100.0
-}
-
 /// Cache-hit token throughput as a ratio to `/healthz` of the same process, with per-user, per-IP
 /// and upstream limits set: without Redis, then with `[redis]` (every token request one Redis
 /// round trip, the cached token from the in-memory tier), with Redis's own CPU during the run.
@@ -331,7 +316,7 @@ burst = 1000
             None,
             &[200],
         );
-        let redis_cpu = cpu_secs(redis.pid().unwrap_or(0));
+        let redis_cpu = procfs::cpu_secs(redis.pid().unwrap_or(0));
         let o = throughput(
             &broker,
             vec![token_request(&hs)],
@@ -339,7 +324,8 @@ burst = 1000
             CONNECTIONS,
         )
         .await;
-        let redis_cpu = (cpu_secs(redis.pid().unwrap_or(0)) - redis_cpu) / RUN.as_secs_f64();
+        let redis_cpu =
+            (procfs::cpu_secs(redis.pid().unwrap_or(0)) - redis_cpu) / RUN.as_secs_f64();
         table.run(
             &format!("POST /v1/token, cache hit, per_user + per_ip + upstream, {name}"),
             &o,

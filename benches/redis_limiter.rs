@@ -16,23 +16,8 @@ use intellia_token_broker::identity::UserId;
 use intellia_token_broker::limits::{Limits, RequestKeys};
 use intellia_token_broker::metrics::Metrics;
 use intellia_token_broker::redis::RedisStore;
+use testkit::procfs;
 use testkit::redis::{RedisCluster, RedisServer};
-
-/// CPU seconds (user + system) a process has used, from `/proc/PID/stat`.
-fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or(Vec::new(), |(_, rest)| rest.split_whitespace().collect());
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // After the ")" the fields start at 3 (state): utime is field 14, stime 15.
-    (ticks(11) + ticks(12)) / 100.0
-}
 
 async fn limits_for(url: &str, cluster: bool, per_ip: bool) -> (Arc<Limits>, Arc<Metrics>) {
     let redis: RedisSettings = serde_json::from_value(serde_json::json!({
@@ -104,10 +89,10 @@ async fn measure(
     let _ = run(limits, Duration::from_secs(1), 16).await;
     let duration = Duration::from_secs(4);
     for &callers in counts {
-        let cpu_before: f64 = pids.iter().map(|p| cpu_secs(*p)).sum();
+        let cpu_before: f64 = pids.iter().map(|p| procfs::cpu_secs(*p)).sum();
         let all = run(limits, duration, callers).await;
-        let cpu =
-            (pids.iter().map(|p| cpu_secs(*p)).sum::<f64>() - cpu_before) / duration.as_secs_f64();
+        let cpu = (pids.iter().map(|p| procfs::cpu_secs(*p)).sum::<f64>() - cpu_before)
+            / duration.as_secs_f64();
         rows.push((
             format!("{what}, {callers} concurrent callers"),
             format!(

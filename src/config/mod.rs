@@ -660,4 +660,6 @@ fn clean_config_error(e: &config::ConfigError) -> String {
 }
 
 #[cfg(test)]
+mod session_tests;
+#[cfg(test)]
 mod tests;

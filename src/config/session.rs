@@ -615,7 +615,3 @@ fn default_introspection_ttl() -> Bounded<1, 3600> {
 fn default_negative_ttl() -> Bounded<0, 300> {
     Bounded::of(10)
 }
-
-#[cfg(test)]
-#[path = "session_tests.rs"]
-mod tests;

@@ -2,20 +2,9 @@
 
 use std::path::PathBuf;
 
-use super::{IntrospectionAuth, RoleRule};
+use super::session::{IntrospectionAuth, RoleRule};
+use super::tests::{MINIMAL, parse};
 use crate::config::{ClaimName, ConfigError, Settings};
-
-const MINIMAL: &str = r#"
-[server]
-listen = "127.0.0.1:0"
-[intellia]
-organization_id = "org-456"
-api_key_file = "/tmp/key"
-"#;
-
-fn parse(text: &str) -> Result<Settings, ConfigError> {
-    Settings::from_toml_with_env(text, Vec::<(String, String)>::new())
-}
 
 fn introspection(keys: &str) -> Result<Settings, ConfigError> {
     parse(&format!(

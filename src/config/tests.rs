@@ -1,6 +1,6 @@
 use super::*;
 
-const MINIMAL: &str = r#"
+pub(super) const MINIMAL: &str = r#"
 [server]
 listen = "127.0.0.1:0"
 [intellia]
@@ -8,7 +8,7 @@ organization_id = "org-456"
 api_key_file = "/tmp/key"
 "#;
 
-fn parse(text: &str) -> Result<Settings, ConfigError> {
+pub(super) fn parse(text: &str) -> Result<Settings, ConfigError> {
     Settings::from_toml_with_env(text, Vec::<(String, String)>::new())
 }
 
