@@ -74,6 +74,19 @@ pub fn temp_dir() -> PathBuf {
 }
 
 /// Writes the config and secret files a test broker runs with; returns the config text.
+/// A directory holding the default test configuration and its secret files, for commands that
+/// only read them (`check-config`, start-up errors): Intellia is a closed port.
+pub fn default_config_dir() -> PathBuf {
+    let dir = temp_dir();
+    write_config(
+        &TestConfig::default(),
+        &dir,
+        "http://127.0.0.1:9",
+        "127.0.0.1:0",
+    );
+    dir
+}
+
 /// The HS256 issuer's `user_id_prefix`: none while it is the only session source, `site:` beside
 /// any other, as the broker requires (DESIGN §9.1: sources of different issuers never share ids).
 pub fn hs256_prefix(cfg: &TestConfig) -> &'static str {

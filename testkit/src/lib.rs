@@ -41,7 +41,7 @@ pub mod prelude {
         start_simulator,
     };
     pub use crate::assert::{assert_no_secret, assert_problem};
-    pub use crate::config::{TestConfig, temp_dir, write_config};
+    pub use crate::config::{TestConfig, default_config_dir, temp_dir, write_config};
     pub use crate::consts::*;
     pub use crate::idp::{FakeIdp, idp_claims, jwks_issuer};
     pub use crate::jwt::{claims, es256, hs256, now, raw_jwt, rs256, session};

@@ -247,18 +247,7 @@ async fn introspection_credentials_accepted_and_refused() {
             serde_json::json!({"assertion_audience": "issuer"}),
         )
         .await;
-    let keys: serde_json::Value = provider
-        .http
-        .get(format!(
-            "{}/client_key",
-            provider.info["control"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let keys = provider.get("/client_key").await;
     let (sim_url, _sim) = start_simulator(simulator_config(&[]));
     let dir = temp_dir();
     let key_file = dir.join("zitadel-key.json");

@@ -397,13 +397,7 @@ async fn backend_secrets_are_long_and_guessing_them_is_limited_per_client() {
 
 #[test]
 fn check_config_into_a_closed_pipe_does_not_panic() {
-    let dir = temp_dir();
-    write_config(
-        &TestConfig::default(),
-        &dir,
-        "http://127.0.0.1:9",
-        "127.0.0.1:0",
-    );
+    let dir = default_config_dir();
     let mut child = Command::new(broker_bin())
         .args([
             "check-config",

@@ -61,6 +61,14 @@ impl Provider {
         resp.json().await.unwrap_or(Value::Null)
     }
 
+    /// `GET` on the control API (`/stats`, `/client_key`, `/assertions`, ...).
+    pub(crate) async fn get(&self, path: &str) -> Value {
+        let url = format!("{}{path}", self.info["control"].as_str().unwrap());
+        let resp = self.http.get(url).send().await.unwrap();
+        assert!(resp.status().is_success(), "{path}: {}", resp.status());
+        resp.json().await.unwrap()
+    }
+
     async fn token(&self, sub: &str, alg: &str) -> String {
         let minted = self
             .control(
@@ -138,18 +146,7 @@ async fn key_rotation_and_provider_outage() {
         accepted,
         "the rotated key was picked up within the refetch window"
     );
-    let stats: Value = provider
-        .http
-        .get(format!(
-            "{}/stats",
-            provider.info["control"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let stats = stats(&provider).await;
     let jwks_fetches = stats["counts"]["jwks"].as_u64().unwrap();
     assert!(
         jwks_fetches <= 3,
@@ -177,18 +174,7 @@ fn introspection_table(provider: &Provider, ttl: u64) -> String {
 }
 
 async fn stats(provider: &Provider) -> Value {
-    provider
-        .http
-        .get(format!(
-            "{}/stats",
-            provider.info["control"].as_str().unwrap()
-        ))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    provider.get("/stats").await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

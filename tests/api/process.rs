@@ -332,13 +332,7 @@ async fn sigterm_drains_without_failing_a_request() {
 #[test]
 fn check_config_reads_every_secret_serve_reads() {
     // `check-config` once skipped `redis.cache_secret_file` and passed configs `serve` refused.
-    let dir = temp_dir();
-    write_config(
-        &TestConfig::default(),
-        &dir,
-        "http://127.0.0.1:9",
-        "127.0.0.1:0",
-    );
+    let dir = default_config_dir();
     let config = dir.join("config.toml");
     let mut text = std::fs::read_to_string(&config).unwrap();
     text.push_str(

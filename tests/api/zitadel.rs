@@ -17,13 +17,6 @@ const PROJECT_ROLES: &str = "urn:zitadel:iam:org:project:2876500000000000000:rol
 const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 impl Provider {
-    async fn get(&self, path: &str) -> Value {
-        let url = format!("{}{path}", self.info["control"].as_str().unwrap());
-        let resp = self.http.get(url).send().await.unwrap();
-        assert!(resp.status().is_success(), "{path}: {}", resp.status());
-        resp.json().await.unwrap()
-    }
-
     async fn assertions(&self) -> Vec<Value> {
         self.get("/assertions").await["assertions"]
             .as_array()
