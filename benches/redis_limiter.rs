@@ -11,42 +11,22 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use intellia_token_broker::config::{RateLimitSettings, RedisSettings};
 use intellia_token_broker::identity::UserId;
 use intellia_token_broker::limits::{Limits, RequestKeys};
-use intellia_token_broker::metrics::Metrics;
-use intellia_token_broker::redis::RedisStore;
 use testkit::procfs;
 use testkit::redis::{RedisCluster, RedisServer};
 
-async fn limits_for(url: &str, cluster: bool, per_ip: bool) -> (Arc<Limits>, Arc<Metrics>) {
-    let redis: RedisSettings = serde_json::from_value(serde_json::json!({
-        "url": url,
-        "on_unavailable": "deny",
-        "timeout_ms": 1000,
-        "key_prefix": "bench",
-        "cluster": cluster,
-    }))
-    .unwrap();
-    let metrics = Arc::new(Metrics::new());
-    let store = RedisStore::start(&redis, None, Arc::clone(&metrics)).unwrap();
-    let started = Instant::now();
-    while !metrics.encode().lines().any(|l| l == "broker_redis_up 1") {
-        assert!(
-            started.elapsed() < Duration::from_secs(20),
-            "Redis never up"
-        );
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+async fn limits_for(url: &str, cluster: bool, per_ip: bool) -> Arc<Limits> {
     let unlimited =
         serde_json::json!({ "per_minute": 1_000_000_000u32, "burst": 1_000_000_000u32 });
-    let settings: RateLimitSettings = serde_json::from_value(if per_ip {
+    let rate_limit = if per_ip {
         serde_json::json!({ "per_user": unlimited, "per_ip": unlimited })
     } else {
         serde_json::json!({ "per_user": unlimited })
-    })
-    .unwrap();
-    (Arc::new(Limits::new(&settings, Some(store), 1)), metrics)
+    };
+    testkit::redis::shared_limits(url, cluster, rate_limit)
+        .await
+        .0
 }
 
 /// `callers` tasks deciding for `duration`, each its own user and address: sorted latencies.
@@ -112,7 +92,7 @@ async fn redis_limiter(rows: &mut Vec<(String, String)>) {
         rows.push(("Redis limiter".into(), "skipped: no redis-server".into()));
         return;
     };
-    let (limits, _) = limits_for(&server.url(), false, false).await;
+    let limits = limits_for(&server.url(), false, false).await;
     measure(
         rows,
         "standalone Redis, per-user bucket only (as before issue 15)",
@@ -122,7 +102,7 @@ async fn redis_limiter(rows: &mut Vec<(String, String)>) {
     )
     .await;
     drop(limits);
-    let (limits, _) = limits_for(&server.url(), false, true).await;
+    let limits = limits_for(&server.url(), false, true).await;
     measure(
         rows,
         "standalone Redis, per-IP + per-user in one decision (a token request)",
@@ -135,7 +115,7 @@ async fn redis_limiter(rows: &mut Vec<(String, String)>) {
     drop(server);
 
     let cluster = RedisCluster::start();
-    let (limits, _) = limits_for(&cluster.urls()[0], true, true).await;
+    let limits = limits_for(&cluster.urls()[0], true, true).await;
     let pids: Vec<u32> = cluster.nodes().iter().filter_map(|n| n.pid()).collect();
     measure(
         rows,

@@ -59,7 +59,7 @@ impl Buckets for SharedLimits {
             .iter()
             .map(|(shape, subject)| self.bucket(shape, *subject))
             .collect();
-        let decisions = self.gcra.check(&self.store, &buckets).await?;
+        let decisions = self.gcra.check(&self.store, buckets).await?;
         let mut tightest = None;
         for ((shape, _), decision) in checks.iter().zip(&decisions) {
             match status(shape, decision) {

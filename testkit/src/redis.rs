@@ -553,3 +553,44 @@ fn make_certificates(dir: &Path) -> Result<TlsFiles, String> {
     }
     Ok(files)
 }
+
+/// The broker's limits shared through the Redis at `url` (`cluster`: one node of a cluster), as
+/// `serve` builds them from `[rate_limit]` (`rate_limit`, JSON) and a `[redis]` section that denies
+/// while Redis is down; returned once `broker_redis_up` reads 1. For tests and benchmarks that
+/// drive the limiter directly, with many concurrent callers.
+pub async fn shared_limits(
+    url: &str,
+    cluster: bool,
+    rate_limit: serde_json::Value,
+) -> (
+    std::sync::Arc<intellia_token_broker::limits::Limits>,
+    std::sync::Arc<intellia_token_broker::metrics::Metrics>,
+) {
+    use intellia_token_broker::config::{RateLimitSettings, RedisSettings};
+    use intellia_token_broker::limits::Limits;
+    use intellia_token_broker::metrics::Metrics;
+    use intellia_token_broker::redis::RedisStore;
+    use std::sync::Arc;
+
+    let redis: RedisSettings = serde_json::from_value(serde_json::json!({
+        "url": url,
+        "on_unavailable": "deny",
+        "timeout_ms": 1000,
+        "key_prefix": "shared-limits",
+        "cluster": cluster,
+    }))
+    .expect("a valid [redis] section");
+    let metrics = Arc::new(Metrics::new());
+    let store = RedisStore::start(&redis, None, Arc::clone(&metrics)).expect("a Redis store");
+    let started = Instant::now();
+    while !metrics.encode().lines().any(|l| l == "broker_redis_up 1") {
+        assert!(
+            started.elapsed() < Duration::from_secs(20),
+            "Redis at {url} never came up"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let settings: RateLimitSettings =
+        serde_json::from_value(rate_limit).expect("a valid [rate_limit] section");
+    (Arc::new(Limits::new(&settings, Some(store), 1)), metrics)
+}

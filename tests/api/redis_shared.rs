@@ -235,3 +235,107 @@ async fn a_broker_starts_and_serves_while_redis_is_down() {
     wait_for_redis(&apps[0]).await;
     assert_eq!(apps[0].token(&session("later")).await.status(), 200);
 }
+
+/// Concurrent decisions of one replica leave in shared script calls (many requests per
+/// `EVALSHA`); within a call each request is still decided after the one before it, so a user's
+/// burst admits exactly its size, the remaining counts are each given out once, and the shared
+/// per-IP bucket counts every request once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_decisions_batched_into_shared_script_calls_stay_exact() {
+    use intellia_token_broker::identity::UserId;
+    use intellia_token_broker::limits::{LimitError, RequestKeys};
+    use std::net::{IpAddr, Ipv4Addr};
+
+    let redis = RedisServer::start();
+    let (limits, _) = testkit::redis::shared_limits(
+        &redis.url(),
+        false,
+        serde_json::json!({
+            "per_user": { "per_minute": 1, "burst": 5 },
+            "per_ip": { "per_minute": 1, "burst": 1000 },
+        }),
+    )
+    .await;
+    let users: Vec<UserId> = (0..20)
+        .map(|u| UserId::parse(format!("batched-{u}")).unwrap())
+        .collect();
+    let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
+    let calls_before = script_calls(&redis);
+    // 20 users × 12 requests, interleaved, all in flight at once.
+    let outcomes = futures_util::future::join_all((0..240).map(|n| {
+        let limits = Arc::clone(&limits);
+        let user = users[n % 20].clone();
+        tokio::spawn(async move {
+            let keys = RequestKeys {
+                ip: Some(ip),
+                user: Some(&user),
+            };
+            (n % 20, limits.check(keys).await)
+        })
+    }))
+    .await;
+    let calls = script_calls(&redis) - calls_before;
+    for u in 0..20 {
+        let mut remaining: Vec<u32> = Vec::new();
+        let mut refused = 0;
+        for (user, outcome) in outcomes.iter().map(|o| o.as_ref().unwrap()) {
+            if *user != u {
+                continue;
+            }
+            match outcome {
+                Ok(Some(status)) => remaining.push(status.remaining),
+                Err(LimitError::Limited(status)) => {
+                    assert_eq!(status.name, "user");
+                    refused += 1;
+                }
+                other => panic!("unexpected outcome {other:?}"),
+            }
+        }
+        remaining.sort_unstable();
+        // The per-IP bucket is far larger, so the user's is the tightest each time.
+        assert_eq!(remaining, vec![0, 1, 2, 3, 4], "user {u}");
+        assert_eq!(refused, 7, "user {u}");
+    }
+    // The per-IP bucket comes first, so each of the 240 requests charged it exactly once (refused
+    // or not): 1000 - 240 - 2 after two more.
+    let probe = UserId::parse("batched-probe".to_owned()).unwrap();
+    let after = limits
+        .check(RequestKeys {
+            ip: Some(ip),
+            user: Some(&probe),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(after.name, "user");
+    let ip_only = limits
+        .check(RequestKeys {
+            ip: Some(ip),
+            user: None,
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!((ip_only.name, ip_only.remaining), ("ip", 758));
+    assert!(
+        calls < 120,
+        "240 concurrent decisions took {calls} script calls: not batched"
+    );
+}
+
+/// `EVAL` + `EVALSHA` calls the server has answered.
+fn script_calls(redis: &RedisServer) -> u64 {
+    redis
+        .cli(&["INFO", "commandstats"])
+        .lines()
+        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+        .filter_map(|l| {
+            l.split("calls=")
+                .nth(1)?
+                .split(',')
+                .next()?
+                .parse::<u64>()
+                .ok()
+        })
+        .sum()
+}
