@@ -479,7 +479,7 @@ Egress of the broker's pods; the `doctor` test pod gets the same, so it
 sees what the broker can reach.
 */}}
 {{- define "itb.egressRules" -}}
-{{- $np := .Values.networkPolicy }}
+{{- $np := .Values.networkPolicy -}}
 # DNS.
 - ports:
     - port: 53
