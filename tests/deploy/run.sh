@@ -20,7 +20,9 @@
 #   DEPLOY_SKIP_IMAGE=1  skip the image part (chart and Dockerfile checks only)
 #   BROKER_BIN         a broker binary (any build) whose live /metrics names the
 #                      metrics the chart's alerts and dashboard may use; unset:
-#                      tests/deploy/metrics.txt (the names in the plan)
+#                      tests/deploy/metrics.txt (the names in the plan). Without
+#                      the image part it also runs check-config on the rendered
+#                      configs.
 #   DEPLOY_OUT         where rendered manifests go (default: a temp dir, removed)
 #   PYTHON             interpreter for the venv (default python3)
 #
