@@ -1,5 +1,6 @@
-//! Configuration: one TOML file plus `BROKER__SECTION__KEY` environment overrides, parsed once into
-//! typed values (see [`values`]) before anything starts. Every failure is one line naming the key.
+//! Configuration: one TOML (or JSON) file plus `BROKER__SECTION__KEY` environment overrides, parsed
+//! once into typed values (see [`values`]) before anything starts. Every failure is one line naming
+//! the key.
 //! [`Settings::validate`] holds only the rules that span several keys.
 
 mod session;
@@ -516,6 +517,33 @@ fn default_cache_max_entries() -> Bounded<1, 100_000_000> {
     Bounded::of(100_000)
 }
 
+/// The syntax of a configuration file. TOML is the documented format; JSON is what generators
+/// write best (the Helm chart renders `config.json` with `toPrettyJson`: Helm's TOML writer prints
+/// every number as a float, which integer keys refuse).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConfigFormat {
+    Toml,
+    Json,
+}
+
+impl ConfigFormat {
+    /// By the file's extension: `.json` is JSON, anything else TOML, so every path that worked
+    /// before still reads as it did.
+    pub fn of_path(path: &Path) -> ConfigFormat {
+        match path.extension() {
+            Some(ext) if ext.eq_ignore_ascii_case("json") => ConfigFormat::Json,
+            _ => ConfigFormat::Toml,
+        }
+    }
+
+    fn file_format(self) -> config::FileFormat {
+        match self {
+            ConfigFormat::Toml => config::FileFormat::Toml,
+            ConfigFormat::Json => config::FileFormat::Json,
+        }
+    }
+}
+
 /// Where the configuration file is, in the order DESIGN.md gives.
 pub fn resolve_config_path(explicit: Option<&Path>) -> PathBuf {
     explicit
@@ -546,13 +574,22 @@ impl Settings {
             };
             ConfigError(format!("config file {}: {reason}", path.display()))
         })?;
-        Self::from_toml_with_env(&text, env)
+        Self::from_text_with_env(&text, ConfigFormat::of_path(path), env)
             .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
     }
 
     /// Parses TOML text plus overrides. Used by tests and `dev`.
     pub fn from_toml_with_env(
         text: &str,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, ConfigError> {
+        Self::from_text_with_env(text, ConfigFormat::Toml, env)
+    }
+
+    /// Parses TOML or JSON text plus overrides: the same keys, types and checks either way.
+    pub fn from_text_with_env(
+        text: &str,
+        format: ConfigFormat,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
         let overrides: config::Map<String, String> = env
@@ -568,7 +605,7 @@ impl Settings {
             .with_list_parse_key("cors.allowed_origins")
             .source(Some(overrides));
         let raw = config::Config::builder()
-            .add_source(config::File::from_str(text, config::FileFormat::Toml))
+            .add_source(config::File::from_str(text, format.file_format()))
             .add_source(env_source)
             .build()
             .map_err(|e| ConfigError(clean_config_error(&e)))?;

@@ -291,3 +291,144 @@ fn managed_redis_keys_parse_and_conflicts_are_named() {
 fn s_redacted(text: &str) -> String {
     parse(text).expect("valid").redacted_toml()
 }
+
+/// `MINIMAL` as the Helm chart writes it (`toPrettyJson`).
+const MINIMAL_JSON: &str = r#"{
+  "server": {"listen": "127.0.0.1:0"},
+  "intellia": {"organization_id": "org-456", "api_key_file": "/tmp/key"}
+}"#;
+
+fn parse_json(text: &str) -> Result<Settings, ConfigError> {
+    Settings::from_text_with_env(text, ConfigFormat::Json, Vec::<(String, String)>::new())
+}
+
+#[test]
+fn json_config_reads_like_its_toml_twin() {
+    let text = r#"{
+      "server": {"listen": "127.0.0.1:0", "max_body_bytes": 8192, "trusted_proxies": ["10.0.0.0/8", "fd00::/8"]},
+      "intellia": {"organization_id": "org-456", "api_key_file": "/tmp/key", "timeout_ms": 1500},
+      "cors": {"allowed_origins": ["https://www.example.com"]},
+      "session": {"jwt": [{"issuer": "https://auth.example.com", "audience": "w",
+                           "jwks_url": "https://auth.example.com/keys", "algorithms": ["RS256"],
+                           "leeway_secs": 10}]},
+      "rate_limit": {"per_user": {"per_minute": 10, "burst": 5}, "per_ip": null},
+      "telemetry": {"otlp_endpoint": "http://collector:4318", "sample_ratio": 1}
+    }"#;
+    let s = parse_json(text).expect("JSON config parses");
+    assert_eq!(s.server.max_body_bytes.get(), 8192);
+    assert_eq!(s.server.trusted_proxies.len(), 2);
+    assert_eq!(s.intellia.timeout_ms.get(), 1500);
+    assert_eq!(s.session.jwt.len(), 1);
+    assert!(s.rate_limit.per_user.is_some() && s.rate_limit.per_ip.is_none());
+    // Go's JSON writes 1.0 as 1: an integer where the broker reads a float is still the float.
+    assert!((s.telemetry.sample_ratio.get() - 1.0).abs() < f64::EPSILON);
+    // The same settings as TOML, so `check-config` shows one configuration whatever the syntax.
+    assert_eq!(
+        s.redacted_toml(),
+        parse(&s.redacted_toml())
+            .expect("round trip")
+            .redacted_toml()
+    );
+    assert_eq!(
+        parse_json(MINIMAL_JSON).expect("minimal").redacted_toml(),
+        parse(MINIMAL).expect("minimal").redacted_toml()
+    );
+}
+
+#[test]
+fn json_unknown_key_is_named_on_one_line() {
+    let text = MINIMAL_JSON.replace(
+        r#""listen": "127.0.0.1:0""#,
+        r#""listen": "127.0.0.1:0", "max_body_byte": 10"#,
+    );
+    let err = parse_json(&text).expect_err("typo rejected");
+    assert!(
+        err.0.starts_with("unknown config key `max_body_byte`"),
+        "{}",
+        err.0
+    );
+    assert!(!err.0.contains('\n'), "{:?}", err.0);
+    let text = MINIMAL_JSON.replace("\n}", ",\n  \"cache\": {\"enabeld\": true}\n}");
+    let err = parse_json(&text).expect_err("typo in a section");
+    assert!(err.0.contains("enabeld"), "{}", err.0);
+}
+
+#[test]
+fn json_wrong_type_names_the_key_path() {
+    let text = MINIMAL_JSON.replace(
+        r#""listen": "127.0.0.1:0""#,
+        r#""listen": "127.0.0.1:0", "max_body_bytes": "big""#,
+    );
+    let err = parse_json(&text).expect_err("a string for an integer");
+    assert!(
+        err.0.starts_with("config key `server.max_body_bytes`: "),
+        "{}",
+        err.0
+    );
+    // Inside an array of tables the path reads as in TOML: `session.jwt[0].leeway_secs`.
+    let text = MINIMAL_JSON.replace(
+        "\n}",
+        r#", "session": {"jwt": [{"issuer": "https://a.example", "audience": "w", "jwks_url": "https://a.example/keys", "algorithms": ["RS256"], "leeway_secs": "soon"}]}}"#,
+    );
+    let err = parse_json(&text).expect_err("a word for an integer");
+    assert!(
+        err.0
+            .starts_with("config key `session.jwt[0].leeway_secs`: "),
+        "{}",
+        err.0
+    );
+    let err = parse_json(&MINIMAL_JSON.replace("\"org-456\"", "{\"id\": 456}"))
+        .expect_err("an object for a string");
+    assert!(err.0.contains("intellia.organization_id"), "{}", err.0);
+    let err = parse_json("{\"server\": {\"listen\": \"127.0.0.1:0\",}").expect_err("bad JSON");
+    assert!(!err.0.contains('\n'), "{:?}", err.0);
+}
+
+#[test]
+fn the_file_extension_picks_the_syntax() {
+    assert_eq!(
+        ConfigFormat::of_path(Path::new("/etc/b/config.json")),
+        ConfigFormat::Json
+    );
+    assert_eq!(
+        ConfigFormat::of_path(Path::new("/etc/b/CONFIG.JSON")),
+        ConfigFormat::Json
+    );
+    for toml in [
+        "/etc/b/config.toml",
+        "/etc/b/config",
+        "/etc/b/config.conf",
+        "/etc/b/json",
+    ] {
+        assert_eq!(
+            ConfigFormat::of_path(Path::new(toml)),
+            ConfigFormat::Toml,
+            "{toml}"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("broker-config-{}", uuid::Uuid::new_v4()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let none = Vec::<(String, String)>::new;
+    std::fs::write(dir.join("config.json"), MINIMAL_JSON).unwrap();
+    std::fs::write(dir.join("config.toml"), MINIMAL).unwrap();
+    // Each text under the other extension is a syntax error naming the file.
+    std::fs::write(dir.join("json-as.toml"), MINIMAL_JSON).unwrap();
+    std::fs::write(dir.join("toml-as.json"), MINIMAL).unwrap();
+    Settings::load_with_env(&dir.join("config.json"), none()).expect("JSON by extension");
+    Settings::load_with_env(&dir.join("config.toml"), none()).expect("TOML by extension");
+    for wrong in ["json-as.toml", "toml-as.json"] {
+        let err = Settings::load_with_env(&dir.join(wrong), none()).expect_err(wrong);
+        assert!(
+            err.0.contains(wrong) && !err.0.contains('\n'),
+            "{:?}",
+            err.0
+        );
+    }
+    let env = vec![(
+        "BROKER__INTELLIA__ORGANIZATION_ID".to_owned(),
+        "org-9".to_owned(),
+    )];
+    let s = Settings::load_with_env(&dir.join("config.json"), env).expect("env override");
+    assert_eq!(s.intellia.organization_id.as_str(), "org-9");
+    std::fs::remove_dir_all(&dir).unwrap();
+}

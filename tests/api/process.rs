@@ -348,3 +348,47 @@ fn check_config_reads_every_secret_serve_reads() {
         );
     }
 }
+
+/// The Helm chart ships `config.json`: `check-config` and `serve` read it by its extension, with
+/// the same checks as TOML.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn json_config_is_checked_and_served() {
+    let (sim_url, sim) = start_simulator(Default::default());
+    let dir = temp_dir();
+    let toml = write_config(&TestConfig::default(), &dir, &sim_url, "127.0.0.1:0");
+    let settings =
+        intellia_token_broker::config::Settings::from_toml_with_env(&toml, Vec::new()).unwrap();
+    let json = dir.join("config.json");
+    std::fs::write(&json, serde_json::to_string_pretty(&settings).unwrap()).unwrap();
+    let json_arg = json.to_str().unwrap().to_owned();
+
+    let (code, out, err) = run(&["check-config", "--config", &json_arg], &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains(&format!("organization_id = \"{ORG}\"")),
+        "{out}"
+    );
+    assert!(!out.contains(API_KEY));
+
+    let typo = dir.join("typo.json");
+    let mut value: serde_json::Value = serde_json::to_value(&settings).unwrap();
+    value["cache"]["enabeld"] = json!(true);
+    std::fs::write(&typo, value.to_string()).unwrap();
+    let (code, _, err) = run(&["check-config", "--config", typo.to_str().unwrap()], &[]);
+    assert_ne!(code, 0);
+    assert_one_clear_line(&err, &["typo.json", "enabeld"]);
+
+    let mut serve = std::process::Command::new(broker_bin());
+    serve.args(["serve", "--config", &json_arg]);
+    let broker = BrokerProcess::spawn_captured(serve, "info");
+    let resp = http_client()
+        .post(broker.url("/v1/token"))
+        .bearer_auth(session("alice"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200, "{}", resp.text().await.unwrap());
+    assert_eq!(sim.minted(), 1);
+    let (status, logs) = broker.stop().await;
+    assert!(status.success(), "{status:?}: {logs}");
+}

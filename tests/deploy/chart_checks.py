@@ -13,7 +13,7 @@ rules and of the Grafana dashboard may name only metrics the broker exposes
 
 Prints one "PASS name" / "FAIL name: why" line per check and exits 1 when any
 check failed. Writes the rendered manifests and the rendered broker configs to
---out (one <set>.yaml and <set>.config.toml per values set).
+--out (one <set>.yaml and <set>.config.json per values set).
 """
 
 from __future__ import annotations
@@ -57,7 +57,7 @@ UID = 65532
 # cache_secret_file), and v0.2 (DESIGN.md §9): roles,
 # introspection client_auth/client_key_file/key_id, backend.max_failures_per_minute,
 # rate_limit.per_ip.ipv6_prefix, redis password_file/ca_file/cluster, [telemetry].
-# The rendered TOML must use no other (the broker rejects unknown keys).
+# The rendered config must use no other (the broker rejects unknown keys).
 DESIGN_KEYS: dict[str, set[str]] = {
     "server": {"listen", "admin_listen", "trusted_proxies", "max_body_bytes", "shutdown_grace_secs",
                "drain_delay_secs", "secret_poll_secs", "workers", "request_timeout_ms", "keep_alive_secs"},
@@ -200,31 +200,32 @@ def pod_spec(docs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def config_map(docs: list[dict[str, Any]]) -> dict[str, Any]:
     """The broker's config ConfigMap (not the dashboard's)."""
-    found = [d for d in docs if d["kind"] == "ConfigMap" and "config.toml" in (d.get("data") or {})]
+    found = [d for d in docs if d["kind"] == "ConfigMap" and "config.json" in (d.get("data") or {})]
     assert len(found) == 1, f"expected one config ConfigMap, found {len(found)}"
     return found[0]
 
 
-def broker_toml(docs: list[dict[str, Any]]) -> dict[str, Any]:
+def broker_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
     cm = config_map(docs)
-    return tomllib.loads(cm["data"]["config.toml"])
+    return json.loads(cm["data"]["config.json"])
 
 
-def assert_security(docs: list[dict[str, Any]]) -> None:
+def assert_security(docs: list[dict[str, Any]], uid: int | None = UID) -> None:
+    """uid None: OpenShift's restricted SCC picks the ids, so none may be rendered."""
     spec = pod_spec(docs)
     psc = spec.get("securityContext", {})
     assert psc.get("runAsNonRoot") is True, "pod runAsNonRoot"
-    assert psc.get("runAsUser") == UID and psc.get("runAsGroup") == UID and psc.get("fsGroup") == UID, \
-        f"pod uid/gid/fsGroup must be {UID}: {psc}"
+    ids = {k: psc.get(k) for k in ("runAsUser", "runAsGroup", "fsGroup")}
+    assert ids == dict.fromkeys(ids, uid), f"pod uid/gid/fsGroup must be {uid}: {psc}"
     assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", "pod seccomp RuntimeDefault"
     assert spec.get("automountServiceAccountToken") is False, "pod automountServiceAccountToken must be false"
     for sa in [d for d in docs if d["kind"] == "ServiceAccount"]:
         assert sa.get("automountServiceAccountToken") is False, "ServiceAccount automountServiceAccountToken"
     assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), "no host namespaces"
-    assert_security_containers(spec)
+    assert_security_containers(spec, uid=uid)
 
 
-def assert_security_containers(spec: dict[str, Any], names: set[str] | None = None) -> None:
+def assert_security_containers(spec: dict[str, Any], names: set[str] | None = None, uid: int | None = UID) -> None:
     for c in spec["containers"] + spec.get("initContainers", []):
         if names is not None and c["name"] not in names:
             continue
@@ -232,7 +233,7 @@ def assert_security_containers(spec: dict[str, Any], names: set[str] | None = No
         want = {"runAsNonRoot": True, "readOnlyRootFilesystem": True, "allowPrivilegeEscalation": False}
         for k, v in want.items():
             assert sc.get(k) is v, f"container {c['name']}: {k} must be {v}"
-        assert sc.get("runAsUser") == UID and sc.get("runAsGroup") == UID, f"container {c['name']} uid/gid"
+        assert sc.get("runAsUser") == uid and sc.get("runAsGroup") == uid, f"container {c['name']} uid/gid {sc}"
         assert sc.get("privileged") in (None, False), "not privileged"
         assert sc.get("capabilities", {}).get("drop") == ["ALL"], f"container {c['name']}: drop ALL"
         assert not sc.get("capabilities", {}).get("add"), f"container {c['name']}: no added capabilities"
@@ -248,7 +249,9 @@ def assert_api_key_is_a_file(docs: list[dict[str, Any]], values: dict[str, Any],
     secret_name = values.get("secret", {}).get("existingSecret") or f"{RELEASE}-intellia-token-broker"
     # 1. no environment variable carries it
     for c in spec["containers"] + spec.get("initContainers", []):
-        assert not c.get("envFrom"), f"container {c['name']}: envFrom would expose whole Secrets as env"
+        for src in c.get("envFrom", []):
+            assert (src.get("secretRef") or {}).get("name") != secret_name, \
+                f"container {c['name']}: envFrom of {secret_name} would put the API key in the environment"
         for e in c.get("env", []):
             assert not re.search(r"API_?KEY", e["name"], re.I), f"env {e['name']} looks like an API key"
             ref = (e.get("valueFrom") or {}).get("secretKeyRef")
@@ -269,7 +272,7 @@ def assert_api_key_is_a_file(docs: list[dict[str, Any]], values: dict[str, Any],
     for m in spec["containers"][0]["volumeMounts"]:
         assert "subPath" not in m, f"{m['mountPath']}: subPath mounts never see Secret/ConfigMap updates"
     # 3. the broker is told that path
-    conf = broker_toml(docs)
+    conf = broker_config(docs)
     assert conf["intellia"]["api_key_file"] == API_KEY_FILE and "api_key_env" not in conf["intellia"], \
         "config must read the key from the mounted file"
     # 4. a plaintext secret value never appears outside a Secret
@@ -287,7 +290,9 @@ def assert_api_key_is_a_file(docs: list[dict[str, Any]], values: dict[str, Any],
 
 def assert_config_mount(docs: list[dict[str, Any]]) -> None:
     c = pod_spec(docs)["containers"][0]
-    assert c["args"] == ["serve", "--config", f"{CONFIG_DIR}/config.toml"], f"args {c['args']}"
+    assert c["args"] == ["serve", "--config", f"{CONFIG_DIR}/config.json"], f"args {c['args']}"
+    env = {e["name"]: e.get("value") for e in c["env"]}
+    assert env["BROKER_CONFIG"] == f"{CONFIG_DIR}/config.json", f"BROKER_CONFIG {env['BROKER_CONFIG']}"
     mounts = [m for m in c["volumeMounts"] if m["mountPath"] == CONFIG_DIR]
     assert len(mounts) == 1 and mounts[0].get("readOnly") is True, "config dir mount"
     vol = {v["name"]: v for v in pod_spec(docs)["volumes"]}[mounts[0]["name"]]
@@ -316,13 +321,21 @@ def check_design_keys(conf: dict[str, Any]) -> None:
         walk(table, section)
 
 
-def assert_config_keys(docs: list[dict[str, Any]]) -> None:
-    conf = broker_toml(docs)
+def wants_ipv6(values: dict[str, Any]) -> bool:
+    svc = values.get("service") or {}
+    return "IPv6" in (svc.get("ipFamilies") or []) or svc.get("ipFamilyPolicy") not in (None, "", "SingleStack")
+
+
+def assert_config_keys(docs: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    conf = broker_config(docs)
     check_design_keys(conf)
     srv = conf["server"]
-    assert srv["listen"] == "0.0.0.0:8080", "listen on 8080"
+    host = "[::]" if wants_ipv6(values) else "0.0.0.0"
+    assert srv["listen"] == f"{host}:8080", f"listen {srv['listen']}, want {host}:8080"
+    if "admin_listen" in srv:
+        assert srv["admin_listen"] == f"{host}:9091", f"admin_listen {srv['admin_listen']}"
     for k in ("max_body_bytes", "shutdown_grace_secs"):
-        assert isinstance(srv[k], int) and not isinstance(srv[k], bool), f"server.{k} must be a TOML integer"
+        assert isinstance(srv[k], int) and not isinstance(srv[k], bool), f"server.{k} must be a JSON integer"
 
 
 def assert_probes_and_ports(docs: list[dict[str, Any]], metrics: bool) -> None:
@@ -336,7 +349,7 @@ def assert_probes_and_ports(docs: list[dict[str, Any]], metrics: bool) -> None:
     sports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
     want_s = {"http": (8080, "http")} | ({"metrics": (9091, "metrics")} if metrics else {})
     assert sports == want_s, f"service ports {sports}"
-    conf = broker_toml(docs)
+    conf = broker_config(docs)
     assert ("admin_listen" in conf["server"]) == metrics, "admin_listen present iff metrics.enabled"
     for ing in [d for d in docs if d["kind"] == "Ingress"]:
         for rule in ing["spec"]["rules"]:
@@ -365,7 +378,7 @@ def assert_checksums(chart: helm.Chart, docs: list[dict[str, Any]], values: dict
 
 def assert_grace(docs: list[dict[str, Any]]) -> None:
     spec = pod_spec(docs)
-    grace = broker_toml(docs)["server"]["shutdown_grace_secs"]
+    grace = broker_config(docs)["server"]["shutdown_grace_secs"]
     pre = ((spec["containers"][0].get("lifecycle") or {}).get("preStop") or {}).get("sleep", {}).get("seconds", 0)
     tgps = spec["terminationGracePeriodSeconds"]
     assert tgps > pre + grace, f"terminationGracePeriodSeconds {tgps} <= preStop {pre} + shutdown_grace_secs {grace}"
@@ -391,7 +404,7 @@ def assert_production(docs: list[dict[str, Any]]) -> None:
     env = {e["name"]: e for e in pod_spec(docs)["containers"][0]["env"]}
     ref = env["BROKER__REDIS__URL"]["valueFrom"]["secretKeyRef"]
     assert ref == {"name": "intellia-token-broker", "key": "redis-url"}, f"redis url secretKeyRef {ref}"
-    conf = broker_toml(docs)
+    conf = broker_config(docs)
     # url from the Secret; replicas defaulted by the chart to the HPA's maxReplicas
     want_redis = {"on_unavailable": "local", "timeout_ms": 50, "key_prefix": "itb:web",
                   "replicas": hpa["spec"]["maxReplicas"]}
@@ -413,7 +426,7 @@ def assert_production(docs: list[dict[str, Any]]) -> None:
 
 
 def assert_all_features(docs: list[dict[str, Any]]) -> None:
-    conf = broker_toml(docs)
+    conf = broker_config(docs)
     assert conf["backend"] == {"secret_file": "/var/run/secrets/broker/backend-secret"}, f"[backend] {conf.get('backend')}"
     assert conf["session"]["introspection"]["client_secret_file"] == "/var/run/secrets/broker/introspection-secret"
     assert isinstance(conf["session"]["jwt"], list) and len(conf["session"]["jwt"]) == 2, "[[session.jwt]] x2"
@@ -437,10 +450,10 @@ def assert_all_features(docs: list[dict[str, Any]]) -> None:
 
 
 def assert_session_keys(session: dict[str, Any]) -> None:
-    """all-features sets every optional session key: each reaches the TOML with its TOML type."""
+    """all-features sets every optional session key: each reaches the config with its JSON type."""
 
     def exact(got: Any, want: Any, where: str) -> None:
-        # type() too: TOML must not turn 0 into 0.0, true into "true", or 60 into true
+        # type() too: the config must not turn 0 into 0.0, true into "true", or 60 into true
         assert got == want and type(got) is type(want), f"{where} = {got!r}, want {want!r}"
 
     modern, legacy = session["jwt"]
@@ -480,8 +493,12 @@ def assert_session_keys(session: dict[str, Any]) -> None:
 # fd20:ce::254), IPv6 link-local and unique-local.
 FORBIDDEN_EGRESS = ["10.1.2.3", "172.16.0.1", "192.168.1.1", "100.64.0.1", "100.127.255.254",
                     "169.254.169.254", "169.254.20.10", "fd00:ec2::254", "fd20:ce::254", "fe80::1",
-                    "fd12:3456::1"]
-PUBLIC_EGRESS = ["203.0.113.7", "8.8.8.8", "2001:db8::1", "2606:4700::1111"]
+                    "fd12:3456::1",
+                    # the IPv4 ones written as IPv6: IPv4-mapped, and NAT64 (RFC 6052, RFC 8215)
+                    "::ffff:10.1.2.3", "::ffff:169.254.169.254", "64:ff9b::10.1.2.3", "64:ff9b::172.16.0.1",
+                    "64:ff9b::192.168.1.1", "64:ff9b::100.64.0.1", "64:ff9b::169.254.169.254",
+                    "64:ff9b:1::10.1.2.3"]
+PUBLIC_EGRESS = ["203.0.113.7", "8.8.8.8", "2001:db8::1", "2606:4700::1111", "64:ff9b::8.8.8.8"]
 
 
 def ip_blocks(np: dict[str, Any]) -> list[tuple[dict[str, Any], list[Any]]]:
@@ -646,7 +663,7 @@ def merged(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
 
 
 def assert_managed_services(chart: helm.Chart, docs: list[dict[str, Any]], values: dict[str, Any]) -> None:
-    conf = broker_toml(docs)
+    conf = broker_config(docs)
     intro = conf["session"]["introspection"]
     assert intro["client_auth"] == "private_key_jwt", intro
     assert intro["client_key_file"] == "/var/run/secrets/broker/introspection-client-key.json", intro
@@ -703,6 +720,179 @@ def assert_managed_services(chart: helm.Chart, docs: list[dict[str, Any]], value
         changed = merged(values, change)
         ann2 = one(render(chart, changed), "Deployment")["spec"]["template"]["metadata"]["annotations"]
         assert ann2["checksum/secret"] != ann["checksum/secret"], f"checksum/secret unchanged by {change}"
+
+
+def assert_openshift(docs: list[dict[str, Any]], hooks: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    for spec in [pod_spec(docs)] + [h["spec"] for h in hooks if h["kind"] == "Pod"]:
+        text = json.dumps(spec)
+        for key in ("runAsUser", "runAsGroup", "fsGroup"):
+            assert f'"{key}"' not in text, f"{key} rendered: the restricted SCC must choose it"
+        assert spec["securityContext"]["runAsNonRoot"] is True, spec["securityContext"]
+
+
+def assert_extras(docs: list[dict[str, Any]], hooks: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    deploy = one(docs, "Deployment")
+    assert deploy["metadata"]["annotations"] == {"reloader.stakater.com/auto": "true"}, \
+        f"Deployment annotations {deploy['metadata']['annotations']}"
+    pod_ann = deploy["spec"]["template"]["metadata"]["annotations"]
+    assert "reloader.stakater.com/auto" not in pod_ann and pod_ann["team"] == "web", f"pod annotations {pod_ann}"
+    spec = pod_spec(docs)
+    c = spec["containers"][0]
+    vols = {v["name"]: v for v in spec["volumes"]}
+    assert vols["ca-bundle"] == {"name": "ca-bundle", "configMap": {"name": "corporate-ca", "items": [
+        {"key": "ca-certificates.crt", "path": "ca-certificates.crt"}]}}, vols.get("ca-bundle")
+    mounts = {m["mountPath"]: m for m in c["volumeMounts"]}
+    assert mounts["/etc/ssl/corporate"] == {"name": "ca-bundle", "mountPath": "/etc/ssl/corporate",
+                                            "readOnly": True}, mounts.get("/etc/ssl/corporate")
+    assert mounts[API_KEY_DIR]["name"] == "api-key" and mounts[CONFIG_DIR]["name"] == "config", "chart mounts kept"
+    env = {e["name"]: e for e in c["env"]}
+    assert env["SSL_CERT_FILE"]["value"] == "/etc/ssl/corporate/ca-certificates.crt", "extraEnv"
+    assert {"RUST_LOG", "BROKER_CONFIG"} <= set(env), "the chart's env kept beside extraEnv"
+    assert c["envFrom"] == [{"configMapRef": {"name": "broker-otel"}},
+                            {"prefix": "EXTRA_", "secretRef": {"name": "broker-extra", "optional": True}}], c["envFrom"]
+    assert c["startupProbe"] == {"httpGet": {"path": "/healthz", "port": "http"}, "periodSeconds": 2,
+                                 "timeoutSeconds": 2, "failureThreshold": 30}, c.get("startupProbe")
+    hpa = one(docs, "HorizontalPodAutoscaler")["spec"]
+    assert hpa["behavior"] == values["autoscaling"]["behavior"], f"HPA behavior {hpa.get('behavior')}"
+    doctor = [h for h in hooks if h["metadata"]["name"].endswith("-test-doctor")][0]["spec"]
+    assert {"name": "ca-bundle", "mountPath": "/etc/ssl/corporate", "readOnly": True} in \
+        doctor["containers"][0]["volumeMounts"], "doctor trusts the same CA bundle"
+
+
+def assert_no_extras(docs: list[dict[str, Any]], hooks: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    deploy = one(docs, "Deployment")
+    c = pod_spec(docs)["containers"][0]
+    assert not deploy["metadata"]["annotations"], "no Deployment annotations unless asked"
+    for key in ("startupProbe", "envFrom"):
+        assert key not in c, f"{key} rendered without being asked for"
+    assert {v["name"] for v in pod_spec(docs)["volumes"]} == {"config", "api-key"}, "only the chart's volumes"
+    svc = one(docs, "Service")["spec"]
+    assert "ipFamilyPolicy" not in svc and "ipFamilies" not in svc, "the cluster's default families"
+
+
+def assert_ipv6(docs: list[dict[str, Any]], hooks: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    svc = one(docs, "Service")["spec"]
+    want = values["service"]
+    assert svc.get("ipFamilyPolicy") == want.get("ipFamilyPolicy") and svc["ipFamilies"] == want["ipFamilies"], \
+        f"Service families {svc.get('ipFamilyPolicy')} {svc.get('ipFamilies')}"
+    srv = broker_config(docs)["server"]
+    assert srv["listen"] == "[::]:8080" and srv["admin_listen"] == "[::]:9091", f"IPv6 wildcard: {srv}"
+    proxies = srv["trusted_proxies"]
+    assert {ipaddress.ip_network(p).version for p in proxies} == {4, 6}, f"trusted_proxies of both families {proxies}"
+
+
+def assert_dual_stack_ingress(docs: list[dict[str, Any]], hooks: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    assert_ipv6(docs, hooks, values)
+    ing = one(docs, "Ingress")
+    assert ing["spec"]["rules"][0]["host"] == "broker.example.com", ing["spec"]["rules"]
+    http = one(docs, "NetworkPolicy")["spec"]["ingress"][0]
+    cidrs = {p["ipBlock"]["cidr"] for p in http["from"] if "ipBlock" in p}
+    assert {ipaddress.ip_network(c).version for c in cidrs} == {4, 6}, f"http ingress ipBlocks {cidrs}"
+
+
+def assert_global(docs: list[dict[str, Any]], hooks: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    assert values.get("global"), "the values file sets global"
+    assert broker_config(docs)["intellia"]["organization_id"] == "org-456", "the chart's own values still apply"
+
+
+SET_CHECKS: dict[str, tuple[str, Callable[..., None]]] = {
+    "default": ("no Deployment annotations, startupProbe, envFrom, extra volumes or IP families unless asked",
+                assert_no_extras),
+    "openshift": ("no runAsUser/runAsGroup/fsGroup anywhere (broker and test pods), still runAsNonRoot",
+                  assert_openshift),
+    "extras-ca-bundle": ("CA bundle volume and mount from a ConfigMap, SSL_CERT_FILE, envFrom, Deployment "
+                         "annotations apart from pod annotations, startupProbe, HPA behavior; doctor mounts it too",
+                         assert_extras),
+    "global": ("global accepted, the chart's values unaffected", assert_global),
+    "ipv6-only": ("Service IPv6 SingleStack, broker listens on [::], trusted proxies of both families",
+                  assert_ipv6),
+    "dual-stack-ingress": ("Service RequireDualStack [IPv6, IPv4], [::] listeners, Ingress, http ingress "
+                           "ipBlocks of both families", assert_dual_stack_ingress),
+}
+
+
+def assert_subchart(chart_dir: Path, out: Path) -> None:
+    """Helm hands every subchart the parent's `global`; a schema that refuses it breaks the chart
+    as a dependency."""
+    parent = out / "parent-chart"
+    shutil.rmtree(parent, ignore_errors=True)
+    (parent / "charts").mkdir(parents=True)
+    (parent / "templates").mkdir()
+    shutil.copytree(chart_dir, parent / "charts" / chart_dir.name)
+    (parent / "Chart.yaml").write_text(yaml.safe_dump({
+        "apiVersion": "v2", "name": "web-site", "version": "1.0.0",
+        "dependencies": [{"name": chart_dir.name, "version": ">=0.0.0-0", "repository": ""}]}))
+    (parent / "values.yaml").write_text(yaml.safe_dump({
+        "global": {"imageRegistry": "registry.example.com", "imagePullSecrets": []},
+        chart_dir.name: {"config": {"intellia": {"organization_id": "org-parent"}}}}))
+    parent_chart = helm.Chart.load(str(parent))
+    docs = [d for d in render(parent_chart, {}) if not is_hook(d)]
+    assert broker_config(docs)["intellia"]["organization_id"] == "org-parent", "subchart values reach the config"
+    lint(parent, {})
+
+
+def is_hook(doc: dict[str, Any]) -> bool:
+    return "helm.sh/hook" in doc["metadata"]["annotations"]
+
+
+def selects(selector: dict[str, str], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.items())
+
+
+def assert_helm_tests(docs: list[dict[str, Any]], hooks: list[dict[str, Any]], uid: int | None) -> None:
+    """`helm test`: healthcheck through the Service, doctor with the Deployment's config, secrets,
+    env and mounts; the broker's hardening; reachable through the NetworkPolicy, never selected by
+    the broker's Service, PDB or NetworkPolicy."""
+    pods = {d["metadata"]["name"].rsplit("-test-", 1)[-1]: d for d in hooks if d["kind"] == "Pod"}
+    assert set(pods) == {"healthcheck", "doctor"}, f"test pods {sorted(pods)}"
+    for d in hooks:
+        ann = d["metadata"]["annotations"]
+        assert ann["helm.sh/hook"] == "test", f"{d['metadata']['name']}: hook {ann['helm.sh/hook']}"
+        assert "before-hook-creation" in ann.get("helm.sh/hook-delete-policy", ""), \
+            f"{d['metadata']['name']}: a rerun of helm test must replace it"
+    deploy_spec = pod_spec(docs)
+    broker = deploy_spec["containers"][0]
+    svc = one(docs, "Service")
+    port = [p["port"] for p in svc["spec"]["ports"] if p["name"] == "http"][0]
+    hc = pods["healthcheck"]["spec"]["containers"][0]
+    want = ["healthcheck", "--url", f"http://{svc['metadata']['name']}:{port}/healthz"]
+    assert hc["args"] == want, f"healthcheck args {hc['args']}, want {want}"
+    doctor_spec = pods["doctor"]["spec"]
+    doc = doctor_spec["containers"][0]
+    assert doc["args"] == ["doctor", "--config", f"{CONFIG_DIR}/config.json"], f"doctor args {doc['args']}"
+    assert doc["volumeMounts"] == broker["volumeMounts"], "doctor mounts differ from the broker's"
+    assert doctor_spec["volumes"] == deploy_spec["volumes"], "doctor volumes differ from the Deployment's"
+    assert doc["env"] == broker["env"] and doc.get("envFrom") == broker.get("envFrom"), "doctor env differs"
+    for pod in pods.values():
+        spec = pod["spec"]
+        assert spec["restartPolicy"] == "Never" and spec["automountServiceAccountToken"] is False, pod["metadata"]
+        assert spec.get("securityContext") == deploy_spec.get("securityContext"), "test pod securityContext"
+        for c in spec["containers"]:
+            assert c["securityContext"] == broker["securityContext"], f"{c['name']}: container securityContext"
+            assert c["image"] == broker["image"], f"{c['name']}: the broker's image"
+        assert_security_containers(spec, uid=uid)
+        labels = pod["metadata"]["labels"]
+        assert not selects(svc["spec"]["selector"], labels), "the Service would route to a test pod"
+        for d in docs:
+            sel = (d["spec"].get("selector") or {}).get("matchLabels") if d["kind"] == "PodDisruptionBudget" else \
+                d["spec"]["podSelector"]["matchLabels"] if d["kind"] == "NetworkPolicy" else None
+            assert sel is None or not selects(sel, labels), f"{d['kind']} selects a test pod"
+    nps = [d for d in docs if d["kind"] == "NetworkPolicy"]
+    test_nps = [d for d in hooks if d["kind"] == "NetworkPolicy"]
+    assert len(test_nps) == len(nps), f"{len(test_nps)} test NetworkPolicies for {len(nps)} of the broker's"
+    for np, tnp in zip(nps, test_nps):
+        labels = pods["healthcheck"]["metadata"]["labels"]
+        assert selects(tnp["spec"]["podSelector"]["matchLabels"], labels), "test NetworkPolicy selects the test pods"
+        assert tnp["spec"]["ingress"] == [], "test pods take no ingress"
+        egress = tnp["spec"]["egress"]
+        assert egress[:-1] == np["spec"]["egress"], "doctor meets the broker's egress rules"
+        assert egress[-1] == {"to": [{"podSelector": {"matchLabels": svc["spec"]["selector"]}}],
+                              "ports": [{"port": 8080, "protocol": "TCP"}]}, f"to the broker: {egress[-1]}"
+        http = np["spec"]["ingress"][0]
+        assert http["ports"] == [{"port": "http", "protocol": "TCP"}], http
+        assert "from" not in http or any(selects(p.get("podSelector", {}).get("matchLabels", {"": "-"}), labels)
+                                         and "namespaceSelector" not in p for p in http["from"]), \
+            f"the broker's http ingress shuts the test pods out: {http['from']}"
 
 
 def expect_rejected(chart: helm.Chart, chart_dir: Path, values: dict[str, Any], want: str, by_schema: bool) -> None:
@@ -812,22 +1002,28 @@ def main() -> int:
         "all-features": chart_dir / "ci" / "all-features-values.yaml",
         "managed-services": chart_dir / "ci" / "managed-services-values.yaml",
     }
+    # Operators' environments (issue #17): OpenShift's restricted SCC, a private CA bundle and the
+    # other pod extras, a parent chart's `global`, IPv6-only and dual-stack with an Ingress.
+    for extra in ("openshift", "extras-ca-bundle", "global", "ipv6-only", "dual-stack-ingress"):
+        sets[extra] = here / "values" / f"{extra}.yaml"
     for name, path in sets.items():
         values = load_values(path)
         checks.check(f"{name}: helm lint --strict", lambda: lint(chart_dir, values))
-        docs = checks.check(f"{name}: render (helm template, schema enforced)", lambda: render(chart, values))
-        if docs is None:
+        rendered = checks.check(f"{name}: render (helm template, schema enforced)", lambda: render(chart, values))
+        if rendered is None:
             continue
+        docs = [d for d in rendered if not is_hook(d)]
+        hooks = [d for d in rendered if is_hook(d)]
         print(f"     {name} resources: {', '.join(kinds(docs))}")
         crds = [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
         core = [d for d in docs if d not in crds]
         manifest = out / f"{name}.yaml"
-        manifest.write_text(dump(core))
+        manifest.write_text(dump(core + hooks))
         sms = [d for d in crds if d["kind"] == "ServiceMonitor"]
         prs = [d for d in crds if d["kind"] == "PrometheusRule"]
         (out / f"{name}.servicemonitor.yaml").write_text(dump(sms))
         (out / f"{name}.prometheusrule.yaml").write_text(dump(prs))
-        (out / f"{name}.config.toml").write_text(config_map(docs)["data"]["config.toml"])
+        (out / f"{name}.config.json").write_text(config_map(docs)["data"]["config.json"])
         for kv in KUBE_VERSIONS:
             checks.check(f"{name}: kubernetes-validate --strict -k {kv} ({len(core)} objects)",
                          lambda kv=kv: kubernetes_validate(args.venv_bin, manifest, kv))
@@ -842,20 +1038,26 @@ def main() -> int:
                      f"addresses (IPv4 and IPv6)" + ("; on by default: kube-dns 53 and public 443 only"
                                                      if name == "default" else ""),
                      lambda: assert_networkpolicy_egress(docs, default=(name == "default")))
+        checks.check(f"{name}: helm test NetworkPolicy egress never reaches those addresses either",
+                     lambda: assert_networkpolicy_egress(hooks, default=False))
         if known is not None:
             checks.check(f"{name}: PrometheusRule (promtool check rules) and dashboard ConfigMap (promtool on "
                          f"every expression); each names only metrics the broker exposes",
                          lambda: print("     " + (assert_rules_and_dashboard(docs, values, chart_dir, known, out, name)
                                                   or "neither enabled: none rendered")))
         metrics = (values.get("metrics") or {}).get("enabled", True)
+        uid = None if name == "openshift" else UID
         checks.check(f"{name}: securityContext (non-root 65532, read-only root, no privilege escalation, "
-                     f"caps dropped, seccomp) and resources", lambda: assert_security(docs))
+                     f"caps dropped, seccomp) and resources", lambda: assert_security(docs, uid))
+        checks.check(f"{name}: helm test pods (healthcheck via the Service, doctor with the Deployment's config, "
+                     f"secrets, env and mounts), hardened, reachable through the NetworkPolicy, never selected",
+                     lambda: assert_helm_tests(docs, hooks, uid))
         checks.check(f"{name}: API key only as a file (no env var, no subPath, no plaintext outside the Secret)",
                      lambda: assert_api_key_is_a_file(docs, values, chart_values))
-        checks.check(f"{name}: config mounted from the ConfigMap at {CONFIG_DIR}/config.toml",
+        checks.check(f"{name}: config mounted from the ConfigMap at {CONFIG_DIR}/config.json (args, BROKER_CONFIG)",
                      lambda: assert_config_mount(docs))
-        checks.check(f"{name}: rendered config.toml parses and uses only DESIGN.md §3 keys",
-                     lambda: assert_config_keys(docs))
+        checks.check(f"{name}: rendered config.json parses and uses only DESIGN.md §3 keys",
+                     lambda: assert_config_keys(docs, values))
         checks.check(f"{name}: probes /healthz and /readyz on http; ports 8080/9091; Ingress on http only",
                      lambda: assert_probes_and_ports(docs, metrics))
         checks.check(f"{name}: checksum/config and checksum/secret present and change with their inputs",
@@ -871,7 +1073,7 @@ def main() -> int:
         if name == "all-features":
             checks.check("all-features: backend/HS256/introspection/Redis-cache secrets as files, every [redis] "
                          "and breaker key, per_ip null, preStop sleep, "
-                         "explicit grace; required_claims, userinfo(_url) and every introspection key in the TOML",
+                         "explicit grace; required_claims, userinfo(_url) and every introspection key in the config",
                          lambda: assert_all_features(docs))
         if name == "managed-services":
             checks.check("managed-services: private_key_jwt key file (no client secret), roles, rediss:// + CA "
@@ -879,19 +1081,26 @@ def main() -> int:
                          "grace 5 alone, alerts with thresholds, checksums follow the new references",
                          lambda: assert_managed_services(chart, docs, values))
 
+        if name in SET_CHECKS:
+            what, fn = SET_CHECKS[name]
+            checks.check(f"{name}: {what}", lambda fn=fn: fn(docs, hooks, values))
+
+    checks.check("subchart: a parent chart passing `global` (and values under the chart's name) renders",
+                 lambda: assert_subchart(chart_dir, out))
+
     def redis_replicas_default() -> None:
         base = {"config": {"redis": {"url": "redis://redis:6379"}}}
-        conf = broker_toml(render(chart, base))
+        conf = broker_config(render(chart, base))
         assert conf["redis"]["replicas"] == chart_values["replicaCount"], f"no HPA: replicaCount, got {conf['redis']}"
-        conf = broker_toml(render(chart, base | {"replicaCount": 5000}))
+        conf = broker_config(render(chart, base | {"replicaCount": 5000}))
         assert conf["redis"]["replicas"] == 1000, "capped at the broker's maximum 1000"
-        conf = broker_toml(render(chart, {"config": {"redis": {"url": "redis://redis:6379", "replicas": 7}},
+        conf = broker_config(render(chart, {"config": {"redis": {"url": "redis://redis:6379", "replicas": 7}},
                                           "autoscaling": {"enabled": True, "maxReplicas": 20}}))
         assert conf["redis"]["replicas"] == 7, "an explicit config.redis.replicas wins"
-        conf = broker_toml(render(chart, {"redisUrlSecret": {"name": "r"}}))
+        conf = broker_config(render(chart, {"redisUrlSecret": {"name": "r"}}))
         assert conf["redis"] == {"replicas": chart_values["replicaCount"]}, \
             f"redisUrlSecret alone still renders [redis] replicas: {conf.get('redis')}"
-        assert "redis" not in broker_toml(render(chart, {})), "no Redis: no [redis]"
+        assert "redis" not in broker_config(render(chart, {})), "no Redis: no [redis]"
 
     checks.check("redis: replicas defaults to replicaCount (HPA off) / maxReplicas, capped at 1000, explicit wins",
                  redis_replicas_default)
@@ -899,14 +1108,15 @@ def main() -> int:
     def derived_defaults() -> None:
         # DESIGN.md §9.8: every value accepted alone (drain_delay_secs derived by the broker)
         for grace in (1, 2, 5, 9, 600):
-            conf = broker_toml(render(chart, {"config": {"server": {"shutdown_grace_secs": grace}}}))
+            conf = broker_config(render(chart, {"config": {"server": {"shutdown_grace_secs": grace}}}))
             assert conf["server"]["shutdown_grace_secs"] == grace and "drain_delay_secs" not in conf["server"]
-        conf = broker_toml(render(chart, {"config": {"server": {"shutdown_grace_secs": 5, "drain_delay_secs": 2}}}))
+        conf = broker_config(render(chart, {"config": {"server": {"shutdown_grace_secs": 5, "drain_delay_secs": 2}}}))
         assert conf["server"]["drain_delay_secs"] == 2, "an explicit drain_delay_secs is kept"
-        conf = broker_toml(render(chart, {"config": {"telemetry": {"otlp_endpoint": "http://c:4318", "sample_ratio": 1}}}))
-        assert conf["telemetry"]["sample_ratio"] == 1.0 and type(conf["telemetry"]["sample_ratio"]) is float, \
-            "sample_ratio is a TOML float even when written 1"
-        conf = broker_toml(render(chart, {"config": {"session": {"introspection": {
+        conf = broker_config(render(chart, {"config": {"telemetry": {"otlp_endpoint": "http://c:4318", "sample_ratio": 1}}}))
+        # JSON writes 1.0 as 1; the broker reads it as the float (src/config/tests.rs, and run.sh's
+        # check-config of every rendered config)
+        assert conf["telemetry"]["sample_ratio"] == 1, conf["telemetry"]
+        conf = broker_config(render(chart, {"config": {"session": {"introspection": {
             "url": "https://idp.example/introspect", "client_id": "b"}}},
             "secret": {"values": {"introspectionClientSecret": "x"}}}))
         intro = conf["session"]["introspection"]
@@ -979,6 +1189,20 @@ def main() -> int:
         ("bad-backend-max-failures.yaml", r"backendRoute/maxFailuresPerMinute", True),
         ("bad-prometheusrule-threshold.yaml", r"prometheusRule/thresholds/upstreamErrorRatio", True),
         ("bad-base-url-query.yaml", r"intellia/base_url", True),
+        # issue #17: the operator-facing values
+        ("bad-global-not-object.yaml", r"global.*(got string|want object)", True),
+        ("bad-pod-security-context-key.yaml", r"podSecurityContext.*runAsUsr", True),
+        ("bad-security-context-type.yaml", r"securityContext/runAsUser", True),
+        ("bad-ip-families-twice.yaml", r"service/ipFamilies", True),
+        ("bad-ip-family-policy.yaml", r"service/ipFamilyPolicy", True),
+        ("bad-hpa-behavior.yaml", r"autoscaling/behavior/scaleDown/selectPolicy", True),
+        ("bad-startup-probe.yaml", r"probes/startup", True),
+        ("bad-extra-volume-name.yaml", r'extraVolumes: the name "config" is the chart', False),
+        ("bad-extra-volume-mount-path.yaml", r"extraVolumeMounts: /var/run/secrets would hide", False),
+        ("bad-extra-volume-mount-key.yaml", r"extraVolumeMounts/0.*readonly", True),
+        ("bad-envfrom-chart-secret.yaml", r"envFrom: Secret broker-intellia-token-broker holds the Intellia API key",
+         False),
+        ("bad-envfrom-two-sources.yaml", r"envFrom/0", True),
     ]
     for fname, want, by_schema in negative:
         values = load_values(here / "values" / fname)

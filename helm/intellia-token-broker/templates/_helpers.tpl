@@ -60,6 +60,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 Fixed paths and ports, shared with the Dockerfile and DESIGN.md §3.
 */}}
 {{- define "itb.configDir" -}}/etc/intellia-token-broker{{- end }}
+{{- define "itb.configPath" -}}/etc/intellia-token-broker/config.json{{- end }}
 {{- define "itb.apiKeyDir" -}}/var/run/secrets/intellia{{- end }}
 {{- define "itb.brokerSecretsDir" -}}/var/run/secrets/broker{{- end }}
 {{- define "itb.redisCacheSecretPath" -}}/var/run/secrets/broker/redis-cache-secret{{- end }}
@@ -193,6 +194,26 @@ Refusals that need more than one value (the schema sees one subtree at a time).
 {{- end }}
 {{- end }}
 {{- end }}
+{{- $chartVolumes := list "config" "api-key" "broker-secrets" "redis-ca" "redis-password" }}
+{{- range .Values.extraVolumes }}
+{{- if has .name $chartVolumes }}
+{{- fail (printf "extraVolumes: the name %q is the chart's own volume; choose another" .name) }}
+{{- end }}
+{{- end }}
+{{- $chartDirs := list (include "itb.configDir" .) (include "itb.apiKeyDir" .) (include "itb.brokerSecretsDir" .) (include "itb.redisCaDir" .) (include "itb.redisPasswordDir" .) }}
+{{- range .Values.extraVolumeMounts }}
+{{- $path := trimSuffix "/" .mountPath }}
+{{- range $chartDirs }}
+{{- if or (eq $path .) (hasPrefix (printf "%s/" .) $path) (hasPrefix (printf "%s/" $path) .) }}
+{{- fail (printf "extraVolumeMounts: %s would hide or share the chart's %s (config and secret files); mount elsewhere" $path .) }}
+{{- end }}
+{{- end }}
+{{- end }}
+{{- range .Values.envFrom }}
+{{- if and .secretRef (eq .secretRef.name (include "itb.secretName" $)) }}
+{{- fail (printf "envFrom: Secret %s holds the Intellia API key, which is only ever a file; list the variables you need in extraEnv instead" .secretRef.name) }}
+{{- end }}
+{{- end }}
 {{- $url := dig "redis" "url" "" .Values.config }}
 {{- if and .Values.redis.ca $url (not (hasPrefix "rediss://" $url)) }}
 {{- fail (printf "redis.ca is a CA for TLS: config.redis.url must be rediss://, not %s" $url) }}
@@ -223,14 +244,16 @@ a margin, or the explicit value, which must be larger than the first two.
 
 {{/*
 The broker's configuration: values.config plus the keys the chart manages
-(listen addresses, secret file paths).
+(listen addresses, secret file paths), as JSON. A null leaves its key out
+(`rate_limit.per_ip: null` = no per-IP limit): to the broker a null is a
+value, and a wrong type for most keys.
 */}}
 {{- define "itb.brokerConfig" -}}
 {{- $c := deepCopy .Values.config }}
 {{- $server := (get $c "server") | default dict }}
-{{- $_ := set $server "listen" (printf "0.0.0.0:%s" (include "itb.httpPort" .)) }}
+{{- $_ := set $server "listen" (printf "%s:%s" (include "itb.listenHost" .) (include "itb.httpPort" .)) }}
 {{- if .Values.metrics.enabled }}
-{{- $_ := set $server "admin_listen" (printf "0.0.0.0:%s" (include "itb.metricsPort" .)) }}
+{{- $_ := set $server "admin_listen" (printf "%s:%s" (include "itb.listenHost" .) (include "itb.metricsPort" .)) }}
 {{- end }}
 {{- $_ := set $c "server" $server }}
 {{- $intellia := (get $c "intellia") | default dict }}
@@ -272,72 +295,268 @@ The broker's configuration: values.config plus the keys the chart manages
 {{- else if include "itb.needsIntrospectionKey" . }}
 {{- $_ := set $c.session.introspection "client_key_file" (include "itb.introspectionKeyPath" .) }}
 {{- end }}
-{{- include "itb.toml.body" (dict "prefix" "" "table" $c) }}
+{{- include "itb.dropNulls" $c }}
 {{- end }}
 
 {{/*
-A small TOML writer. Helm's toToml prints every number as a float (4096.0),
-which a strict integer field rejects, so the chart writes TOML itself:
-scalars first, then sub-tables ([a.b]) and arrays of tables ([[a.b]]).
-Keys with a null value are left out (TOML has no null).
+JSON of a map with every null-valued key removed, at any depth (lists of
+maps included). Go templates have no recursive functions, hence the JSON
+round trip through include.
 */}}
-{{- define "itb.toml.key" -}}
-{{- if regexMatch "^[A-Za-z0-9_-]+$" . }}{{ . }}{{ else }}{{ toJson . }}{{ end }}
-{{- end }}
-
-{{- define "itb.toml.isTableArray" -}}
-{{- if and (kindIs "slice" .) (gt (len .) 0) }}
-{{- $all := true }}
-{{- range . }}{{ if not (kindIs "map" .) }}{{ $all = false }}{{ end }}{{ end }}
-{{- if $all }}true{{ end }}
-{{- end }}
-{{- end }}
-
-{{- define "itb.toml.value" -}}
-{{- if kindIs "string" . }}{{ toJson . }}
-{{- else if kindIs "bool" . }}{{ . }}
-{{- else if or (kindIs "float64" .) (kindIs "float32" .) }}
-{{- if eq (float64 (int64 .)) (float64 .) }}{{ int64 . }}{{ else }}{{ . }}{{ end }}
-{{- else if or (kindIs "int" .) (kindIs "int64" .) (kindIs "int32" .) (kindIs "uint64" .) }}{{ . }}
-{{- else if kindIs "slice" . }}[{{ range $i, $e := . }}{{ if $i }}, {{ end }}{{ include "itb.toml.value" $e }}{{ end }}]
-{{- else if kindIs "map" . }}{ {{- range $i, $k := keys . | sortAlpha }}{{ if $i }},{{ end }} {{ include "itb.toml.key" $k }} = {{ include "itb.toml.value" (get $ $k) }}{{ end }} }
-{{- else }}{{ fail (printf "config: cannot write a %s as TOML" (kindOf .)) }}
-{{- end }}
-{{- end }}
-
-{{/* A key the broker reads as a float: always written with a decimal point. */}}
-{{- define "itb.toml.float" -}}
-{{- $f := float64 . }}
-{{- if eq $f (float64 (int64 $f)) }}{{ int64 $f }}.0{{ else }}{{ $f }}{{ end }}
-{{- end }}
-
-{{- define "itb.toml.body" -}}
-{{- $prefix := .prefix }}
-{{- $t := .table }}
-{{- range $k := keys $t | sortAlpha }}
-{{- $v := get $t $k }}
-{{- if not (or (kindIs "invalid" $v) (kindIs "map" $v) (include "itb.toml.isTableArray" $v)) }}
-{{- if has $k (list "sample_ratio") }}
-{{ include "itb.toml.key" $k }} = {{ include "itb.toml.float" $v }}
-{{- else }}
-{{ include "itb.toml.key" $k }} = {{ include "itb.toml.value" $v }}
-{{- end }}
-{{- end }}
-{{- end }}
-{{- range $k := keys $t | sortAlpha }}
-{{- $v := get $t $k }}
-{{- $full := include "itb.toml.key" $k }}
-{{- if $prefix }}{{ $full = printf "%s.%s" $prefix $full }}{{ end }}
+{{- define "itb.dropNulls" -}}
+{{- $out := dict }}
+{{- range $k, $v := . }}
 {{- if kindIs "map" $v }}
-
-[{{ $full }}]
-{{- include "itb.toml.body" (dict "prefix" $full "table" $v) }}
-{{- else if include "itb.toml.isTableArray" $v }}
-{{- range $item := $v }}
-
-[[{{ $full }}]]
-{{- include "itb.toml.body" (dict "prefix" $full "table" $item) }}
+{{- $_ := set $out $k (include "itb.dropNulls" $v | fromJson) }}
+{{- else if kindIs "slice" $v }}
+{{- $items := list }}
+{{- range $v }}
+{{- if kindIs "map" . }}
+{{- $items = append $items (include "itb.dropNulls" . | fromJson) }}
+{{- else if not (kindIs "invalid" .) }}
+{{- $items = append $items . }}
 {{- end }}
 {{- end }}
+{{- $_ := set $out $k $items }}
+{{- else if not (kindIs "invalid" $v) }}
+{{- $_ := set $out $k $v }}
+{{- end }}
+{{- end }}
+{{- toJson $out }}
+{{- end }}
+
+{{/*
+Address the broker binds: the IPv6 wildcard when the Service asks for IPv6
+(an IPv6-only or dual-stack pod; Linux accepts IPv4 on it too), else IPv4's,
+which works where IPv6 is disabled in the pod.
+*/}}
+{{- define "itb.listenHost" -}}
+{{- $policy := .Values.service.ipFamilyPolicy | default "SingleStack" }}
+{{- if or (has "IPv6" (.Values.service.ipFamilies | default list)) (ne $policy "SingleStack") }}[::]{{ else }}0.0.0.0{{ end }}
+{{- end }}
+
+{{/*
+Labels of the `helm test` pods: not the broker's selector labels, so the
+Service, PodDisruptionBudget and NetworkPolicy of the broker never select them.
+*/}}
+{{- define "itb.testSelectorLabels" -}}
+app.kubernetes.io/name: {{ include "itb.name" . | trunc 58 | trimSuffix "-" }}-test
+app.kubernetes.io/instance: {{ .Release.Name }}
+{{- end }}
+
+{{- define "itb.testLabels" -}}
+helm.sh/chart: {{ include "itb.chart" . }}
+{{ include "itb.testSelectorLabels" . }}
+app.kubernetes.io/version: {{ include "itb.imageTag" . | trunc 63 | quote }}
+app.kubernetes.io/component: helm-test
+app.kubernetes.io/part-of: intellia
+app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- end }}
+
+{{/*
+The pod's and the container's securityContext: the values with null keys
+left out, so an OpenShift values file can unset runAsUser, runAsGroup and
+fsGroup (the restricted SCC assigns them from the namespace's range).
+*/}}
+{{- define "itb.podSecurityContext" -}}
+{{- include "itb.dropNulls" .Values.podSecurityContext | fromJson | toYaml }}
+{{- end }}
+
+{{- define "itb.containerSecurityContext" -}}
+{{- include "itb.dropNulls" .Values.securityContext | fromJson | toYaml }}
+{{- end }}
+
+{{/*
+What the broker container and the `doctor` test pod share, so the test
+checks the configuration the Deployment runs with: env, volume mounts and
+volumes.
+*/}}
+{{- define "itb.env" -}}
+- name: RUST_LOG
+  value: {{ .Values.logLevel | quote }}
+# So `kubectl exec deploy/... -- intellia-token-broker doctor` (and check-config)
+# find the same file `serve` runs with.
+- name: BROKER_CONFIG
+  value: {{ include "itb.configPath" . }}
+{{- if .Values.redisUrlSecret.name }}
+# The Redis URL usually carries a password: from a Secret, as the
+# env override of [redis] url.
+- name: BROKER__REDIS__URL
+  valueFrom:
+    secretKeyRef:
+      name: {{ .Values.redisUrlSecret.name }}
+      key: {{ .Values.redisUrlSecret.key }}
+{{- end }}
+{{- with .Values.extraEnv }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "itb.volumeMounts" -}}
+# Whole-directory mounts (no subPath), so the kubelet's atomic
+# updates reach the broker: a rotated key is re-read in place.
+- name: config
+  mountPath: {{ include "itb.configDir" . }}
+  readOnly: true
+- name: api-key
+  mountPath: {{ include "itb.apiKeyDir" . }}
+  readOnly: true
+{{- if include "itb.brokerSecretItems" . }}
+- name: broker-secrets
+  mountPath: {{ include "itb.brokerSecretsDir" . }}
+  readOnly: true
+{{- end }}
+{{- if .Values.redis.ca }}
+# Outside the config directory: a mount nested in a ConfigMap
+# volume needs a mount point the runtime cannot create there.
+- name: redis-ca
+  mountPath: {{ include "itb.redisCaDir" . }}
+  readOnly: true
+{{- end }}
+{{- if .Values.redis.passwordSecret }}
+- name: redis-password
+  mountPath: {{ include "itb.redisPasswordDir" . }}
+  readOnly: true
+{{- end }}
+{{- with .Values.extraVolumeMounts }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{- define "itb.volumes" -}}
+{{- $brokerItems := include "itb.brokerSecretItems" . -}}
+- name: config
+  configMap:
+    name: {{ include "itb.fullname" . }}
+    items:
+      - key: config.json
+        path: config.json
+- name: api-key
+  secret:
+    secretName: {{ include "itb.secretName" . }}
+    defaultMode: 0440
+    items:
+      - key: {{ .Values.secret.keys.apiKey }}
+        path: api-key
+{{- if $brokerItems }}
+- name: broker-secrets
+  secret:
+    secretName: {{ include "itb.secretName" . }}
+    defaultMode: 0440
+    items:
+      {{- $brokerItems | trim | nindent 6 }}
+{{- end }}
+{{- with .Values.redis.ca }}
+- name: redis-ca
+  {{- if .configMap }}
+  configMap:
+    name: {{ .configMap }}
+  {{- else }}
+  secret:
+    secretName: {{ .secret }}
+  {{- end }}
+    defaultMode: 0444
+    items:
+      - key: {{ .key }}
+        path: ca.pem
+{{- end }}
+{{- with .Values.redis.passwordSecret }}
+- name: redis-password
+  secret:
+    secretName: {{ .name }}
+    defaultMode: 0440
+    items:
+      - key: {{ .key }}
+        path: password
+{{- end }}
+{{- with .Values.extraVolumes }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Egress of the broker's pods; the `doctor` test pod gets the same, so it
+sees what the broker can reach.
+*/}}
+{{- define "itb.egressRules" -}}
+{{- $np := .Values.networkPolicy -}}
+# DNS.
+- ports:
+    - port: 53
+      protocol: UDP
+    - port: 53
+      protocol: TCP
+  {{- with $np.egress.dnsTo }}
+  to:
+    {{- toYaml . | nindent 4 }}
+  {{- end }}
+# Intellia API (and public identity providers): public addresses only,
+# never cluster-internal, shared (CGNAT) or link-local/metadata ranges.
+- ports:
+    - port: {{ $np.egress.intellia.port }}
+      protocol: TCP
+  to:
+    {{- range $np.egress.intellia.ipBlocks }}
+    - ipBlock:
+        {{- toYaml . | nindent 8 }}
+    {{- end }}
+{{- with $np.egress.idp.to }}
+# Identity provider (JWKS, OIDC discovery, introspection).
+- to:
+    {{- toYaml . | nindent 4 }}
+  ports:
+    {{- range $np.egress.idp.ports }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
+{{- with $np.egress.redis.to }}
+# Redis (shared limits and cache).
+- to:
+    {{- toYaml . | nindent 4 }}
+  ports:
+    - port: {{ $np.egress.redis.port }}
+      protocol: TCP
+{{- end }}
+{{- with $np.egress.otlp.to }}
+# OpenTelemetry collector (OTLP/HTTP traces).
+- to:
+    {{- toYaml . | nindent 4 }}
+  ports:
+    {{- range $np.egress.otlp.ports }}
+    - port: {{ . }}
+      protocol: TCP
+    {{- end }}
+{{- end }}
+{{- with $np.egress.extra }}
+{{ toYaml . }}
+{{- end }}
+{{- end }}
+
+{{/*
+Pod-level settings of the `helm test` pods: the broker's hardening.
+*/}}
+{{- define "itb.testPodSpec" -}}
+restartPolicy: Never
+# doctor gives up on a hanging endpoint within 30 s.
+activeDeadlineSeconds: 120
+serviceAccountName: {{ include "itb.serviceAccountName" . }}
+automountServiceAccountToken: false
+enableServiceLinks: false
+{{- with .Values.imagePullSecrets }}
+imagePullSecrets:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with include "itb.podSecurityContext" . | fromYaml }}
+securityContext:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.nodeSelector }}
+nodeSelector:
+  {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- with .Values.tolerations }}
+tolerations:
+  {{- toYaml . | nindent 2 }}
 {{- end }}
 {{- end }}
