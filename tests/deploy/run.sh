@@ -14,9 +14,12 @@
 # (gitignored), created on first use from tests/deploy/requirements.txt.
 #
 # Environment:
-#   STATIC_BROKER_BIN  a static intellia-token-broker to package; unset: build
-#                      one (RUSTFLAGS=+crt-static cargo build --release --locked
-#                      --target x86_64-unknown-linux-gnu, CARGO_TARGET_DIR honoured)
+#   STATIC_BROKER_BIN  a static intellia-token-broker to package (built with
+#                      `cargo auditable`); unset: build one (RUSTFLAGS=+crt-static
+#                      cargo auditable build --release --locked --target
+#                      x86_64-unknown-linux-gnu, CARGO_TARGET_DIR honoured;
+#                      cargo-auditable installed at the Dockerfile's pinned
+#                      version when missing)
 #   DEPLOY_SKIP_IMAGE=1  skip the image part (chart and Dockerfile checks only)
 #   BROKER_BIN         a broker binary (any build) whose live /metrics names the
 #                      metrics the chart's alerts and dashboard may use; unset:
@@ -126,9 +129,9 @@ dockerfile_contract() {
   for want in \
     '^ARG RUST_IMAGE=rust:[0-9]+\.[0-9]+\.[0-9]+-' \
     '^ARG RUNTIME_IMAGE=gcr\.io/distroless/static-debian12:nonroot' \
-    '^FROM \$\{RUST_IMAGE\} AS builder$' \
+    '^FROM --platform=\$BUILDPLATFORM \$\{RUST_IMAGE\} AS builder$' \
     "RUSTFLAGS='-C target-feature=\+crt-static'" \
-    'cargo build --release --locked --target' \
+    'cargo auditable build --release --locked --target' \
     '^FROM \$\{RUNTIME_IMAGE\} AS runtime$' \
     '^COPY --from=builder .*/out/intellia-token-broker /usr/local/bin/intellia-token-broker$' \
     '^COPY .*config/default\.toml /etc/intellia-token-broker/config\.toml$' \
@@ -145,6 +148,15 @@ if dockerfile_contract; then
   pass "Dockerfile contract: pinned bases via ARG, static build, fixed paths, USER 65532, ports, no HEALTHCHECK"
 else
   fail "Dockerfile contract"
+fi
+
+# Multi-arch and supply chain: digests, $BUILDPLATFORM, TARGETARCH mapping (its RUN steps executed with
+# stubbed apt-get/rustup/cargo), jemalloc pages, cargo auditable, a RUN-free non-root runtime; the
+# self-test makes sure mutated Dockerfiles fail. Prints why the arm64 build itself cannot run here.
+if "$VENV/bin/python" "$HERE/dockerfile_checks.py" --self-test "$REPO/Dockerfile"; then
+  pass "Dockerfile multi-arch/supply-chain checks (and their self-test on mutated copies)"
+else
+  fail "Dockerfile multi-arch/supply-chain checks"
 fi
 
 dockerignore_contract() {
@@ -237,11 +249,25 @@ image_checks() {
 
   local bin="${STATIC_BROKER_BIN:-}"
   if [ -z "$bin" ]; then
+    # The same cargo-auditable as the Dockerfile's builder, so the host build stands in for it.
+    local auditable t0
+    auditable="$(sed -n 's/^ARG CARGO_AUDITABLE_VERSION=//p' "$REPO/Dockerfile")"
+    if [ "$(cargo auditable --version 2>/dev/null)" = "cargo-auditable $auditable" ]; then
+      pass "cargo-auditable $auditable present"
+    else
+      t0=$(date +%s)
+      if cargo install --locked --quiet "cargo-auditable@$auditable"; then
+        pass "cargo-auditable $auditable installed ($(( $(date +%s) - t0 )) s)"
+      else
+        fail "cargo install --locked cargo-auditable@$auditable"
+        return
+      fi
+    fi
     echo "STATIC_BROKER_BIN unset: building the static release binary (a few minutes)"
     if (cd "$REPO" && RUSTFLAGS='-C target-feature=+crt-static' \
-          cargo build --release --locked --target "$TARGET_TRIPLE"); then
+          cargo auditable build --release --locked --target "$TARGET_TRIPLE"); then
       bin="${CARGO_TARGET_DIR:-$REPO/target}/$TARGET_TRIPLE/release/intellia-token-broker"
-      pass "static release build (cargo build --release --locked --target $TARGET_TRIPLE, +crt-static)"
+      pass "static release build (cargo auditable build --release --locked --target $TARGET_TRIPLE, +crt-static)"
     else
       fail "static release build"
       return
@@ -257,6 +283,13 @@ image_checks() {
     return
   fi
   pass "static binary: $bin ($(du -h "$bin" | cut -f1), no interpreter, no shared libraries)"
+  local deps
+  if deps="$("$VENV/bin/python" "$HERE/dep_section.py" "$bin" intellia-token-broker actix-web rustls tikv-jemalloc-sys)"; then
+    pass "auditable binary: $deps; lists intellia-token-broker, actix-web, rustls, tikv-jemalloc-sys"
+  else
+    echo "$deps"
+    fail "auditable binary: dependency list (.dep-v0) missing or incomplete"
+  fi
 
   # Build context for the `builder` stage: what the real builder leaves in /out.
   local bctx="$WORK/builder-context"
