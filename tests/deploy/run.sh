@@ -159,6 +159,14 @@ else
   fail "Dockerfile multi-arch/supply-chain checks"
 fi
 
+# renovate.json keeps the digests and pins above current; Renovate's own validator needs Node 24 and
+# ~120 npm packages, so a strict offline check of what would make Renovate skip a file (see the script).
+if "$VENV/bin/python" "$HERE/renovate_check.py" --self-test "$REPO"; then
+  pass "renovate.json: well-formed, covers every dependency file (and its self-test)"
+else
+  fail "renovate.json"
+fi
+
 dockerignore_contract() {
   local want
   for want in '**/target' '.git' '.venv*' 'helm' '**/node_modules' '**/.env'; do
