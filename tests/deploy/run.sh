@@ -299,7 +299,9 @@ image_checks() {
     fail "auditable binary: dependency list (.dep-v0) missing or incomplete"
   fi
 
-  # Build context for the `builder` stage: what the real builder leaves in /out.
+  # Build context for the `builder` stage: what the real builder leaves in /out (the same path for
+  # every TARGETARCH). The host binary is x86_64, hence TARGETARCH=amd64; buildah does not set it (or
+  # BUILDARCH) for the skipped builder stage and would warn.
   local bctx="$WORK/builder-context"
   mkdir -p "$bctx/out"
   cp "$bin" "$bctx/out/intellia-token-broker"
@@ -310,6 +312,7 @@ image_checks() {
   if bah bud -q --isolation chroot \
        --build-context "builder=$bctx" \
        --build-arg RUNTIME_IMAGE=scratch \
+       --build-arg TARGETARCH=amd64 --build-arg BUILDARCH=amd64 \
        --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
        --build-arg "CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
        --target runtime -t "$IMAGE" -f "$REPO/Dockerfile" "$REPO" >/dev/null; then
