@@ -19,7 +19,6 @@ Usage: dockerfile_checks.py [--self-test] [DOCKERFILE]
 
 from __future__ import annotations
 
-import os
 import re
 import shlex
 import stat
