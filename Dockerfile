@@ -14,29 +14,82 @@
 # `--build-context builder=DIR` where DIR/out/intellia-token-broker exists).
 # The runtime base must carry a CA bundle at /etc/ssl/certs/ca-certificates.crt
 # (distroless/static does; bare scratch does not): the broker loads it at start.
-# Pin a digest for production, e.g.
-#   --build-arg RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot@sha256:...
-ARG RUST_IMAGE=rust:1.95.0-slim-bookworm
-ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot
+#
+# Multi-arch (linux/amd64, linux/arm64) from this one file, no emulation:
+#   docker buildx build --platform linux/amd64,linux/arm64 -t REPO:TAG --push .
+# The builder runs on the build machine's own platform and cross-compiles for
+# TARGETARCH; the runtime stage only copies files, so it has no RUN to emulate.
+#
+# Each default is `tag@digest`: the tag says what it is, the digest is what is
+# pulled. A digest must be the multi-arch *index* digest (what
+# `docker buildx imagetools inspect IMAGE:TAG` prints first), not one
+# platform's manifest, or the other platform's build gets the wrong image.
+# Renovate (renovate.json, pinDigests) keeps tag and digest current together.
+# rust:1.95.0-slim-bookworm, index digest as published in 2026 (see docs/deploy.md).
+ARG RUST_IMAGE=rust:1.95.0-slim-bookworm@sha256:d7482085ff5b415f84dba5647ae71606650bdef00db7aeb69f4b3d170c3e4082
+# gcr.io/distroless/static-debian12:nonroot, index digest as of 2026-08-26.
+ARG RUNTIME_IMAGE=gcr.io/distroless/static-debian12:nonroot@sha256:afa5c872c891853ca7fcf1f12c3edb23f7eeef36189728842dd51042ff57f7ab
 
 # ---------------------------------------------------------------------------
-# builder: a fully static release binary (glibc, +crt-static). `--target` is
-# given explicitly so that proc-macros and build scripts (built for the host)
-# are not linked statically, which would fail.
+# builder: a fully static release binary (glibc, +crt-static) for TARGETARCH,
+# built on BUILDPLATFORM. `--target` is always given so that proc-macros and
+# build scripts (built for the build machine) are not linked statically, which
+# would fail.
 # ---------------------------------------------------------------------------
-FROM ${RUST_IMAGE} AS builder
-ARG TARGET=x86_64-unknown-linux-gnu
+FROM --platform=$BUILDPLATFORM ${RUST_IMAGE} AS builder
+ARG TARGETARCH
+ARG BUILDARCH
+# cargo-auditable embeds the dependency list in the binary (section .dep-v0),
+# so scanners (cargo audit bin, trivy, grype) can check the shipped binary.
+# renovate: datasource=crate depName=cargo-auditable
+ARG CARGO_AUDITABLE_VERSION=0.7.7
 WORKDIR /src
+# The target triple and, when TARGETARCH is not the build machine's, the cross
+# C toolchain (ring and jemalloc have C parts; the linker must be the
+# target's). The choices go to /tmp/target.env for the build step below.
+# jemalloc's page size is fixed when it is built: arm64 kernels run with 4K,
+# 16K or 64K pages, and a jemalloc built for 4K aborts on a 64K kernel, so arm64
+# is built for 64K (lg 16), which works on all three.
+# Cross packages track the base image's Debian release (pinned by digest above);
+# ${cross} is a list of package names, split on purpose.
+# hadolint ignore=DL3008,SC2086
+RUN case "${TARGETARCH}" in \
+      amd64) triple=x86_64-unknown-linux-gnu; gnu=x86_64-linux-gnu; env_triple=X86_64_UNKNOWN_LINUX_GNU; cc_triple=x86_64_unknown_linux_gnu; \
+             cross="gcc-x86-64-linux-gnu libc6-dev-amd64-cross" ;; \
+      arm64) triple=aarch64-unknown-linux-gnu; gnu=aarch64-linux-gnu; env_triple=AARCH64_UNKNOWN_LINUX_GNU; cc_triple=aarch64_unknown_linux_gnu; \
+             cross="gcc-aarch64-linux-gnu libc6-dev-arm64-cross" ;; \
+      *) echo "unsupported TARGETARCH '${TARGETARCH}': this Dockerfile builds linux/amd64 and linux/arm64 only" >&2; exit 1 ;; \
+    esac \
+ && echo "RUST_TARGET=${triple}" > /tmp/target.env \
+ && if [ "${TARGETARCH}" = arm64 ]; then \
+      echo "export JEMALLOC_SYS_WITH_LG_PAGE=16" >> /tmp/target.env; \
+    fi \
+ && if [ "${TARGETARCH}" != "${BUILDARCH}" ]; then \
+      apt-get update \
+      && apt-get install -y --no-install-recommends ${cross} \
+      && rm -rf /var/lib/apt/lists/* \
+      && { echo "export CARGO_TARGET_${env_triple}_LINKER=${gnu}-gcc"; \
+           echo "export CC_${cc_triple}=${gnu}-gcc"; \
+           echo "export AR_${cc_triple}=${gnu}-ar"; \
+           echo "CROSS=1"; } >> /tmp/target.env; \
+    fi \
+ && rustup target add "${triple}" \
+ && cat /tmp/target.env
+RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
+    cargo install --locked "cargo-auditable@${CARGO_AUDITABLE_VERSION}"
 # The builder image pins the toolchain; rust-toolchain.toml is left out by
 # .dockerignore so rustup does not try to download clippy/rustfmt here.
 COPY . .
+# `--version` runs only for a native build: a cross-built binary cannot run
+# here without emulation.
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     --mount=type=cache,target=/src/target,sharing=locked \
-    RUSTFLAGS='-C target-feature=+crt-static' \
-      cargo build --release --locked --target "${TARGET}" \
+    . /tmp/target.env \
+ && RUSTFLAGS='-C target-feature=+crt-static' \
+      cargo auditable build --release --locked --target "${RUST_TARGET}" \
  && mkdir -p /out \
- && cp "target/${TARGET}/release/intellia-token-broker" /out/intellia-token-broker \
- && /out/intellia-token-broker --version
+ && cp "target/${RUST_TARGET}/release/intellia-token-broker" /out/intellia-token-broker \
+ && if [ -z "${CROSS:-}" ]; then /out/intellia-token-broker --version; fi
 
 # ---------------------------------------------------------------------------
 # runtime: nothing but the binary and its default config. No shell, no

