@@ -24,9 +24,10 @@ use crate::telemetry::{LogFormat, LogTarget};
     after_help = "Start with `intellia-token-broker dev` to see it work with nothing else installed.\nLog level: RUST_LOG (e.g. RUST_LOG=debug). Config overrides: BROKER__SECTION__KEY."
 )]
 pub struct Cli {
-    /// Log format: JSON lines (for log pipelines) or human-readable.
-    #[arg(long, global = true, value_enum, default_value_t = LogFormat::Json, env = "BROKER_LOG_FORMAT")]
-    log_format: LogFormat,
+    /// Log format: JSON lines (for log pipelines) or short human-readable lines. Default: json,
+    /// except `dev`, which is read by a person: pretty.
+    #[arg(long, global = true, value_enum, env = "BROKER_LOG_FORMAT")]
+    log_format: Option<LogFormat>,
     #[command(subcommand)]
     command: Command,
 }
@@ -121,13 +122,13 @@ pub fn main() -> ExitCode {
         Command::Doctor { .. } => LogTarget::Stderr,
         _ => LogTarget::Stdout,
     };
+    let format = cli.log_format.unwrap_or(match cli.command {
+        Command::Dev { .. } => LogFormat::Pretty,
+        _ => LogFormat::Json,
+    });
     let telemetry = {
         let _runtime = runtime.enter();
-        crate::telemetry::init(
-            cli.log_format,
-            target,
-            settings.as_ref().map(|s| &s.telemetry),
-        )
+        crate::telemetry::init(format, target, settings.as_ref().map(|s| &s.telemetry))
     };
     if let Err(message) = crate::allocator::enable_background_purge() {
         // Memory is still freed, only not returned to the OS while idle: worth a warning, not a

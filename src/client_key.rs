@@ -260,7 +260,7 @@ impl ClientKey {
             aud: audience,
             iat: now,
             exp: now.saturating_add(ASSERTION_LIFETIME_SECS),
-            jti: hex(&jti),
+            jti: crate::hex::encode(&jti),
         };
         jsonwebtoken::encode(&header, &claims, &self.key).map_err(|_| ClientKeyError::Signing)
     }
@@ -273,10 +273,6 @@ fn nonempty(value: Option<String>) -> Option<String> {
 /// A value from the file, made safe for a one-line error message.
 fn printable(value: &str) -> String {
     value.chars().filter(|c| !c.is_control()).take(64).collect()
-}
-
-fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 #[cfg(test)]

@@ -17,6 +17,7 @@ pub mod cors;
 mod dev;
 mod doctor;
 pub mod error;
+mod hex;
 pub mod http_client;
 pub mod identity;
 pub mod intellia;

@@ -3,6 +3,7 @@
 //! for it, and one line per request with route, status, latency, outcome code and user id — never
 //! the query string, headers, tokens, keys or e-mails.
 
+use std::io::IsTerminal;
 use std::net::IpAddr;
 use std::time::Instant;
 
@@ -58,8 +59,18 @@ pub fn init(format: LogFormat, target: LogTarget, traces: Option<&TelemetrySetti
         LogTarget::Stdout => "info",
         LogTarget::Stderr => "warn",
     };
+    // For people, actix's own start-up lines ("starting N workers", one per server) are noise
+    // around the lines that matter; RUST_LOG still shows them.
+    let default_filter = match format {
+        LogFormat::Json => default_level.to_owned(),
+        LogFormat::Pretty => format!("{default_level},actix_server=warn"),
+    };
     let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_level));
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let ansi = match target {
+        LogTarget::Stdout => std::io::stdout().is_terminal(),
+        LogTarget::Stderr => std::io::stderr().is_terminal(),
+    };
     let writer = match target {
         LogTarget::Stdout => BoxMakeWriter::new(std::io::stdout),
         LogTarget::Stderr => BoxMakeWriter::new(std::io::stderr),
@@ -76,6 +87,9 @@ pub fn init(format: LogFormat, target: LogTarget, traces: Option<&TelemetrySetti
             .with_filter(filter)
             .boxed(),
         LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .compact()
+            .with_timer(tracing_subscriber::fmt::time::Uptime::default())
+            .with_ansi(ansi)
             .with_target(false)
             .with_writer(writer)
             .with_filter(filter)

@@ -338,8 +338,13 @@ impl RedisStore {
     /// keys live in one Redis Cluster slot.
     pub(crate) fn key(&self, subject: &str, kind: &str) -> String {
         let digest = Sha256::digest(subject.as_bytes());
-        let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
-        format!("{}:{{{hex}}}:{kind}", self.prefix)
+        let mut key = String::with_capacity(self.prefix.len() + 36 + kind.len());
+        key.push_str(&self.prefix);
+        key.push_str(":{");
+        crate::hex::push(&mut key, &digest[..16]);
+        key.push_str("}:");
+        key.push_str(kind);
+        key
     }
 
     pub(crate) async fn get(self: &Arc<Self>, key: String) -> Result<Option<Vec<u8>>, Unavailable> {
@@ -376,7 +381,7 @@ impl RedisStore {
     ) -> Result<Option<String>, Unavailable> {
         let mut raw = [0u8; 16];
         rand::rng().fill_bytes(&mut raw);
-        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let token = crate::hex::encode(&raw);
         let ms = u64::try_from(ttl.as_millis()).unwrap_or(1000).max(1);
         let value = token.clone();
         let acquired: Option<String> = self

@@ -14,7 +14,7 @@ pub struct StaticAsset {
 impl StaticAsset {
     pub fn new(body: &'static str, content_type: &'static str) -> StaticAsset {
         let digest = Sha256::digest(body.as_bytes());
-        let hex: String = digest[..12].iter().map(|b| format!("{b:02x}")).collect();
+        let hex = crate::hex::encode(&digest[..12]);
         StaticAsset {
             body,
             content_type,

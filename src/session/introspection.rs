@@ -275,7 +275,7 @@ impl Introspector {
     pub async fn probe(&self) -> Probe {
         let mut raw = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut raw);
-        let token: String = raw.iter().map(|b| format!("{b:02x}")).collect();
+        let token = crate::hex::encode(&raw);
         let Ok(request) = self.request(&format!("doctor-probe-{token}")) else {
             return Probe::KeyUnusable;
         };

@@ -320,6 +320,22 @@ impl RedisServer {
             .expect("redis-cli is installed (scripts/test.sh installs it)");
         String::from_utf8_lossy(&out.stdout).into_owned()
     }
+
+    /// `EVAL` + `EVALSHA` calls this server has answered (`INFO commandstats`).
+    pub fn script_calls(&self) -> u64 {
+        self.cli(&["INFO", "commandstats"])
+            .lines()
+            .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
+            .filter_map(|l| {
+                l.split("calls=")
+                    .nth(1)?
+                    .split(',')
+                    .next()?
+                    .parse::<u64>()
+                    .ok()
+            })
+            .sum()
+    }
 }
 
 impl Drop for RedisServer {

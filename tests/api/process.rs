@@ -392,3 +392,64 @@ async fn json_config_is_checked_and_served() {
     let (status, logs) = broker.stop().await;
     assert!(status.success(), "{status:?}: {logs}");
 }
+
+/// `dev` is read by a person: short plain lines (no JSON, no colour codes in a pipe, no actix
+/// start-up chatter) around its banner. `--log-format json` still gives JSON lines. (`serve`
+/// keeps JSON as its default: `BrokerProcess::serve` finds its address in the JSON listening line.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dev_logs_plain_lines_unless_json_is_asked_for() {
+    use std::time::Instant;
+    use testkit::process::{BrokerProcess, broker_bin, free_addr, wait_ok};
+
+    for json in [false, true] {
+        let dir = temp_dir();
+        let addr = free_addr();
+        let mut cmd = std::process::Command::new(broker_bin());
+        if json {
+            cmd.args(["--log-format", "json"]);
+        }
+        cmd.args(["dev", "--listen", &addr.to_string()])
+            .env_remove("BROKER_LOG_FORMAT");
+        let broker =
+            BrokerProcess::spawn_to_files(cmd, addr, &dir.join("stdout"), &dir.join("stderr"));
+        assert!(
+            wait_ok(addr, "/healthz", Instant::now(), Duration::from_secs(20))
+                .await
+                .is_some(),
+            "dev did not start: {}",
+            broker.output()
+        );
+        let status = testkit::app::http_client()
+            .post(broker.url("/v1/token"))
+            .send()
+            .await
+            .unwrap()
+            .status();
+        assert_eq!(status, 401);
+        let (_, out) = broker.stop().await;
+        assert!(out.contains("Demo page:"), "{out}");
+        let logs: Vec<&str> = out
+            .lines()
+            .filter(|l| l.contains(" INFO ") || l.starts_with('{'))
+            .collect();
+        let listening = logs
+            .iter()
+            .find(|l| l.contains("broker listening"))
+            .unwrap_or_else(|| panic!("no listening line: {out}"));
+        let request = logs
+            .iter()
+            .find(|l| l.contains("/v1/token"))
+            .unwrap_or_else(|| panic!("no request line: {out}"));
+        if json {
+            for line in [listening, request] {
+                serde_json::from_str::<serde_json::Value>(line)
+                    .unwrap_or_else(|e| panic!("not JSON ({e}): {line}"));
+            }
+        } else {
+            assert!(!out.lines().any(|l| l.starts_with('{')), "{out}");
+            assert!(!out.contains('\u{1b}'), "colour codes in a pipe: {out}");
+            assert!(!out.contains("starting service"), "{out}");
+            assert!(request.contains("status=401"), "{request}");
+        }
+    }
+}

@@ -260,7 +260,7 @@ async fn concurrent_decisions_batched_into_shared_script_calls_stay_exact() {
         .map(|u| UserId::parse(format!("batched-{u}")).unwrap())
         .collect();
     let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 7));
-    let calls_before = script_calls(&redis);
+    let calls_before = redis.script_calls();
     // 20 users × 12 requests, interleaved, all in flight at once.
     let outcomes = futures_util::future::join_all((0..240).map(|n| {
         let limits = Arc::clone(&limits);
@@ -274,7 +274,7 @@ async fn concurrent_decisions_batched_into_shared_script_calls_stay_exact() {
         })
     }))
     .await;
-    let calls = script_calls(&redis) - calls_before;
+    let calls = redis.script_calls() - calls_before;
     for u in 0..20 {
         let mut remaining: Vec<u32> = Vec::new();
         let mut refused = 0;
@@ -321,21 +321,4 @@ async fn concurrent_decisions_batched_into_shared_script_calls_stay_exact() {
         calls < 120,
         "240 concurrent decisions took {calls} script calls: not batched"
     );
-}
-
-/// `EVAL` + `EVALSHA` calls the server has answered.
-fn script_calls(redis: &RedisServer) -> u64 {
-    redis
-        .cli(&["INFO", "commandstats"])
-        .lines()
-        .filter(|l| l.starts_with("cmdstat_evalsha:") || l.starts_with("cmdstat_eval:"))
-        .filter_map(|l| {
-            l.split("calls=")
-                .nth(1)?
-                .split(',')
-                .next()?
-                .parse::<u64>()
-                .ok()
-        })
-        .sum()
 }
