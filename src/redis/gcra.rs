@@ -310,11 +310,18 @@ fn lock(queue: &Mutex<Queue>) -> std::sync::MutexGuard<'_, Queue> {
 
 /// Sends the queued requests, a batch at a time, until none is left.
 async fn flush(queue: Arc<Mutex<Queue>>, script: Arc<redis::Script>, store: Arc<RedisStore>) {
+    let mut slot = FlushSlot {
+        queue,
+        released: false,
+    };
     loop {
         let batch: Vec<Waiter> = {
-            let mut queue = lock(&queue);
+            let mut queue = lock(&slot.queue);
             if queue.waiting.is_empty() {
+                // Under the same lock as the emptiness check: a request queued after it starts
+                // a flusher of its own.
                 queue.flushing -= 1;
+                slot.released = true;
                 return;
             }
             let take = queue.waiting.len().min(MAX_BATCH);
@@ -333,6 +340,35 @@ async fn flush(queue: Arc<Mutex<Queue>>, script: Arc<redis::Script>, store: Arc<
                     let _ = waiter.reply.send(Err(Unavailable));
                 }
             }
+        }
+    }
+}
+
+/// A flusher's place among the [`IN_FLIGHT`]. A flusher that ends without finding the queue empty
+/// (its runtime shut down, a worker restarted) gives its place back, and when it was the last one
+/// the requests still queued are answered `Unavailable` rather than left waiting for a flusher that
+/// no longer comes.
+struct FlushSlot {
+    queue: Arc<Mutex<Queue>>,
+    released: bool,
+}
+
+impl Drop for FlushSlot {
+    fn drop(&mut self) {
+        if self.released {
+            return;
+        }
+        let stranded: Vec<Waiter> = {
+            let mut queue = lock(&self.queue);
+            queue.flushing -= 1;
+            if queue.flushing == 0 {
+                queue.waiting.drain(..).collect()
+            } else {
+                Vec::new()
+            }
+        };
+        for waiter in stranded {
+            let _ = waiter.reply.send(Err(Unavailable));
         }
     }
 }
@@ -402,6 +438,53 @@ fn tag_of(key: &str) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn waiter() -> (
+        Waiter,
+        oneshot::Receiver<Result<Vec<Decision>, Unavailable>>,
+    ) {
+        let (reply, decided) = oneshot::channel();
+        (
+            Waiter {
+                buckets: Vec::new(),
+                reply,
+            },
+            decided,
+        )
+    }
+
+    #[test]
+    fn a_flusher_that_dies_answers_the_stranded_requests_when_it_was_the_last() {
+        let (first, mut first_rx) = waiter();
+        let queue = Arc::new(Mutex::new(Queue {
+            waiting: vec![first],
+            flushing: 2,
+        }));
+        // Another flusher is still running: it will serve the queue.
+        drop(FlushSlot {
+            queue: Arc::clone(&queue),
+            released: false,
+        });
+        assert_eq!(lock(&queue).flushing, 1);
+        assert!(
+            first_rx.try_recv().is_err(),
+            "still waiting for the other flusher"
+        );
+        // The last one: nobody else will, so the request is answered now.
+        drop(FlushSlot {
+            queue: Arc::clone(&queue),
+            released: false,
+        });
+        assert_eq!(lock(&queue).flushing, 0);
+        assert!(lock(&queue).waiting.is_empty());
+        assert_eq!(first_rx.try_recv().unwrap(), Err(Unavailable));
+        // A flusher that found the queue empty already gave its place back.
+        drop(FlushSlot {
+            queue: Arc::clone(&queue),
+            released: true,
+        });
+        assert_eq!(lock(&queue).flushing, 0);
+    }
 
     #[test]
     fn the_hash_tag_decides_the_slot_group() {
