@@ -19,6 +19,7 @@
 //! the request's path). Until the refund lands, a concurrent request of that bucket sees one
 //! charge too many — it can only be refused early, never admitted beyond the limit.
 
+use std::borrow::Borrow;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -225,11 +226,11 @@ impl Gcra {
                 None => groups.push(vec![i]),
             }
         }
-        let owned: Vec<Vec<Bucket>> = groups
+        let members: Vec<Vec<&Bucket>> = groups
             .iter()
-            .map(|g| g.iter().map(|&i| buckets[i].clone()).collect())
+            .map(|g| g.iter().map(|&i| &buckets[i]).collect())
             .collect();
-        let calls = owned
+        let calls = members
             .iter()
             .map(|group| decide_one(&self.script, store, group));
         let results = futures_util::future::join_all(calls).await;
@@ -374,27 +375,28 @@ impl Drop for FlushSlot {
 }
 
 /// One script call deciding one request's buckets (all in one slot).
-async fn decide_one(
+async fn decide_one<B: Borrow<Bucket>>(
     script: &redis::Script,
     store: &Arc<RedisStore>,
-    buckets: &[Bucket],
+    buckets: &[B],
 ) -> Result<Vec<Decision>, Unavailable> {
     let mut decided = decide(script, store, &[buckets]).await?;
     Ok(decided.pop().unwrap_or_default())
 }
 
 /// One script call deciding `requests` (each one's buckets in one slot) in order; per request, the
-/// decisions of its buckets up to and including its first refusal.
-async fn decide(
+/// decisions of its buckets up to and including its first refusal. Buckets are borrowed (`B` is
+/// `Bucket` for a queued request's own, `&Bucket` for a cluster group picked out of a request).
+async fn decide<B: Borrow<Bucket>>(
     script: &redis::Script,
     store: &Arc<RedisStore>,
-    requests: &[&[Bucket]],
+    requests: &[&[B]],
 ) -> Result<Vec<Vec<Decision>>, Unavailable> {
     let mut invocation = script.prepare_invoke();
     invocation.arg(requests.len());
     for buckets in requests {
         invocation.arg(buckets.len());
-        for bucket in *buckets {
+        for bucket in buckets.iter().map(Borrow::borrow) {
             invocation
                 .key(bucket.key.as_str())
                 .arg(bucket.interval_us())
