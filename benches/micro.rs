@@ -10,16 +10,16 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
-use intellia_token_broker::cache::TokenCache;
-use intellia_token_broker::config::{
+use intellia_token_broker::testing::Metrics;
+use intellia_token_broker::testing::MintedToken;
+use intellia_token_broker::testing::SessionVerifier;
+use intellia_token_broker::testing::TokenCache;
+use intellia_token_broker::testing::UserId;
+use intellia_token_broker::testing::{
     CacheSettings, Count, PerMinuteLimit, RateLimitSettings, Settings,
 };
-use intellia_token_broker::identity::UserId;
-use intellia_token_broker::intellia::MintedToken;
-use intellia_token_broker::limits::{Limits, RequestKeys};
-use intellia_token_broker::metrics::Metrics;
-use intellia_token_broker::secrets::{InlineSecrets, Secrets};
-use intellia_token_broker::session::SessionVerifier;
+use intellia_token_broker::testing::{InlineSecrets, Secrets};
+use intellia_token_broker::testing::{Limits, RequestKeys};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use secrecy::SecretString;
 use serde_json::json;
@@ -66,7 +66,7 @@ fn verifier(settings: &Settings, hs256: Option<&str>) -> SessionVerifier {
     SessionVerifier::new(
         &settings.session,
         &secrets,
-        &intellia_token_broker::http_client::builder()
+        &intellia_token_broker::testing::http_client_builder()
             .build()
             .unwrap(),
         &Arc::new(Metrics::new()),
@@ -193,7 +193,7 @@ fn cached(rt: &Runtime, iters: u64, verifier: &SessionVerifier, token: &str) -> 
 }
 
 fn session(c: &mut Criterion) {
-    intellia_token_broker::http_client::install_crypto_provider();
+    intellia_token_broker::testing::install_crypto_provider();
     let rt = runtime();
     let mut group = c.benchmark_group("session verify");
 

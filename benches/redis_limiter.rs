@@ -11,8 +11,8 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use intellia_token_broker::identity::UserId;
-use intellia_token_broker::limits::{Limits, RequestKeys};
+use intellia_token_broker::testing::UserId;
+use intellia_token_broker::testing::{Limits, RequestKeys};
 use testkit::procfs;
 use testkit::redis::{RedisCluster, RedisServer};
 

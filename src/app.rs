@@ -14,20 +14,20 @@ use tracing_actix_web::TracingLogger;
 
 use crate::cache::TokenCache;
 use crate::config::Settings;
-use crate::cors::CorsPolicy;
+use crate::http::assets::Assets;
+use crate::http::backend::BackendAuth;
+use crate::http::cors::CorsPolicy;
+use crate::http::middleware::{ConnectionPolicy, Drain, body_deadline, request_context};
+use crate::http::operations::Readiness;
+use crate::http::request_log::BrokerRootSpan;
+use crate::http::{self, RequestLimits};
 use crate::intellia::IntelliaClient;
 use crate::limits::Limits;
 use crate::limits::failures::FailureLimit;
-use crate::metrics::{Metrics, SecretLabels};
-use crate::middleware::{ConnectionPolicy, Drain, body_deadline, request_context};
-use crate::routes::assets::Assets;
-use crate::routes::backend::BackendAuth;
-use crate::routes::operations::Readiness;
-use crate::routes::{self, RequestLimits};
 use crate::secrets::{InlineSecrets, Reload, SecretKind, Secrets};
 use crate::service::TokenService;
 use crate::session::SessionVerifier;
-use crate::telemetry::BrokerRootSpan;
+use crate::telemetry::metrics::{Metrics, SecretLabels};
 
 /// Routes added beside the public ones (`dev` mode's demo page).
 pub type ExtraRoutes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
@@ -147,7 +147,7 @@ impl AppParts {
                 secrets: Arc::clone(&secrets),
                 metrics: Arc::clone(&metrics),
             }),
-            assets: web::Data::new(Assets::new(crate::openapi::document_json())),
+            assets: web::Data::new(Assets::new(crate::http::openapi::document_json())),
             metrics: web::Data::from(metrics),
             connection: web::Data::new(ConnectionPolicy {
                 trusted_proxies: settings.server.trusted_proxies.clone(),
@@ -272,12 +272,12 @@ pub fn public_app(
         .wrap(TracingLogger::<BrokerRootSpan>::new())
         .wrap(from_fn(request_context))
         .configure(|cfg| {
-            routes::configure(cfg, with_backend);
+            http::configure(cfg, with_backend);
             if let Some(extra) = &extra {
                 extra(cfg);
             }
         })
-        .default_service(web::to(routes::not_found))
+        .default_service(web::to(http::not_found))
 }
 
 impl Application {
@@ -357,9 +357,9 @@ impl Application {
                 let admin = HttpServer::new(move || {
                     App::new()
                         .app_data(metrics.clone())
-                        .route("/metrics", web::get().to(routes::operations::metrics))
-                        .route("/healthz", web::get().to(routes::operations::healthz))
-                        .default_service(web::to(routes::not_found))
+                        .route("/metrics", web::get().to(http::operations::metrics))
+                        .route("/healthz", web::get().to(http::operations::healthz))
+                        .default_service(web::to(http::not_found))
                 })
                 .workers(1)
                 .shutdown_timeout(1)

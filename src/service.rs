@@ -12,7 +12,7 @@ use crate::error::BrokerError;
 use crate::identity::Identity;
 use crate::intellia::IntelliaClient;
 use crate::limits::{LimitError, Limits, RateLimitStatus, RequestKeys};
-use crate::metrics::{LimitLabels, Metrics, ResultLabels};
+use crate::telemetry::metrics::{LimitLabels, Metrics, ResultLabels};
 
 /// A token for the caller, and the limit to tell them about.
 pub struct Issued {

@@ -7,6 +7,7 @@
 //! user on different replicas still make one Intellia call.
 
 mod memory;
+pub(crate) mod seal;
 mod shared;
 
 use std::future::Future;

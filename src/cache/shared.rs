@@ -11,10 +11,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 
 use super::{CacheError, CachedToken, Provenance, fresh_for};
+use crate::cache::seal::Sealer;
 use crate::config::RedisFallback;
 use crate::identity::UserId;
 use crate::intellia::MintedToken;
-use crate::redis::seal::Sealer;
 use crate::redis::{RedisStore, Unavailable};
 
 #[derive(Serialize, Deserialize)]

@@ -20,8 +20,8 @@ use crate::breaker::CircuitBreaker;
 use crate::config::IntelliaSettings;
 use crate::error::BrokerError;
 use crate::identity::{DisplayName, Email, Identity};
-use crate::metrics::Metrics;
 use crate::secrets::SecretCell;
+use crate::telemetry::metrics::Metrics;
 
 /// The identity Intellia should mint a token for, as its request body spells it.
 #[derive(Serialize)]
@@ -258,7 +258,7 @@ impl IntelliaClient {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
             .map_err(|_| UpstreamError::Rejected { status: 401 })?;
         auth.set_sensitive(true);
-        let response = crate::traces::traced(self.http.post(self.url.clone()))
+        let response = crate::telemetry::traces::traced(self.http.post(self.url.clone()))
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .timeout(timeout)
@@ -268,7 +268,7 @@ impl IntelliaClient {
             .map_err(classify_transport_error)?;
 
         let status = response.status();
-        crate::traces::set_status_code(&tracing::Span::current(), status.as_u16());
+        crate::telemetry::traces::set_status_code(&tracing::Span::current(), status.as_u16());
         if status.is_success() {
             let body = read_body(response).await?;
             return parse_assume_role_body(&body);
@@ -293,7 +293,7 @@ impl IntelliaClient {
         let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
             .unwrap_or_else(|_| HeaderValue::from_static("Bearer -"));
         auth.set_sensitive(true);
-        let response = crate::traces::traced(self.http.post(self.url.clone()))
+        let response = crate::telemetry::traces::traced(self.http.post(self.url.clone()))
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .timeout(self.timeout)

@@ -7,6 +7,7 @@
 //! limit.
 
 pub(crate) mod failures;
+pub(crate) mod gcra;
 mod local;
 mod shared;
 

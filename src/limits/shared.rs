@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use super::{Buckets, RateLimitStatus, Shape, Subject, Verdict, ceil_secs};
 use crate::config::RedisFallback;
-use crate::redis::gcra::{Bucket, Decision, Gcra};
+use crate::limits::gcra::{Bucket, Decision, Gcra};
 use crate::redis::{RedisStore, Unavailable};
 
 pub(super) struct SharedLimits {

@@ -4,8 +4,6 @@
 //! ([`seal`]); this module only moves bytes and reports `Unavailable`.
 
 pub(crate) mod connection;
-pub(crate) mod gcra;
-pub(crate) mod seal;
 
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, Weak};
@@ -16,8 +14,8 @@ use sha2::{Digest, Sha256};
 
 use crate::breaker::CircuitBreaker;
 use crate::config::{RedisFallback, RedisSettings};
-use crate::metrics::Metrics;
 use crate::secrets::SecretCell;
+use crate::telemetry::metrics::Metrics;
 pub(crate) use connection::Connection;
 use connection::{Connector, FailureReason, describe};
 

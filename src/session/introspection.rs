@@ -11,11 +11,11 @@ use std::time::Duration;
 use serde_json::{Map, Value};
 
 use super::claims::ClaimPolicy;
-use crate::client_key::{ASSERTION_TYPE, ClientKey, ClientKeyError};
 use crate::config::{IntrospectionAuth, IntrospectionSettings};
 use crate::error::{AuthFailure, BrokerError};
 use crate::identity::Identity;
 use crate::secrets::SecretCell;
+use crate::secrets::client_key::{ASSERTION_TYPE, ClientKey, ClientKeyError};
 
 const MAX_ANSWER_BYTES: usize = 64 * 1024;
 
@@ -195,8 +195,9 @@ impl Introspector {
     /// The introspection request with the broker's credentials: HTTP Basic, or a client
     /// assertion made for this one call.
     fn request(&self, token: &str) -> Result<reqwest::RequestBuilder, BrokerError> {
-        let request = crate::traces::traced(self.http.post(self.settings.url.url().clone()))
-            .header(reqwest::header::ACCEPT, "application/json");
+        let request =
+            crate::telemetry::traces::traced(self.http.post(self.settings.url.url().clone()))
+                .header(reqwest::header::ACCEPT, "application/json");
         let fields = [("token", token), ("token_type_hint", "access_token")];
         match &self.credentials {
             Credentials::Basic { client_id, secret } => {

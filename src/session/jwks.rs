@@ -12,7 +12,7 @@ use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use tracing::Instrument;
 
-use crate::metrics::{IssuerIndexLabels, IssuerLabels, Metrics};
+use crate::telemetry::metrics::{IssuerIndexLabels, IssuerLabels, Metrics};
 
 /// An unknown `kid` triggers at most one fetch per this window, so a storm of forged kids costs
 /// the provider one request per window.
@@ -352,7 +352,7 @@ impl JwksCache {
         what: &'static str,
         url: &str,
     ) -> Result<(Vec<u8>, Option<Duration>), FetchError> {
-        let mut response = crate::traces::traced(self.http.get(url))
+        let mut response = crate::telemetry::traces::traced(self.http.get(url))
             .header(reqwest::header::ACCEPT, "application/json")
             .send()
             .await

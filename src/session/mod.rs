@@ -31,8 +31,8 @@ use crate::config::{
 };
 use crate::error::{AuthFailure, BrokerError};
 use crate::identity::Identity;
-use crate::metrics::Metrics;
 use crate::secrets::{SecretCell, SecretKind, Secrets};
+use crate::telemetry::metrics::Metrics;
 use claims::{ClaimPolicy, Claims};
 use jwks::{JwksCache, JwksSource, KeyLookup};
 

@@ -32,7 +32,7 @@ impl Endpoint {
         };
         let Some(url) = url else { return };
         let answer = async {
-            let response = crate::traces::traced(http.get(&url))
+            let response = crate::telemetry::traces::traced(http.get(&url))
                 .bearer_auth(token)
                 .send()
                 .await

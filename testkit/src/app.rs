@@ -6,11 +6,9 @@ use std::net::TcpListener;
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use intellia_token_broker::app::{AppParts, Application, BuildOptions, ShutdownHandle};
-use intellia_token_broker::config::Settings;
-use intellia_token_broker::intellia::simulator::{
-    KeyPolicy, Simulator, SimulatorConfig, SimulatorState,
-};
+use intellia_token_broker::testing::Settings;
+use intellia_token_broker::testing::{AppParts, Application, BuildOptions, ShutdownHandle};
+use intellia_token_broker::testing::{KeyPolicy, Simulator, SimulatorConfig, SimulatorState};
 use serde_json::Value;
 
 use crate::config::{TestConfig, temp_dir, write_config};
@@ -31,7 +29,7 @@ pub struct TestApp {
 /// A plain test client. reqwest needs the process's rustls provider installed first, whichever
 /// test happens to build a client first.
 pub fn http_client() -> reqwest::Client {
-    intellia_token_broker::http_client::install_crypto_provider();
+    intellia_token_broker::testing::install_crypto_provider();
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

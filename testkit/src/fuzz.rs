@@ -42,17 +42,17 @@ use actix_web::web::{self, Bytes};
 use actix_web::{App, HttpResponse, HttpServer, test};
 use base64::Engine;
 use futures_util::future::LocalBoxFuture;
-use intellia_token_broker::app::{AppParts, Application, BuildOptions, public_app};
-use intellia_token_broker::cache::CachedToken;
-use intellia_token_broker::config::Settings;
-use intellia_token_broker::cors::CorsPolicy;
-use intellia_token_broker::error::{BrokerError, PROBLEM_JSON};
-use intellia_token_broker::identity::Identity;
-use intellia_token_broker::intellia::UpstreamError;
-use intellia_token_broker::intellia::client::{error_for_status, parse_assume_role_body};
-use intellia_token_broker::intellia::simulator::{Simulator, SimulatorConfig};
-use intellia_token_broker::routes::{TokenResponse, token_response};
-use intellia_token_broker::session::credential;
+use intellia_token_broker::testing::CachedToken;
+use intellia_token_broker::testing::CorsPolicy;
+use intellia_token_broker::testing::Identity;
+use intellia_token_broker::testing::Settings;
+use intellia_token_broker::testing::UpstreamError;
+use intellia_token_broker::testing::credential;
+use intellia_token_broker::testing::{AppParts, Application, BuildOptions, public_app};
+use intellia_token_broker::testing::{BrokerError, PROBLEM_JSON};
+use intellia_token_broker::testing::{Simulator, SimulatorConfig};
+use intellia_token_broker::testing::{TokenResponse, token_response};
+use intellia_token_broker::testing::{error_for_status, parse_assume_role_body};
 use jsonwebtoken::jwk::Jwk;
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey};
 use serde_json::Value;
@@ -266,9 +266,10 @@ impl World {
                 TcpListener::bind("127.0.0.1:0").expect("bind simulator"),
                 SimulatorConfig {
                     organization_id: Some(ORG.to_owned()),
-                    keys: intellia_token_broker::intellia::simulator::KeyPolicy::Keys(
-                        HashMap::from([(API_KEY.to_owned(), true)]),
-                    ),
+                    keys: intellia_token_broker::testing::KeyPolicy::Keys(HashMap::from([(
+                        API_KEY.to_owned(),
+                        true,
+                    )])),
                     ..SimulatorConfig::default()
                 },
             )
@@ -1090,7 +1091,7 @@ fn assert_upstream_error(error: UpstreamError) {
 /// (`ClientKey::parse`), then, for a key that parsed, one client assertion. Input: an optional
 /// first line `#ids CLIENT_ID KEY_ID` (`-` for an id not configured), then the file's text.
 pub fn client_key(data: &[u8]) -> Verdict {
-    use intellia_token_broker::client_key::{ClientKey, MIN_RSA_BITS};
+    use intellia_token_broker::testing::{ClientKey, MIN_RSA_BITS};
 
     let Ok(text) = std::str::from_utf8(data) else {
         return Verdict::Rejected("not UTF-8".into());

@@ -5,11 +5,11 @@
 
 use std::time::{Duration, Instant};
 
-use intellia_token_broker::cache::TokenCache;
-use intellia_token_broker::config::{CacheSettings, Count, PerMinuteLimit, RateLimitSettings};
-use intellia_token_broker::identity::UserId;
-use intellia_token_broker::intellia::MintedToken;
-use intellia_token_broker::limits::{Limits, RequestKeys};
+use intellia_token_broker::testing::MintedToken;
+use intellia_token_broker::testing::TokenCache;
+use intellia_token_broker::testing::UserId;
+use intellia_token_broker::testing::{CacheSettings, Count, PerMinuteLimit, RateLimitSettings};
+use intellia_token_broker::testing::{Limits, RequestKeys};
 use secrecy::SecretString;
 use time::OffsetDateTime;
 

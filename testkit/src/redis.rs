@@ -579,13 +579,13 @@ pub async fn shared_limits(
     cluster: bool,
     rate_limit: serde_json::Value,
 ) -> (
-    std::sync::Arc<intellia_token_broker::limits::Limits>,
-    std::sync::Arc<intellia_token_broker::metrics::Metrics>,
+    std::sync::Arc<intellia_token_broker::testing::Limits>,
+    std::sync::Arc<intellia_token_broker::testing::Metrics>,
 ) {
-    use intellia_token_broker::config::{RateLimitSettings, RedisSettings};
-    use intellia_token_broker::limits::Limits;
-    use intellia_token_broker::metrics::Metrics;
-    use intellia_token_broker::redis::RedisStore;
+    use intellia_token_broker::testing::Limits;
+    use intellia_token_broker::testing::Metrics;
+    use intellia_token_broker::testing::RedisStore;
+    use intellia_token_broker::testing::{RateLimitSettings, RedisSettings};
     use std::sync::Arc;
 
     let redis: RedisSettings = serde_json::from_value(serde_json::json!({

@@ -33,9 +33,7 @@ async fn twenty_concurrent_requests_make_one_upstream_call() {
 async fn failed_mints_are_not_cached() {
     let app = spawn_app(TestConfig::default()).await;
     app.sim
-        .push_faults([intellia_token_broker::intellia::simulator::Fault::status(
-            500,
-        )]);
+        .push_faults([intellia_token_broker::testing::Fault::status(500)]);
     let failed = app.token(&session("alice")).await;
     assert_problem(failed, 503, "upstream_unavailable").await;
     let ok = app.token(&session("alice")).await;
@@ -58,7 +56,7 @@ async fn disabled_cache_mints_every_time() {
 
 #[tokio::test]
 async fn short_lived_upstream_tokens_are_not_served_from_cache() {
-    use intellia_token_broker::intellia::simulator::{KeyPolicy, SimulatorConfig};
+    use intellia_token_broker::testing::{KeyPolicy, SimulatorConfig};
     let (url, sim) = start_simulator(SimulatorConfig {
         keys: KeyPolicy::AnyNonEmpty,
         // Less than min_remaining_secs (900) left from the start.

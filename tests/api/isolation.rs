@@ -8,7 +8,7 @@ use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use intellia_token_broker::intellia::simulator::SimulatorState;
+use intellia_token_broker::testing::SimulatorState;
 use serde_json::{Value, json};
 use testkit::app::simulator_config;
 use testkit::prelude::*;

@@ -1,6 +1,6 @@
 //! The metric families the chart's alerts and dashboard may use (`tests/deploy/metrics.txt`) are the ones a live broker exposes, with the new histograms filled.
 
-use intellia_token_broker::metrics::{IssuerIndexLabels, IssuerLabels, LimitLabels, SecretLabels};
+use intellia_token_broker::testing::{IssuerIndexLabels, IssuerLabels, LimitLabels, SecretLabels};
 use testkit::prelude::*;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

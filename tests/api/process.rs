@@ -357,7 +357,7 @@ async fn json_config_is_checked_and_served() {
     let dir = temp_dir();
     let toml = write_config(&TestConfig::default(), &dir, &sim_url, "127.0.0.1:0");
     let settings =
-        intellia_token_broker::config::Settings::from_toml_with_env(&toml, Vec::new()).unwrap();
+        intellia_token_broker::testing::Settings::from_toml_with_env(&toml, Vec::new()).unwrap();
     let json = dir.join("config.json");
     std::fs::write(&json, serde_json::to_string_pretty(&settings).unwrap()).unwrap();
     let json_arg = json.to_str().unwrap().to_owned();

@@ -7,7 +7,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use intellia_token_broker::intellia::simulator::SimulatorState;
+use intellia_token_broker::testing::SimulatorState;
 use testkit::app::simulator_config;
 use testkit::prelude::*;
 use testkit::redis::{RedisCluster, RedisServer};

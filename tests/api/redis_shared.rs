@@ -5,7 +5,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use intellia_token_broker::intellia::simulator::SimulatorState;
+use intellia_token_broker::testing::SimulatorState;
 use serde_json::Value;
 use testkit::app::simulator_config;
 use testkit::prelude::*;
@@ -242,8 +242,8 @@ async fn a_broker_starts_and_serves_while_redis_is_down() {
 /// per-IP bucket counts every request once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_decisions_batched_into_shared_script_calls_stay_exact() {
-    use intellia_token_broker::identity::UserId;
-    use intellia_token_broker::limits::{LimitError, RequestKeys};
+    use intellia_token_broker::testing::UserId;
+    use intellia_token_broker::testing::{LimitError, RequestKeys};
     use std::net::{IpAddr, Ipv4Addr};
 
     let redis = RedisServer::start();

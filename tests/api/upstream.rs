@@ -3,7 +3,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use intellia_token_broker::intellia::simulator::{Fault, KeyPolicy, SimulatorConfig};
+use intellia_token_broker::testing::{Fault, KeyPolicy, SimulatorConfig};
 use serde_json::Value;
 
 use testkit::prelude::*;

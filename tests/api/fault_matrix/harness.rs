@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use intellia_token_broker::intellia::simulator::SimulatorState;
+use intellia_token_broker::testing::SimulatorState;
 use serde_json::Value;
 use testkit::app::simulator_config;
 use testkit::prelude::*;

@@ -10,7 +10,7 @@ mod harness;
 use std::time::{Duration, Instant};
 
 use futures_util::StreamExt;
-use intellia_token_broker::intellia::simulator::SimulatorConfig;
+use intellia_token_broker::testing::SimulatorConfig;
 use serde_json::{Value, json};
 use testkit::prelude::*;
 use tokio::io::AsyncWriteExt;

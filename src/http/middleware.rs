@@ -17,9 +17,9 @@ use actix_web::{Error, HttpMessage, web};
 use futures_util::StreamExt;
 use ipnet::IpNet;
 
+use super::request_log::{ClientIp, RequestId, RequestStart};
 use crate::config::ClientIpHeader;
-use crate::cors::CorsPolicy;
-use crate::telemetry::{ClientIp, RequestId, RequestStart};
+use crate::http::cors::CorsPolicy;
 
 /// Set once SIGTERM (or a shutdown handle) starts draining; read by `/readyz` and here.
 #[derive(Debug, Clone, Default)]
@@ -61,7 +61,7 @@ fn client_ip(req: &ServiceRequest, policy: &ConnectionPolicy) -> Option<IpAddr> 
     };
     if policy.trusted_proxies.is_empty() {
         // Nobody's header is believed: skip reading it.
-        return crate::client_ip::client_ip(
+        return crate::http::client_ip::client_ip(
             req.peer_addr(),
             policy.client_ip_header,
             std::iter::empty(),
@@ -74,7 +74,7 @@ fn client_ip(req: &ServiceRequest, policy: &ConnectionPolicy) -> Option<IpAddr> 
         .get_all(name)
         .map(|v| v.to_str().unwrap_or("\u{0}"))
         .collect::<Vec<_>>();
-    crate::client_ip::client_ip(
+    crate::http::client_ip::client_ip(
         req.peer_addr(),
         policy.client_ip_header,
         lines.into_iter(),

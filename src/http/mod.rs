@@ -2,10 +2,15 @@
 //! domain parts and renders their answer; errors leave as [`BrokerError`] and are rendered in
 //! one place (`error.rs`).
 
-pub mod assets;
-pub mod backend;
-pub mod operations;
-pub mod token;
+pub(crate) mod assets;
+pub(crate) mod backend;
+pub(crate) mod client_ip;
+pub(crate) mod cors;
+pub(crate) mod middleware;
+pub(crate) mod openapi;
+pub(crate) mod operations;
+pub(crate) mod request_log;
+pub(crate) mod token;
 
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
@@ -17,10 +22,10 @@ use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
 use time::format_description::well_known::Rfc3339;
 
-use crate::cors::CorsPolicy;
 use crate::error::{BrokerError, apply_rate_limit};
+use crate::http::cors::CorsPolicy;
+use crate::http::middleware::cors_layer;
 use crate::intellia::MintedToken;
-use crate::middleware::cors_layer;
 use crate::service::Issued;
 
 /// The token response of both token routes.

@@ -280,12 +280,12 @@ mod tests {
     use super::*;
     use serde_json::json;
 
-    const PKCS8: &str = include_str!("../tests/fixtures/rsa-private.pem");
-    const PKCS1: &str = include_str!("../tests/fixtures/rsa-private-pkcs1.pem");
-    const PUBLIC: &str = include_str!("../tests/fixtures/rsa-public.pem");
-    const SMALL: &str = include_str!("../tests/fixtures/rsa-1024-private.pem");
-    const EC_PKCS8: &str = include_str!("../tests/fixtures/ec-private.pem");
-    const EC_SEC1: &str = include_str!("../tests/fixtures/ec-private-sec1.pem");
+    const PKCS8: &str = include_str!("../../tests/fixtures/rsa-private.pem");
+    const PKCS1: &str = include_str!("../../tests/fixtures/rsa-private-pkcs1.pem");
+    const PUBLIC: &str = include_str!("../../tests/fixtures/rsa-public.pem");
+    const SMALL: &str = include_str!("../../tests/fixtures/rsa-1024-private.pem");
+    const EC_PKCS8: &str = include_str!("../../tests/fixtures/ec-private.pem");
+    const EC_SEC1: &str = include_str!("../../tests/fixtures/ec-private-sec1.pem");
 
     fn zitadel_json(key: &str) -> serde_json::Value {
         json!({

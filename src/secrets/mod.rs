@@ -9,11 +9,13 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 
+pub(crate) mod client_key;
+
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
-use crate::client_key::ClientKey;
 use crate::config::{ApiKeySource, IntrospectionAuth, KeySource, Settings};
+use client_key::ClientKey;
 
 /// Why a secret could not be loaded; always names the path or variable, never the value.
 #[derive(Debug, thiserror::Error)]
@@ -625,8 +627,8 @@ mod tests {
 
     #[test]
     fn the_client_key_file_is_loaded_checked_and_rotated() {
-        let pkcs1 = include_str!("../tests/fixtures/rsa-private-pkcs1.pem");
-        let other = include_str!("../tests/fixtures/rsa-private-2.pem");
+        let pkcs1 = include_str!("../../tests/fixtures/rsa-private-pkcs1.pem");
+        let other = include_str!("../../tests/fixtures/rsa-private-2.pem");
         let path = temp_file("client-key.json", &key_json(pkcs1, "111"));
         let secrets = Secrets::load(&private_key_jwt_settings(&path, None), inline_api_key())
             .expect("a Zitadel key JSON loads");
@@ -659,7 +661,7 @@ mod tests {
 
     #[test]
     fn a_bad_client_key_file_names_the_config_key_and_never_the_key() {
-        let pkcs1 = include_str!("../tests/fixtures/rsa-private-pkcs1.pem");
+        let pkcs1 = include_str!("../../tests/fixtures/rsa-private-pkcs1.pem");
         let path = temp_file("client-key-mismatch.json", &key_json(pkcs1, "111"));
         let err = Secrets::load(
             &private_key_jwt_settings(&path, Some("999")),
@@ -675,7 +677,7 @@ mod tests {
             "{err}"
         );
         assert!(!err.contains(pkcs1.lines().nth(1).unwrap_or("-")), "{err}");
-        let ec = include_str!("../tests/fixtures/ec-private.pem");
+        let ec = include_str!("../../tests/fixtures/ec-private.pem");
         let path = temp_file("client-key-ec.pem", ec);
         let err = Secrets::load(
             &private_key_jwt_settings(&path, Some("1")),

@@ -2,13 +2,13 @@
 
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 
+use super::request_log::ClientIp;
 use super::{RequestLimits, TokenRouteResponses, read_body, record_user, render_issued};
-use crate::cors::CorsPolicy;
 use crate::error::{AuthFailure, BrokerError};
+use crate::http::cors::CorsPolicy;
 use crate::service::{IpCharge, TokenService};
 use crate::session::SessionVerifier;
 use crate::session::credential::{self, CredentialSource};
-use crate::telemetry::ClientIp;
 
 #[utoipa::path(
     post,

@@ -5,10 +5,10 @@ use std::sync::Arc;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::{HttpResponse, web};
 
-use crate::metrics::Metrics;
-use crate::middleware::Drain;
+use crate::http::middleware::Drain;
 use crate::secrets::Secrets;
 use crate::session::SessionVerifier;
+use crate::telemetry::metrics::Metrics;
 
 /// What `/readyz` looks at.
 pub struct Readiness {

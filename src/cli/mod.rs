@@ -7,11 +7,14 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+mod console;
+mod dev;
+mod doctor;
+
 use clap::{Parser, Subcommand};
 
 use crate::app::{Application, BuildOptions};
 use crate::config::{Settings, resolve_config_path};
-use crate::console;
 use crate::intellia::simulator::{KeyPolicy, Simulator, SimulatorConfig};
 use crate::secrets::{InlineSecrets, Secrets};
 use crate::telemetry::{LogFormat, LogTarget};
@@ -80,7 +83,7 @@ enum Command {
         mint_test_user: Option<String>,
         /// Bound on each check (they run in parallel); at most 25, so a run ends within 30 s.
         #[arg(long, default_value_t = 10, value_name = "SECS",
-              value_parser = clap::value_parser!(u64).range(1..=crate::doctor::MAX_CHECK_SECS))]
+              value_parser = clap::value_parser!(u64).range(1..=doctor::MAX_CHECK_SECS))]
         timeout_secs: u64,
     },
     /// Print the OpenAPI document of the HTTP API.
@@ -160,9 +163,9 @@ async fn run(command: Command, settings: Option<Settings>) -> Result<(), String>
             timeout_secs,
         } => {
             let path = resolve_config_path(config.as_deref());
-            crate::doctor::run(&path, mint_test_user.as_deref(), timeout_secs).await
+            doctor::run(&path, mint_test_user.as_deref(), timeout_secs).await
         }
-        Command::Dev { listen } => crate::dev::run(listen).await,
+        Command::Dev { listen } => dev::run(listen).await,
         Command::CheckConfig { config } => check_config(config),
         Command::SimulateIntellia {
             listen,
@@ -172,7 +175,7 @@ async fn run(command: Command, settings: Option<Settings>) -> Result<(), String>
         } => simulate(listen, api_key_file, organization_id, token_ttl_secs).await,
         Command::Healthcheck { url } => healthcheck(&url).await,
         Command::Openapi => {
-            console::out(&crate::openapi::document_json());
+            console::out(&crate::http::openapi::document_json());
             Ok(())
         }
     }

@@ -28,9 +28,9 @@ use time::format_description::well_known::Rfc3339;
 use crate::config::{KeySource, Settings};
 use crate::identity::{Identity, UserId};
 use crate::intellia::IntelliaClient;
-use crate::metrics::Metrics;
 use crate::secrets::{InlineSecrets, SecretKind, Secrets};
 use crate::session::{DiscoveryDocument, Introspector, Probe, usable_keys};
+use crate::telemetry::metrics::Metrics;
 
 /// The most any one check may take; with the start-up work this keeps a run under 30 s.
 pub const MAX_CHECK_SECS: u64 = 25;
@@ -82,7 +82,7 @@ pub async fn run(
     let settings = match Settings::load(config) {
         Ok(settings) => settings,
         Err(e) => {
-            crate::console::line(&Line::fail("config", e.to_string()).to_string());
+            super::console::line(&Line::fail("config", e.to_string()).to_string());
             return Err("doctor: the configuration does not load".to_owned());
         }
     };
@@ -104,9 +104,9 @@ pub async fn run(
     let scrub = Scrubber::new(secrets.as_deref(), &settings);
     let failed = lines.iter().filter(|l| !l.ok).count();
     for line in &lines {
-        crate::console::line(&scrub.apply(&line.to_string()));
+        super::console::line(&scrub.apply(&line.to_string()));
     }
-    crate::console::line(&format!(
+    super::console::line(&format!(
         "{} checks, {} failed, in {:.1} s",
         lines.len(),
         failed,
@@ -298,7 +298,7 @@ pub fn transport_cause(e: &reqwest::Error) -> String {
 
 /// GETs a JSON document: its body, or the cause in the operator's terms.
 async fn get_document(http: &reqwest::Client, what: &str, url: &str) -> Result<Vec<u8>, String> {
-    let mut response = crate::traces::traced(http.get(url))
+    let mut response = crate::telemetry::traces::traced(http.get(url))
         .header(reqwest::header::ACCEPT, "application/json")
         .send()
         .await

@@ -14,14 +14,14 @@ use rand::RngCore;
 use secrecy::{ExposeSecret, SecretString};
 use serde::Serialize;
 
+use super::console;
 use crate::app::{Application, BuildOptions};
 use crate::config::Settings;
-use crate::console;
 use crate::intellia::simulator::{Simulator, SimulatorConfig};
 use crate::secrets::InlineSecrets;
 
 /// The demo page: a mock chat widget using the browser client.
-const DEV_PAGE: &str = include_str!("../clients/js/demo/index.html");
+const DEV_PAGE: &str = include_str!("../../clients/js/demo/index.html");
 
 pub const DEV_ISSUER: &str = "urn:intellia-token-broker:dev";
 pub const DEV_AUDIENCE: &str = "intellia-chat-widget";

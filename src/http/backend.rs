@@ -6,6 +6,7 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
 
+use super::request_log::ClientIp;
 use super::{RequestLimits, TokenRouteResponses, read_body, record_user, render_issued};
 use crate::error::{AuthFailure, BrokerError};
 use crate::identity::{DisplayName, Email, Identity, UserId};
@@ -13,7 +14,6 @@ use crate::limits::failures::FailureLimit;
 use crate::secrets::SecretCell;
 use crate::service::{IpCharge, TokenService};
 use crate::session::credential::bearer_token;
-use crate::telemetry::ClientIp;
 
 /// The backend secret, when the route is configured, and the failed attempts per client.
 pub struct BackendAuth {

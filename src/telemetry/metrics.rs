@@ -129,7 +129,7 @@ impl Metrics {
     pub fn new() -> Metrics {
         // Process metrics carry the conventional unprefixed names; everything else is `broker_`.
         let mut root = Registry::default();
-        crate::process_metrics::register(&mut root);
+        crate::telemetry::process_metrics::register(&mut root);
         let registry = root.sub_registry_with_prefix("broker");
         let requests = Family::<RequestLabels, Counter>::default();
         registry.register(

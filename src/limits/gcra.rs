@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use tokio::sync::oneshot;
 
-use super::{RedisStore, Unavailable};
+use crate::redis::{RedisStore, Unavailable};
 
 /// Decides the buckets of several requests, one request after the other, as if each had made its
 /// own call. `ARGV[1]` is the number of requests; then, per request, its number of buckets `n`

@@ -193,7 +193,7 @@ mod tests {
 
     #[test]
     fn exposition_uses_the_conventional_names() {
-        let text = crate::metrics::Metrics::new().encode();
+        let text = crate::telemetry::metrics::Metrics::new().encode();
         if cfg!(target_os = "linux") {
             for name in [
                 "process_cpu_seconds_total ",

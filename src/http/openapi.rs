@@ -40,18 +40,18 @@ impl Modify for Security {
         license(name = "Apache-2.0")
     ),
     paths(
-        crate::routes::token::token,
-        crate::routes::backend::backend_token,
-        crate::routes::operations::healthz,
-        crate::routes::operations::readyz,
-        crate::routes::assets::client_js,
-        crate::routes::assets::client_global_js,
+        crate::http::token::token,
+        crate::http::backend::backend_token,
+        crate::http::operations::healthz,
+        crate::http::operations::readyz,
+        crate::http::assets::client_js,
+        crate::http::assets::client_global_js,
     ),
     components(schemas(
-        crate::routes::TokenResponse,
-        crate::routes::backend::BackendTokenRequest,
-        crate::routes::Problem,
-        crate::routes::ErrorCode
+        crate::http::TokenResponse,
+        crate::http::backend::BackendTokenRequest,
+        crate::http::Problem,
+        crate::http::ErrorCode
     )),
     modifiers(&Security)
 )]

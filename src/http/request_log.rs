@@ -1,0 +1,135 @@
+//! The request log and the per-request context: a request id honoured from `X-Request-Id` or
+//! generated, the client IP as far as trusted proxies vouch for it, and one line per request with
+//! route, status, latency, outcome code and user id — never the query string, headers, tokens,
+//! keys or e-mails. The same root span carries the request's trace.
+
+use std::net::IpAddr;
+use std::time::Instant;
+
+use actix_web::body::MessageBody;
+use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::{Error, HttpMessage, web};
+use tracing::Span;
+use tracing_actix_web::RootSpanBuilder;
+
+use crate::error::OutcomeCode;
+use crate::telemetry::metrics::Metrics;
+
+#[derive(Debug, Clone)]
+pub struct RequestId(pub String);
+
+#[derive(Debug, Clone, Copy)]
+pub struct ClientIp(pub IpAddr);
+
+/// When the request arrived, for the latency in its log line.
+#[derive(Debug, Clone, Copy)]
+pub struct RequestStart(pub Instant);
+
+/// Route labels are a closed set, so neither logs nor metrics ever carry a raw path.
+pub fn route_label(path: &str) -> &'static str {
+    match path {
+        "/v1/token" => "/v1/token",
+        "/v1/backend/token" => "/v1/backend/token",
+        "/healthz" => "/healthz",
+        "/readyz" => "/readyz",
+        "/v1/client.js" => "/v1/client.js",
+        "/v1/client.global.js" => "/v1/client.global.js",
+        "/openapi.json" => "/openapi.json",
+        "/metrics" => "/metrics",
+        p if p.starts_with("/dev") => "/dev",
+        _ => "other",
+    }
+}
+
+/// The root span of every request, and the one log line written when it ends.
+pub struct BrokerRootSpan;
+
+impl RootSpanBuilder for BrokerRootSpan {
+    fn on_request_start(request: &ServiceRequest) -> Span {
+        let ext = request.extensions();
+        let request_id = ext.get::<RequestId>().map_or("", |r| r.0.as_str());
+        let client_ip = ext.get::<ClientIp>().map(|c| c.0);
+        let route = route_label(request.path());
+        let span = tracing::info_span!(
+            "request",
+            request_id = %request_id,
+            method = %request.method(),
+            route,
+            client_ip = client_ip.map(tracing::field::display),
+            user_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        );
+        if crate::telemetry::traces::enabled() {
+            span.record("otel.name", format!("{} {route}", request.method()));
+            span.record("otel.kind", "server");
+        }
+        if let Some(trace_id) = crate::telemetry::traces::continue_trace(&span, request.headers()) {
+            span.record("trace_id", trace_id);
+        }
+        span
+    }
+
+    fn on_request_end<B: MessageBody>(span: Span, outcome: &Result<ServiceResponse<B>, Error>) {
+        let Ok(response) = outcome else {
+            let _entered = span.enter();
+            tracing::error!(
+                code = "internal_error",
+                "request failed before a response was built"
+            );
+            return;
+        };
+        let status = response.status();
+        let code = response
+            .response()
+            .extensions()
+            .get::<OutcomeCode>()
+            .map_or_else(
+                || {
+                    if status.is_success() || status.is_redirection() {
+                        "ok"
+                    } else {
+                        "error"
+                    }
+                },
+                |c| c.0,
+            );
+        let request = response.request();
+        let latency = request
+            .extensions()
+            .get::<RequestStart>()
+            .map_or(0.0, |s| s.0.elapsed().as_secs_f64());
+        let latency_ms = latency * 1000.0;
+        let route = route_label(request.path());
+        if let Some(metrics) = request.app_data::<web::Data<Metrics>>() {
+            metrics.count_request(route, code);
+            metrics.observe_request(route, status.as_u16(), latency);
+        }
+        if crate::telemetry::traces::enabled() {
+            crate::telemetry::traces::set_status_code(&span, status.as_u16());
+            if status.is_server_error() {
+                span.record("otel.status_code", "error");
+            }
+        }
+        let _entered = span.enter();
+        if status.is_server_error() {
+            tracing::warn!(status = status.as_u16(), code, latency_ms, "request");
+        } else {
+            tracing::info!(status = status.as_u16(), code, latency_ms, "request");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn raw_paths_never_become_labels() {
+        assert_eq!(route_label("/v1/token"), "/v1/token");
+        assert_eq!(route_label("/v1/token/eyJhbGciOi"), "other");
+        assert_eq!(route_label("/dev/session"), "/dev");
+    }
+}

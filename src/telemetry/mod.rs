@@ -1,0 +1,123 @@
+//! Logs, traces and metrics: installing the log subscriber (JSON lines through `tracing`, or a
+//! short human format for `dev`), the OpenTelemetry pipeline ([`traces`]), and the Prometheus
+//! registry ([`metrics`]). What one request logs is `http::request_log`'s.
+
+pub(crate) mod metrics;
+pub(crate) mod process_metrics;
+pub(crate) mod traces;
+
+use std::io::IsTerminal;
+
+use tracing::Level;
+use tracing_subscriber::filter::Targets;
+use tracing_subscriber::fmt::writer::BoxMakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
+use tracing_subscriber::util::SubscriberInitExt;
+use tracing_subscriber::{EnvFilter, Layer, Registry};
+
+use crate::config::TelemetrySettings;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    Json,
+    Pretty,
+}
+
+/// Where log lines go: stdout for the server, stderr for commands whose stdout is their answer
+/// (`doctor`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    Stdout,
+    Stderr,
+}
+
+/// The installed logging and tracing; [`Telemetry::shutdown`] exports the spans still queued.
+#[derive(Debug, Default)]
+pub struct Telemetry {
+    traces: Option<traces::TracePipeline>,
+}
+
+impl Telemetry {
+    pub fn shutdown(self) {
+        if let Some(pipeline) = self.traces {
+            pipeline.shutdown(std::time::Duration::from_secs(3));
+        }
+    }
+}
+
+/// Installs the global subscriber. `RUST_LOG` sets the log level (default `info`, or `warn` for
+/// [`LogTarget::Stderr`]). With `traces` resolving to an endpoint (DESIGN §9.6), this crate's
+/// spans are also exported through OpenTelemetry, whatever the log level. Must run inside the
+/// Tokio runtime.
+pub fn init(format: LogFormat, target: LogTarget, traces: Option<&TelemetrySettings>) -> Telemetry {
+    let default_level = match target {
+        LogTarget::Stdout => "info",
+        LogTarget::Stderr => "warn",
+    };
+    // For people, actix's own start-up lines ("starting N workers", one per server) are noise
+    // around the lines that matter; RUST_LOG still shows them.
+    let default_filter = match format {
+        LogFormat::Json => default_level.to_owned(),
+        LogFormat::Pretty => format!("{default_level},actix_server=warn"),
+    };
+    let filter =
+        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter));
+    let ansi = match target {
+        LogTarget::Stdout => std::io::stdout().is_terminal(),
+        LogTarget::Stderr => std::io::stderr().is_terminal(),
+    };
+    let writer = match target {
+        LogTarget::Stdout => BoxMakeWriter::new(std::io::stdout),
+        LogTarget::Stderr => BoxMakeWriter::new(std::io::stderr),
+    };
+    let mut layers: Vec<Box<dyn Layer<Registry> + Send + Sync>> = Vec::with_capacity(2);
+    layers.push(match format {
+        LogFormat::Json => tracing_subscriber::fmt::layer()
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .with_span_list(false)
+            .with_target(true)
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
+        LogFormat::Pretty => tracing_subscriber::fmt::layer()
+            .compact()
+            .with_timer(tracing_subscriber::fmt::time::Uptime::default())
+            .with_ansi(ansi)
+            .with_target(false)
+            .with_writer(writer)
+            .with_filter(filter)
+            .boxed(),
+    });
+    let mut warnings = Vec::new();
+    let mut telemetry = Telemetry::default();
+    if let Some(settings) = traces {
+        let (config, problems) = traces::resolve(settings, |name| std::env::var(name).ok());
+        warnings = problems;
+        if let Some(config) = config {
+            match traces::TracePipeline::build(&config) {
+                Ok((pipeline, tracer)) => {
+                    let spans = Targets::new().with_target(env!("CARGO_CRATE_NAME"), Level::INFO);
+                    layers.push(
+                        tracing_opentelemetry::layer()
+                            .with_tracer(tracer)
+                            .with_location(false)
+                            .with_threads(false)
+                            .with_tracked_inactivity(false)
+                            .with_filter(spans)
+                            .boxed(),
+                    );
+                    telemetry.traces = Some(pipeline);
+                }
+                Err(problem) => warnings.push(format!("{problem}; traces are off")),
+            }
+        }
+    }
+    // Already installed (tests, or `dev` after an earlier init): keep the first.
+    let _ = tracing_subscriber::registry().with(layers).try_init();
+    for warning in warnings {
+        tracing::warn!("{warning}");
+    }
+    telemetry
+}
