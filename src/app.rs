@@ -20,6 +20,7 @@ use crate::http::cors::CorsPolicy;
 use crate::http::middleware::{ConnectionPolicy, Drain, body_deadline, request_context};
 use crate::http::operations::Readiness;
 use crate::http::request_log::BrokerRootSpan;
+use crate::http::routes::Route;
 use crate::http::{self, RequestLimits};
 use crate::intellia::IntelliaClient;
 use crate::limits::Limits;
@@ -357,8 +358,14 @@ impl Application {
                 let admin = HttpServer::new(move || {
                     App::new()
                         .app_data(metrics.clone())
-                        .route("/metrics", web::get().to(http::operations::metrics))
-                        .route("/healthz", web::get().to(http::operations::healthz))
+                        .route(
+                            Route::Metrics.path(),
+                            web::get().to(http::operations::metrics),
+                        )
+                        .route(
+                            Route::Healthz.path(),
+                            web::get().to(http::operations::healthz),
+                        )
                         .default_service(web::to(http::not_found))
                 })
                 .workers(1)

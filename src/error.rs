@@ -91,27 +91,99 @@ pub enum BrokerError {
     Internal(Arc<dyn std::error::Error + Send + Sync>),
 }
 
+/// Defines [`ErrorCode`] once: its variants, their wire names, their HTTP status and the list of
+/// all of them, so the problem body, the OpenAPI document and the fuzz oracle cannot drift apart.
+macro_rules! error_codes {
+    ($($(#[doc = $doc:literal])* $variant:ident = $name:literal, $status:ident;)*) => {
+        /// The stable `code` of every error the broker answers with: the public contract.
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, utoipa::ToSchema)]
+        #[serde(rename_all = "snake_case")]
+        pub enum ErrorCode {
+            $($(#[doc = $doc])* $variant,)*
+        }
+
+        impl ErrorCode {
+            /// Every code, in the order of the contract's table.
+            pub const ALL: &'static [ErrorCode] = &[$(ErrorCode::$variant),*];
+
+            pub const fn as_str(self) -> &'static str {
+                match self {
+                    $(ErrorCode::$variant => $name,)*
+                }
+            }
+
+            /// Each code has exactly one status, so a client may rely on either.
+            pub const fn status(self) -> StatusCode {
+                match self {
+                    $(ErrorCode::$variant => StatusCode::$status,)*
+                }
+            }
+        }
+    };
+}
+
+error_codes! {
+    /// Malformed JSON, a bad field, or the wrong content type on a body.
+    InvalidRequest = "invalid_request", BAD_REQUEST;
+    /// No, expired, malformed or untrusted session or backend credential.
+    Unauthenticated = "unauthenticated", UNAUTHORIZED;
+    /// A cookie (or proxy-header) credential from an origin that is not allowed.
+    OriginForbidden = "origin_forbidden", FORBIDDEN;
+    /// A verified session that lacks a required claim or role.
+    Forbidden = "forbidden", FORBIDDEN;
+    /// A body over `server.max_body_bytes`.
+    PayloadTooLarge = "payload_too_large", PAYLOAD_TOO_LARGE;
+    /// The body did not arrive within `server.request_timeout_ms`.
+    RequestTimeout = "request_timeout", REQUEST_TIMEOUT;
+    /// A rate limit is spent.
+    RateLimited = "rate_limited", TOO_MANY_REQUESTS;
+    /// Intellia refused to mint, or answered with something unusable.
+    UpstreamRejected = "upstream_rejected", BAD_GATEWAY;
+    /// Intellia or the session provider is unavailable, or shared limits cannot be checked.
+    UpstreamUnavailable = "upstream_unavailable", SERVICE_UNAVAILABLE;
+    /// Intellia did not answer in time.
+    UpstreamTimeout = "upstream_timeout", GATEWAY_TIMEOUT;
+    /// No such route.
+    NotFound = "not_found", NOT_FOUND;
+    /// The route exists, the method does not.
+    MethodNotAllowed = "method_not_allowed", METHOD_NOT_ALLOWED;
+    /// A bug; the cause is in the log, never in the answer.
+    InternalError = "internal_error", INTERNAL_SERVER_ERROR;
+}
+
+impl std::fmt::Display for ErrorCode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for ErrorCode {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 impl BrokerError {
-    /// The stable, documented error code of the public contract.
-    pub fn code(&self) -> &'static str {
+    /// The stable, documented error code of the public contract; the status follows from it.
+    pub fn code(&self) -> ErrorCode {
         match self {
-            BrokerError::InvalidRequest(_) => "invalid_request",
-            BrokerError::Unauthenticated(_) => "unauthenticated",
-            BrokerError::OriginForbidden => "origin_forbidden",
-            BrokerError::Forbidden(_) => "forbidden",
-            BrokerError::PayloadTooLarge { .. } => "payload_too_large",
-            BrokerError::RequestTimeout => "request_timeout",
-            BrokerError::RateLimited(_) => "rate_limited",
+            BrokerError::InvalidRequest(_) => ErrorCode::InvalidRequest,
+            BrokerError::Unauthenticated(_) => ErrorCode::Unauthenticated,
+            BrokerError::OriginForbidden => ErrorCode::OriginForbidden,
+            BrokerError::Forbidden(_) => ErrorCode::Forbidden,
+            BrokerError::PayloadTooLarge { .. } => ErrorCode::PayloadTooLarge,
+            BrokerError::RequestTimeout => ErrorCode::RequestTimeout,
+            BrokerError::RateLimited(_) => ErrorCode::RateLimited,
             BrokerError::UpstreamRejected { .. } | BrokerError::UpstreamInvalid => {
-                "upstream_rejected"
+                ErrorCode::UpstreamRejected
             }
             BrokerError::UpstreamUnavailable { .. } | BrokerError::SessionProviderUnavailable => {
-                "upstream_unavailable"
+                ErrorCode::UpstreamUnavailable
             }
-            BrokerError::UpstreamTimeout => "upstream_timeout",
-            BrokerError::NotFound => "not_found",
-            BrokerError::MethodNotAllowed => "method_not_allowed",
-            BrokerError::Internal(_) => "internal_error",
+            BrokerError::UpstreamTimeout => ErrorCode::UpstreamTimeout,
+            BrokerError::NotFound => ErrorCode::NotFound,
+            BrokerError::MethodNotAllowed => ErrorCode::MethodNotAllowed,
+            BrokerError::Internal(_) => ErrorCode::InternalError,
         }
     }
 }
@@ -131,55 +203,46 @@ pub fn apply_rate_limit(status: &RateLimitStatus, response: &mut HttpResponseBui
     ));
 }
 
-/// RFC 9457 body with the broker's `code` extension member.
-#[derive(Serialize)]
-struct Problem<'a> {
+/// RFC 9457 problem details with the broker's stable `code`.
+#[derive(Debug, Serialize, utoipa::ToSchema)]
+pub struct Problem {
+    /// Always `about:blank`.
     #[serde(rename = "type")]
+    #[schema(example = "about:blank")]
     kind: &'static str,
-    title: &'a str,
+    #[schema(example = "Too Many Requests")]
+    title: &'static str,
+    #[schema(example = 429)]
     status: u16,
-    code: &'static str,
+    /// Stable machine-readable error code.
+    #[schema(example = "rate_limited")]
+    code: ErrorCode,
+    /// Human-readable explanation; never contains secrets, tokens or upstream bodies.
     detail: String,
 }
 
 /// The `code` of an error response, left on the response for the request log and metrics.
 #[derive(Debug, Clone, Copy)]
-pub struct OutcomeCode(pub &'static str);
+pub struct OutcomeCode(pub ErrorCode);
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 impl ResponseError for BrokerError {
     fn status_code(&self) -> StatusCode {
-        match self {
-            BrokerError::InvalidRequest(_) => StatusCode::BAD_REQUEST,
-            BrokerError::Unauthenticated(_) => StatusCode::UNAUTHORIZED,
-            BrokerError::OriginForbidden | BrokerError::Forbidden(_) => StatusCode::FORBIDDEN,
-            BrokerError::PayloadTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
-            BrokerError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
-            BrokerError::RateLimited(_) => StatusCode::TOO_MANY_REQUESTS,
-            BrokerError::UpstreamRejected { .. } | BrokerError::UpstreamInvalid => {
-                StatusCode::BAD_GATEWAY
-            }
-            BrokerError::UpstreamUnavailable { .. } | BrokerError::SessionProviderUnavailable => {
-                StatusCode::SERVICE_UNAVAILABLE
-            }
-            BrokerError::UpstreamTimeout => StatusCode::GATEWAY_TIMEOUT,
-            BrokerError::NotFound => StatusCode::NOT_FOUND,
-            BrokerError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
-            BrokerError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
-        }
+        self.code().status()
     }
 
     fn error_response(&self) -> HttpResponse {
         if let BrokerError::Internal(source) = self {
             tracing::error!(error = %source, "internal error");
         }
-        let status = self.status_code();
+        let code = self.code();
+        let status = code.status();
         let body = Problem {
             kind: "about:blank",
             title: status.canonical_reason().unwrap_or("Error"),
             status: status.as_u16(),
-            code: self.code(),
+            code,
             detail: self.to_string(),
         };
         let mut response = HttpResponse::build(status);
@@ -215,7 +278,7 @@ impl ResponseError for BrokerError {
         // rather than panic if it ever did.
         let mut response = response.body(serde_json::to_vec(&body).unwrap_or_default());
         // The request log and metrics read the outcome code from here.
-        response.extensions_mut().insert(OutcomeCode(self.code()));
+        response.extensions_mut().insert(OutcomeCode(code));
         response
     }
 }
@@ -229,6 +292,19 @@ mod tests {
         let resp = err.error_response();
         let bytes = resp.into_body().try_into_bytes().unwrap_or_default();
         serde_json::from_slice(&bytes).unwrap_or_default()
+    }
+
+    #[test]
+    fn every_code_is_listed_once_with_its_wire_name() {
+        let mut seen = std::collections::HashSet::new();
+        for code in ErrorCode::ALL {
+            assert!(seen.insert(code.as_str()), "{code} listed twice");
+            assert_eq!(
+                serde_json::to_value(code).ok(),
+                Some(serde_json::Value::from(code.as_str()))
+            );
+        }
+        assert_eq!(ErrorCode::ALL.len(), 13);
     }
 
     #[test]

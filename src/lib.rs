@@ -32,7 +32,7 @@ pub mod testing {
     pub use crate::config::{
         CacheSettings, Count, PerMinuteLimit, RateLimitSettings, RedisSettings, Settings,
     };
-    pub use crate::error::{BrokerError, PROBLEM_JSON};
+    pub use crate::error::{BrokerError, ErrorCode, PROBLEM_JSON};
     pub use crate::http::cors::CorsPolicy;
     pub use crate::http::{TokenResponse, token_response};
     pub use crate::http_client::{builder as http_client_builder, install_crypto_provider};

@@ -17,6 +17,7 @@ use serde::Serialize;
 use super::console;
 use crate::app::{Application, BuildOptions};
 use crate::config::Settings;
+use crate::http::routes::Route;
 use crate::intellia::simulator::{Simulator, SimulatorConfig};
 use crate::secrets::InlineSecrets;
 
@@ -169,9 +170,10 @@ pub async fn run(listen: SocketAddr) -> Result<(), String> {
         },
         extra_routes: Some(Arc::new(move |cfg: &mut web::ServiceConfig| {
             cfg.app_data(routes_issuer.clone());
-            cfg.route("/dev", web::get().to(redirect_to_page));
-            cfg.route("/dev/", web::get().to(page));
-            cfg.route("/dev/session", web::post().to(session));
+            let dev = Route::Dev.path();
+            cfg.route(dev, web::get().to(redirect_to_page));
+            cfg.route(&format!("{dev}/"), web::get().to(page));
+            cfg.route(&format!("{dev}/session"), web::post().to(session));
         })),
         handle_signals: true,
     };

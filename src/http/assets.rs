@@ -1,6 +1,7 @@
 //! Files the broker serves, compiled in so the image needs nothing beside the binary: the browser
 //! client (with an ETag, so widgets revalidate cheaply) and the OpenAPI document.
 
+use super::routes::Route;
 use actix_web::http::header;
 use actix_web::{HttpRequest, HttpResponse, web};
 use sha2::{Digest, Sha256};
@@ -74,7 +75,7 @@ impl Assets {
 }
 
 /// The browser client as an ES module.
-#[utoipa::path(get, path = "/v1/client.js", tag = "browser",
+#[utoipa::path(get, path = Route::ClientJs.path(), tag = "browser",
     responses(
         (status = 200, description = "The ES module", content_type = "text/javascript", body = String,
             headers(("ETag" = String), ("Cache-Control" = String))),
@@ -84,7 +85,7 @@ pub async fn client_js(req: HttpRequest, assets: web::Data<Assets>) -> HttpRespo
 }
 
 /// The browser client for `<script>` tags (defines `window.IntelliaTokenClient`).
-#[utoipa::path(get, path = "/v1/client.global.js", tag = "browser",
+#[utoipa::path(get, path = Route::ClientGlobalJs.path(), tag = "browser",
     responses(
         (status = 200, description = "The script", content_type = "text/javascript", body = String,
             headers(("ETag" = String), ("Cache-Control" = String))),

@@ -1,5 +1,6 @@
 //! `POST /v1/backend/token`: the sidecar path. A backend that already knows the user names them.
 
+use super::routes::Route;
 use actix_web::http::header;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde::Deserialize;
@@ -47,17 +48,17 @@ pub struct BackendTokenRequest {
 
 #[utoipa::path(
     post,
-    path = "/v1/backend/token",
+    path = Route::BackendToken.path(),
     tag = "tokens",
     description = "For a web backend running the broker as a sidecar: names the user in the body. Answers 404 unless `[backend]` is configured.",
     security(("backend" = [])),
     request_body(content = BackendTokenRequest, content_type = "application/json"),
     responses(
         TokenRouteResponses,
-        (status = 400, description = "Malformed JSON, a bad field, or not application/json", body = super::Problem, content_type = "application/problem+json"),
-        (status = 401, description = "Missing or wrong backend secret", body = super::Problem, content_type = "application/problem+json",
+        (status = 400, description = "Malformed JSON, a bad field, or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 401, description = "Missing or wrong backend secret", body = crate::error::Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
-        (status = 404, description = "The backend route is not configured", body = super::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "The backend route is not configured", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn backend_token(

@@ -10,6 +10,7 @@ pub(crate) mod middleware;
 pub(crate) mod openapi;
 pub(crate) mod operations;
 pub(crate) mod request_log;
+pub(crate) mod routes;
 pub(crate) mod token;
 
 use actix_web::http::header::{self, HeaderValue};
@@ -27,6 +28,7 @@ use crate::http::cors::CorsPolicy;
 use crate::http::middleware::cors_layer;
 use crate::intellia::MintedToken;
 use crate::service::Issued;
+use routes::Route;
 
 /// The token response of both token routes.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
@@ -49,43 +51,6 @@ pub struct RequestLimits {
     pub max_body_bytes: usize,
 }
 
-/// RFC 9457 problem details with the broker's stable `code`, as the OpenAPI document shows them.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code)]
-pub struct Problem {
-    /// Always `about:blank`.
-    #[schema(example = "about:blank")]
-    r#type: String,
-    #[schema(example = "Too Many Requests")]
-    title: String,
-    #[schema(example = 429)]
-    status: u16,
-    /// Stable machine-readable error code.
-    #[schema(example = "rate_limited")]
-    code: ErrorCode,
-    /// Human-readable explanation; never contains secrets, tokens or upstream bodies.
-    detail: String,
-}
-
-/// Every error code the broker emits.
-#[derive(utoipa::ToSchema)]
-#[allow(dead_code, non_camel_case_types)]
-pub enum ErrorCode {
-    invalid_request,
-    unauthenticated,
-    origin_forbidden,
-    forbidden,
-    payload_too_large,
-    request_timeout,
-    rate_limited,
-    upstream_rejected,
-    upstream_unavailable,
-    upstream_timeout,
-    not_found,
-    method_not_allowed,
-    internal_error,
-}
-
 /// The answers both token routes share, documented once.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
@@ -99,28 +64,28 @@ pub enum TokenRouteResponses {
     Issued(TokenResponse),
     /// The body did not arrive within request_timeout_ms; the connection is closed
     #[response(status = 408, content_type = "application/problem+json")]
-    RequestTimeout(Problem),
+    RequestTimeout(crate::error::Problem),
     /// Body over max_body_bytes
     #[response(status = 413, content_type = "application/problem+json")]
-    PayloadTooLarge(Problem),
+    PayloadTooLarge(crate::error::Problem),
     /// A rate limit is spent
     #[response(status = 429, content_type = "application/problem+json", headers(
         ("Retry-After" = u64, description = "Seconds to wait"),
         ("RateLimit" = String, description = "Remaining quota of the tightest limit, e.g. `\"user\";r=0;t=12`"),
         ("RateLimit-Policy" = String, description = "The tightest limit, e.g. `\"user\";q=5;w=60`")
     ))]
-    RateLimited(Problem),
+    RateLimited(crate::error::Problem),
     /// Intellia refused to mint
     #[response(status = 502, content_type = "application/problem+json")]
-    UpstreamRejected(Problem),
+    UpstreamRejected(crate::error::Problem),
     /// Intellia (or, on the browser route, the session provider) is unavailable, or shared limits cannot be checked
     #[response(status = 503, content_type = "application/problem+json", headers(
         ("Retry-After" = u64, description = "Seconds to wait, when known")
     ))]
-    UpstreamUnavailable(Problem),
+    UpstreamUnavailable(crate::error::Problem),
     /// Intellia did not answer in time
     #[response(status = 504, content_type = "application/problem+json")]
-    UpstreamTimeout(Problem),
+    UpstreamTimeout(crate::error::Problem),
 }
 
 /// Reads a request body up to `limit` bytes; more is a 413 without reading the rest.
@@ -262,25 +227,28 @@ where
 /// The public routes. The backend route exists only when `[backend]` is configured.
 pub fn configure(cfg: &mut web::ServiceConfig, with_backend: bool) {
     cfg.service(
-        web::resource("/v1/token")
+        web::resource(Route::Token.path())
             .wrap(from_fn(cors_layer))
             .route(web::post().to(token::token))
             .route(web::method(Method::OPTIONS).to(preflight("POST")))
             .default_service(web::to(method_not_allowed("POST, OPTIONS"))),
     );
-    cfg.service(cross_origin_asset("/v1/client.js", assets::client_js));
     cfg.service(cross_origin_asset(
-        "/v1/client.global.js",
+        Route::ClientJs.path(),
+        assets::client_js,
+    ));
+    cfg.service(cross_origin_asset(
+        Route::ClientGlobalJs.path(),
         assets::client_global_js,
     ));
     if with_backend {
         cfg.service(
-            web::resource("/v1/backend/token")
+            web::resource(Route::BackendToken.path())
                 .route(web::post().to(backend::backend_token))
                 .default_service(web::to(method_not_allowed("POST"))),
         );
     }
-    cfg.service(read_only("/healthz", operations::healthz));
-    cfg.service(read_only("/readyz", operations::readyz));
-    cfg.service(read_only("/openapi.json", assets::openapi));
+    cfg.service(read_only(Route::Healthz.path(), operations::healthz));
+    cfg.service(read_only(Route::Readyz.path(), operations::readyz));
+    cfg.service(read_only(Route::OpenApi.path(), assets::openapi));
 }

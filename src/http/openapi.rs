@@ -50,8 +50,8 @@ impl Modify for Security {
     components(schemas(
         crate::http::TokenResponse,
         crate::http::backend::BackendTokenRequest,
-        crate::http::Problem,
-        crate::http::ErrorCode
+        crate::error::Problem,
+        crate::error::ErrorCode
     )),
     modifiers(&Security)
 )]

@@ -1,5 +1,6 @@
 //! `GET /healthz`, `GET /readyz`, and `GET /metrics` on the admin listener.
 
+use super::routes::Route;
 use std::sync::Arc;
 
 use actix_web::http::header::{self, HeaderValue};
@@ -19,7 +20,7 @@ pub struct Readiness {
 }
 
 /// The process is alive and serving.
-#[utoipa::path(get, path = "/healthz", tag = "operations",
+#[utoipa::path(get, path = Route::Healthz.path(), tag = "operations",
     responses((status = 200, description = "The process is alive", content_type = "application/json", body = serde_json::Value)))]
 pub async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
@@ -29,7 +30,7 @@ pub async fn healthz() -> HttpResponse {
 
 /// Ready to serve token requests. Not ready until session keys are loaded, and not ready as soon
 /// as draining starts, so load balancers move traffic away first.
-#[utoipa::path(get, path = "/readyz", tag = "operations",
+#[utoipa::path(get, path = Route::Readyz.path(), tag = "operations",
     responses(
         (status = 200, description = "Ready to serve token requests", content_type = "application/json", body = serde_json::Value),
         (status = 503, description = "Starting (session keys not loaded yet) or draining", content_type = "application/json", body = serde_json::Value)))]

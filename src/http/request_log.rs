@@ -12,6 +12,7 @@ use actix_web::{Error, HttpMessage, web};
 use tracing::Span;
 use tracing_actix_web::RootSpanBuilder;
 
+use super::routes::Route;
 use crate::error::OutcomeCode;
 use crate::telemetry::metrics::Metrics;
 
@@ -25,22 +26,6 @@ pub struct ClientIp(pub IpAddr);
 #[derive(Debug, Clone, Copy)]
 pub struct RequestStart(pub Instant);
 
-/// Route labels are a closed set, so neither logs nor metrics ever carry a raw path.
-pub fn route_label(path: &str) -> &'static str {
-    match path {
-        "/v1/token" => "/v1/token",
-        "/v1/backend/token" => "/v1/backend/token",
-        "/healthz" => "/healthz",
-        "/readyz" => "/readyz",
-        "/v1/client.js" => "/v1/client.js",
-        "/v1/client.global.js" => "/v1/client.global.js",
-        "/openapi.json" => "/openapi.json",
-        "/metrics" => "/metrics",
-        p if p.starts_with("/dev") => "/dev",
-        _ => "other",
-    }
-}
-
 /// The root span of every request, and the one log line written when it ends.
 pub struct BrokerRootSpan;
 
@@ -49,7 +34,7 @@ impl RootSpanBuilder for BrokerRootSpan {
         let ext = request.extensions();
         let request_id = ext.get::<RequestId>().map_or("", |r| r.0.as_str());
         let client_ip = ext.get::<ClientIp>().map(|c| c.0);
-        let route = route_label(request.path());
+        let route = Route::label_of(request.path());
         let span = tracing::info_span!(
             "request",
             request_id = %request_id,
@@ -94,7 +79,7 @@ impl RootSpanBuilder for BrokerRootSpan {
                         "error"
                     }
                 },
-                |c| c.0,
+                |c| c.0.as_str(),
             );
         let request = response.request();
         let latency = request
@@ -102,7 +87,7 @@ impl RootSpanBuilder for BrokerRootSpan {
             .get::<RequestStart>()
             .map_or(0.0, |s| s.0.elapsed().as_secs_f64());
         let latency_ms = latency * 1000.0;
-        let route = route_label(request.path());
+        let route = Route::label_of(request.path());
         if let Some(metrics) = request.app_data::<web::Data<Metrics>>() {
             metrics.count_request(route, code);
             metrics.observe_request(route, status.as_u16(), latency);
@@ -119,17 +104,5 @@ impl RootSpanBuilder for BrokerRootSpan {
         } else {
             tracing::info!(status = status.as_u16(), code, latency_ms, "request");
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn raw_paths_never_become_labels() {
-        assert_eq!(route_label("/v1/token"), "/v1/token");
-        assert_eq!(route_label("/v1/token/eyJhbGciOi"), "other");
-        assert_eq!(route_label("/dev/session"), "/dev");
     }
 }

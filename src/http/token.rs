@@ -1,5 +1,6 @@
 //! `POST /v1/token`: the browser path. Identity comes only from the verified session.
 
+use super::routes::Route;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 
 use super::request_log::ClientIp;
@@ -12,15 +13,15 @@ use crate::session::credential::{self, CredentialSource};
 
 #[utoipa::path(
     post,
-    path = "/v1/token",
+    path = Route::Token.path(),
     tag = "tokens",
     description = "Mints (or returns the cached) chat token for the person of the verified session. The body is ignored except for its size; identity fields in it have no effect.",
     security(("session" = [])),
     responses(
         TokenRouteResponses,
-        (status = 401, description = "No, expired, malformed or untrusted session", body = super::Problem, content_type = "application/problem+json",
+        (status = 401, description = "No, expired, malformed or untrusted session", body = crate::error::Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
-        (status = 403, description = "Cookie credential from an origin that is not allowed, or a session without a required claim or role", body = super::Problem, content_type = "application/problem+json"),
+        (status = 403, description = "Cookie credential from an origin that is not allowed, or a session without a required claim or role", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
 pub async fn token(

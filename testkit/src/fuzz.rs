@@ -49,7 +49,7 @@ use intellia_token_broker::testing::Settings;
 use intellia_token_broker::testing::UpstreamError;
 use intellia_token_broker::testing::credential;
 use intellia_token_broker::testing::{AppParts, Application, BuildOptions, public_app};
-use intellia_token_broker::testing::{BrokerError, PROBLEM_JSON};
+use intellia_token_broker::testing::{BrokerError, ErrorCode, PROBLEM_JSON};
 use intellia_token_broker::testing::{Simulator, SimulatorConfig};
 use intellia_token_broker::testing::{TokenResponse, token_response};
 use intellia_token_broker::testing::{error_for_status, parse_assume_role_body};
@@ -74,20 +74,10 @@ const SECRETS: [&str; 3] = [HS_SECRET, API_KEY, BACKEND_SECRET];
 pub const AUDIENCE: &str = "chat-widget";
 pub const ORG: &str = "org-fuzz";
 const COOKIE: &str = "site_session";
-/// Every `code` the public contract documents.
-const CODES: &[&str] = &[
-    "invalid_request",
-    "unauthenticated",
-    "origin_forbidden",
-    "forbidden",
-    "payload_too_large",
-    "rate_limited",
-    "upstream_rejected",
-    "upstream_unavailable",
-    "upstream_timeout",
-    "not_found",
-    "method_not_allowed",
-];
+/// The documented code a problem body names, if it names one.
+fn documented(code: &str) -> Option<ErrorCode> {
+    ErrorCode::ALL.iter().copied().find(|c| c.as_str() == code)
+}
 const MAX_BODY_BYTES: usize = 4096;
 
 /// The configured issuers, as the oracle needs them.
@@ -872,7 +862,13 @@ fn check_answer(data: &[u8], method: &Method, answer: &Answer) -> Verdict {
         let problem: Value = serde_json::from_slice(&answer.body)
             .unwrap_or_else(|e| panic!("HTTP {status} with a body that is not JSON ({e}): {body}"));
         let code = problem["code"].as_str().unwrap_or_default();
-        assert!(CODES.contains(&code), "undocumented code {code:?}: {body}");
+        let documented =
+            documented(code).unwrap_or_else(|| panic!("undocumented code {code:?}: {body}"));
+        assert_eq!(
+            documented.status().as_u16(),
+            status,
+            "{code} answered with another status: {body}"
+        );
         assert_eq!(
             problem["status"].as_u64(),
             Some(u64::from(status)),
@@ -1081,7 +1077,8 @@ fn assert_upstream_error(error: UpstreamError) {
     let response = broker.error_response();
     let body = response.into_body().try_into_bytes().unwrap_or_default();
     let problem: Value = serde_json::from_slice(&body).expect("problem JSON");
-    assert!(CODES.contains(&problem["code"].as_str().unwrap_or_default()));
+    let code = problem["code"].as_str().unwrap_or_default();
+    assert_eq!(documented(code).map(|c| c.status().as_u16()), Some(status));
 }
 
 // ---------------------------------------------------------------------------------------------
