@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
+use intellia_token_broker::testing::Credential;
 use intellia_token_broker::testing::Metrics;
 use intellia_token_broker::testing::MintedToken;
 use intellia_token_broker::testing::SessionVerifier;
@@ -164,16 +165,27 @@ fn first_seen(
         let mut total = Duration::ZERO;
         let mut verifier = new_verifier();
         // Untimed: loads the JWKS where there is one.
-        verifier.verify(&tokens[0]).await.unwrap();
+        verifier
+            .verify(&Credential::bearer(&tokens[0]))
+            .await
+            .unwrap();
         let mut next = 1;
         for _ in 0..iters {
             if next == tokens.len() {
                 verifier = new_verifier();
-                verifier.verify(&tokens[0]).await.unwrap();
+                verifier
+                    .verify(&Credential::bearer(&tokens[0]))
+                    .await
+                    .unwrap();
                 next = 1;
             }
             let start = Instant::now();
-            black_box(verifier.verify(black_box(&tokens[next])).await.unwrap());
+            black_box(
+                verifier
+                    .verify(&Credential::bearer(black_box(&tokens[next])))
+                    .await
+                    .unwrap(),
+            );
             total += start.elapsed();
             next += 1;
         }
@@ -183,10 +195,15 @@ fn first_seen(
 
 fn cached(rt: &Runtime, iters: u64, verifier: &SessionVerifier, token: &str) -> Duration {
     rt.block_on(async {
-        verifier.verify(token).await.unwrap();
+        verifier.verify(&Credential::bearer(token)).await.unwrap();
         let start = Instant::now();
         for _ in 0..iters {
-            black_box(verifier.verify(black_box(token)).await.unwrap());
+            black_box(
+                verifier
+                    .verify(&Credential::bearer(black_box(token)))
+                    .await
+                    .unwrap(),
+            );
         }
         start.elapsed()
     })

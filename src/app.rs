@@ -15,7 +15,6 @@ use tracing_actix_web::TracingLogger;
 use crate::cache::TokenCache;
 use crate::config::Settings;
 use crate::http::assets::Assets;
-use crate::http::backend::BackendAuth;
 use crate::http::cors::CorsPolicy;
 use crate::http::middleware::{ConnectionPolicy, Drain, body_deadline, request_context};
 use crate::http::operations::Readiness;
@@ -26,7 +25,7 @@ use crate::intellia::IntelliaClient;
 use crate::limits::Limits;
 use crate::limits::failures::FailureLimit;
 use crate::secrets::{InlineSecrets, Reload, SecretKind, Secrets};
-use crate::service::TokenService;
+use crate::service::{BackendAuth, TokenService};
 use crate::session::SessionVerifier;
 use crate::telemetry::metrics::{Metrics, SecretLabels};
 
@@ -59,9 +58,8 @@ pub enum StartupError {
 #[derive(Clone)]
 pub struct AppParts {
     pub service: web::Data<TokenService>,
-    pub verifier: web::Data<SessionVerifier>,
+    pub verifier: Arc<SessionVerifier>,
     pub cors: web::Data<CorsPolicy>,
-    pub backend: Option<web::Data<BackendAuth>>,
     pub readiness: web::Data<Readiness>,
     pub assets: web::Data<Assets>,
     pub metrics: web::Data<Metrics>,
@@ -123,25 +121,31 @@ impl AppParts {
             store.map(|store| (store, key_material.secret())),
             mint_deadline,
         );
-        let service = TokenService::new(limits, cache, intellia, Arc::clone(&metrics));
-        let drain = Drain::default();
         let backend = settings
             .backend
             .as_ref()
             .zip(secrets.get(SecretKind::Backend))
             .map(|(backend, secret)| {
-                web::Data::new(BackendAuth {
+                BackendAuth::new(
                     secret,
-                    failures: FailureLimit::new(
+                    FailureLimit::new(
                         u32::try_from(backend.max_failures_per_minute.get()).unwrap_or(u32::MAX),
                     ),
-                })
+                )
             });
+        let service = TokenService::new(
+            Arc::clone(&verifier),
+            backend,
+            limits,
+            cache,
+            intellia,
+            Arc::clone(&metrics),
+        );
+        let drain = Drain::default();
         Ok(AppParts {
             service: web::Data::new(service),
-            verifier: web::Data::from(Arc::clone(&verifier)),
+            verifier: Arc::clone(&verifier),
             cors: web::Data::new(CorsPolicy::new(&settings.cors)),
-            backend,
             readiness: web::Data::new(Readiness {
                 drain: drain.clone(),
                 verifier,
@@ -255,19 +259,15 @@ pub fn public_app(
         InitError = (),
     >,
 > {
-    let with_backend = parts.backend.is_some();
-    let mut app = App::new()
+    let with_backend = parts.service.has_backend();
+    let app = App::new()
         .app_data(parts.service)
-        .app_data(parts.verifier)
         .app_data(parts.cors)
         .app_data(parts.readiness)
         .app_data(parts.assets)
         .app_data(parts.metrics)
         .app_data(parts.connection)
         .app_data(parts.request_limits);
-    if let Some(backend) = parts.backend {
-        app = app.app_data(backend);
-    }
     let extra = parts.extra_routes;
     app.wrap(from_fn(body_deadline))
         .wrap(TracingLogger::<BrokerRootSpan>::new())
@@ -302,12 +302,7 @@ impl Application {
         spawn_periodic(
             Arc::downgrade(&reloader),
             Duration::from_secs(60),
-            |parts| async move {
-                parts.service.housekeeping().await;
-                if let Some(backend) = &parts.backend {
-                    backend.failures.sweep();
-                }
-            },
+            |parts| async move { parts.service.housekeeping().await },
         );
 
         let listener = bind(settings.server.listen)?;
@@ -386,7 +381,7 @@ impl Application {
             listen = %public_addr,
             admin = admin_addr.map(tracing::field::display),
             issuers = settings.session.jwt.len(),
-            backend_route = parts.backend.is_some(),
+            backend_route = parts.service.has_backend(),
             version = env!("CARGO_PKG_VERSION"),
             "broker listening"
         );

@@ -46,7 +46,8 @@ pub mod testing {
     pub use crate::redis::RedisStore;
     pub use crate::secrets::client_key::{ClientKey, MIN_RSA_BITS};
     pub use crate::secrets::{InlineSecrets, Secrets};
-    pub use crate::session::{SessionVerifier, credential};
+    pub use crate::session::SessionVerifier;
+    pub use crate::session::credential::Credential;
     pub use crate::telemetry::metrics::{
         IssuerIndexLabels, IssuerLabels, LimitLabels, Metrics, SecretLabels,
     };

@@ -1,31 +1,21 @@
 //! `POST /v1/backend/token`: the sidecar path. A backend that already knows the user names them.
 
-use super::routes::Route;
 use actix_web::http::header;
 use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
 use serde::Deserialize;
-use sha2::{Digest, Sha256};
-use subtle::ConstantTimeEq;
 
 use super::request_log::ClientIp;
+use super::routes::Route;
 use super::{RequestLimits, TokenRouteResponses, read_body, record_user, render_issued};
-use crate::error::{AuthFailure, BrokerError};
+use crate::error::BrokerError;
 use crate::identity::{DisplayName, Email, Identity, UserId};
-use crate::limits::failures::FailureLimit;
-use crate::secrets::SecretCell;
-use crate::service::{IpCharge, TokenService};
+use crate::service::TokenService;
 use crate::session::credential::bearer_token;
-
-/// The backend secret, when the route is configured, and the failed attempts per client.
-pub struct BackendAuth {
-    pub secret: std::sync::Arc<SecretCell>,
-    pub failures: FailureLimit,
-}
 
 /// Body of the sidecar route.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
-pub struct BackendTokenRequest {
+pub(crate) struct BackendTokenRequest {
     /// 1–256 printable characters.
     #[schema(
         min_length = 1,
@@ -61,29 +51,28 @@ pub struct BackendTokenRequest {
         (status = 404, description = "The backend route is not configured", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
-pub async fn backend_token(
+pub(crate) async fn backend_token(
     req: HttpRequest,
     payload: web::Payload,
     limits: web::Data<RequestLimits>,
-    auth: web::Data<BackendAuth>,
     service: web::Data<TokenService>,
 ) -> Result<HttpResponse, BrokerError> {
-    let client_ip = req.extensions().get::<ClientIp>().map(|c| c.0);
-    if let Some(ip) = client_ip
-        && let Some(refused) = auth.failures.blocked(ip).await
-    {
-        return Err(service.rate_limited(refused));
-    }
-    if let Err(failure) = check_secret(&req, &auth) {
-        if let Some(ip) = client_ip
-            && let Some(refused) = auth.failures.record(ip).await
-        {
-            tracing::warn!(client_ip = %ip, "backend-secret failures spent; refusing this client for a while");
-            return Err(service.rate_limited(refused));
-        }
-        return Err(BrokerError::Unauthenticated(failure));
-    }
+    let client = req.extensions().get::<ClientIp>().map(|c| c.0);
+    // Read only once the backend's credential is accepted.
+    let body = identity_in_body(&req, payload, limits.max_body_bytes);
+    let issued = service
+        .issue_for_backend(bearer_token(req.headers()), client, body)
+        .await?;
+    record_user(issued.user_id());
+    render_issued(&issued)
+}
 
+/// The identity a sidecar names in the body: a JSON object, sent as `application/json`.
+async fn identity_in_body(
+    req: &HttpRequest,
+    payload: web::Payload,
+    limit: usize,
+) -> Result<Identity, BrokerError> {
     let is_json = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -95,7 +84,7 @@ pub async fn backend_token(
             "Content-Type must be application/json".into(),
         ));
     }
-    let body = read_body(&req, payload, limits.max_body_bytes).await?;
+    let body = read_body(req, payload, limit).await?;
     // serde would accept a positional array for a struct; the contract is an object.
     if body.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(BrokerError::InvalidRequest(
@@ -104,22 +93,7 @@ pub async fn backend_token(
     }
     let parsed: BackendTokenRequest = serde_json::from_slice(&body)
         .map_err(|e| BrokerError::InvalidRequest(format!("invalid body: {}", json_error(&e))))?;
-    let identity = identity_of(parsed)?;
-    record_user(identity.user_id.as_str());
-    // A sidecar's callers share one address, so only the user's limit applies.
-    render_issued(&service.issue(&identity, IpCharge::None).await?)
-}
-
-/// Whether the request carries the backend secret. Comparing digests keeps the comparison
-/// constant-time in the secret's length as well.
-fn check_secret(req: &HttpRequest, auth: &BackendAuth) -> Result<(), AuthFailure> {
-    let presented = bearer_token(req)?.ok_or(AuthFailure::Missing)?;
-    let presented: [u8; 32] = Sha256::digest(presented.as_bytes()).into();
-    if bool::from(presented.ct_eq(auth.secret.get().fingerprint())) {
-        Ok(())
-    } else {
-        Err(AuthFailure::WrongBackendSecret)
-    }
+    identity_of(parsed)
 }
 
 /// serde's message without the echo of long values: the category and position are enough.
@@ -141,7 +115,7 @@ fn json_error(e: &serde_json::Error) -> String {
 }
 
 /// The identity a sidecar names. An empty name means none; an empty e-mail is not an address.
-pub fn identity_of(body: BackendTokenRequest) -> Result<Identity, BrokerError> {
+fn identity_of(body: BackendTokenRequest) -> Result<Identity, BrokerError> {
     let user_id = UserId::parse(body.user_id).ok_or_else(|| {
         BrokerError::InvalidRequest("userId must be 1-256 printable characters".into())
     })?;

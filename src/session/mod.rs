@@ -19,6 +19,7 @@ use std::collections::HashMap;
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use actix_web::http::header::HeaderMap;
 use base64::Engine;
 use jsonwebtoken::errors::ErrorKind;
 use jsonwebtoken::{Algorithm, DecodingKey, Validation};
@@ -34,6 +35,7 @@ use crate::identity::Identity;
 use crate::secrets::{SecretCell, SecretKind, Secrets};
 use crate::telemetry::metrics::Metrics;
 use claims::{ClaimPolicy, Claims};
+use credential::Credential;
 use jwks::{JwksCache, JwksSource, KeyLookup};
 
 /// Tokens larger than this are refused before any parsing.
@@ -320,12 +322,18 @@ impl SessionVerifier {
     }
 
     /// True when no session of any kind can be verified (no issuer, no introspection).
-    pub fn is_empty(&self) -> bool {
+    fn is_empty(&self) -> bool {
         self.issuers.is_empty() && self.introspector.is_none()
     }
 
-    pub fn cookie_names(&self) -> &[String] {
-        &self.cookie_names
+    /// The session credential a request carries: Bearer, else a configured cookie. With no
+    /// session source configured there is nothing a credential could be checked against.
+    pub fn credential<'a>(&self, headers: &'a HeaderMap) -> Result<Credential<'a>, AuthFailure> {
+        let credential = credential::find(headers, &self.cookie_names)?;
+        if self.is_empty() {
+            return Err(AuthFailure::Missing);
+        }
+        Ok(credential)
     }
 
     /// Starts background JWKS refreshers (the first fetch happens at once).
@@ -351,8 +359,9 @@ impl SessionVerifier {
         self.verified.invalidate_all();
     }
 
-    /// The identity of a token verified before and still valid, without verifying it again.
-    pub async fn remembered(&self, token: &str) -> Option<Arc<Identity>> {
+    /// The identity of a credential verified before and still valid, without verifying it again.
+    pub async fn remembered(&self, credential: &Credential<'_>) -> Option<Arc<Identity>> {
+        let token = credential.token;
         if token.len() > MAX_TOKEN_BYTES {
             return None;
         }
@@ -379,10 +388,11 @@ impl SessionVerifier {
         }
     }
 
-    /// Verifies a session token and maps its claims to an identity. A token verified before is
-    /// answered from memory until its `exp`.
+    /// Verifies a session credential and maps its claims to an identity. A credential verified
+    /// before is answered from memory until its `exp`.
     #[tracing::instrument(name = "session.verify", skip_all, fields(source = tracing::field::Empty))]
-    pub async fn verify(&self, token: &str) -> Result<Arc<Identity>, BrokerError> {
+    pub async fn verify(&self, credential: &Credential<'_>) -> Result<Arc<Identity>, BrokerError> {
+        let token = credential.token;
         if token.len() > MAX_TOKEN_BYTES {
             return Err(BrokerError::Unauthenticated(AuthFailure::TooLarge));
         }
@@ -599,9 +609,14 @@ algorithms = ["HS256"]
         .unwrap();
         for _ in 0..2 {
             // The second answer comes from the verified-session cache.
-            let identity = verifier.verify(&token).await.unwrap();
+            let identity = verifier.verify(&Credential::bearer(&token)).await.unwrap();
             assert_eq!(identity.user_id.as_str(), "u-1");
         }
-        assert!(verifier.remembered(&token).await.is_some());
+        assert!(
+            verifier
+                .remembered(&Credential::bearer(&token))
+                .await
+                .is_some()
+        );
     }
 }

@@ -44,10 +44,10 @@ use base64::Engine;
 use futures_util::future::LocalBoxFuture;
 use intellia_token_broker::testing::CachedToken;
 use intellia_token_broker::testing::CorsPolicy;
+use intellia_token_broker::testing::Credential;
 use intellia_token_broker::testing::Identity;
 use intellia_token_broker::testing::Settings;
 use intellia_token_broker::testing::UpstreamError;
-use intellia_token_broker::testing::credential;
 use intellia_token_broker::testing::{AppParts, Application, BuildOptions, public_app};
 use intellia_token_broker::testing::{BrokerError, ErrorCode, PROBLEM_JSON};
 use intellia_token_broker::testing::{Simulator, SimulatorConfig};
@@ -643,21 +643,20 @@ pub fn session_token(data: &[u8]) -> Verdict {
                 let request = test::TestRequest::default()
                     .insert_header((name, value))
                     .to_http_request();
-                let Ok(credential) = credential::find(&request, verifier.cookie_names()) else {
+                let Ok(credential) = verifier.credential(request.headers()) else {
                     verdicts.push(Verdict::Rejected("no credential".into()));
                     continue;
                 };
-                let presented = credential.token.to_owned();
-                verdicts.push(match verifier.verify(&presented).await {
+                verdicts.push(match verifier.verify(&credential).await {
                     Ok(identity) => {
-                        assert_genuine(&presented, &identity);
+                        assert_genuine(credential.token, &identity);
                         Verdict::Accepted
                     }
                     Err(e) => rejected(&e),
                 });
             }
             if let Ok(text) = std::str::from_utf8(&token) {
-                verdicts.push(match verifier.verify(text).await {
+                verdicts.push(match verifier.verify(&Credential::bearer(text)).await {
                     Ok(identity) => {
                         assert_genuine(text, &identity);
                         Verdict::Accepted

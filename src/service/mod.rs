@@ -1,17 +1,30 @@
-//! Issuing tokens: the limits a request is charged to, the token cache, and the mint. Both token
-//! routes call [`TokenService::issue`]; this is the one place where limit and Redis outcomes
-//! become errors.
+//! Issuing tokens: everything between a parsed request and the token it gets. The two token
+//! routes call one method each — [`TokenService::issue_for_session`] and
+//! [`TokenService::issue_for_backend`] — and the order of the steps is decided here, once: the
+//! credential, the CSRF guard, the per-IP charge before a new session costs the identity
+//! provider a request, verification, the per-user limit, the cache, the mint. This is also the
+//! one place where limit and Redis outcomes become errors.
 
+mod backend;
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
 use std::net::IpAddr;
 use std::sync::Arc;
 
+use actix_web::http::header::HeaderMap;
 use tracing::Instrument;
 
+pub(crate) use backend::BackendAuth;
+use backend::Refusal;
+
 use crate::cache::{CacheError, CachedToken, Provenance, TokenCache};
-use crate::error::BrokerError;
+use crate::error::{AuthFailure, BrokerError};
 use crate::identity::Identity;
 use crate::intellia::IntelliaClient;
 use crate::limits::{LimitError, Limits, RateLimitStatus, RequestKeys};
+use crate::session::SessionVerifier;
 use crate::telemetry::metrics::{LimitLabels, Metrics, ResultLabels};
 
 /// A token for the caller, and the limit to tell them about.
@@ -21,9 +34,27 @@ pub struct Issued {
     pub limit: Option<RateLimitStatus>,
 }
 
-/// Where a request stands with its per-IP limit when it reaches [`TokenService::issue`].
+impl Issued {
+    pub fn user_id(&self) -> &str {
+        &self.token.minted.user_id
+    }
+}
+
+/// What the browser route knows about a request before the service looks at it.
 #[derive(Debug, Clone, Copy)]
-pub enum IpCharge {
+pub(crate) struct SessionRequest<'a> {
+    /// The request's headers, where the session credential is.
+    pub(crate) headers: &'a HeaderMap,
+    /// Whether the request's origin may use credentials the browser attaches by itself
+    /// (cookies): the CSRF guard, decided by the CORS policy.
+    pub(crate) origin_allowed: bool,
+    /// The client's address as far as trusted proxies vouch for it.
+    pub(crate) client: Option<IpAddr>,
+}
+
+/// Where a request stands with its per-IP limit when its token is issued.
+#[derive(Debug, Clone, Copy)]
+enum IpCharge {
     /// No per-IP limit applies (the sidecar route, or no known client address).
     None,
     /// Not charged yet: charge it together with the user's limit, in one decision.
@@ -32,7 +63,15 @@ pub enum IpCharge {
     Charged(Option<RateLimitStatus>),
 }
 
+impl IpCharge {
+    fn pending(client: Option<IpAddr>) -> IpCharge {
+        client.map_or(IpCharge::None, IpCharge::Pending)
+    }
+}
+
 pub struct TokenService {
+    verifier: Arc<SessionVerifier>,
+    backend: Option<BackendAuth>,
     limits: Limits,
     cache: TokenCache,
     intellia: IntelliaClient,
@@ -56,13 +95,17 @@ fn shared_state_unavailable() -> BrokerError {
 }
 
 impl TokenService {
-    pub fn new(
+    pub(crate) fn new(
+        verifier: Arc<SessionVerifier>,
+        backend: Option<BackendAuth>,
         limits: Limits,
         cache: TokenCache,
         intellia: IntelliaClient,
         metrics: Arc<Metrics>,
     ) -> TokenService {
         TokenService {
+            verifier,
+            backend,
             limits,
             cache,
             intellia,
@@ -77,8 +120,64 @@ impl TokenService {
         }
     }
 
+    /// Whether the sidecar route is configured.
+    pub(crate) fn has_backend(&self) -> bool {
+        self.backend.is_some()
+    }
+
+    /// The browser route: the token of the person whose site session the request carries.
+    ///
+    /// Every request is charged to its client's per-IP limit, refused ones included (a spent
+    /// limit wins over the refusal). A session verified before is charged together with its
+    /// user in one decision; a new one is charged to its address first, since verifying it may
+    /// cost the identity provider a request.
+    pub(crate) async fn issue_for_session(
+        &self,
+        request: SessionRequest<'_>,
+    ) -> Result<Issued, BrokerError> {
+        let client = request.client;
+        let credential = match self.verifier.credential(request.headers) {
+            Ok(credential) => credential,
+            Err(failure) => {
+                return Err(self
+                    .refuse(client, BrokerError::Unauthenticated(failure))
+                    .await);
+            }
+        };
+        if credential.is_ambient() && !request.origin_allowed {
+            return Err(self.refuse(client, BrokerError::OriginForbidden).await);
+        }
+        if let Some(identity) = self.verifier.remembered(&credential).await {
+            return self.issue(&identity, IpCharge::pending(client)).await;
+        }
+        let charged = self.charge_ip(client).await?;
+        let identity = self.verifier.verify(&credential).await?;
+        self.issue(&identity, IpCharge::Charged(charged)).await
+    }
+
+    /// The sidecar route: the token of the user a backend names. The backend's credential is
+    /// checked before its body is read; a sidecar's callers share one address, so only the
+    /// user's limit applies.
+    pub(crate) async fn issue_for_backend(
+        &self,
+        presented: Result<Option<&str>, AuthFailure>,
+        client: Option<IpAddr>,
+        body: impl Future<Output = Result<Identity, BrokerError>>,
+    ) -> Result<Issued, BrokerError> {
+        let backend = self.backend.as_ref().ok_or(BrokerError::NotFound)?;
+        match backend.authenticate(presented, client).await {
+            Ok(()) => {}
+            Err(Refusal::Unauthenticated(failure)) => {
+                return Err(BrokerError::Unauthenticated(failure));
+            }
+            Err(Refusal::Limited(status)) => return Err(self.rate_limited(status)),
+        }
+        let identity = body.await?;
+        self.issue(&identity, IpCharge::None).await
+    }
+
     /// A spent limit, counted.
-    pub fn rate_limited(&self, status: RateLimitStatus) -> BrokerError {
+    fn rate_limited(&self, status: RateLimitStatus) -> BrokerError {
         self.metrics
             .rate_limited
             .get_or_create(&LimitLabels { limit: status.name })
@@ -88,7 +187,7 @@ impl TokenService {
 
     /// Charges the client's per-IP limit alone: for a request that must be limited before its
     /// session is verified (verifying may call the identity provider).
-    pub async fn charge_ip(
+    async fn charge_ip(
         &self,
         client_ip: Option<IpAddr>,
     ) -> Result<Option<RateLimitStatus>, BrokerError> {
@@ -105,7 +204,7 @@ impl TokenService {
 
     /// A request refused before it could be issued a token (no session, a bad one, a cookie from
     /// a foreign origin) still counts against its client's per-IP limit; a spent limit wins.
-    pub async fn refuse(&self, client_ip: Option<IpAddr>, error: BrokerError) -> BrokerError {
+    async fn refuse(&self, client_ip: Option<IpAddr>, error: BrokerError) -> BrokerError {
         match self.charge_ip(client_ip).await {
             Ok(_) => error,
             Err(limited) => limited,
@@ -115,7 +214,7 @@ impl TokenService {
     /// The identity's token: the user's (and a pending per-IP) limit charged in one decision,
     /// then the cached token when it is fresh enough, else a new one (one mint per user at a time,
     /// counted against the upstream limit).
-    pub async fn issue(&self, identity: &Identity, ip: IpCharge) -> Result<Issued, BrokerError> {
+    async fn issue(&self, identity: &Identity, ip: IpCharge) -> Result<Issued, BrokerError> {
         let (pending_ip, charged) = match ip {
             IpCharge::None => (None, None),
             IpCharge::Pending(ip) => (Some(ip), None),
@@ -176,9 +275,13 @@ impl TokenService {
         })
     }
 
-    /// Drops what idle users left behind: full limiter buckets and stale tokens.
-    pub async fn housekeeping(&self) {
+    /// Drops what idle users and clients left behind: full limiter buckets, spent failure
+    /// buckets and stale tokens.
+    pub(crate) async fn housekeeping(&self) {
         self.limits.sweep();
+        if let Some(backend) = &self.backend {
+            backend.sweep();
+        }
         self.cache.run_housekeeping().await;
         self.metrics
             .limiter_keys
