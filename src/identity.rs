@@ -4,6 +4,47 @@
 
 use std::fmt;
 
+use utoipa::openapi::schema::{Object, ObjectBuilder, SchemaType, Type};
+
+/// The characters no identity value may hold: Unicode's control characters (C0, DEL and C1),
+/// exactly those `char::is_control` names. The check and the OpenAPI patterns are both made from
+/// this table.
+const CONTROL: [(char, char); 2] = [('\u{0}', '\u{1f}'), ('\u{7f}', '\u{9f}')];
+
+fn is_control(c: char) -> bool {
+    CONTROL
+        .iter()
+        .any(|&(first, last)| (first..=last).contains(&c))
+}
+
+/// The control characters as the body of a regular-expression class: `\u0000-\u001f...`.
+fn control_class() -> String {
+    CONTROL
+        .iter()
+        .map(|&(first, last)| format!("\\u{:04x}-\\u{:04x}", u32::from(first), u32::from(last)))
+        .collect()
+}
+
+fn printable(text: &str, max_chars: usize) -> bool {
+    text.chars().count() <= max_chars && !text.chars().any(is_control)
+}
+
+/// A string schema for the OpenAPI document; an optional one (no minimum) may also be `null`.
+fn string_schema(description: String, min: Option<usize>, max: usize, pattern: String) -> Object {
+    let schema_type = if min.is_some() {
+        SchemaType::Type(Type::String)
+    } else {
+        SchemaType::from_iter([Type::String, Type::Null])
+    };
+    ObjectBuilder::new()
+        .schema_type(schema_type)
+        .description(Some(description))
+        .min_length(min)
+        .max_length(Some(max))
+        .pattern(Some(pattern))
+        .build()
+}
+
 /// Intellia's `userId`: 1–256 characters, none of them control characters.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UserId(String);
@@ -12,13 +53,25 @@ pub const MAX_USER_ID_CHARS: usize = 256;
 
 impl UserId {
     pub fn parse(id: String) -> Option<UserId> {
-        let count = id.chars().count();
-        ((1..=MAX_USER_ID_CHARS).contains(&count) && !id.chars().any(char::is_control))
-            .then_some(UserId(id))
+        (!id.is_empty() && printable(&id, MAX_USER_ID_CHARS)).then_some(UserId(id))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The rule, as an error message or a document states it.
+    pub(crate) fn rule() -> String {
+        format!("1-{MAX_USER_ID_CHARS} printable characters")
+    }
+
+    pub(crate) fn schema() -> Object {
+        string_schema(
+            format!("{}.", Self::rule()),
+            Some(1),
+            MAX_USER_ID_CHARS,
+            format!("^[^{}]*$", control_class()),
+        )
     }
 }
 
@@ -27,6 +80,9 @@ impl fmt::Display for UserId {
         f.write_str(&self.0)
     }
 }
+
+const MAX_EMAIL_CHARS: usize = 320;
+const MAX_EMAIL_LOCAL_CHARS: usize = 64;
 
 /// A plausible e-mail address: `local@domain.tld`, no spaces or control characters, at most 320
 /// characters. Deliverability is Intellia's business; this only stops obvious garbage.
@@ -41,6 +97,22 @@ impl Email {
     pub fn as_str(&self) -> &str {
         &self.0
     }
+
+    pub(crate) fn rule() -> String {
+        format!("a plausible e-mail address of at most {MAX_EMAIL_CHARS} characters")
+    }
+
+    pub(crate) fn schema() -> Object {
+        let not = format!("@\\s{}", control_class());
+        string_schema(
+            format!(
+                "A plausible e-mail address (`local@domain.tld`), at most {MAX_EMAIL_CHARS} characters."
+            ),
+            None,
+            MAX_EMAIL_CHARS,
+            format!("^[^{not}]{{1,{MAX_EMAIL_LOCAL_CHARS}}}@[^{not}.]+(\\.[^{not}.]+)+$"),
+        )
+    }
 }
 
 /// Addresses are personal data: kept out of `Debug` output, so no log line carries one.
@@ -51,14 +123,14 @@ impl fmt::Debug for Email {
 }
 
 fn plausible_email(email: &str) -> bool {
-    if email.chars().count() > 320 || email.chars().any(|c| c.is_control() || c.is_whitespace()) {
+    if !printable(email, MAX_EMAIL_CHARS) || email.chars().any(char::is_whitespace) {
         return false;
     }
     let Some((local, domain)) = email.rsplit_once('@') else {
         return false;
     };
     !local.is_empty()
-        && local.chars().count() <= 64
+        && local.chars().count() <= MAX_EMAIL_LOCAL_CHARS
         && !local.contains('@')
         && domain.contains('.')
         && !domain.starts_with('.')
@@ -66,19 +138,35 @@ fn plausible_email(email: &str) -> bool {
         && !domain.contains("..")
 }
 
+const MAX_NAME_CHARS: usize = 256;
+
 /// A display name: 1–256 printable characters.
 #[derive(Clone, PartialEq, Eq)]
 pub struct DisplayName(String);
 
 impl DisplayName {
     pub fn parse(name: String) -> Option<DisplayName> {
-        let count = name.chars().count();
-        ((1..=256).contains(&count) && !name.chars().any(char::is_control))
-            .then_some(DisplayName(name))
+        (!name.is_empty() && printable(&name, MAX_NAME_CHARS)).then_some(DisplayName(name))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The rule for a name a caller sends, where an empty name means none.
+    pub(crate) fn rule() -> String {
+        format!("at most {MAX_NAME_CHARS} printable characters")
+    }
+
+    pub(crate) fn schema() -> Object {
+        let mut rule = Self::rule();
+        rule[..1].make_ascii_uppercase();
+        string_schema(
+            format!("{rule}."),
+            None,
+            MAX_NAME_CHARS,
+            format!("^[^{}]*$", control_class()),
+        )
     }
 }
 
@@ -129,6 +217,14 @@ mod tests {
         assert!(UserId::parse("a\nb".into()).is_none());
         assert!(UserId::parse("x".repeat(257)).is_none());
         assert!(UserId::parse("x".repeat(256)).is_some());
+    }
+
+    #[test]
+    fn the_control_table_is_what_is_control_means() {
+        for c in (0..=0x10ffff).filter_map(char::from_u32) {
+            assert_eq!(is_control(c), c.is_control(), "{c:?}");
+        }
+        assert_eq!(control_class(), r"\u0000-\u001f\u007f-\u009f");
     }
 
     #[test]

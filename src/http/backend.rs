@@ -12,28 +12,19 @@ use crate::identity::{DisplayName, Email, Identity, UserId};
 use crate::service::TokenService;
 use crate::session::credential::bearer_token;
 
+// The document states the identity types' own rules (`schema_with`), so the two cannot differ.
 /// Body of the sidecar route.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase", deny_unknown_fields)]
 pub(crate) struct BackendTokenRequest {
-    /// 1–256 printable characters.
-    #[schema(
-        min_length = 1,
-        max_length = 256,
-        pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$"
-    )]
-    pub user_id: String,
-    /// A plausible e-mail address (`local@domain.tld`), at most 320 characters.
+    #[schema(schema_with = UserId::schema)]
+    user_id: String,
     #[serde(default)]
-    #[schema(
-        max_length = 320,
-        pattern = r"^[^@\s\u0000-\u001f\u007f-\u009f]{1,64}@[^@\s.\u0000-\u001f\u007f-\u009f]+(\.[^@\s.\u0000-\u001f\u007f-\u009f]+)+$"
-    )]
-    pub user_email: Option<String>,
-    /// At most 256 printable characters.
+    #[schema(schema_with = Email::schema)]
+    user_email: Option<String>,
     #[serde(default)]
-    #[schema(max_length = 256, pattern = r"^[^\u0000-\u001f\u007f-\u009f]*$")]
-    pub user_name: Option<String>,
+    #[schema(schema_with = DisplayName::schema)]
+    user_name: Option<String>,
 }
 
 #[utoipa::path(
@@ -116,23 +107,21 @@ fn json_error(e: &serde_json::Error) -> String {
 
 /// The identity a sidecar names. An empty name means none; an empty e-mail is not an address.
 fn identity_of(body: BackendTokenRequest) -> Result<Identity, BrokerError> {
-    let user_id = UserId::parse(body.user_id).ok_or_else(|| {
-        BrokerError::InvalidRequest("userId must be 1-256 printable characters".into())
-    })?;
+    let invalid =
+        |field: &str, rule: String| BrokerError::InvalidRequest(format!("{field} must be {rule}"));
+    let user_id = UserId::parse(body.user_id).ok_or_else(|| invalid("userId", UserId::rule()))?;
     let email = match body.user_email {
         None => None,
-        Some(email) => Some(Email::parse(email).ok_or_else(|| {
-            BrokerError::InvalidRequest(
-                "userEmail must be a plausible e-mail address of at most 320 characters".into(),
-            )
-        })?),
+        Some(email) => {
+            Some(Email::parse(email).ok_or_else(|| invalid("userEmail", Email::rule()))?)
+        }
     };
     let name = match body.user_name {
         None => None,
         Some(name) if name.is_empty() => None,
-        Some(name) => Some(DisplayName::parse(name).ok_or_else(|| {
-            BrokerError::InvalidRequest("userName must be at most 256 printable characters".into())
-        })?),
+        Some(name) => {
+            Some(DisplayName::parse(name).ok_or_else(|| invalid("userName", DisplayName::rule()))?)
+        }
     };
     Ok(Identity {
         user_id,
@@ -144,6 +133,35 @@ fn identity_of(body: BackendTokenRequest) -> Result<Identity, BrokerError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn backend_body_errors_name_the_field_and_its_rule() {
+        let detail = |body: BackendTokenRequest| identity_of(body).unwrap_err().to_string();
+        assert_eq!(
+            detail(BackendTokenRequest {
+                user_id: String::new(),
+                user_email: None,
+                user_name: None,
+            }),
+            "userId must be 1-256 printable characters"
+        );
+        assert_eq!(
+            detail(BackendTokenRequest {
+                user_id: "u".into(),
+                user_email: Some("nope".into()),
+                user_name: None,
+            }),
+            "userEmail must be a plausible e-mail address of at most 320 characters"
+        );
+        assert_eq!(
+            detail(BackendTokenRequest {
+                user_id: "u".into(),
+                user_email: None,
+                user_name: Some("\u{7}".into()),
+            }),
+            "userName must be at most 256 printable characters"
+        );
+    }
 
     #[test]
     fn backend_body_validation() {
