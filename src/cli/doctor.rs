@@ -494,31 +494,36 @@ struct Scrubber {
     values: Vec<String>,
 }
 
+/// Values this short would blank out ordinary words; no real secret is this short.
+const MIN_SCRUBBED_CHARS: usize = 4;
+
 impl Scrubber {
     fn new(secrets: Option<&Secrets>, settings: &Settings) -> Scrubber {
         let mut values = Vec::new();
+        let mut add = |value: &str| {
+            values.push(value.to_owned());
+            // A multi-line secret (a PEM or JSON key file) never appears whole on one line of
+            // the report, but any of its lines might.
+            if value.contains('\n') {
+                values.extend(
+                    value
+                        .lines()
+                        .map(str::trim)
+                        .filter(|line| line.len() >= 16 && !line.starts_with("-----"))
+                        .map(str::to_owned),
+                );
+            }
+        };
         if let Some(secrets) = secrets {
-            values.push(secrets.api_key().get().expose().to_owned());
-            for kind in [
-                SecretKind::IntrospectionClient,
-                SecretKind::Backend,
-                SecretKind::RedisCache,
-            ] {
-                if let Some(cell) = secrets.get(kind) {
-                    values.push(cell.get().expose().to_owned());
-                }
-            }
-            for index in 0..settings.session.jwt.len() {
-                if let Some(cell) = secrets.get(SecretKind::SessionHs256(index)) {
-                    values.push(cell.get().expose().to_owned());
-                }
-            }
+            secrets.for_each_value(&mut add);
         }
+        // The one credential that lives inside a configuration value, not in the registry.
         if let Some(password) = settings.redis.as_ref().and_then(|r| r.url.url().password()) {
-            values.push(password.to_owned());
+            add(password);
         }
-        // Very short values would blank out ordinary words; they cannot be real secrets anyway.
-        values.retain(|v| v.len() >= 4);
+        values.retain(|v| v.len() >= MIN_SCRUBBED_CHARS);
+        // Longest first, so a secret that contains another is replaced whole.
+        values.sort_by_key(|v| std::cmp::Reverse(v.len()));
         Scrubber { values }
     }
 
@@ -553,6 +558,60 @@ mod tests {
             values: vec!["sk-live-123456".to_owned()],
         };
         assert_eq!(scrub.apply("x sk-live-123456 y"), "x [REDACTED] y");
+    }
+
+    #[test]
+    fn scrubber_covers_every_secret_of_the_registry() {
+        let dir = std::env::temp_dir().join(format!("doctor-scrub-{}", uuid::Uuid::new_v4()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let key_pem = include_str!("../../tests/fixtures/rsa-private.pem");
+        let files = [
+            ("api-key", "sk-live-api-key-0001"),
+            ("backend", "backend-secret-that-is-long-enough-0002"),
+            ("redis-password", "redis-password-0003"),
+            ("cache-secret", "cache-secret-0004"),
+            ("client-key.pem", key_pem),
+        ];
+        for (name, value) in files {
+            std::fs::write(dir.join(name), value).unwrap();
+        }
+        let path = |name: &str| dir.join(name).display().to_string();
+        let text = format!(
+            r#"
+[server]
+[intellia]
+organization_id = "org"
+api_key_file = "{}"
+[backend]
+secret_file = "{}"
+[session.introspection]
+url = "https://idp.example/introspect"
+client_auth = "private_key_jwt"
+client_key_file = "{}"
+client_id = "broker"
+key_id = "k1"
+[redis]
+url = "redis://broker@redis:6379"
+password_file = "{}"
+cache_secret_file = "{}"
+"#,
+            path("api-key"),
+            path("backend"),
+            path("client-key.pem"),
+            path("redis-password"),
+            path("cache-secret"),
+        );
+        let settings = Settings::from_toml_with_env(&text, Vec::<(String, String)>::new()).unwrap();
+        let secrets = Secrets::load(&settings, InlineSecrets::default()).unwrap();
+        let scrub = Scrubber::new(Some(&secrets), &settings);
+        let key_line = key_pem.lines().nth(3).unwrap();
+        let report = format!(
+            "{} {} {} {} {key_line}",
+            files[0].1, files[1].1, files[2].1, files[3].1
+        );
+        let shown = scrub.apply(&report);
+        assert_eq!(shown.matches("[REDACTED]").count(), 5, "{shown}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[tokio::test]

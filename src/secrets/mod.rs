@@ -321,6 +321,8 @@ pub enum Reload {
 /// Every secret the configuration names, loaded once.
 pub struct Secrets {
     entries: Vec<Entry>,
+    /// The Intellia API key's cell, also in `entries`: the one secret every configuration has.
+    api_key: Arc<SecretCell>,
 }
 
 impl std::fmt::Debug for Secrets {
@@ -451,7 +453,12 @@ impl Secrets {
                 SecretCell::load(SecretSource::File(path.clone())),
             )?;
         }
-        Ok(Secrets { entries })
+        let api_key = entries
+            .iter()
+            .find(|e| e.kind == SecretKind::ApiKey)
+            .map(|e| Arc::clone(&e.cell))
+            .ok_or_else(|| "config key `intellia.api_key_file`: not loaded".to_owned())?;
+        Ok(Secrets { entries, api_key })
     }
 
     fn find(&self, kind: SecretKind) -> Option<&Entry> {
@@ -464,8 +471,16 @@ impl Secrets {
 
     /// The Intellia API key; always present.
     pub fn api_key(&self) -> Arc<SecretCell> {
-        // `load` adds the API key first and fails without one.
-        Arc::clone(&self.entries[0].cell)
+        Arc::clone(&self.api_key)
+    }
+
+    /// Calls `each` with the current value of every secret in the registry, for the one use that
+    /// needs them all: scrubbing text before it is shown (`doctor`). A secret added to the
+    /// registry is scrubbed without anything else changing.
+    pub(crate) fn for_each_value(&self, mut each: impl FnMut(&str)) {
+        for entry in &self.entries {
+            each(entry.cell.get().expose());
+        }
     }
 
     /// The key material for the shared token cache: its own secret, else the API key.
