@@ -82,13 +82,39 @@ pub enum UpstreamError {
     Rejected { status: u16 },
     #[error("Intellia answered with an unusable response ({reason})")]
     Invalid { reason: &'static str },
-    #[error("Intellia is unavailable ({reason})")]
+    #[error("Intellia is unavailable ({cause})")]
     Unavailable {
-        reason: &'static str,
+        cause: Unavailability,
         retry_after_secs: Option<u64>,
     },
     #[error("Intellia did not answer within the timeout")]
     Timeout,
+    /// Our own API key cannot travel in a header (it holds a line break or another byte a header
+    /// cannot carry): nothing was sent, and Intellia is not to blame.
+    #[error("the Intellia API key cannot be sent in an HTTP header")]
+    UnsendableKey,
+}
+
+/// Why Intellia could not be reached or would not serve: each is worth retrying.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Unavailability {
+    RateLimited,
+    ServerError,
+    CircuitOpen,
+    ConnectFailed,
+    Transport,
+}
+
+impl std::fmt::Display for Unavailability {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Unavailability::RateLimited => "rate limited by Intellia",
+            Unavailability::ServerError => "Intellia server error",
+            Unavailability::CircuitOpen => "circuit open",
+            Unavailability::ConnectFailed => "connection failed",
+            Unavailability::Transport => "transport error",
+        })
+    }
 }
 
 impl From<UpstreamError> for BrokerError {
@@ -100,6 +126,7 @@ impl From<UpstreamError> for BrokerError {
                 retry_after_secs, ..
             } => BrokerError::UpstreamUnavailable { retry_after_secs },
             UpstreamError::Timeout => BrokerError::UpstreamTimeout,
+            UpstreamError::UnsendableKey => BrokerError::Internal(Arc::new(e)),
         }
     }
 }
@@ -166,14 +193,16 @@ impl IntelliaClient {
     pub async fn assume_role(&self, identity: &Identity) -> Result<MintedToken, UpstreamError> {
         let req = AssumeRoleRequest::from(identity);
         let req = &req;
+        // Checked before the breaker: a key we cannot send says nothing about Intellia.
+        let auth = self.authorization()?;
         if !self.breaker.allow() {
             let wait = self.breaker.retry_after();
             return Err(UpstreamError::Unavailable {
-                reason: "circuit open",
+                cause: Unavailability::CircuitOpen,
                 retry_after_secs: Some(wait.as_secs() + u64::from(wait.subsec_nanos() > 0)),
             });
         }
-        let outcome = self.assume_role_with_retries(req).await;
+        let outcome = self.assume_role_with_retries(req, &auth).await;
         match &outcome {
             Ok(_) | Err(UpstreamError::Rejected { .. }) => {
                 if self.breaker.success() {
@@ -191,9 +220,19 @@ impl IntelliaClient {
         outcome
     }
 
+    /// `Authorization: Bearer <api key>`, marked sensitive so no HTTP-level log shows it.
+    fn authorization(&self) -> Result<HeaderValue, UpstreamError> {
+        let key = self.api_key.get();
+        let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+            .map_err(|_| UpstreamError::UnsendableKey)?;
+        auth.set_sensitive(true);
+        Ok(auth)
+    }
+
     async fn assume_role_with_retries(
         &self,
         req: &AssumeRoleRequest<'_>,
+        auth: &HeaderValue,
     ) -> Result<MintedToken, UpstreamError> {
         let mut attempt = 0u32;
         let deadline = Instant::now() + self.deadline;
@@ -212,7 +251,10 @@ impl IntelliaClient {
                 attempt = attempt + 1,
                 otel.status_code = tracing::field::Empty,
             );
-            let outcome = self.attempt(req, budget).instrument(span.clone()).await;
+            let outcome = self
+                .attempt(req, auth, budget)
+                .instrument(span.clone())
+                .await;
             if outcome.is_err() {
                 span.record("otel.status_code", "error");
             }
@@ -252,14 +294,11 @@ impl IntelliaClient {
     async fn attempt(
         &self,
         req: &AssumeRoleRequest<'_>,
+        auth: &HeaderValue,
         timeout: Duration,
     ) -> Result<MintedToken, UpstreamError> {
-        let key = self.api_key.get();
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
-            .map_err(|_| UpstreamError::Rejected { status: 401 })?;
-        auth.set_sensitive(true);
         let response = crate::telemetry::traces::traced(self.http.post(self.url.clone()))
-            .header(AUTHORIZATION, auth)
+            .header(AUTHORIZATION, auth.clone())
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
             .timeout(timeout)
             .json(req)
@@ -289,10 +328,11 @@ impl IntelliaClient {
     /// organization are accepted, 401/403 when the key is refused, 404 for an unknown
     /// organization. Returns the status; the body is never read.
     pub async fn probe(&self) -> Result<reqwest::StatusCode, reqwest::Error> {
-        let key = self.api_key.get();
-        let mut auth = HeaderValue::from_str(&format!("Bearer {}", key.expose()))
+        // A key that cannot be sent goes out as a placeholder, which Intellia refuses: the
+        // report then says the key is refused, which is the remedy.
+        let auth = self
+            .authorization()
             .unwrap_or_else(|_| HeaderValue::from_static("Bearer -"));
-        auth.set_sensitive(true);
         let response = crate::telemetry::traces::traced(self.http.post(self.url.clone()))
             .header(AUTHORIZATION, auth)
             .header(CONTENT_TYPE, HeaderValue::from_static("application/json"))
@@ -314,11 +354,11 @@ pub fn error_for_status(status: reqwest::StatusCode, headers: &HeaderMap) -> Ups
         .map(|s| s.clamp(1, 3600));
     match status.as_u16() {
         429 => UpstreamError::Unavailable {
-            reason: "rate limited by Intellia",
+            cause: Unavailability::RateLimited,
             retry_after_secs,
         },
         500..=599 => UpstreamError::Unavailable {
-            reason: "Intellia server error",
+            cause: Unavailability::ServerError,
             retry_after_secs,
         },
         code @ 400..=499 => UpstreamError::Rejected { status: code },
@@ -332,10 +372,15 @@ fn status_class(outcome: &Result<MintedToken, UpstreamError>) -> &'static str {
     match outcome {
         Ok(_) => "2xx",
         Err(UpstreamError::Rejected { .. }) => "4xx",
-        Err(UpstreamError::Unavailable { reason, .. }) if reason.starts_with("rate") => "429",
-        Err(UpstreamError::Unavailable { reason, .. }) if reason.starts_with("Intellia") => "5xx",
-        Err(UpstreamError::Unavailable { .. }) => "connect_error",
-        Err(UpstreamError::Invalid { .. }) => "invalid",
+        Err(UpstreamError::Unavailable { cause, .. }) => match cause {
+            Unavailability::RateLimited => "429",
+            Unavailability::ServerError => "5xx",
+            Unavailability::CircuitOpen
+            | Unavailability::ConnectFailed
+            | Unavailability::Transport => "connect_error",
+        },
+        // An unsendable key is found before any attempt; it never reaches this count.
+        Err(UpstreamError::Invalid { .. } | UpstreamError::UnsendableKey) => "invalid",
         Err(UpstreamError::Timeout) => "timeout",
     }
 }
@@ -346,7 +391,7 @@ fn classify_transport_error(e: reqwest::Error) -> UpstreamError {
     if e.is_connect() {
         tracing::warn!("cannot connect to Intellia");
         UpstreamError::Unavailable {
-            reason: "connection failed",
+            cause: Unavailability::ConnectFailed,
             retry_after_secs: None,
         }
     } else if e.is_timeout() {
@@ -355,7 +400,7 @@ fn classify_transport_error(e: reqwest::Error) -> UpstreamError {
     } else {
         tracing::warn!("Intellia request failed in transport");
         UpstreamError::Unavailable {
-            reason: "transport error",
+            cause: Unavailability::Transport,
             retry_after_secs: None,
         }
     }

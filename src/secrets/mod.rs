@@ -292,6 +292,20 @@ impl SecretKind {
     }
 }
 
+/// The API key travels as `Authorization: Bearer <key>`: a key a header cannot carry (a line
+/// break inside it, a control character) could never mint, so it is refused when it is read, at
+/// start-up and on rotation, with the same test the request uses.
+fn api_key_check() -> SecretCheck {
+    Arc::new(|key| {
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
+            .map(drop)
+            .map_err(|_| {
+                "holds characters an HTTP header cannot carry (only printable ASCII is sent)"
+                    .to_owned()
+            })
+    })
+}
+
 /// Shared secrets shorter than this are refused, at start-up and on rotation: a short HS256
 /// secret can be brute-forced offline from one session token, a short backend secret online.
 pub const MIN_SHARED_SECRET_BYTES: usize = 32;
@@ -365,12 +379,12 @@ impl Secrets {
             (None, ApiKeySource::File(path)) => add(
                 SecretKind::ApiKey,
                 "intellia.api_key_file".into(),
-                SecretCell::load(SecretSource::File(path.clone())),
+                SecretCell::load_checked(SecretSource::File(path.clone()), api_key_check()),
             )?,
             (None, ApiKeySource::Env(name)) => add(
                 SecretKind::ApiKey,
                 "intellia.api_key_env".into(),
-                SecretCell::load(SecretSource::Env(name.clone())),
+                SecretCell::load_checked(SecretSource::Env(name.clone()), api_key_check()),
             )?,
         }
         if let Some(backend) = &settings.backend {
@@ -617,6 +631,37 @@ mod tests {
             "appId": "1", "clientId": "broker-jwt"
         })
         .to_string()
+    }
+
+    #[test]
+    fn an_api_key_a_header_cannot_carry_is_refused_now_and_on_rotation() {
+        let path = temp_file("api-key-header", "sk_live\u{1}key\n");
+        let settings = Settings::from_toml_with_env(
+            &format!(
+                "[server]\n[intellia]\norganization_id = \"org\"\napi_key_file = \"{}\"\n",
+                path.display()
+            ),
+            Vec::<(String, String)>::new(),
+        )
+        .expect("settings");
+        let refused = Secrets::load(&settings, InlineSecrets::default()).unwrap_err();
+        assert!(
+            refused.starts_with("config key `intellia.api_key_file`: "),
+            "{refused}"
+        );
+        assert!(refused.contains("HTTP header"), "{refused}");
+        assert!(!refused.contains("sk_live"), "{refused}");
+
+        std::fs::write(&path, "sk_live_good_key\n").unwrap_or_default();
+        let secrets = Secrets::load(&settings, InlineSecrets::default()).expect("a good key");
+        std::fs::write(&path, "sk_live_bad\rkey").unwrap_or_default();
+        assert!(
+            secrets
+                .reload()
+                .iter()
+                .any(|r| matches!(r, Reload::Failed { .. }))
+        );
+        assert_eq!(secrets.api_key().get().expose(), "sk_live_good_key");
     }
 
     fn private_key_jwt_settings(path: &Path, key_id: Option<&str>) -> Settings {
