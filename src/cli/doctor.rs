@@ -1,4 +1,4 @@
-//! `doctor` (DESIGN §9.7): checks every live dependency the configuration names and prints one
+//! `doctor`: checks every live dependency the configuration names and prints one
 //! line per dependency, `ok` or `FAIL` with the cause: DNS, connect, TLS, HTTP status, issuer
 //! mismatch, no usable key, credentials refused. Exit 0 only when every check passes.
 //!

@@ -521,7 +521,7 @@ impl SessionSettings {
         self.validate_id_spaces()
     }
 
-    /// §9.1: two session sources share one user-id space only when they name the same issuer
+    /// User-id isolation: two session sources share one user-id space only when they name the same issuer
     /// (then they must also agree on the prefix, so one person is one user). Any other pair must
     /// have distinct, non-empty prefixes, neither a prefix of the other: `sub=123` at issuer A
     /// and `sub=123` at issuer B would otherwise receive each other's tokens.

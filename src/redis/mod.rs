@@ -55,6 +55,16 @@ struct LocalConnection {
     retry_at: Instant,
 }
 
+/// What a thread's own connection table says for this store.
+enum Local {
+    /// The thread has its connection.
+    Ready(Connection),
+    /// It is being made, or the last attempt failed recently: use the shared one meanwhile.
+    Pending,
+    /// Start making it (and use the shared one meanwhile).
+    Connect,
+}
+
 thread_local! {
     /// Each actix worker is a single-threaded runtime: with its own multiplexed connection (driven
     /// on that thread) a call costs no cross-thread wake-ups, and the commands of the requests a
@@ -169,32 +179,32 @@ impl RedisStore {
             connection: None,
             retry_at: now + LOCAL_RETRY,
         };
-        let start = LOCAL.with(|local| {
+        let local = LOCAL.with(|local| {
             let mut local = local.borrow_mut();
             match local.iter_mut().find(|l| l.store == self.id) {
                 Some(entry) if entry.generation == generation => {
                     if let Some(connection) = &entry.connection {
-                        return Err(connection.clone());
+                        return Local::Ready(connection.clone());
                     }
                     if now < entry.retry_at {
-                        return Ok(false);
+                        return Local::Pending;
                     }
                     entry.retry_at = now + LOCAL_RETRY;
-                    Ok(true)
+                    Local::Connect
                 }
                 Some(entry) => {
                     *entry = fresh();
-                    Ok(true)
+                    Local::Connect
                 }
                 None => {
                     local.push(fresh());
-                    Ok(true)
+                    Local::Connect
                 }
             }
         });
-        match start {
-            Err(own) => return Some(own),
-            Ok(true) => {
+        match local {
+            Local::Ready(own) => return Some(own),
+            Local::Connect => {
                 let store = Arc::downgrade(self);
                 let connector = Arc::clone(&self.connector);
                 let thread = std::thread::current().id();
@@ -219,7 +229,7 @@ impl RedisStore {
                     });
                 });
             }
-            Ok(false) => {}
+            Local::Pending => {}
         }
         Some(shared)
     }

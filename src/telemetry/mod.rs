@@ -46,7 +46,7 @@ impl Telemetry {
 }
 
 /// Installs the global subscriber. `RUST_LOG` sets the log level (default `info`, or `warn` for
-/// [`LogTarget::Stderr`]). With `traces` resolving to an endpoint (DESIGN §9.6), this crate's
+/// [`LogTarget::Stderr`]). With `traces` resolving to an endpoint, this crate's
 /// spans are also exported through OpenTelemetry, whatever the log level. Must run inside the
 /// Tokio runtime.
 pub fn init(format: LogFormat, target: LogTarget, traces: Option<&TelemetrySettings>) -> Telemetry {

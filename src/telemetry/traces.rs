@@ -1,4 +1,4 @@
-//! OpenTelemetry traces (DESIGN §9.6): the `tracing` spans exported over OTLP/HTTP (protobuf), a
+//! OpenTelemetry traces: the `tracing` spans exported over OTLP/HTTP (protobuf), a
 //! caller's W3C `traceparent` continued, and the current trace carried on to Intellia and the
 //! identity provider.
 //!

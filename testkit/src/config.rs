@@ -88,7 +88,7 @@ pub fn default_config_dir() -> PathBuf {
 }
 
 /// The HS256 issuer's `user_id_prefix`: none while it is the only session source, `site:` beside
-/// any other, as the broker requires (DESIGN §9.1: sources of different issuers never share ids).
+/// any other, as the broker requires (sources of different issuers never share ids).
 pub fn hs256_prefix(cfg: &TestConfig) -> &'static str {
     let others = [&cfg.extra_issuers, &cfg.extra_toml]
         .iter()

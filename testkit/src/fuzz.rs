@@ -521,7 +521,7 @@ fn audience_matches(aud: Option<&Value>) -> bool {
     }
 }
 
-/// The oracle for an accepted session: everything DESIGN.md says verification checks, checked
+/// The oracle for an accepted session: everything the README's security model says verification checks, checked
 /// again independently of the verifier.
 fn assert_genuine(token: &str, identity: &Identity) {
     let parts: Vec<&str> = token.split('.').collect();
@@ -940,7 +940,7 @@ pub fn config(data: &[u8]) -> Verdict {
     let settings = match Settings::from_toml_with_env(toml, env) {
         Ok(settings) => settings,
         Err(e) => {
-            // DESIGN.md: a configuration problem is one line naming the key.
+            // A configuration problem is one line naming the key.
             assert!(
                 !e.0.contains(['\n', '\r']),
                 "a configuration error of several lines: {:?}",

@@ -1,4 +1,4 @@
-//! `doctor` (DESIGN §9.7), the real binary against healthy and broken dependencies: one line per
+//! `doctor`, the real binary against healthy and broken dependencies: one line per
 //! dependency with the cause, exit 0 only when all pass, bounded in time when endpoints hang, and
 //! never a secret in what it prints.
 

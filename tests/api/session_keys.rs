@@ -33,7 +33,7 @@ async fn rs256_and_es256_sessions_verify_against_the_jwks() {
     assert_eq!(es.status(), 200);
     // The HS256 issuer's "alice" is a different person from the JWKS issuer's.
     let hs: Value = app.token(&session("alice")).await.json().await.unwrap();
-    // Beside another issuer the HS256 issuer has its own prefix (DESIGN §9.1).
+    // Beside another issuer the HS256 issuer has its own prefix.
     assert_eq!(hs["userId"], "site:alice");
     assert_eq!(app.sim.calls(), 3);
 }

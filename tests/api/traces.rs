@@ -1,4 +1,4 @@
-//! OpenTelemetry traces (DESIGN §9.6) from the real binary to a real OTLP/HTTP receiver (the
+//! OpenTelemetry traces from the real binary to a real OTLP/HTTP receiver (the
 //! Python fixture decodes the protobuf): the caller's trace continued, Intellia's request carries
 //! it, the spans arrive without a secret, and a dead collector costs no latency.
 

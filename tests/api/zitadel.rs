@@ -2,7 +2,7 @@
 //! (tests/oidc-provider, configured like Zitadel): `private_key_jwt` introspection with the
 //! downloaded key JSON (RFC 7523 client assertions, checked in the fixture's assertion log),
 //! roles in Zitadel's object shape and Keycloak's array shape, one user id for the JWT and the
-//! opaque token of one person (§9.1), refused credentials as 503, and key-file rotation.
+//! opaque token of one person, refused credentials as 503, and key-file rotation.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;

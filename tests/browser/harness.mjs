@@ -194,7 +194,7 @@ export function sessionJwt(secret, sub, extra = {}) {
 const toml = (s) => JSON.stringify(s); // a JSON string is a valid TOML basic string here
 
 /**
- * Writes a config for `serve` (keys as in DESIGN.md §3) plus its secret files into `dir`.
+ * Writes a config for `serve` (keys as in the README's configuration reference) plus its secret files into `dir`.
  * Returns {configPath, hsSecret}.
  */
 export function writeBrokerConfig(dir, { listen, intelliaUrl, allowedOrigins, perUser, cache = true }) {

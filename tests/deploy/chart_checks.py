@@ -47,14 +47,14 @@ API_KEY_FILE = f"{API_KEY_DIR}/api-key"
 CONFIG_DIR = "/etc/intellia-token-broker"
 UID = 65532
 
-# DESIGN.md §3: every key the broker's config knows, plus the ones the broker
+# every key the broker's config knows, plus the ones the broker
 # added since (src/config.rs: server.drain_delay_secs, server.secret_poll_secs,
 # server.workers, server.request_timeout_ms, server.keep_alive_secs, cors.max_age_secs, cache.max_entries; per issuer
 # required_claims, userinfo, userinfo_url; in [session.introspection] issuer,
 # audience, the claim names, user_id_prefix, required_claims, leeway_secs,
 # cache_ttl_secs, negative_cache_secs; intellia.breaker_failures,
 # intellia.breaker_open_secs; in [redis] timeout_ms, replicas, key_prefix,
-# cache_secret_file), and v0.2 (DESIGN.md §9): roles,
+# cache_secret_file), and v0.2: roles,
 # introspection client_auth/client_key_file/key_id, backend.max_failures_per_minute,
 # rate_limit.per_ip.ipv6_prefix, redis password_file/ca_file/cluster, [telemetry].
 # The rendered config must use no other (the broker rejects unknown keys).
@@ -300,13 +300,13 @@ def assert_config_mount(docs: list[dict[str, Any]]) -> None:
 
 
 def check_design_keys(conf: dict[str, Any]) -> None:
-    """Every section and key of a broker config is one DESIGN.md §3 names."""
+    """Every section and key of a broker config is the broker knows."""
 
     def walk(table: dict[str, Any], path: str) -> None:
         allowed = DESIGN_KEYS.get(path)
-        assert allowed is not None, f"[{path}] is not a DESIGN.md §3 section"
+        assert allowed is not None, f"[{path}] is not a configuration-reference section"
         extra = set(table) - allowed
-        assert not extra, f"[{path}] has keys not in DESIGN.md §3: {sorted(extra)}"
+        assert not extra, f"[{path}] has keys the broker does not know: {sorted(extra)}"
         for k, v in table.items():
             sub = f"{path}.{k}" if path else k
             if isinstance(v, dict):
@@ -936,7 +936,7 @@ def sidecar_checks(path: Path, out: Path) -> int:
             for e in c.get("env", []):
                 assert not re.search(r"API_?KEY", e["name"], re.I), f"env {e['name']}"
 
-    checks.check(f"{path.name}: broker config parses, DESIGN.md §3 keys, listen 127.0.0.1:8080, [backend]", config)
+    checks.check(f"{path.name}: broker config parses, configuration-reference keys, listen 127.0.0.1:8080, [backend]", config)
     checks.check(f"{path.name}: broker container hardened, native sidecar, API key hidden from the app", security)
     return 1 if checks.failed else 0
 
@@ -1056,7 +1056,7 @@ def main() -> int:
                      lambda: assert_api_key_is_a_file(docs, values, chart_values))
         checks.check(f"{name}: config mounted from the ConfigMap at {CONFIG_DIR}/config.json (args, BROKER_CONFIG)",
                      lambda: assert_config_mount(docs))
-        checks.check(f"{name}: rendered config.json parses and uses only DESIGN.md §3 keys",
+        checks.check(f"{name}: rendered config.json parses and uses only configuration-reference keys",
                      lambda: assert_config_keys(docs, values))
         checks.check(f"{name}: probes /healthz and /readyz on http; ports 8080/9091; Ingress on http only",
                      lambda: assert_probes_and_ports(docs, metrics))
@@ -1106,7 +1106,7 @@ def main() -> int:
                  redis_replicas_default)
 
     def derived_defaults() -> None:
-        # DESIGN.md §9.8: every value accepted alone (drain_delay_secs derived by the broker)
+        # every value accepted alone (drain_delay_secs derived by the broker)
         for grace in (1, 2, 5, 9, 600):
             conf = broker_config(render(chart, {"config": {"server": {"shutdown_grace_secs": grace}}}))
             assert conf["server"]["shutdown_grace_secs"] == grace and "drain_delay_secs" not in conf["server"]

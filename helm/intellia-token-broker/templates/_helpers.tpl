@@ -57,7 +57,7 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- end }}
 
 {{/*
-Fixed paths and ports, shared with the Dockerfile and DESIGN.md §3.
+Fixed paths and ports, shared with the Dockerfile and the README.
 */}}
 {{- define "itb.configDir" -}}/etc/intellia-token-broker{{- end }}
 {{- define "itb.configPath" -}}/etc/intellia-token-broker/config.json{{- end }}
@@ -175,7 +175,7 @@ Refusals that need more than one value (the schema sees one subtree at a time).
 {{- if and .Values.redis.passwordSecret (not (include "itb.redisEnabled" .)) }}
 {{- fail "redis.passwordSecret needs Redis: config.redis or redisUrlSecret.name" }}
 {{- end }}
-{{- /* DESIGN.md §9.1: session sources share one user-id space only when they
+{{- /* User-id isolation: session sources share one user-id space only when they
        name the same issuer; any other pair needs distinct, non-empty
        user_id_prefix values, neither a prefix of the other. */}}
 {{- $sources := list }}
@@ -189,7 +189,7 @@ Refusals that need more than one value (the schema sees one subtree at a time).
 {{- range $j, $b := $sources }}
 {{- if and (lt $i $j) (or (not $a.issuer) (ne $a.issuer $b.issuer)) }}
 {{- if or (not $a.prefix) (not $b.prefix) (hasPrefix $a.prefix $b.prefix) (hasPrefix $b.prefix $a.prefix) }}
-{{- fail (printf "%s (issuer %q) and %s (issuer %q) are different issuers: give them distinct, non-empty user_id_prefix values, neither a prefix of the other (now %q and %q), or one user id of each would be one Intellia user (DESIGN.md §9.1). Introspection shares the id space of a JWT issuer only with config.session.introspection.issuer set to it." $a.name $a.issuer $b.name $b.issuer $a.prefix $b.prefix) }}
+{{- fail (printf "%s (issuer %q) and %s (issuer %q) are different issuers: give them distinct, non-empty user_id_prefix values, neither a prefix of the other (now %q and %q), or one user id of each would be one Intellia user (user-id isolation: README, Security model). Introspection shares the id space of a JWT issuer only with config.session.introspection.issuer set to it." $a.name $a.issuer $b.name $b.issuer $a.prefix $b.prefix) }}
 {{- end }}
 {{- end }}
 {{- end }}

@@ -216,7 +216,7 @@ async fn session_provider_faults() {
             &never.base,
             &format!("jwks_url = \"{}\"", never.jwks_url()),
         )
-        // A second issuer needs ids of its own (DESIGN §9.1).
+        // A second issuer needs ids of its own.
         .replacen(
             "user_id_prefix = \"idp:\"",
             "user_id_prefix = \"cached:\"",
