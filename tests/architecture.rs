@@ -1,6 +1,9 @@
-//! The shape of `src/`, checked: no import circle among its top-level modules, and no file over
-//! 800 lines. A circle means two modules can only be understood together; this keeps the layering
-//! drawn in `docs/architecture.md` true as the code grows.
+//! The shape of `src/`, checked: no import circle among its top-level modules, no file over 800
+//! lines, no `super::` path that climbs out of its top-level module, and no production code after a
+//! file's test items. A circle means two modules can only be understood together; this keeps the
+//! layering drawn in `docs/architecture.md` true as the code grows. The last two close holes in the
+//! first: the graph is read from `crate::` paths in the code before a file's first
+//! `#[cfg(test)]`, so a `super::super::` import or code after the tests would hide an edge.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -28,9 +31,74 @@ fn module_of(src: &Path, file: &Path) -> Option<String> {
     (!matches!(name, "lib" | "main")).then(|| name.to_owned())
 }
 
-/// The code of a file without its test module (by this repository's convention at the end).
+/// The code of a file without its test items (by this repository's convention at the end; see
+/// [`code_after_tests`]).
 fn production_code(text: &str) -> &str {
     text.find("#[cfg(test)]").map_or(text, |at| &text[..at])
+}
+
+/// Lines after a file's first `#[cfg(test)]` that begin an item not marked `#[cfg(test)]`: code
+/// the module graph would not see.
+fn code_after_tests(text: &str) -> Vec<String> {
+    let Some(at) = text.find("#[cfg(test)]") else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    let mut depth = 0i32;
+    let mut test_attribute = false;
+    for line in text[at..].lines() {
+        let trimmed = line.trim();
+        if depth == 0 && !trimmed.is_empty() && !trimmed.starts_with("//") {
+            if trimmed.starts_with("#[cfg(test)]") {
+                test_attribute = true;
+            } else if trimmed.starts_with("#[") || trimmed.starts_with("#!") {
+                // Another attribute of the same item.
+            } else if test_attribute {
+                test_attribute = false;
+            } else {
+                found.push(trimmed.to_owned());
+            }
+        }
+        depth += line.matches('{').count() as i32 - line.matches('}').count() as i32;
+    }
+    found
+}
+
+/// How deep below the crate root a file's own module is: `src/a.rs` and `src/a/mod.rs` are 1,
+/// `src/a/b.rs` is 2.
+fn depth_of(src: &Path, file: &Path) -> usize {
+    let rel = file.strip_prefix(src).unwrap();
+    let parts = rel.components().count();
+    if rel.file_name().is_some_and(|n| n == "mod.rs") {
+        parts - 1
+    } else {
+        parts
+    }
+}
+
+/// `super::` chains in production code that climb to the crate root or above: they name another
+/// top-level module without a `crate::` path, so the graph would miss the edge.
+fn escaping_super_paths(code: &str, depth: usize) -> Vec<String> {
+    let mut found = Vec::new();
+    for (at, _) in code.match_indices("super::") {
+        // Count a whole chain once, from its first `super::`.
+        if code[..at].ends_with("super::") {
+            continue;
+        }
+        let climbs = code[at..]
+            .as_bytes()
+            .chunks(7)
+            .take_while(|c| *c == b"super::")
+            .count();
+        if climbs >= depth {
+            let line = code[..at].lines().count().max(1);
+            found.push(format!(
+                "line {line}: {}",
+                &code[at..(at + 7 * climbs + 16).min(code.len())]
+            ));
+        }
+    }
+    found
 }
 
 /// Top-level modules named as `crate::name` in `code`, including `use crate::{a, b::c}`.
@@ -147,6 +215,62 @@ fn the_circle_finder_finds_circles() {
         referenced("use crate::{a, b::c};\nlet x = crate::d::e();"),
         ["a", "b", "d"].into_iter().map(String::from).collect()
     );
+}
+
+#[test]
+fn no_super_path_climbs_out_of_its_top_level_module() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut escaping = Vec::new();
+    for file in &files {
+        if module_of(&src, file).is_none() {
+            continue;
+        }
+        let text = std::fs::read_to_string(file).unwrap();
+        for path in escaping_super_paths(production_code(&text), depth_of(&src, file)) {
+            escaping.push(format!("{}: {path}", file.display()));
+        }
+    }
+    assert!(
+        escaping.is_empty(),
+        "use crate:: paths instead: {escaping:#?}"
+    );
+}
+
+#[test]
+fn no_production_code_after_test_items() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let mut files = Vec::new();
+    rust_files(&src, &mut files);
+    let mut late = Vec::new();
+    for file in &files {
+        let text = std::fs::read_to_string(file).unwrap();
+        for line in code_after_tests(&text) {
+            late.push(format!("{}: {line}", file.display()));
+        }
+    }
+    assert!(late.is_empty(), "move these above the tests: {late:#?}");
+}
+
+#[test]
+fn the_shape_checks_find_what_they_look_for() {
+    let src = Path::new("/x/src");
+    assert_eq!(depth_of(src, Path::new("/x/src/a.rs")), 1);
+    assert_eq!(depth_of(src, Path::new("/x/src/a/mod.rs")), 1);
+    assert_eq!(depth_of(src, Path::new("/x/src/a/b.rs")), 2);
+    assert!(escaping_super_paths("use super::b::C;", 2).is_empty());
+    assert_eq!(
+        escaping_super_paths("use super::super::redis::X;", 2).len(),
+        1
+    );
+    assert_eq!(escaping_super_paths("use super::limits::X;", 1).len(), 1);
+    let tail = "fn a() {}\n#[cfg(test)]\nmod tests {\n    fn t() {}\n}\n";
+    assert!(code_after_tests(tail).is_empty());
+    let late = "#[cfg(test)]\nmod tests {}\n\npub fn hidden() {\n    crate::x::y();\n}\n";
+    assert_eq!(code_after_tests(late), ["pub fn hidden() {"]);
+    let attrs = "#[cfg(test)]\n#[allow(dead_code)]\nfn helper() {}\n";
+    assert!(code_after_tests(attrs).is_empty());
 }
 
 #[test]

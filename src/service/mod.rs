@@ -6,8 +6,6 @@
 //! one place where limit and Redis outcomes become errors.
 
 mod backend;
-#[cfg(test)]
-mod tests;
 
 use std::future::Future;
 use std::net::IpAddr;
@@ -288,3 +286,6 @@ impl TokenService {
             .set(i64::try_from(self.limits.tracked_keys()).unwrap_or(i64::MAX));
     }
 }
+
+#[cfg(test)]
+mod tests;
