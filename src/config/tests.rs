@@ -432,3 +432,55 @@ fn the_file_extension_picks_the_syntax() {
     assert_eq!(s.intellia.organization_id.as_str(), "org-9");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Every cross-key rule's message, in full: where a rule is checked may move, what the operator
+/// reads may not.
+#[test]
+fn cross_key_problems_read_exactly() {
+    let server = |keys: &str| MINIMAL.replace("listen = \"127.0.0.1:0\"", keys);
+    let redis = |keys: &str| format!("{MINIMAL}\n[redis]\n{keys}\n");
+    let introspection = format!(
+        "{}[session.introspection]\nurl = \"https://a.example/introspect\"\nclient_id = \"broker\"\nclient_secret_file = \"/tmp/s\"\nissuer = \"https://a.example\"\nuser_id_prefix = \"i:\"\n",
+        two_issuers("a:", "b:", "https://b.example")
+    );
+    for (text, expected) in [
+        (
+            server("shutdown_grace_secs = 10\ndrain_delay_secs = 10"),
+            "config key `server.drain_delay_secs`: must be shorter than server.shutdown_grace_secs, or in-flight requests get no time to finish",
+        ),
+        (
+            server("listen = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\""),
+            "config key `server.admin_listen`: must differ from server.listen: metrics never share the public listener",
+        ),
+        (
+            two_issuers("a:", "b:", "https://a.example"),
+            "config key `session.jwt[1].issuer`: the same issuer is configured twice",
+        ),
+        (
+            introspection,
+            "config key `session.introspection.user_id_prefix`: must equal session.jwt[0].user_id_prefix: both name the same issuer, so one person must be one user",
+        ),
+        (
+            two_issuers("", "b:", "https://b.example"),
+            "config key `session.jwt[0].user_id_prefix`: must be set (e.g. \"acme:\"): session.jwt[0] and session.jwt[1] are different session sources, and without distinct prefixes the same user id at both would be one user and get one token",
+        ),
+        (
+            two_issuers("acme:eu:", "acme:", "https://b.example"),
+            "config key `session.jwt[1].user_id_prefix`: `acme:` and session.jwt[0].user_id_prefix `acme:eu:` must differ and neither may begin with the other, or ids of the two sources can collide",
+        ),
+        (
+            redis("url = \"redis://broker:pw@redis\"\npassword_file = \"/run/pw\""),
+            "config key `redis.password_file`: the URL carries a password too; keep the password in one place (remove it from redis.url)",
+        ),
+        (
+            redis("url = \"redis://redis\"\nca_file = \"/etc/ca.pem\""),
+            "config key `redis.ca_file`: applies to TLS only; use a rediss:// URL",
+        ),
+        (
+            redis("url = \"redis://redis/2\"\ncluster = true"),
+            "config key `redis.url`: a Redis Cluster has only database 0; remove the database from the URL",
+        ),
+    ] {
+        assert_eq!(parse(&text).expect_err(expected).0, expected);
+    }
+}
