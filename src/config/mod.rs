@@ -3,15 +3,15 @@
 //! the key.
 //! [`Settings::validate`] holds only the rules that span several keys.
 
+mod server;
 mod session;
 pub mod values;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use server::{ClientIpHeader, ServerSettings};
 pub use session::{
     ClaimRules, IntrospectionAuth, IntrospectionSettings, JwtIssuerSettings, KeySource, RoleRule,
     SessionSettings, UserinfoSource,
@@ -90,77 +90,6 @@ impl Default for TelemetrySettings {
             service_name: default_service_name(),
             sample_ratio: default_sample_ratio(),
         }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSettings {
-    #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admin_listen: Option<SocketAddr>,
-    #[serde(default)]
-    pub trusted_proxies: Vec<IpNet>,
-    #[serde(default = "default_max_body_bytes")]
-    pub max_body_bytes: Bounded<1, 1_048_576>,
-    #[serde(default = "default_shutdown_grace_secs")]
-    pub shutdown_grace_secs: Bounded<1, 600>,
-    /// After SIGTERM, how long `/readyz` reports 503 while the listener keeps serving, so the
-    /// Service stops routing here before connections are refused. Default: 5 s, at most half
-    /// the grace period.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drain_delay_secs: Option<Bounded<0, 599>>,
-    /// Which header trusted proxies write the client's address into.
-    #[serde(default)]
-    pub client_ip_header: ClientIpHeader,
-    /// How often secret files are checked for rotation.
-    #[serde(default = "default_secret_poll_secs")]
-    pub secret_poll_secs: Bounded<1, 300>,
-    /// HTTP worker threads; 0 means one per CPU.
-    #[serde(default)]
-    pub workers: Bounded<0, 256>,
-    /// How long a client may take to send the head of the first request on a connection, and
-    /// then each request's body; slower clients get 408 and the connection is closed.
-    #[serde(default = "default_request_timeout_ms")]
-    pub request_timeout_ms: Bounded<100, 60_000>,
-    /// How long an idle connection waits for its next request; 0 closes every connection after
-    /// one response.
-    #[serde(default = "default_keep_alive_secs")]
-    pub keep_alive_secs: Bounded<0, 300>,
-}
-
-impl Default for Bounded<0, 256> {
-    fn default() -> Self {
-        Bounded::of(0)
-    }
-}
-
-/// The header a deployment's proxies append the client address to. Only one is read: a header
-/// the proxies do not write is whatever the client put there.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ClientIpHeader {
-    #[default]
-    XForwardedFor,
-    /// RFC 7239 `Forwarded: for=...`.
-    Forwarded,
-}
-
-impl ServerSettings {
-    /// The drain delay: as configured, else 5 s but at most half the grace period, so any grace
-    /// period works alone.
-    pub fn drain_delay_secs(&self) -> u64 {
-        self.drain_delay_secs
-            .map_or((self.shutdown_grace_secs.get() / 2).min(5), Bounded::get)
-    }
-
-    pub fn max_body_bytes(&self) -> usize {
-        usize::try_from(self.max_body_bytes.get()).unwrap_or(usize::MAX)
-    }
-
-    pub fn workers(&self) -> usize {
-        usize::try_from(self.workers.get()).unwrap_or(1)
     }
 }
 
@@ -447,24 +376,6 @@ pub enum RedisFallback {
     Deny,
 }
 
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 8080))
-}
-fn default_max_body_bytes() -> Bounded<1, 1_048_576> {
-    Bounded::of(4096)
-}
-fn default_shutdown_grace_secs() -> Bounded<1, 600> {
-    Bounded::of(20)
-}
-fn default_secret_poll_secs() -> Bounded<1, 300> {
-    Bounded::of(2)
-}
-fn default_request_timeout_ms() -> Bounded<100, 60_000> {
-    Bounded::of(5000)
-}
-fn default_keep_alive_secs() -> Bounded<0, 300> {
-    Bounded::of(5)
-}
 fn default_base_url() -> BaseUrl {
     // A literal that parses; the fallback is never taken.
     BaseUrl::try_from("https://api.intellia.com.au".to_owned())
@@ -618,21 +529,6 @@ impl Settings {
 
     /// The rules that span several keys; everything about a single value was settled by its type.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let s = &self.server;
-        if s.drain_delay_secs() >= s.shutdown_grace_secs.get() {
-            return Err(ConfigError::key(
-                "server.drain_delay_secs",
-                "must be shorter than server.shutdown_grace_secs, or in-flight requests get no time to finish",
-            ));
-        }
-        if s.admin_listen
-            .is_some_and(|a| a == s.listen && a.port() != 0)
-        {
-            return Err(ConfigError::key(
-                "server.admin_listen",
-                "must differ from server.listen: metrics never share the public listener",
-            ));
-        }
         self.session.validate()?;
         if let Some(redis) = &self.redis {
             redis.validate()?;

@@ -484,3 +484,29 @@ fn cross_key_problems_read_exactly() {
         assert_eq!(parse(&text).expect_err(expected).0, expected);
     }
 }
+
+/// A section deserialized on its own, as the test kit builds `[redis]`: the rules hold there
+/// too, because they are part of the conversion, not of loading.
+fn alone<T: serde::de::DeserializeOwned>(section: serde_json::Value) -> Result<T, String> {
+    serde_json::from_value(section).map_err(|e| e.to_string())
+}
+
+#[test]
+fn server_rules_hold_for_the_section_alone() {
+    use serde_json::json;
+    let err = alone::<ServerSettings>(json!({"shutdown_grace_secs": 10, "drain_delay_secs": 10}))
+        .expect_err("no time left to finish");
+    assert!(
+        err.starts_with("@drain_delay_secs: must be shorter"),
+        "{err}"
+    );
+    let err = alone::<ServerSettings>(
+        json!({"listen": "127.0.0.1:9000", "admin_listen": "127.0.0.1:9000"}),
+    )
+    .expect_err("one listener twice");
+    assert!(err.starts_with("@admin_listen: must differ"), "{err}");
+    alone::<ServerSettings>(json!({"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0"}))
+        .expect("port 0 twice is two free ports");
+    let err = alone::<ServerSettings>(json!({"listn": "127.0.0.1:0"})).expect_err("typo");
+    assert!(err.contains("listn"), "{err}");
+}
