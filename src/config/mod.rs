@@ -529,7 +529,6 @@ impl Settings {
 
     /// The rules that span several keys; everything about a single value was settled by its type.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.session.validate()?;
         if let Some(redis) = &self.redis {
             redis.validate()?;
         }

@@ -510,3 +510,42 @@ fn server_rules_hold_for_the_section_alone() {
     let err = alone::<ServerSettings>(json!({"listn": "127.0.0.1:0"})).expect_err("typo");
     assert!(err.contains("listn"), "{err}");
 }
+
+#[test]
+fn session_rules_hold_for_the_section_alone() {
+    use serde_json::json;
+    let issuer = |issuer: &str, prefix: &str| {
+        json!({"issuer": issuer, "audience": "w", "jwks_url": "https://a.example/keys",
+               "algorithms": ["RS256"], "user_id_prefix": prefix})
+    };
+    let err = alone::<SessionSettings>(json!({"jwt": [
+        issuer("https://a.example", "a:"), issuer("https://a.example", "b:")
+    ]}))
+    .expect_err("one issuer twice");
+    assert!(err.starts_with("@jwt[1].issuer: the same issuer"), "{err}");
+    let err = alone::<SessionSettings>(json!({"jwt": [
+        issuer("https://a.example", "a:"), issuer("https://b.example", "")
+    ]}))
+    .expect_err("two sources, one id space");
+    assert!(
+        err.starts_with("@jwt[1].user_id_prefix: must be set"),
+        "{err}"
+    );
+    let err = alone::<SessionSettings>(json!({
+        "jwt": [issuer("https://a.example", "a:")],
+        "introspection": {"url": "https://a.example/introspect", "client_id": "b",
+                          "client_secret_file": "/s", "issuer": "https://a.example",
+                          "user_id_prefix": "i:"}
+    }))
+    .expect_err("one issuer, two prefixes");
+    assert!(
+        err.starts_with("@introspection.user_id_prefix: must equal session.jwt[0]"),
+        "{err}"
+    );
+    alone::<SessionSettings>(json!({"jwt": [
+        issuer("https://a.example", "a:"), issuer("https://b.example", "b:")
+    ]}))
+    .expect("distinct issuers, distinct prefixes");
+    let err = alone::<SessionSettings>(json!({"jwts": []})).expect_err("typo");
+    assert!(err.contains("jwts"), "{err}");
+}
