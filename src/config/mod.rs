@@ -1,8 +1,12 @@
 //! Configuration: one TOML (or JSON) file plus `BROKER__SECTION__KEY` environment overrides, parsed
 //! once into typed values (see [`values`]) before anything starts. Every failure is one line naming
 //! the key.
-//! [`Settings::validate`] holds only the rules that span several keys.
+//!
+//! A rule that spans several keys belongs to the conversion of the section holding them (a
+//! `TryFrom<Raw…>`, reporting through `field_error`), not to a pass after loading: a section
+//! deserialized on its own, as the test kit does, is held to it too.
 
+mod redis;
 mod server;
 mod session;
 pub mod values;
@@ -11,6 +15,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub use redis::{RedisFallback, RedisSettings};
 pub use server::{ClientIpHeader, ServerSettings};
 pub use session::{
     ClaimRules, IntrospectionAuth, IntrospectionSettings, JwtIssuerSettings, KeySource, RoleRule,
@@ -25,12 +30,6 @@ pub use values::{
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
-
-impl ConfigError {
-    pub(crate) fn key(key: &str, problem: impl std::fmt::Display) -> Self {
-        ConfigError(one_line(&format!("config key `{key}`: {problem}")))
-    }
-}
 
 /// Problems quote the operator's values, which may hold control characters; escaped, the message
 /// stays one line in a terminal and in a log.
@@ -310,72 +309,6 @@ impl Default for CacheSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisSettings {
-    pub url: RedisUrl,
-    #[serde(default)]
-    pub on_unavailable: RedisFallback,
-    /// Bound on every Redis call; past it the call counts as a failure.
-    #[serde(default = "default_redis_timeout_ms")]
-    pub timeout_ms: Bounded<1, 5000>,
-    /// Replicas sharing the limits: while Redis is unavailable under `on_unavailable = "local"`,
-    /// each replica enforces 1/replicas of every limit.
-    #[serde(default = "default_replicas")]
-    pub replicas: Bounded<1, 1000>,
-    /// Namespace of every key the broker writes.
-    #[serde(default = "default_key_prefix")]
-    pub key_prefix: KeyPrefix,
-    /// Key material for encrypting cached tokens; when absent it is derived from the API key
-    /// (all replicas share it, and rotating the key simply empties the shared cache).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_secret_file: Option<PathBuf>,
-    /// The password for `AUTH` (the ACL user comes from the URL), from a file (a Kubernetes
-    /// Secret); re-read on change. Mutually exclusive with a password in the URL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_file: Option<PathBuf>,
-    /// A PEM CA bundle trusted for `rediss://` in addition to the system roots (Memorystore's
-    /// in-transit encryption, a private CA). Read at start.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// The URL names one node of a Redis Cluster: every command goes to its key's shard.
-    #[serde(default)]
-    pub cluster: bool,
-}
-
-impl RedisSettings {
-    /// Cross-key rules of `[redis]`.
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.password_file.is_some() && self.url.has_password() {
-            return Err(ConfigError::key(
-                "redis.password_file",
-                "the URL carries a password too; keep the password in one place (remove it from redis.url)",
-            ));
-        }
-        if self.ca_file.is_some() && !self.url.is_tls() {
-            return Err(ConfigError::key(
-                "redis.ca_file",
-                "applies to TLS only; use a rediss:// URL",
-            ));
-        }
-        if self.cluster && self.url.database().is_some_and(|db| db != "0") {
-            return Err(ConfigError::key(
-                "redis.url",
-                "a Redis Cluster has only database 0; remove the database from the URL",
-            ));
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RedisFallback {
-    #[default]
-    Local,
-    Deny,
-}
-
 fn default_base_url() -> BaseUrl {
     // A literal that parses; the fallback is never taken.
     BaseUrl::try_from("https://api.intellia.com.au".to_owned())
@@ -401,15 +334,6 @@ fn default_backend_failures() -> Bounded<1, 10_000> {
 }
 fn default_cors_max_age() -> Bounded<0, 86_400> {
     Bounded::of(600)
-}
-fn default_redis_timeout_ms() -> Bounded<1, 5000> {
-    Bounded::of(50)
-}
-fn default_replicas() -> Bounded<1, 1000> {
-    Bounded::of(1)
-}
-fn default_key_prefix() -> KeyPrefix {
-    KeyPrefix::try_from("itb".to_owned()).unwrap_or_else(|_| unreachable!("a valid prefix"))
 }
 fn default_service_name() -> ServiceName {
     ServiceName::try_from("intellia-token-broker".to_owned())
@@ -520,19 +444,8 @@ impl Settings {
             .add_source(env_source)
             .build()
             .map_err(|e| ConfigError(clean_config_error(&e)))?;
-        let settings: Settings = raw
-            .try_deserialize()
-            .map_err(|e| ConfigError(clean_config_error(&e)))?;
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    /// The rules that span several keys; everything about a single value was settled by its type.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        if let Some(redis) = &self.redis {
-            redis.validate()?;
-        }
-        Ok(())
+        raw.try_deserialize()
+            .map_err(|e| ConfigError(clean_config_error(&e)))
     }
 
     /// The configuration as TOML with every secret-bearing value redacted, for `check-config`.

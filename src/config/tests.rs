@@ -549,3 +549,31 @@ fn session_rules_hold_for_the_section_alone() {
     let err = alone::<SessionSettings>(json!({"jwts": []})).expect_err("typo");
     assert!(err.contains("jwts"), "{err}");
 }
+
+#[test]
+fn redis_rules_hold_for_the_section_alone() {
+    use serde_json::json;
+    for (section, field) in [
+        (
+            json!({"url": "redis://broker:pw@redis", "password_file": "/run/pw"}),
+            "@password_file: ",
+        ),
+        (
+            json!({"url": "redis://redis", "ca_file": "/etc/ca.pem"}),
+            "@ca_file: ",
+        ),
+        (json!({"url": "redis://redis/2", "cluster": true}), "@url: "),
+    ] {
+        let err = alone::<RedisSettings>(section.clone()).expect_err(&section.to_string());
+        assert!(err.starts_with(field), "{section}: {err}");
+        assert!(!err.contains(":pw@"), "{err}");
+    }
+    alone::<RedisSettings>(json!({
+        "url": "rediss://broker@redis:6380/0", "password_file": "/run/pw",
+        "ca_file": "/etc/ca.pem", "cluster": true
+    }))
+    .expect("TLS, ACL user, password file, CA, cluster");
+    let err =
+        alone::<RedisSettings>(json!({"url": "redis://redis", "replica": 2})).expect_err("typo");
+    assert!(err.contains("replica"), "{err}");
+}
