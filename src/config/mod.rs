@@ -315,25 +315,25 @@ fn default_base_url() -> BaseUrl {
         .unwrap_or_else(|_| unreachable!("the default base URL parses"))
 }
 fn default_timeout_ms() -> Bounded<1, 120_000> {
-    Bounded::of(5000)
+    Bounded::new::<5000>()
 }
 fn default_max_retries() -> Bounded<0, 10> {
-    Bounded::of(2)
+    Bounded::new::<2>()
 }
 fn default_breaker_failures() -> Bounded<1, 1000> {
-    Bounded::of(5)
+    Bounded::new::<5>()
 }
 fn default_breaker_open_secs() -> Bounded<1, 3600> {
-    Bounded::of(10)
+    Bounded::new::<10>()
 }
 fn default_ipv6_prefix() -> Bounded<32, 128> {
-    Bounded::of(64)
+    Bounded::new::<64>()
 }
 fn default_backend_failures() -> Bounded<1, 10_000> {
-    Bounded::of(10)
+    Bounded::new::<10>()
 }
 fn default_cors_max_age() -> Bounded<0, 86_400> {
-    Bounded::of(600)
+    Bounded::new::<600>()
 }
 fn default_service_name() -> ServiceName {
     ServiceName::try_from("intellia-token-broker".to_owned())
@@ -346,10 +346,10 @@ fn default_true() -> bool {
     true
 }
 fn default_min_remaining_secs() -> Bounded<0, 7199> {
-    Bounded::of(900)
+    Bounded::new::<900>()
 }
 fn default_cache_max_entries() -> Bounded<1, 100_000_000> {
-    Bounded::of(100_000)
+    Bounded::new::<100_000>()
 }
 
 /// The syntax of a configuration file. TOML is the documented format; JSON is what generators

@@ -138,10 +138,10 @@ impl From<RedisSettings> for RawRedis {
 }
 
 fn default_timeout_ms() -> Bounded<1, 5000> {
-    Bounded::of(50)
+    Bounded::new::<50>()
 }
 fn default_replicas() -> Bounded<1, 1000> {
-    Bounded::of(1)
+    Bounded::new::<1>()
 }
 fn default_key_prefix() -> KeyPrefix {
     KeyPrefix::try_from("itb".to_owned()).unwrap_or_else(|_| unreachable!("a valid prefix"))

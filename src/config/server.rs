@@ -170,20 +170,20 @@ fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }
 fn default_max_body_bytes() -> Bounded<1, 1_048_576> {
-    Bounded::of(4096)
+    Bounded::new::<4096>()
 }
 fn default_shutdown_grace_secs() -> Bounded<1, 600> {
-    Bounded::of(20)
+    Bounded::new::<20>()
 }
 fn default_secret_poll_secs() -> Bounded<1, 300> {
-    Bounded::of(2)
+    Bounded::new::<2>()
 }
 fn default_workers() -> Bounded<0, 256> {
-    Bounded::of(0)
+    Bounded::new::<0>()
 }
 fn default_request_timeout_ms() -> Bounded<100, 60_000> {
-    Bounded::of(5000)
+    Bounded::new::<5000>()
 }
 fn default_keep_alive_secs() -> Bounded<0, 300> {
-    Bounded::of(5)
+    Bounded::new::<5>()
 }

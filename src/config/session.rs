@@ -633,11 +633,11 @@ fn default_name_claim() -> ClaimName {
     ClaimName::of("name")
 }
 fn default_leeway_secs() -> Bounded<0, 300> {
-    Bounded::of(30)
+    Bounded::new::<30>()
 }
 fn default_introspection_ttl() -> Bounded<1, 3600> {
-    Bounded::of(300)
+    Bounded::new::<300>()
 }
 fn default_negative_ttl() -> Bounded<0, 300> {
-    Bounded::of(10)
+    Bounded::new::<10>()
 }

@@ -13,10 +13,20 @@ use serde::{Deserialize, Serialize};
 pub struct Bounded<const MIN: u64, const MAX: u64>(u64);
 
 impl<const MIN: u64, const MAX: u64> Bounded<MIN, MAX> {
-    /// A value known at compile time; out of range fails the build.
-    pub const fn of(value: u64) -> Self {
-        assert!(value >= MIN && value <= MAX);
-        Bounded(value)
+    /// The constant `V`. Outside `MIN..=MAX` it is a compile error where the call is
+    /// instantiated: `cargo build` and `cargo test` stop there (`cargo check`, which
+    /// instantiates nothing, does not).
+    ///
+    /// ```
+    /// let _ = intellia_token_broker::config::Bounded::<0, 10>::new::<10>();
+    /// ```
+    ///
+    /// ```compile_fail,E0080
+    /// let _ = intellia_token_broker::config::Bounded::<0, 10>::new::<11>();
+    /// ```
+    pub const fn new<const V: u64>() -> Self {
+        const { assert!(MIN <= V && V <= MAX, "a Bounded constant outside its range") };
+        Bounded(V)
     }
 
     pub const fn get(self) -> u64 {
