@@ -105,14 +105,14 @@ pub struct IntelliaSettings {
     pub base_url: BaseUrl,
     pub organization_id: OrganizationId,
     pub api_key: ApiKeySource,
-    pub timeout_ms: Bounded<1, 120_000>,
-    pub max_retries: Bounded<0, 10>,
+    pub timeout_ms: Bounded<u64, 1, 120_000>,
+    pub max_retries: Bounded<u32, 0, 10>,
     /// Bound on one mint, retries and their waits included; default twice `timeout_ms`.
-    pub deadline_ms: Option<Bounded<1, 600_000>>,
+    pub deadline_ms: Option<Bounded<u64, 1, 600_000>>,
     /// Consecutive failed mints (after retries) that open the circuit breaker.
-    pub breaker_failures: Bounded<1, 1000>,
+    pub breaker_failures: Bounded<u32, 1, 1000>,
     /// How long the open breaker answers 503 at once before letting one probe through.
-    pub breaker_open_secs: Bounded<1, 3600>,
+    pub breaker_open_secs: Bounded<u64, 1, 3600>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -126,15 +126,15 @@ struct RawIntellia {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     api_key_env: Option<String>,
     #[serde(default = "default_timeout_ms")]
-    timeout_ms: Bounded<1, 120_000>,
+    timeout_ms: Bounded<u64, 1, 120_000>,
     #[serde(default = "default_max_retries")]
-    max_retries: Bounded<0, 10>,
+    max_retries: Bounded<u32, 0, 10>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    deadline_ms: Option<Bounded<1, 600_000>>,
+    deadline_ms: Option<Bounded<u64, 1, 600_000>>,
     #[serde(default = "default_breaker_failures")]
-    breaker_failures: Bounded<1, 1000>,
+    breaker_failures: Bounded<u32, 1, 1000>,
     #[serde(default = "default_breaker_open_secs")]
-    breaker_open_secs: Bounded<1, 3600>,
+    breaker_open_secs: Bounded<u64, 1, 3600>,
 }
 
 /// A struct-level problem names its field this way; [`clean_config_error`] appends it to the key
@@ -226,7 +226,7 @@ pub struct CorsSettings {
     #[serde(default)]
     pub allowed_origins: Vec<OriginPattern>,
     #[serde(default = "default_cors_max_age")]
-    pub max_age_secs: Bounded<0, 86_400>,
+    pub max_age_secs: Bounded<u64, 0, 86_400>,
 }
 
 impl Default for CorsSettings {
@@ -245,7 +245,7 @@ pub struct BackendSettings {
     /// Failed backend-secret attempts a client address may make per minute (the burst as
     /// well); past it every attempt from that address gets 429 until the bucket refills.
     #[serde(default = "default_backend_failures")]
-    pub max_failures_per_minute: Bounded<1, 10_000>,
+    pub max_failures_per_minute: Bounded<u32, 1, 10_000>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -260,7 +260,7 @@ pub struct RateLimitSettings {
 }
 
 /// Up to `u32::MAX`, the range of a GCRA quota.
-pub type Count = Bounded<1, 4_294_967_295>;
+pub type Count = Bounded<u32, 1, { u32::MAX as u64 }>;
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -277,7 +277,7 @@ pub struct PerIpLimit {
     /// IPv6 clients are limited per prefix of this length: one subscriber holds at least a /64,
     /// so a per-address limit would be no limit.
     #[serde(default = "default_ipv6_prefix")]
-    pub ipv6_prefix: Bounded<32, 128>,
+    pub ipv6_prefix: Bounded<u8, 32, 128>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
@@ -294,9 +294,9 @@ pub struct CacheSettings {
     pub enabled: bool,
     /// Below 7200: Intellia tokens live two hours, so asking for more would never hit the cache.
     #[serde(default = "default_min_remaining_secs")]
-    pub min_remaining_secs: Bounded<0, 7199>,
+    pub min_remaining_secs: Bounded<u64, 0, 7199>,
     #[serde(default = "default_cache_max_entries")]
-    pub max_entries: Bounded<1, 100_000_000>,
+    pub max_entries: Bounded<u64, 1, 100_000_000>,
 }
 
 impl Default for CacheSettings {
@@ -314,25 +314,25 @@ fn default_base_url() -> BaseUrl {
     BaseUrl::try_from("https://api.intellia.com.au".to_owned())
         .unwrap_or_else(|_| unreachable!("the default base URL parses"))
 }
-fn default_timeout_ms() -> Bounded<1, 120_000> {
+fn default_timeout_ms() -> Bounded<u64, 1, 120_000> {
     Bounded::new::<5000>()
 }
-fn default_max_retries() -> Bounded<0, 10> {
+fn default_max_retries() -> Bounded<u32, 0, 10> {
     Bounded::new::<2>()
 }
-fn default_breaker_failures() -> Bounded<1, 1000> {
+fn default_breaker_failures() -> Bounded<u32, 1, 1000> {
     Bounded::new::<5>()
 }
-fn default_breaker_open_secs() -> Bounded<1, 3600> {
+fn default_breaker_open_secs() -> Bounded<u64, 1, 3600> {
     Bounded::new::<10>()
 }
-fn default_ipv6_prefix() -> Bounded<32, 128> {
+fn default_ipv6_prefix() -> Bounded<u8, 32, 128> {
     Bounded::new::<64>()
 }
-fn default_backend_failures() -> Bounded<1, 10_000> {
+fn default_backend_failures() -> Bounded<u32, 1, 10_000> {
     Bounded::new::<10>()
 }
-fn default_cors_max_age() -> Bounded<0, 86_400> {
+fn default_cors_max_age() -> Bounded<u64, 0, 86_400> {
     Bounded::new::<600>()
 }
 fn default_service_name() -> ServiceName {
@@ -345,10 +345,10 @@ fn default_sample_ratio() -> Ratio {
 fn default_true() -> bool {
     true
 }
-fn default_min_remaining_secs() -> Bounded<0, 7199> {
+fn default_min_remaining_secs() -> Bounded<u64, 0, 7199> {
     Bounded::new::<900>()
 }
-fn default_cache_max_entries() -> Bounded<1, 100_000_000> {
+fn default_cache_max_entries() -> Bounded<u64, 1, 100_000_000> {
     Bounded::new::<100_000>()
 }
 

@@ -13,10 +13,10 @@ pub struct RedisSettings {
     pub url: RedisUrl,
     pub on_unavailable: RedisFallback,
     /// Bound on every Redis call; past it the call counts as a failure.
-    pub timeout_ms: Bounded<1, 5000>,
+    pub timeout_ms: Bounded<u64, 1, 5000>,
     /// Replicas sharing the limits: while Redis is unavailable under `on_unavailable = "local"`,
     /// each replica enforces 1/replicas of every limit.
-    pub replicas: Bounded<1, 1000>,
+    pub replicas: Bounded<u32, 1, 1000>,
     /// Namespace of every key the broker writes.
     pub key_prefix: KeyPrefix,
     /// Key material for encrypting cached tokens; when absent it is derived from the API key
@@ -47,9 +47,9 @@ struct RawRedis {
     #[serde(default)]
     on_unavailable: RedisFallback,
     #[serde(default = "default_timeout_ms")]
-    timeout_ms: Bounded<1, 5000>,
+    timeout_ms: Bounded<u64, 1, 5000>,
     #[serde(default = "default_replicas")]
-    replicas: Bounded<1, 1000>,
+    replicas: Bounded<u32, 1, 1000>,
     #[serde(default = "default_key_prefix")]
     key_prefix: KeyPrefix,
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -137,10 +137,10 @@ impl From<RedisSettings> for RawRedis {
     }
 }
 
-fn default_timeout_ms() -> Bounded<1, 5000> {
+fn default_timeout_ms() -> Bounded<u64, 1, 5000> {
     Bounded::new::<50>()
 }
-fn default_replicas() -> Bounded<1, 1000> {
+fn default_replicas() -> Bounded<u32, 1, 1000> {
     Bounded::new::<1>()
 }
 fn default_key_prefix() -> KeyPrefix {

@@ -14,24 +14,24 @@ pub struct ServerSettings {
     pub listen: SocketAddr,
     pub admin_listen: Option<SocketAddr>,
     pub trusted_proxies: Vec<IpNet>,
-    pub max_body_bytes: Bounded<1, 1_048_576>,
-    pub shutdown_grace_secs: Bounded<1, 600>,
+    pub max_body_bytes: Bounded<usize, 1, 1_048_576>,
+    pub shutdown_grace_secs: Bounded<u64, 1, 600>,
     /// After SIGTERM, how long `/readyz` reports 503 while the listener keeps serving, so the
     /// Service stops routing here before connections are refused. Default: 5 s, at most half
     /// the grace period.
-    pub drain_delay_secs: Option<Bounded<0, 599>>,
+    pub drain_delay_secs: Option<Bounded<u64, 0, 599>>,
     /// Which header trusted proxies write the client's address into.
     pub client_ip_header: ClientIpHeader,
     /// How often secret files are checked for rotation.
-    pub secret_poll_secs: Bounded<1, 300>,
+    pub secret_poll_secs: Bounded<u64, 1, 300>,
     /// HTTP worker threads; 0 means one per CPU.
-    pub workers: Bounded<0, 256>,
+    pub workers: Bounded<usize, 0, 256>,
     /// How long a client may take to send the head of the first request on a connection, and
     /// then each request's body; slower clients get 408 and the connection is closed.
-    pub request_timeout_ms: Bounded<100, 60_000>,
+    pub request_timeout_ms: Bounded<u64, 100, 60_000>,
     /// How long an idle connection waits for its next request; 0 closes every connection after
     /// one response.
-    pub keep_alive_secs: Bounded<0, 300>,
+    pub keep_alive_secs: Bounded<u64, 0, 300>,
 }
 
 /// The header a deployment's proxies append the client address to. Only one is read: a header
@@ -52,14 +52,6 @@ impl ServerSettings {
         self.drain_delay_secs
             .map_or((self.shutdown_grace_secs.get() / 2).min(5), Bounded::get)
     }
-
-    pub fn max_body_bytes(&self) -> usize {
-        usize::try_from(self.max_body_bytes.get()).unwrap_or(usize::MAX)
-    }
-
-    pub fn workers(&self) -> usize {
-        usize::try_from(self.workers.get()).unwrap_or(1)
-    }
 }
 
 #[derive(Deserialize, Serialize)]
@@ -72,21 +64,21 @@ struct RawServer {
     #[serde(default)]
     trusted_proxies: Vec<IpNet>,
     #[serde(default = "default_max_body_bytes")]
-    max_body_bytes: Bounded<1, 1_048_576>,
+    max_body_bytes: Bounded<usize, 1, 1_048_576>,
     #[serde(default = "default_shutdown_grace_secs")]
-    shutdown_grace_secs: Bounded<1, 600>,
+    shutdown_grace_secs: Bounded<u64, 1, 600>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    drain_delay_secs: Option<Bounded<0, 599>>,
+    drain_delay_secs: Option<Bounded<u64, 0, 599>>,
     #[serde(default)]
     client_ip_header: ClientIpHeader,
     #[serde(default = "default_secret_poll_secs")]
-    secret_poll_secs: Bounded<1, 300>,
+    secret_poll_secs: Bounded<u64, 1, 300>,
     #[serde(default = "default_workers")]
-    workers: Bounded<0, 256>,
+    workers: Bounded<usize, 0, 256>,
     #[serde(default = "default_request_timeout_ms")]
-    request_timeout_ms: Bounded<100, 60_000>,
+    request_timeout_ms: Bounded<u64, 100, 60_000>,
     #[serde(default = "default_keep_alive_secs")]
-    keep_alive_secs: Bounded<0, 300>,
+    keep_alive_secs: Bounded<u64, 0, 300>,
 }
 
 impl TryFrom<RawServer> for ServerSettings {
@@ -169,21 +161,21 @@ impl From<ServerSettings> for RawServer {
 fn default_listen() -> SocketAddr {
     SocketAddr::from(([0, 0, 0, 0], 8080))
 }
-fn default_max_body_bytes() -> Bounded<1, 1_048_576> {
+fn default_max_body_bytes() -> Bounded<usize, 1, 1_048_576> {
     Bounded::new::<4096>()
 }
-fn default_shutdown_grace_secs() -> Bounded<1, 600> {
+fn default_shutdown_grace_secs() -> Bounded<u64, 1, 600> {
     Bounded::new::<20>()
 }
-fn default_secret_poll_secs() -> Bounded<1, 300> {
+fn default_secret_poll_secs() -> Bounded<u64, 1, 300> {
     Bounded::new::<2>()
 }
-fn default_workers() -> Bounded<0, 256> {
+fn default_workers() -> Bounded<usize, 0, 256> {
     Bounded::new::<0>()
 }
-fn default_request_timeout_ms() -> Bounded<100, 60_000> {
+fn default_request_timeout_ms() -> Bounded<u64, 100, 60_000> {
     Bounded::new::<5000>()
 }
-fn default_keep_alive_secs() -> Bounded<0, 300> {
+fn default_keep_alive_secs() -> Bounded<u64, 0, 300> {
     Bounded::new::<5>()
 }

@@ -136,7 +136,7 @@ pub struct JwtIssuerSettings {
     pub algorithms: Vec<JwtAlgorithm>,
     pub cookie: Option<CookieName>,
     pub claims: ClaimRules,
-    pub leeway_secs: Bounded<0, 300>,
+    pub leeway_secs: Bounded<u64, 0, 300>,
     pub userinfo: Option<UserinfoSource>,
 }
 
@@ -170,7 +170,7 @@ struct RawJwtIssuer {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     required_roles: Vec<RoleName>,
     #[serde(default = "default_leeway_secs")]
-    leeway_secs: Bounded<0, 300>,
+    leeway_secs: Bounded<u64, 0, 300>,
     /// Fetch a missing e-mail or name from the provider's userinfo endpoint.
     #[serde(default)]
     userinfo: bool,
@@ -326,11 +326,11 @@ pub struct IntrospectionSettings {
     /// When set, an `aud` in the introspection answer must contain it.
     pub audience: Option<String>,
     pub claims: ClaimRules,
-    pub leeway_secs: Bounded<0, 300>,
+    pub leeway_secs: Bounded<u64, 0, 300>,
     /// An active answer is reused for at most this long (and never past the token's `exp`).
-    pub cache_ttl_secs: Bounded<1, 3600>,
+    pub cache_ttl_secs: Bounded<u64, 1, 3600>,
     /// An inactive answer is remembered this long, so a replayed dead token costs one call.
-    pub negative_cache_secs: Bounded<0, 300>,
+    pub negative_cache_secs: Bounded<u64, 0, 300>,
 }
 
 impl IntrospectionSettings {
@@ -378,11 +378,11 @@ struct RawIntrospection {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     required_roles: Vec<RoleName>,
     #[serde(default = "default_leeway_secs")]
-    leeway_secs: Bounded<0, 300>,
+    leeway_secs: Bounded<u64, 0, 300>,
     #[serde(default = "default_introspection_ttl")]
-    cache_ttl_secs: Bounded<1, 3600>,
+    cache_ttl_secs: Bounded<u64, 1, 3600>,
     #[serde(default = "default_negative_ttl")]
-    negative_cache_secs: Bounded<0, 300>,
+    negative_cache_secs: Bounded<u64, 0, 300>,
 }
 
 /// A client id or key id: printable, no surrounding whitespace (it goes into a JWT and a form).
@@ -632,12 +632,12 @@ fn default_email_claim() -> ClaimName {
 fn default_name_claim() -> ClaimName {
     ClaimName::of("name")
 }
-fn default_leeway_secs() -> Bounded<0, 300> {
+fn default_leeway_secs() -> Bounded<u64, 0, 300> {
     Bounded::new::<30>()
 }
-fn default_introspection_ttl() -> Bounded<1, 3600> {
+fn default_introspection_ttl() -> Bounded<u64, 1, 3600> {
     Bounded::new::<300>()
 }
-fn default_negative_ttl() -> Bounded<0, 300> {
+fn default_negative_ttl() -> Bounded<u64, 0, 300> {
     Bounded::new::<10>()
 }
