@@ -309,8 +309,9 @@ impl Default for CacheSettings {
     }
 }
 
+// Parsing a URL or a name cannot run at compile time, so these literals are checked by the test
+// `literal_defaults_parse` instead: with it passing, the `unreachable!` arms are never taken.
 fn default_base_url() -> BaseUrl {
-    // A literal that parses; the fallback is never taken.
     BaseUrl::try_from("https://api.intellia.com.au".to_owned())
         .unwrap_or_else(|_| unreachable!("the default base URL parses"))
 }
@@ -335,6 +336,7 @@ fn default_backend_failures() -> Bounded<u32, 1, 10_000> {
 fn default_cors_max_age() -> Bounded<u64, 0, 86_400> {
     Bounded::new::<600>()
 }
+// Checked by `literal_defaults_parse`, as `default_base_url` is.
 fn default_service_name() -> ServiceName {
     ServiceName::try_from("intellia-token-broker".to_owned())
         .unwrap_or_else(|_| unreachable!("a valid service name"))

@@ -143,6 +143,8 @@ fn default_timeout_ms() -> Bounded<u64, 1, 5000> {
 fn default_replicas() -> Bounded<u32, 1, 1000> {
     Bounded::new::<1>()
 }
+// Checked by the test `literal_defaults_parse` (parsing cannot run at compile time): with it
+// passing, the `unreachable!` arm is never taken.
 fn default_key_prefix() -> KeyPrefix {
     KeyPrefix::try_from("itb".to_owned()).unwrap_or_else(|_| unreachable!("a valid prefix"))
 }

@@ -577,3 +577,16 @@ fn redis_rules_hold_for_the_section_alone() {
         alone::<RedisSettings>(json!({"url": "redis://redis", "replica": 2})).expect_err("typo");
     assert!(err.contains("replica"), "{err}");
 }
+
+/// The defaults that only a parser can check: a typo in one fails here, not at a deployment's
+/// first start.
+#[test]
+fn literal_defaults_parse() {
+    let s = parse(&format!("{MINIMAL}\n[redis]\nurl = \"redis://redis\"\n")).expect("defaults");
+    assert_eq!(
+        s.intellia.base_url.url().as_str(),
+        "https://api.intellia.com.au/"
+    );
+    assert_eq!(s.redis.expect("[redis]").key_prefix.as_str(), "itb");
+    assert_eq!(s.telemetry.service_name.as_str(), "intellia-token-broker");
+}
