@@ -66,7 +66,7 @@ pub struct Settings {
     pub telemetry: TelemetrySettings,
 }
 
-/// OpenTelemetry traces (DESIGN §9.6). The standard `OTEL_*` variables take precedence; without an
+/// OpenTelemetry traces. The standard `OTEL_*` variables take precedence; without an
 /// endpoint from either, traces are off and cost nothing.
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -381,7 +381,7 @@ impl ConfigFormat {
     }
 }
 
-/// Where the configuration file is, in the order DESIGN.md gives.
+/// Where the configuration file is: `--config`, else `BROKER_CONFIG`, else `config/default.toml`.
 pub fn resolve_config_path(explicit: Option<&Path>) -> PathBuf {
     explicit
         .map(Path::to_path_buf)
