@@ -128,8 +128,8 @@ fn limiter(c: &mut Criterion) {
     let rt = runtime();
     let settings = RateLimitSettings {
         per_user: Some(PerMinuteLimit {
-            per_minute: Count::of(u64::from(u32::MAX / 2)),
-            burst: Count::of(u64::from(u32::MAX / 2)),
+            per_minute: Count::new::<{ u32::MAX as u64 / 2 }>(),
+            burst: Count::new::<{ u32::MAX as u64 / 2 }>(),
         }),
         per_ip: None,
         upstream: None,

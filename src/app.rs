@@ -128,9 +128,7 @@ impl AppParts {
             .map(|(backend, secret)| {
                 BackendAuth::new(
                     secret,
-                    FailureLimit::new(
-                        u32::try_from(backend.max_failures_per_minute.get()).unwrap_or(u32::MAX),
-                    ),
+                    FailureLimit::new(backend.max_failures_per_minute.get()),
                 )
             });
         let service = TokenService::new(
@@ -161,7 +159,7 @@ impl AppParts {
                 drain,
             }),
             request_limits: web::Data::new(RequestLimits {
-                max_body_bytes: settings.server.max_body_bytes(),
+                max_body_bytes: settings.server.max_body_bytes.get(),
             }),
             secrets,
             extra_routes: options.extra_routes,
@@ -310,7 +308,7 @@ impl Application {
             addr: settings.server.listen,
             source,
         })?;
-        let workers = match settings.server.workers() {
+        let workers = match settings.server.workers.get() {
             0 => std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
             n => n,
         };

@@ -14,8 +14,8 @@ fn minted(ttl: Duration) -> MintedToken {
 fn settings(enabled: bool) -> CacheSettings {
     CacheSettings {
         enabled,
-        min_remaining_secs: crate::config::Bounded::of(900),
-        max_entries: crate::config::Bounded::of(100),
+        min_remaining_secs: crate::config::Bounded::new::<900>(),
+        max_entries: crate::config::Bounded::new::<100>(),
     }
 }
 

@@ -190,7 +190,7 @@ async fn check_all(
         Some(key) => {
             let mut intellia_settings = settings.intellia.clone();
             // One attempt, within the check's budget: doctor reports, it does not retry.
-            intellia_settings.max_retries = crate::config::Bounded::of(0);
+            intellia_settings.max_retries = crate::config::Bounded::new::<0>();
             match IntelliaClient::new(&intellia_settings, key, Arc::clone(&metrics)) {
                 Ok(client) => {
                     let client = Arc::new(client);

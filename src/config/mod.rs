@@ -1,17 +1,22 @@
 //! Configuration: one TOML (or JSON) file plus `BROKER__SECTION__KEY` environment overrides, parsed
 //! once into typed values (see [`values`]) before anything starts. Every failure is one line naming
 //! the key.
-//! [`Settings::validate`] holds only the rules that span several keys.
+//!
+//! A rule that spans several keys belongs to the conversion of the section holding them (a
+//! `TryFrom<Raw…>`, reporting through `field_error`), not to a pass after loading: a section
+//! deserialized on its own, as the test kit does, is held to it too.
 
+mod redis;
+mod server;
 mod session;
 pub mod values;
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
-use ipnet::IpNet;
 use serde::{Deserialize, Serialize};
 
+pub use redis::{RedisFallback, RedisSettings};
+pub use server::{ClientIpHeader, ServerSettings};
 pub use session::{
     ClaimRules, IntrospectionAuth, IntrospectionSettings, JwtIssuerSettings, KeySource, RoleRule,
     SessionSettings, UserinfoSource,
@@ -25,12 +30,6 @@ pub use values::{
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct ConfigError(pub String);
-
-impl ConfigError {
-    pub(crate) fn key(key: &str, problem: impl std::fmt::Display) -> Self {
-        ConfigError(one_line(&format!("config key `{key}`: {problem}")))
-    }
-}
 
 /// Problems quote the operator's values, which may hold control characters; escaped, the message
 /// stays one line in a terminal and in a log.
@@ -93,77 +92,6 @@ impl Default for TelemetrySettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct ServerSettings {
-    #[serde(default = "default_listen")]
-    pub listen: SocketAddr,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub admin_listen: Option<SocketAddr>,
-    #[serde(default)]
-    pub trusted_proxies: Vec<IpNet>,
-    #[serde(default = "default_max_body_bytes")]
-    pub max_body_bytes: Bounded<1, 1_048_576>,
-    #[serde(default = "default_shutdown_grace_secs")]
-    pub shutdown_grace_secs: Bounded<1, 600>,
-    /// After SIGTERM, how long `/readyz` reports 503 while the listener keeps serving, so the
-    /// Service stops routing here before connections are refused. Default: 5 s, at most half
-    /// the grace period.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub drain_delay_secs: Option<Bounded<0, 599>>,
-    /// Which header trusted proxies write the client's address into.
-    #[serde(default)]
-    pub client_ip_header: ClientIpHeader,
-    /// How often secret files are checked for rotation.
-    #[serde(default = "default_secret_poll_secs")]
-    pub secret_poll_secs: Bounded<1, 300>,
-    /// HTTP worker threads; 0 means one per CPU.
-    #[serde(default)]
-    pub workers: Bounded<0, 256>,
-    /// How long a client may take to send the head of the first request on a connection, and
-    /// then each request's body; slower clients get 408 and the connection is closed.
-    #[serde(default = "default_request_timeout_ms")]
-    pub request_timeout_ms: Bounded<100, 60_000>,
-    /// How long an idle connection waits for its next request; 0 closes every connection after
-    /// one response.
-    #[serde(default = "default_keep_alive_secs")]
-    pub keep_alive_secs: Bounded<0, 300>,
-}
-
-impl Default for Bounded<0, 256> {
-    fn default() -> Self {
-        Bounded::of(0)
-    }
-}
-
-/// The header a deployment's proxies append the client address to. Only one is read: a header
-/// the proxies do not write is whatever the client put there.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum ClientIpHeader {
-    #[default]
-    XForwardedFor,
-    /// RFC 7239 `Forwarded: for=...`.
-    Forwarded,
-}
-
-impl ServerSettings {
-    /// The drain delay: as configured, else 5 s but at most half the grace period, so any grace
-    /// period works alone.
-    pub fn drain_delay_secs(&self) -> u64 {
-        self.drain_delay_secs
-            .map_or((self.shutdown_grace_secs.get() / 2).min(5), Bounded::get)
-    }
-
-    pub fn max_body_bytes(&self) -> usize {
-        usize::try_from(self.max_body_bytes.get()).unwrap_or(usize::MAX)
-    }
-
-    pub fn workers(&self) -> usize {
-        usize::try_from(self.workers.get()).unwrap_or(1)
-    }
-}
-
 /// Where the Intellia API key is read from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum ApiKeySource {
@@ -177,14 +105,14 @@ pub struct IntelliaSettings {
     pub base_url: BaseUrl,
     pub organization_id: OrganizationId,
     pub api_key: ApiKeySource,
-    pub timeout_ms: Bounded<1, 120_000>,
-    pub max_retries: Bounded<0, 10>,
+    pub timeout_ms: Bounded<u64, 1, 120_000>,
+    pub max_retries: Bounded<u32, 0, 10>,
     /// Bound on one mint, retries and their waits included; default twice `timeout_ms`.
-    pub deadline_ms: Option<Bounded<1, 600_000>>,
+    pub deadline_ms: Option<Bounded<u64, 1, 600_000>>,
     /// Consecutive failed mints (after retries) that open the circuit breaker.
-    pub breaker_failures: Bounded<1, 1000>,
+    pub breaker_failures: Bounded<u32, 1, 1000>,
     /// How long the open breaker answers 503 at once before letting one probe through.
-    pub breaker_open_secs: Bounded<1, 3600>,
+    pub breaker_open_secs: Bounded<u64, 1, 3600>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -198,15 +126,15 @@ struct RawIntellia {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     api_key_env: Option<String>,
     #[serde(default = "default_timeout_ms")]
-    timeout_ms: Bounded<1, 120_000>,
+    timeout_ms: Bounded<u64, 1, 120_000>,
     #[serde(default = "default_max_retries")]
-    max_retries: Bounded<0, 10>,
+    max_retries: Bounded<u32, 0, 10>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    deadline_ms: Option<Bounded<1, 600_000>>,
+    deadline_ms: Option<Bounded<u64, 1, 600_000>>,
     #[serde(default = "default_breaker_failures")]
-    breaker_failures: Bounded<1, 1000>,
+    breaker_failures: Bounded<u32, 1, 1000>,
     #[serde(default = "default_breaker_open_secs")]
-    breaker_open_secs: Bounded<1, 3600>,
+    breaker_open_secs: Bounded<u64, 1, 3600>,
 }
 
 /// A struct-level problem names its field this way; [`clean_config_error`] appends it to the key
@@ -298,7 +226,7 @@ pub struct CorsSettings {
     #[serde(default)]
     pub allowed_origins: Vec<OriginPattern>,
     #[serde(default = "default_cors_max_age")]
-    pub max_age_secs: Bounded<0, 86_400>,
+    pub max_age_secs: Bounded<u64, 0, 86_400>,
 }
 
 impl Default for CorsSettings {
@@ -317,7 +245,7 @@ pub struct BackendSettings {
     /// Failed backend-secret attempts a client address may make per minute (the burst as
     /// well); past it every attempt from that address gets 429 until the bucket refills.
     #[serde(default = "default_backend_failures")]
-    pub max_failures_per_minute: Bounded<1, 10_000>,
+    pub max_failures_per_minute: Bounded<u32, 1, 10_000>,
 }
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
@@ -332,7 +260,7 @@ pub struct RateLimitSettings {
 }
 
 /// Up to `u32::MAX`, the range of a GCRA quota.
-pub type Count = Bounded<1, 4_294_967_295>;
+pub type Count = Bounded<u32, 1, { u32::MAX as u64 }>;
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
@@ -349,7 +277,7 @@ pub struct PerIpLimit {
     /// IPv6 clients are limited per prefix of this length: one subscriber holds at least a /64,
     /// so a per-address limit would be no limit.
     #[serde(default = "default_ipv6_prefix")]
-    pub ipv6_prefix: Bounded<32, 128>,
+    pub ipv6_prefix: Bounded<u8, 32, 128>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize)]
@@ -366,9 +294,9 @@ pub struct CacheSettings {
     pub enabled: bool,
     /// Below 7200: Intellia tokens live two hours, so asking for more would never hit the cache.
     #[serde(default = "default_min_remaining_secs")]
-    pub min_remaining_secs: Bounded<0, 7199>,
+    pub min_remaining_secs: Bounded<u64, 0, 7199>,
     #[serde(default = "default_cache_max_entries")]
-    pub max_entries: Bounded<1, 100_000_000>,
+    pub max_entries: Bounded<u64, 1, 100_000_000>,
 }
 
 impl Default for CacheSettings {
@@ -381,125 +309,34 @@ impl Default for CacheSettings {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
-pub struct RedisSettings {
-    pub url: RedisUrl,
-    #[serde(default)]
-    pub on_unavailable: RedisFallback,
-    /// Bound on every Redis call; past it the call counts as a failure.
-    #[serde(default = "default_redis_timeout_ms")]
-    pub timeout_ms: Bounded<1, 5000>,
-    /// Replicas sharing the limits: while Redis is unavailable under `on_unavailable = "local"`,
-    /// each replica enforces 1/replicas of every limit.
-    #[serde(default = "default_replicas")]
-    pub replicas: Bounded<1, 1000>,
-    /// Namespace of every key the broker writes.
-    #[serde(default = "default_key_prefix")]
-    pub key_prefix: KeyPrefix,
-    /// Key material for encrypting cached tokens; when absent it is derived from the API key
-    /// (all replicas share it, and rotating the key simply empties the shared cache).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub cache_secret_file: Option<PathBuf>,
-    /// The password for `AUTH` (the ACL user comes from the URL), from a file (a Kubernetes
-    /// Secret); re-read on change. Mutually exclusive with a password in the URL.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub password_file: Option<PathBuf>,
-    /// A PEM CA bundle trusted for `rediss://` in addition to the system roots (Memorystore's
-    /// in-transit encryption, a private CA). Read at start.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub ca_file: Option<PathBuf>,
-    /// The URL names one node of a Redis Cluster: every command goes to its key's shard.
-    #[serde(default)]
-    pub cluster: bool,
-}
-
-impl RedisSettings {
-    /// Cross-key rules of `[redis]`.
-    fn validate(&self) -> Result<(), ConfigError> {
-        if self.password_file.is_some() && self.url.has_password() {
-            return Err(ConfigError::key(
-                "redis.password_file",
-                "the URL carries a password too; keep the password in one place (remove it from redis.url)",
-            ));
-        }
-        if self.ca_file.is_some() && !self.url.is_tls() {
-            return Err(ConfigError::key(
-                "redis.ca_file",
-                "applies to TLS only; use a rediss:// URL",
-            ));
-        }
-        if self.cluster && self.url.database().is_some_and(|db| db != "0") {
-            return Err(ConfigError::key(
-                "redis.url",
-                "a Redis Cluster has only database 0; remove the database from the URL",
-            ));
-        }
-        Ok(())
-    }
-}
-
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize, Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum RedisFallback {
-    #[default]
-    Local,
-    Deny,
-}
-
-fn default_listen() -> SocketAddr {
-    SocketAddr::from(([0, 0, 0, 0], 8080))
-}
-fn default_max_body_bytes() -> Bounded<1, 1_048_576> {
-    Bounded::of(4096)
-}
-fn default_shutdown_grace_secs() -> Bounded<1, 600> {
-    Bounded::of(20)
-}
-fn default_secret_poll_secs() -> Bounded<1, 300> {
-    Bounded::of(2)
-}
-fn default_request_timeout_ms() -> Bounded<100, 60_000> {
-    Bounded::of(5000)
-}
-fn default_keep_alive_secs() -> Bounded<0, 300> {
-    Bounded::of(5)
-}
+// Parsing a URL or a name cannot run at compile time, so these literals are checked by the test
+// `literal_defaults_parse` instead: with it passing, the `unreachable!` arms are never taken.
 fn default_base_url() -> BaseUrl {
-    // A literal that parses; the fallback is never taken.
     BaseUrl::try_from("https://api.intellia.com.au".to_owned())
         .unwrap_or_else(|_| unreachable!("the default base URL parses"))
 }
-fn default_timeout_ms() -> Bounded<1, 120_000> {
-    Bounded::of(5000)
+fn default_timeout_ms() -> Bounded<u64, 1, 120_000> {
+    Bounded::new::<5000>()
 }
-fn default_max_retries() -> Bounded<0, 10> {
-    Bounded::of(2)
+fn default_max_retries() -> Bounded<u32, 0, 10> {
+    Bounded::new::<2>()
 }
-fn default_breaker_failures() -> Bounded<1, 1000> {
-    Bounded::of(5)
+fn default_breaker_failures() -> Bounded<u32, 1, 1000> {
+    Bounded::new::<5>()
 }
-fn default_breaker_open_secs() -> Bounded<1, 3600> {
-    Bounded::of(10)
+fn default_breaker_open_secs() -> Bounded<u64, 1, 3600> {
+    Bounded::new::<10>()
 }
-fn default_ipv6_prefix() -> Bounded<32, 128> {
-    Bounded::of(64)
+fn default_ipv6_prefix() -> Bounded<u8, 32, 128> {
+    Bounded::new::<64>()
 }
-fn default_backend_failures() -> Bounded<1, 10_000> {
-    Bounded::of(10)
+fn default_backend_failures() -> Bounded<u32, 1, 10_000> {
+    Bounded::new::<10>()
 }
-fn default_cors_max_age() -> Bounded<0, 86_400> {
-    Bounded::of(600)
+fn default_cors_max_age() -> Bounded<u64, 0, 86_400> {
+    Bounded::new::<600>()
 }
-fn default_redis_timeout_ms() -> Bounded<1, 5000> {
-    Bounded::of(50)
-}
-fn default_replicas() -> Bounded<1, 1000> {
-    Bounded::of(1)
-}
-fn default_key_prefix() -> KeyPrefix {
-    KeyPrefix::try_from("itb".to_owned()).unwrap_or_else(|_| unreachable!("a valid prefix"))
-}
+// Checked by `literal_defaults_parse`, as `default_base_url` is.
 fn default_service_name() -> ServiceName {
     ServiceName::try_from("intellia-token-broker".to_owned())
         .unwrap_or_else(|_| unreachable!("a valid service name"))
@@ -510,11 +347,11 @@ fn default_sample_ratio() -> Ratio {
 fn default_true() -> bool {
     true
 }
-fn default_min_remaining_secs() -> Bounded<0, 7199> {
-    Bounded::of(900)
+fn default_min_remaining_secs() -> Bounded<u64, 0, 7199> {
+    Bounded::new::<900>()
 }
-fn default_cache_max_entries() -> Bounded<1, 100_000_000> {
-    Bounded::of(100_000)
+fn default_cache_max_entries() -> Bounded<u64, 1, 100_000_000> {
+    Bounded::new::<100_000>()
 }
 
 /// The syntax of a configuration file. TOML is the documented format; JSON is what generators
@@ -544,7 +381,7 @@ impl ConfigFormat {
     }
 }
 
-/// Where the configuration file is: `--config`, else `$BROKER_CONFIG`, else `config/default.toml`.
+/// Where the configuration file is: `--config`, else `BROKER_CONFIG`, else `config/default.toml`.
 pub fn resolve_config_path(explicit: Option<&Path>) -> PathBuf {
     explicit
         .map(Path::to_path_buf)
@@ -609,35 +446,8 @@ impl Settings {
             .add_source(env_source)
             .build()
             .map_err(|e| ConfigError(clean_config_error(&e)))?;
-        let settings: Settings = raw
-            .try_deserialize()
-            .map_err(|e| ConfigError(clean_config_error(&e)))?;
-        settings.validate()?;
-        Ok(settings)
-    }
-
-    /// The rules that span several keys; everything about a single value was settled by its type.
-    pub fn validate(&self) -> Result<(), ConfigError> {
-        let s = &self.server;
-        if s.drain_delay_secs() >= s.shutdown_grace_secs.get() {
-            return Err(ConfigError::key(
-                "server.drain_delay_secs",
-                "must be shorter than server.shutdown_grace_secs, or in-flight requests get no time to finish",
-            ));
-        }
-        if s.admin_listen
-            .is_some_and(|a| a == s.listen && a.port() != 0)
-        {
-            return Err(ConfigError::key(
-                "server.admin_listen",
-                "must differ from server.listen: metrics never share the public listener",
-            ));
-        }
-        self.session.validate()?;
-        if let Some(redis) = &self.redis {
-            redis.validate()?;
-        }
-        Ok(())
+        raw.try_deserialize()
+            .map_err(|e| ConfigError(clean_config_error(&e)))
     }
 
     /// The configuration as TOML with every secret-bearing value redacted, for `check-config`.

@@ -5,18 +5,47 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::field_error;
 use super::values::{
     Bounded, ClaimName, CookieName, HttpUrl, JwtAlgorithm, RequiredClaim, RoleName, UserIdPrefix,
 };
-use super::{ConfigError, field_error};
 
 #[derive(Debug, Clone, Default, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawSession", into = "RawSession")]
 pub struct SessionSettings {
-    #[serde(default)]
     pub jwt: Vec<JwtIssuerSettings>,
-    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub introspection: Option<IntrospectionSettings>,
+}
+
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawSession {
+    #[serde(default)]
+    jwt: Vec<JwtIssuerSettings>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    introspection: Option<IntrospectionSettings>,
+}
+
+impl TryFrom<RawSession> for SessionSettings {
+    type Error = String;
+    fn try_from(raw: RawSession) -> Result<Self, String> {
+        let settings = SessionSettings {
+            jwt: raw.jwt,
+            introspection: raw.introspection,
+        };
+        settings.check_issuers_unique()?;
+        settings.check_id_spaces()?;
+        Ok(settings)
+    }
+}
+
+impl From<SessionSettings> for RawSession {
+    fn from(s: SessionSettings) -> RawSession {
+        RawSession {
+            jwt: s.jwt,
+            introspection: s.introspection,
+        }
+    }
 }
 
 /// How claims become an identity, for one session source.
@@ -107,7 +136,7 @@ pub struct JwtIssuerSettings {
     pub algorithms: Vec<JwtAlgorithm>,
     pub cookie: Option<CookieName>,
     pub claims: ClaimRules,
-    pub leeway_secs: Bounded<0, 300>,
+    pub leeway_secs: Bounded<u64, 0, 300>,
     pub userinfo: Option<UserinfoSource>,
 }
 
@@ -141,7 +170,7 @@ struct RawJwtIssuer {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     required_roles: Vec<RoleName>,
     #[serde(default = "default_leeway_secs")]
-    leeway_secs: Bounded<0, 300>,
+    leeway_secs: Bounded<u64, 0, 300>,
     /// Fetch a missing e-mail or name from the provider's userinfo endpoint.
     #[serde(default)]
     userinfo: bool,
@@ -297,11 +326,11 @@ pub struct IntrospectionSettings {
     /// When set, an `aud` in the introspection answer must contain it.
     pub audience: Option<String>,
     pub claims: ClaimRules,
-    pub leeway_secs: Bounded<0, 300>,
+    pub leeway_secs: Bounded<u64, 0, 300>,
     /// An active answer is reused for at most this long (and never past the token's `exp`).
-    pub cache_ttl_secs: Bounded<1, 3600>,
+    pub cache_ttl_secs: Bounded<u64, 1, 3600>,
     /// An inactive answer is remembered this long, so a replayed dead token costs one call.
-    pub negative_cache_secs: Bounded<0, 300>,
+    pub negative_cache_secs: Bounded<u64, 0, 300>,
 }
 
 impl IntrospectionSettings {
@@ -349,11 +378,11 @@ struct RawIntrospection {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     required_roles: Vec<RoleName>,
     #[serde(default = "default_leeway_secs")]
-    leeway_secs: Bounded<0, 300>,
+    leeway_secs: Bounded<u64, 0, 300>,
     #[serde(default = "default_introspection_ttl")]
-    cache_ttl_secs: Bounded<1, 3600>,
+    cache_ttl_secs: Bounded<u64, 1, 3600>,
     #[serde(default = "default_negative_ttl")]
-    negative_cache_secs: Bounded<0, 300>,
+    negative_cache_secs: Bounded<u64, 0, 300>,
 }
 
 /// A client id or key id: printable, no surrounding whitespace (it goes into a JWT and a form).
@@ -508,31 +537,32 @@ impl From<IntrospectionSettings> for RawIntrospection {
 }
 
 impl SessionSettings {
-    pub(super) fn validate(&self) -> Result<(), ConfigError> {
+    fn check_issuers_unique(&self) -> Result<(), String> {
         let mut issuers = std::collections::HashSet::new();
         for (n, jwt) in self.jwt.iter().enumerate() {
             if !issuers.insert(jwt.issuer.as_str()) {
-                return Err(ConfigError::key(
-                    &format!("session.jwt[{n}].issuer"),
+                return Err(field_error(
+                    &format!("jwt[{n}].issuer"),
                     "the same issuer is configured twice",
                 ));
             }
         }
-        self.validate_id_spaces()
+        Ok(())
     }
 
-    /// User-id isolation: two session sources share one user-id space only when they name the same issuer
-    /// (then they must also agree on the prefix, so one person is one user). Any other pair must
-    /// have distinct, non-empty prefixes, neither a prefix of the other: `sub=123` at issuer A
-    /// and `sub=123` at issuer B would otherwise receive each other's tokens.
-    fn validate_id_spaces(&self) -> Result<(), ConfigError> {
+    /// Two session sources share one user-id space only when they name the same issuer (then
+    /// they must also agree on the prefix, so one person is one user). Any other pair must have
+    /// distinct, non-empty prefixes, neither a prefix of the other: `sub=123` at issuer A and
+    /// `sub=123` at issuer B would otherwise receive each other's tokens.
+    fn check_id_spaces(&self) -> Result<(), String> {
+        // Each source by its key under `[session]`; messages name it in full.
         let mut sources: Vec<(String, Option<&str>, &str)> = self
             .jwt
             .iter()
             .enumerate()
             .map(|(n, j)| {
                 (
-                    format!("session.jwt[{n}]"),
+                    format!("jwt[{n}]"),
                     Some(j.issuer.as_str()),
                     j.claims.user_id_prefix.as_str(),
                 )
@@ -540,7 +570,7 @@ impl SessionSettings {
             .collect();
         if let Some(intro) = &self.introspection {
             sources.push((
-                "session.introspection".to_owned(),
+                "introspection".to_owned(),
                 intro.issuer.as_deref(),
                 intro.claims.user_id_prefix.as_str(),
             ));
@@ -550,33 +580,29 @@ impl SessionSettings {
                 let at = format!("{key_b}.user_id_prefix");
                 if issuer_a.is_some() && issuer_a == issuer_b {
                     if prefix_a != prefix_b {
-                        return Err(ConfigError::key(
+                        return Err(field_error(
                             &at,
                             format!(
-                                "must equal {key_a}.user_id_prefix: both name the same issuer, so one person must be one user"
+                                "must equal session.{key_a}.user_id_prefix: both name the same issuer, so one person must be one user"
                             ),
                         ));
                     }
                     continue;
                 }
                 if prefix_a.is_empty() || prefix_b.is_empty() {
-                    let (key, _) = if prefix_b.is_empty() {
-                        (key_b, key_a)
-                    } else {
-                        (key_a, key_b)
-                    };
-                    return Err(ConfigError::key(
+                    let key = if prefix_b.is_empty() { key_b } else { key_a };
+                    return Err(field_error(
                         &format!("{key}.user_id_prefix"),
                         format!(
-                            "must be set (e.g. \"acme:\"): {key_a} and {key_b} are different session sources, and without distinct prefixes the same user id at both would be one user and get one token"
+                            "must be set (e.g. \"acme:\"): session.{key_a} and session.{key_b} are different session sources, and without distinct prefixes the same user id at both would be one user and get one token"
                         ),
                     ));
                 }
                 if prefix_a.starts_with(prefix_b) || prefix_b.starts_with(prefix_a) {
-                    return Err(ConfigError::key(
+                    return Err(field_error(
                         &at,
                         format!(
-                            "`{prefix_b}` and {key_a}.user_id_prefix `{prefix_a}` must differ and neither may begin with the other, or ids of the two sources can collide"
+                            "`{prefix_b}` and session.{key_a}.user_id_prefix `{prefix_a}` must differ and neither may begin with the other, or ids of the two sources can collide"
                         ),
                     ));
                 }
@@ -606,12 +632,12 @@ fn default_email_claim() -> ClaimName {
 fn default_name_claim() -> ClaimName {
     ClaimName::of("name")
 }
-fn default_leeway_secs() -> Bounded<0, 300> {
-    Bounded::of(30)
+fn default_leeway_secs() -> Bounded<u64, 0, 300> {
+    Bounded::new::<30>()
 }
-fn default_introspection_ttl() -> Bounded<1, 3600> {
-    Bounded::of(300)
+fn default_introspection_ttl() -> Bounded<u64, 1, 3600> {
+    Bounded::new::<300>()
 }
-fn default_negative_ttl() -> Bounded<0, 300> {
-    Bounded::of(10)
+fn default_negative_ttl() -> Bounded<u64, 0, 300> {
+    Bounded::new::<10>()
 }

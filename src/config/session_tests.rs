@@ -148,7 +148,7 @@ fn roles_on_both_kinds_of_source() {
         .roles
         .expect("roles");
     assert_eq!(rule.required.len(), 2);
-    // A roles claim alone is valid and requires nothing (a key set alone is valid with the others at their defaults).
+    // A roles claim alone is valid and requires nothing.
     let s = jwt("roles_claim = \"groups\"").expect("claim alone");
     assert!(
         s.session.jwt[0]

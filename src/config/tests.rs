@@ -432,3 +432,161 @@ fn the_file_extension_picks_the_syntax() {
     assert_eq!(s.intellia.organization_id.as_str(), "org-9");
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Every cross-key rule's message, in full: where a rule is checked may move, what the operator
+/// reads may not.
+#[test]
+fn cross_key_problems_read_exactly() {
+    let server = |keys: &str| MINIMAL.replace("listen = \"127.0.0.1:0\"", keys);
+    let redis = |keys: &str| format!("{MINIMAL}\n[redis]\n{keys}\n");
+    let introspection = format!(
+        "{}[session.introspection]\nurl = \"https://a.example/introspect\"\nclient_id = \"broker\"\nclient_secret_file = \"/tmp/s\"\nissuer = \"https://a.example\"\nuser_id_prefix = \"i:\"\n",
+        two_issuers("a:", "b:", "https://b.example")
+    );
+    for (text, expected) in [
+        (
+            server("shutdown_grace_secs = 10\ndrain_delay_secs = 10"),
+            "config key `server.drain_delay_secs`: must be shorter than server.shutdown_grace_secs, or in-flight requests get no time to finish",
+        ),
+        (
+            server("listen = \"127.0.0.1:9000\"\nadmin_listen = \"127.0.0.1:9000\""),
+            "config key `server.admin_listen`: must differ from server.listen: metrics never share the public listener",
+        ),
+        (
+            two_issuers("a:", "b:", "https://a.example"),
+            "config key `session.jwt[1].issuer`: the same issuer is configured twice",
+        ),
+        (
+            introspection,
+            "config key `session.introspection.user_id_prefix`: must equal session.jwt[0].user_id_prefix: both name the same issuer, so one person must be one user",
+        ),
+        (
+            two_issuers("", "b:", "https://b.example"),
+            "config key `session.jwt[0].user_id_prefix`: must be set (e.g. \"acme:\"): session.jwt[0] and session.jwt[1] are different session sources, and without distinct prefixes the same user id at both would be one user and get one token",
+        ),
+        (
+            two_issuers("acme:eu:", "acme:", "https://b.example"),
+            "config key `session.jwt[1].user_id_prefix`: `acme:` and session.jwt[0].user_id_prefix `acme:eu:` must differ and neither may begin with the other, or ids of the two sources can collide",
+        ),
+        (
+            redis("url = \"redis://broker:pw@redis\"\npassword_file = \"/run/pw\""),
+            "config key `redis.password_file`: the URL carries a password too; keep the password in one place (remove it from redis.url)",
+        ),
+        (
+            redis("url = \"redis://redis\"\nca_file = \"/etc/ca.pem\""),
+            "config key `redis.ca_file`: applies to TLS only; use a rediss:// URL",
+        ),
+        (
+            redis("url = \"redis://redis/2\"\ncluster = true"),
+            "config key `redis.url`: a Redis Cluster has only database 0; remove the database from the URL",
+        ),
+    ] {
+        assert_eq!(parse(&text).expect_err(expected).0, expected);
+    }
+}
+
+/// A section deserialized on its own, as the test kit builds `[redis]`: the rules hold there
+/// too, because they are part of the conversion, not of loading.
+fn alone<T: serde::de::DeserializeOwned>(section: serde_json::Value) -> Result<T, String> {
+    serde_json::from_value(section).map_err(|e| e.to_string())
+}
+
+#[test]
+fn server_rules_hold_for_the_section_alone() {
+    use serde_json::json;
+    let err = alone::<ServerSettings>(json!({"shutdown_grace_secs": 10, "drain_delay_secs": 10}))
+        .expect_err("no time left to finish");
+    assert!(
+        err.starts_with("@drain_delay_secs: must be shorter"),
+        "{err}"
+    );
+    let err = alone::<ServerSettings>(
+        json!({"listen": "127.0.0.1:9000", "admin_listen": "127.0.0.1:9000"}),
+    )
+    .expect_err("one listener twice");
+    assert!(err.starts_with("@admin_listen: must differ"), "{err}");
+    alone::<ServerSettings>(json!({"listen": "127.0.0.1:0", "admin_listen": "127.0.0.1:0"}))
+        .expect("port 0 twice is two free ports");
+    let err = alone::<ServerSettings>(json!({"listn": "127.0.0.1:0"})).expect_err("typo");
+    assert!(err.contains("listn"), "{err}");
+}
+
+#[test]
+fn session_rules_hold_for_the_section_alone() {
+    use serde_json::json;
+    let issuer = |issuer: &str, prefix: &str| {
+        json!({"issuer": issuer, "audience": "w", "jwks_url": "https://a.example/keys",
+               "algorithms": ["RS256"], "user_id_prefix": prefix})
+    };
+    let err = alone::<SessionSettings>(json!({"jwt": [
+        issuer("https://a.example", "a:"), issuer("https://a.example", "b:")
+    ]}))
+    .expect_err("one issuer twice");
+    assert!(err.starts_with("@jwt[1].issuer: the same issuer"), "{err}");
+    let err = alone::<SessionSettings>(json!({"jwt": [
+        issuer("https://a.example", "a:"), issuer("https://b.example", "")
+    ]}))
+    .expect_err("two sources, one id space");
+    assert!(
+        err.starts_with("@jwt[1].user_id_prefix: must be set"),
+        "{err}"
+    );
+    let err = alone::<SessionSettings>(json!({
+        "jwt": [issuer("https://a.example", "a:")],
+        "introspection": {"url": "https://a.example/introspect", "client_id": "b",
+                          "client_secret_file": "/s", "issuer": "https://a.example",
+                          "user_id_prefix": "i:"}
+    }))
+    .expect_err("one issuer, two prefixes");
+    assert!(
+        err.starts_with("@introspection.user_id_prefix: must equal session.jwt[0]"),
+        "{err}"
+    );
+    alone::<SessionSettings>(json!({"jwt": [
+        issuer("https://a.example", "a:"), issuer("https://b.example", "b:")
+    ]}))
+    .expect("distinct issuers, distinct prefixes");
+    let err = alone::<SessionSettings>(json!({"jwts": []})).expect_err("typo");
+    assert!(err.contains("jwts"), "{err}");
+}
+
+#[test]
+fn redis_rules_hold_for_the_section_alone() {
+    use serde_json::json;
+    for (section, field) in [
+        (
+            json!({"url": "redis://broker:pw@redis", "password_file": "/run/pw"}),
+            "@password_file: ",
+        ),
+        (
+            json!({"url": "redis://redis", "ca_file": "/etc/ca.pem"}),
+            "@ca_file: ",
+        ),
+        (json!({"url": "redis://redis/2", "cluster": true}), "@url: "),
+    ] {
+        let err = alone::<RedisSettings>(section.clone()).expect_err(&section.to_string());
+        assert!(err.starts_with(field), "{section}: {err}");
+        assert!(!err.contains(":pw@"), "{err}");
+    }
+    alone::<RedisSettings>(json!({
+        "url": "rediss://broker@redis:6380/0", "password_file": "/run/pw",
+        "ca_file": "/etc/ca.pem", "cluster": true
+    }))
+    .expect("TLS, ACL user, password file, CA, cluster");
+    let err =
+        alone::<RedisSettings>(json!({"url": "redis://redis", "replica": 2})).expect_err("typo");
+    assert!(err.contains("replica"), "{err}");
+}
+
+/// The defaults that only a parser can check: a typo in one fails here, not at a deployment's
+/// first start.
+#[test]
+fn literal_defaults_parse() {
+    let s = parse(&format!("{MINIMAL}\n[redis]\nurl = \"redis://redis\"\n")).expect("defaults");
+    assert_eq!(
+        s.intellia.base_url.url().as_str(),
+        "https://api.intellia.com.au/"
+    );
+    assert_eq!(s.redis.expect("[redis]").key_prefix.as_str(), "itb");
+    assert_eq!(s.telemetry.service_name.as_str(), "intellia-token-broker");
+}

@@ -7,28 +7,84 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
-/// An integer that must lie in `MIN..=MAX`.
+/// An integer of type `T` in `MIN..=MAX`, so each use gets the integer type it needs with no
+/// conversion that could fail. The bounds are `u64` whatever `T` is (a const parameter's type
+/// cannot depend on another parameter); a `MAX` that `T` cannot hold is a compile error.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize, Serialize)]
-#[serde(try_from = "u64", into = "u64")]
-pub struct Bounded<const MIN: u64, const MAX: u64>(u64);
+#[serde(try_from = "u64", into = "u64", bound = "T: BoundedInt")]
+pub struct Bounded<T, const MIN: u64, const MAX: u64>(T);
 
-impl<const MIN: u64, const MAX: u64> Bounded<MIN, MAX> {
-    /// A value known at compile time; out of range fails the build.
-    pub const fn of(value: u64) -> Self {
-        assert!(value >= MIN && value <= MAX);
-        Bounded(value)
+/// The integer types a [`Bounded`] can hold: the unsigned ones.
+pub trait BoundedInt: sealed::Int + Copy + Ord + fmt::Debug + fmt::Display {}
+
+mod sealed {
+    /// Sealed, so `narrow` is only ever one of the casts below.
+    pub trait Int {
+        /// The type's largest value, widened.
+        const LIMIT: u64;
+        /// `value as Self`: exact for every value up to `LIMIT`, which callers check first.
+        fn narrow(value: u64) -> Self;
+        fn widen(self) -> u64;
+    }
+}
+
+macro_rules! bounded_int {
+    ($($int:ty),*) => {$(
+        impl sealed::Int for $int {
+            const LIMIT: u64 = <$int>::MAX as u64;
+            fn narrow(value: u64) -> Self {
+                value as $int
+            }
+            fn widen(self) -> u64 {
+                self as u64
+            }
+        }
+        impl BoundedInt for $int {}
+    )*};
+}
+
+bounded_int!(u8, u16, u32, u64, usize);
+
+// The `usize` casts above are exact only while it is no wider than `u64`.
+const _: () = assert!(usize::BITS <= u64::BITS);
+
+impl<T: BoundedInt, const MIN: u64, const MAX: u64> Bounded<T, MIN, MAX> {
+    /// The constant `V`. Outside `MIN..=MAX`, or with a `MAX` that `T` cannot hold, it is a
+    /// compile error where the call is instantiated: `cargo build` and `cargo test` stop there
+    /// (`cargo check`, which instantiates nothing, does not).
+    ///
+    /// ```
+    /// let _ = intellia_token_broker::config::Bounded::<u8, 0, 10>::new::<10>();
+    /// ```
+    ///
+    /// ```compile_fail,E0080
+    /// let _ = intellia_token_broker::config::Bounded::<u8, 0, 10>::new::<11>();
+    /// ```
+    ///
+    /// ```compile_fail,E0080
+    /// let _ = intellia_token_broker::config::Bounded::<u8, 0, 256>::new::<1>();
+    /// ```
+    pub fn new<const V: u64>() -> Self {
+        const {
+            assert!(
+                MIN <= V && V <= MAX && MAX <= T::LIMIT,
+                "a Bounded constant outside its range, or a MAX its type cannot hold"
+            );
+        };
+        Bounded(T::narrow(V))
     }
 
-    pub const fn get(self) -> u64 {
+    pub fn get(self) -> T {
         self.0
     }
 }
 
-impl<const MIN: u64, const MAX: u64> TryFrom<u64> for Bounded<MIN, MAX> {
+impl<T: BoundedInt, const MIN: u64, const MAX: u64> TryFrom<u64> for Bounded<T, MIN, MAX> {
     type Error = String;
     fn try_from(value: u64) -> Result<Self, String> {
+        const { assert!(MAX <= T::LIMIT, "a Bounded whose MAX its type cannot hold") };
         if (MIN..=MAX).contains(&value) {
-            Ok(Bounded(value))
+            Ok(Bounded(T::narrow(value)))
         } else if MIN == 0 {
             Err(format!("must be at most {MAX}"))
         } else {
@@ -37,15 +93,15 @@ impl<const MIN: u64, const MAX: u64> TryFrom<u64> for Bounded<MIN, MAX> {
     }
 }
 
-impl<const MIN: u64, const MAX: u64> From<Bounded<MIN, MAX>> for u64 {
-    fn from(value: Bounded<MIN, MAX>) -> u64 {
-        value.0
+impl<T: BoundedInt, const MIN: u64, const MAX: u64> From<Bounded<T, MIN, MAX>> for u64 {
+    fn from(value: Bounded<T, MIN, MAX>) -> u64 {
+        value.0.widen()
     }
 }
 
-impl<const MIN: u64, const MAX: u64> fmt::Display for Bounded<MIN, MAX> {
+impl<T: BoundedInt, const MIN: u64, const MAX: u64> fmt::Display for Bounded<T, MIN, MAX> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        self.0.fmt(f)
+        fmt::Display::fmt(&self.0, f)
     }
 }
 
@@ -637,14 +693,36 @@ mod tests {
     #[test]
     fn bounded_names_its_range() {
         assert_eq!(
-            Bounded::<1, 10>::try_from(0).unwrap_err(),
+            Bounded::<u64, 1, 10>::try_from(0).unwrap_err(),
             "must be between 1 and 10"
         );
         assert_eq!(
-            Bounded::<0, 10>::try_from(11).unwrap_err(),
+            Bounded::<u64, 0, 10>::try_from(11).unwrap_err(),
             "must be at most 10"
         );
-        assert_eq!(Bounded::<1, 10>::try_from(10).map(Bounded::get), Ok(10));
+        assert_eq!(
+            Bounded::<u64, 1, 10>::try_from(10).map(Bounded::get),
+            Ok(10)
+        );
+    }
+
+    #[test]
+    fn bounded_holds_its_own_integer_type_and_reads_as_a_plain_integer() {
+        let prefix: Bounded<u8, 32, 128> = serde_json::from_value(serde_json::json!(128)).unwrap();
+        let bits: u8 = prefix.get();
+        assert_eq!(bits, 128);
+        assert_eq!(
+            serde_json::to_value(prefix).unwrap(),
+            serde_json::json!(128)
+        );
+        let err = serde_json::from_value::<Bounded<u8, 32, 128>>(serde_json::json!(300));
+        assert_eq!(err.unwrap_err().to_string(), "must be between 32 and 128");
+        let count: u32 = Bounded::<u32, 1, { u32::MAX as u64 }>::new::<{ u32::MAX as u64 }>().get();
+        assert_eq!(count, u32::MAX);
+        let bytes: usize = Bounded::<usize, 0, 10>::try_from(10)
+            .map(Bounded::get)
+            .unwrap();
+        assert_eq!(bytes, 10);
     }
 
     #[test]

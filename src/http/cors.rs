@@ -170,7 +170,7 @@ mod tests {
                 .iter()
                 .map(|s| OriginPattern::parse(s).unwrap())
                 .collect(),
-            max_age_secs: crate::config::Bounded::of(600),
+            max_age_secs: crate::config::Bounded::new::<600>(),
         })
     }
 

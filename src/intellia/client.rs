@@ -176,12 +176,12 @@ impl IntelliaClient {
             http,
             url,
             api_key,
-            max_retries: u32::try_from(settings.max_retries.get()).unwrap_or(0),
+            max_retries: settings.max_retries.get(),
             timeout,
             deadline: settings.deadline(),
             metrics,
             breaker: CircuitBreaker::new(
-                u32::try_from(settings.breaker_failures.get()).unwrap_or(u32::MAX),
+                settings.breaker_failures.get(),
                 Duration::from_secs(settings.breaker_open_secs.get()),
             ),
         })

@@ -75,10 +75,10 @@ pub(crate) struct Shape {
 }
 
 impl Shape {
-    fn new(name: &'static str, window: u32, rate: u64, burst: u64, replicas: u64) -> Shape {
-        let rate = u32::try_from(rate).unwrap_or(u32::MAX).max(1);
-        let burst = u32::try_from(burst).unwrap_or(u32::MAX).max(1);
-        let replicas = u32::try_from(replicas).unwrap_or(u32::MAX).max(1);
+    fn new(name: &'static str, window: u32, rate: u32, burst: u32, replicas: u32) -> Shape {
+        let rate = rate.max(1);
+        let burst = burst.max(1);
+        let replicas = replicas.max(1);
         Shape {
             name,
             window,
@@ -175,7 +175,7 @@ impl Limits {
     pub fn new(
         settings: &RateLimitSettings,
         shared: Option<Arc<RedisStore>>,
-        replicas: u64,
+        replicas: u32,
     ) -> Limits {
         let replicas = if shared.is_some() { replicas } else { 1 };
         let per_user = settings
@@ -188,9 +188,7 @@ impl Limits {
             .upstream
             .map(|l| Shape::new("upstream", 1, l.per_second.get(), l.burst.get(), replicas));
         Limits {
-            ipv6_prefix: settings
-                .per_ip
-                .map_or(64, |l| u8::try_from(l.ipv6_prefix.get()).unwrap_or(128)),
+            ipv6_prefix: settings.per_ip.map_or(64, |l| l.ipv6_prefix.get()),
             local: LocalLimits::new(per_user.as_ref(), per_ip.as_ref(), upstream.as_ref()),
             shared: shared.map(SharedLimits::new),
             per_user,

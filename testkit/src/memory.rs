@@ -45,8 +45,8 @@ pub struct MemoryReport {
 fn limits() -> Limits {
     let settings = RateLimitSettings {
         per_user: Some(PerMinuteLimit {
-            per_minute: Count::of(6_000),
-            burst: Count::of(5),
+            per_minute: Count::new::<6_000>(),
+            burst: Count::new::<5>(),
         }),
         per_ip: None,
         upstream: None,
