@@ -30,7 +30,7 @@ use crate::session::SessionVerifier;
 use crate::telemetry::metrics::{Metrics, SecretLabels};
 
 /// Routes added beside the public ones (`dev` mode's demo page).
-pub type ExtraRoutes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
+pub(crate) type ExtraRoutes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
 
 /// Overrides for `dev` mode and tests.
 #[derive(Default)]

@@ -5,7 +5,7 @@
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
-pub struct CircuitBreaker {
+pub(crate) struct CircuitBreaker {
     threshold: u32,
     cooldown_ms: u64,
     failures: AtomicU32,
@@ -23,7 +23,7 @@ impl std::fmt::Debug for CircuitBreaker {
 }
 
 impl CircuitBreaker {
-    pub fn new(threshold: u32, cooldown: Duration) -> CircuitBreaker {
+    pub(crate) fn new(threshold: u32, cooldown: Duration) -> CircuitBreaker {
         CircuitBreaker {
             threshold: threshold.max(1),
             cooldown_ms: u64::try_from(cooldown.as_millis())
@@ -41,7 +41,7 @@ impl CircuitBreaker {
 
     /// Whether a call may go ahead. While open, only the first caller after the cool-down gets
     /// through (and pushes the window on, so the others keep failing fast).
-    pub fn allow(&self) -> bool {
+    pub(crate) fn allow(&self) -> bool {
         let until = self.open_until_ms.load(Ordering::Acquire);
         if until == 0 {
             return true;
@@ -60,19 +60,19 @@ impl CircuitBreaker {
     }
 
     /// How long until a probe may go through, for `Retry-After`.
-    pub fn retry_after(&self) -> Duration {
+    pub(crate) fn retry_after(&self) -> Duration {
         let until = self.open_until_ms.load(Ordering::Acquire);
         Duration::from_millis(until.saturating_sub(self.now_ms()))
     }
 
     /// Records a success; returns true when this closed an open breaker.
-    pub fn success(&self) -> bool {
+    pub(crate) fn success(&self) -> bool {
         self.failures.store(0, Ordering::Release);
         self.open_until_ms.swap(0, Ordering::AcqRel) != 0
     }
 
     /// Records a failure; returns true when this opened the breaker.
-    pub fn failure(&self) -> bool {
+    pub(crate) fn failure(&self) -> bool {
         let failures = self
             .failures
             .fetch_add(1, Ordering::AcqRel)

@@ -189,7 +189,7 @@ impl BrokerError {
 }
 
 /// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) for a limit.
-pub fn apply_rate_limit(status: &RateLimitStatus, response: &mut HttpResponseBuilder) {
+pub(crate) fn apply_rate_limit(status: &RateLimitStatus, response: &mut HttpResponseBuilder) {
     response.insert_header((
         "RateLimit-Policy",
         format!("\"{}\";q={};w={}", status.name, status.quota, status.window),
@@ -205,7 +205,7 @@ pub fn apply_rate_limit(status: &RateLimitStatus, response: &mut HttpResponseBui
 
 /// RFC 9457 problem details with the broker's stable `code`.
 #[derive(Debug, Serialize, utoipa::ToSchema)]
-pub struct Problem {
+pub(crate) struct Problem {
     /// Always `about:blank`.
     #[serde(rename = "type")]
     #[schema(example = "about:blank")]
@@ -223,7 +223,7 @@ pub struct Problem {
 
 /// The `code` of an error response, left on the response for the request log and metrics.
 #[derive(Debug, Clone, Copy)]
-pub struct OutcomeCode(pub ErrorCode);
+pub(crate) struct OutcomeCode(pub ErrorCode);
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 

@@ -49,7 +49,7 @@ fn string_schema(description: String, min: Option<usize>, max: usize, pattern: S
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct UserId(String);
 
-pub const MAX_USER_ID_CHARS: usize = 256;
+pub(crate) const MAX_USER_ID_CHARS: usize = 256;
 
 impl UserId {
     pub fn parse(id: String) -> Option<UserId> {

@@ -4,23 +4,27 @@
 //! `main.rs` only calls [`cli::main`]; [`app`] wires the parts below together. One request's path
 //! through them is drawn in `docs/architecture.md`.
 
+// `pub` only for the deliberate surface (`testing`, `cli::main`, `allocator`); everything else is
+// `pub(crate)`, so the compiler can tell dead code and a reader can tell what is API.
+#![warn(unreachable_pub)]
+
 pub mod allocator;
-pub mod app;
+mod app;
 mod breaker;
-pub mod cache;
+mod cache;
 pub mod cli;
-pub mod config;
-pub mod error;
+mod config;
+mod error;
 mod hex;
-pub mod http;
-pub mod http_client;
-pub mod identity;
-pub mod intellia;
-pub mod limits;
-pub mod redis;
-pub mod secrets;
-pub mod service;
-pub mod session;
+mod http;
+mod http_client;
+mod identity;
+mod intellia;
+mod limits;
+mod redis;
+mod secrets;
+mod service;
+mod session;
 mod telemetry;
 
 /// What the test kit, the integration tests, the benchmarks and the fuzz targets drive the broker
@@ -29,19 +33,18 @@ mod telemetry;
 pub mod testing {
     pub use crate::app::{AppParts, Application, BuildOptions, ShutdownHandle, public_app};
     pub use crate::cache::{CachedToken, TokenCache};
-    pub use crate::config::{
-        CacheSettings, Count, PerMinuteLimit, RateLimitSettings, RedisSettings, Settings,
-    };
+    pub use crate::config::redis::RedisSettings;
+    pub use crate::config::{CacheSettings, Count, PerMinuteLimit, RateLimitSettings, Settings};
     pub use crate::error::{BrokerError, ErrorCode, PROBLEM_JSON};
     pub use crate::http::cors::CorsPolicy;
     pub use crate::http::{TokenResponse, token_response};
     pub use crate::http_client::{builder as http_client_builder, install_crypto_provider};
     pub use crate::identity::{Identity, UserId};
+    pub use crate::intellia::client::{MintedToken, UpstreamError};
     pub use crate::intellia::client::{error_for_status, parse_assume_role_body};
     pub use crate::intellia::simulator::{
         Fault, KeyPolicy, Simulator, SimulatorConfig, SimulatorState,
     };
-    pub use crate::intellia::{MintedToken, UpstreamError};
     pub use crate::limits::{LimitError, Limits, RequestKeys};
     pub use crate::redis::RedisStore;
     pub use crate::secrets::client_key::{ClientKey, MIN_RSA_BITS};

@@ -85,8 +85,7 @@ fn escaping_super_paths(code: &str, depth: usize) -> Vec<String> {
         if code[..at].ends_with("super::") {
             continue;
         }
-        let climbs = code[at..]
-            .as_bytes()
+        let climbs = code.as_bytes()[at..]
             .chunks(7)
             .take_while(|c| *c == b"super::")
             .count();

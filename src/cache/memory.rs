@@ -28,7 +28,7 @@ pub(super) struct MemoryTier {
 }
 
 impl MemoryTier {
-    pub fn new(max_entries: u64) -> MemoryTier {
+    pub(super) fn new(max_entries: u64) -> MemoryTier {
         MemoryTier {
             cache: moka::future::Cache::builder()
                 .max_capacity(max_entries)
@@ -39,7 +39,7 @@ impl MemoryTier {
 
     /// The user's entry, or the result of `init`; concurrent callers for one user share one
     /// `init`, and an error is not stored.
-    pub async fn get_or_insert<Fut, E>(
+    pub(super) async fn get_or_insert<Fut, E>(
         &self,
         user_id: &UserId,
         init: Fut,
@@ -62,11 +62,11 @@ impl MemoryTier {
         Ok((entry.into_value(), provenance))
     }
 
-    pub async fn run_housekeeping(&self) {
+    pub(super) async fn run_housekeeping(&self) {
         self.cache.run_pending_tasks().await;
     }
 
-    pub fn entry_count(&self) -> u64 {
+    pub(super) fn entry_count(&self) -> u64 {
         self.cache.entry_count()
     }
 }

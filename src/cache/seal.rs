@@ -17,7 +17,7 @@ pub(crate) struct Sealer {
 
 impl Sealer {
     /// HKDF-SHA256 over `material`, salted per use.
-    pub fn derive(material: &SecretString) -> Sealer {
+    pub(crate) fn derive(material: &SecretString) -> Sealer {
         let hk = hkdf::Hkdf::<Sha256>::new(
             Some(b"intellia-token-broker/redis-token-cache/v1"),
             material.expose_secret().as_bytes(),
@@ -31,7 +31,7 @@ impl Sealer {
     }
 
     /// `nonce || ciphertext || tag`.
-    pub fn seal(&self, plain: &[u8], owner: &[u8]) -> Vec<u8> {
+    pub(crate) fn seal(&self, plain: &[u8], owner: &[u8]) -> Vec<u8> {
         let mut nonce = [0u8; NONCE_BYTES];
         rand::rng().fill_bytes(&mut nonce);
         let sealed = self
@@ -51,7 +51,7 @@ impl Sealer {
     }
 
     /// The plain bytes, when `bytes` was sealed with this key for `owner`. The caller zeroes them.
-    pub fn open(&self, bytes: &[u8], owner: &[u8]) -> Option<Vec<u8>> {
+    pub(crate) fn open(&self, bytes: &[u8], owner: &[u8]) -> Option<Vec<u8>> {
         if bytes.len() < NONCE_BYTES + TAG_BYTES {
             return None;
         }

@@ -35,7 +35,7 @@ pub(super) struct SharedTier {
 }
 
 impl SharedTier {
-    pub fn new(
+    pub(super) fn new(
         store: Arc<RedisStore>,
         material: &SecretString,
         min_remaining: Duration,
@@ -106,7 +106,7 @@ impl SharedTier {
     /// A fresh token another replica minted, else this replica mints under the user's lock
     /// (others wait for the shared result), else — Redis being unavailable — it mints alone or
     /// refuses, as configured.
-    pub async fn get_or_mint<F, Fut, E>(
+    pub(super) async fn get_or_mint<F, Fut, E>(
         &self,
         user_id: &UserId,
         mint: F,

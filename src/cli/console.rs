@@ -5,7 +5,7 @@
 use std::io::Write;
 
 /// Writes `text` to standard output; a closed or failing stdout is ignored.
-pub fn out(text: &str) {
+pub(super) fn out(text: &str) {
     let mut stdout = std::io::stdout().lock();
     let _ = stdout
         .write_all(text.as_bytes())
@@ -13,11 +13,11 @@ pub fn out(text: &str) {
 }
 
 /// Writes `text` and a line break to standard output.
-pub fn line(text: &str) {
+pub(super) fn line(text: &str) {
     out(&format!("{text}\n"));
 }
 
 /// Writes `text` and a line break to standard error; a closed stderr is ignored.
-pub fn error_line(text: &str) {
+pub(super) fn error_line(text: &str) {
     let _ = writeln!(std::io::stderr().lock(), "{text}");
 }

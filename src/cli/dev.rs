@@ -24,13 +24,13 @@ use crate::secrets::InlineSecrets;
 /// The demo page: a mock chat widget using the browser client.
 const DEV_PAGE: &str = include_str!("../../clients/js/demo/index.html");
 
-pub const DEV_ISSUER: &str = "urn:intellia-token-broker:dev";
-pub const DEV_AUDIENCE: &str = "intellia-chat-widget";
-pub const DEV_ORGANIZATION: &str = "org-dev";
+pub(super) const DEV_ISSUER: &str = "urn:intellia-token-broker:dev";
+pub(super) const DEV_AUDIENCE: &str = "intellia-chat-widget";
+pub(super) const DEV_ORGANIZATION: &str = "org-dev";
 const SESSION_TTL: Duration = Duration::from_secs(60 * 60);
 
 /// Mints dev session tokens, as a site's login would.
-pub struct DevIssuer {
+pub(super) struct DevIssuer {
     key: EncodingKey,
 }
 
@@ -59,13 +59,13 @@ fn random_secret() -> SecretString {
 
 impl DevIssuer {
     /// A fresh issuer with a random secret; the secret is returned for the verifier.
-    pub fn generate() -> (DevIssuer, SecretString) {
+    pub(super) fn generate() -> (DevIssuer, SecretString) {
         let secret = random_secret();
         let key = EncodingKey::from_secret(secret.expose_secret().as_bytes());
         (DevIssuer { key }, secret)
     }
 
-    pub fn mint(
+    pub(super) fn mint(
         &self,
         user_id: &str,
         email: &str,
@@ -146,7 +146,7 @@ min_remaining_secs = 900
 }
 
 /// Runs `dev` until interrupted.
-pub async fn run(listen: SocketAddr) -> Result<(), String> {
+pub(super) async fn run(listen: SocketAddr) -> Result<(), String> {
     if let Some((name, _)) = std::env::vars().find(|(k, _)| k.starts_with("BROKER__INTELLIA__")) {
         return Err(format!(
             "dev mode never talks to the real Intellia and ignores configuration; unset {name} (use `serve --config` for a real deployment)"

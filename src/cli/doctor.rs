@@ -33,14 +33,14 @@ use crate::session::{DiscoveryDocument, Introspector, Probe, usable_keys};
 use crate::telemetry::metrics::Metrics;
 
 /// The most any one check may take; with the start-up work this keeps a run under 30 s.
-pub const MAX_CHECK_SECS: u64 = 25;
+pub(super) const MAX_CHECK_SECS: u64 = 25;
 
 /// Answers larger than this are not discovery or JWKS documents.
 const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Line {
+pub(super) struct Line {
     pub name: String,
     pub ok: bool,
     pub detail: String,
@@ -72,7 +72,7 @@ impl std::fmt::Display for Line {
 }
 
 /// Runs every check, prints the report on stdout, and fails when any check failed.
-pub async fn run(
+pub(super) async fn run(
     config: &Path,
     mint_test_user: Option<&str>,
     timeout_secs: u64,
@@ -250,7 +250,7 @@ trait ThenLine: std::future::Future<Output = Result<String, String>> + Sized + S
 impl<F: std::future::Future<Output = Result<String, String>> + Send> ThenLine for F {}
 
 /// Why a request got no HTTP answer, in the operator's terms: DNS, connect, TLS or timeout.
-pub fn transport_cause(e: &reqwest::Error) -> String {
+pub(super) fn transport_cause(e: &reqwest::Error) -> String {
     if e.is_timeout() {
         return "timed out".to_owned();
     }

@@ -6,24 +6,24 @@
 //! `TryFrom<Raw…>`, reporting through `field_error`), not to a pass after loading: a section
 //! deserialized on its own, as the test kit does, is held to it too.
 
-mod redis;
+pub(crate) mod redis;
 mod server;
 mod session;
-pub mod values;
+pub(crate) mod values;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub use redis::{RedisFallback, RedisSettings};
-pub use server::{ClientIpHeader, ServerSettings};
-pub use session::{
+pub(crate) use redis::{RedisFallback, RedisSettings};
+pub(crate) use server::{ClientIpHeader, ServerSettings};
+pub(crate) use session::{
     ClaimRules, IntrospectionAuth, IntrospectionSettings, JwtIssuerSettings, KeySource, RoleRule,
     SessionSettings, UserinfoSource,
 };
-pub use values::{
-    BaseUrl, Bounded, ClaimName, CookieName, HttpUrl, JwtAlgorithm, KeyPrefix, OrganizationId,
-    OriginPattern, Ratio, RedisUrl, RequiredClaim, RoleName, ServiceName, UserIdPrefix,
+pub(crate) use values::{
+    BaseUrl, Bounded, HttpUrl, JwtAlgorithm, OrganizationId, OriginPattern, Ratio, RequiredClaim,
+    ServiceName,
 };
 
 /// A configuration problem, phrased for the operator: it always names the key or path at fault.
@@ -382,7 +382,7 @@ impl ConfigFormat {
 }
 
 /// Where the configuration file is: `--config`, else `BROKER_CONFIG`, else `config/default.toml`.
-pub fn resolve_config_path(explicit: Option<&Path>) -> PathBuf {
+pub(crate) fn resolve_config_path(explicit: Option<&Path>) -> PathBuf {
     explicit
         .map(Path::to_path_buf)
         .or_else(|| std::env::var_os("BROKER_CONFIG").map(PathBuf::from))

@@ -4,7 +4,8 @@ use std::path::PathBuf;
 
 use super::session::{IntrospectionAuth, RoleRule};
 use super::tests::{MINIMAL, parse};
-use crate::config::{ClaimName, ConfigError, Settings};
+use crate::config::values::ClaimName;
+use crate::config::{ConfigError, Settings};
 
 fn introspection(keys: &str) -> Result<Settings, ConfigError> {
     parse(&format!(

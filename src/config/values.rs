@@ -307,7 +307,7 @@ impl From<ServiceName> for String {
 pub struct JwtAlgorithm(jsonwebtoken::Algorithm);
 
 /// The asymmetric algorithms the verifier supports, by name.
-pub const ASYMMETRIC_ALGORITHMS: &[&str] = &[
+pub(crate) const ASYMMETRIC_ALGORITHMS: &[&str] = &[
     "RS256", "RS384", "RS512", "PS256", "PS384", "PS512", "ES256", "ES384", "EdDSA",
 ];
 
@@ -479,9 +479,9 @@ impl From<UserIdPrefix> for String {
 pub struct Word<const MAX: usize, const KIND: char>(String);
 
 /// `KIND` tells which punctuation is allowed and how the error reads.
-pub const ORG_ID: char = 'o';
-pub const COOKIE: char = 'c';
-pub const KEY_PREFIX: char = 'k';
+pub(crate) const ORG_ID: char = 'o';
+pub(crate) const COOKIE: char = 'c';
+pub(crate) const KEY_PREFIX: char = 'k';
 
 impl<const MAX: usize, const KIND: char> Word<MAX, KIND> {
     pub fn as_str(&self) -> &str {
@@ -530,9 +530,9 @@ impl<const MAX: usize, const KIND: char> FromStr for Word<MAX, KIND> {
     }
 }
 
-pub type OrganizationId = Word<128, ORG_ID>;
-pub type CookieName = Word<128, COOKIE>;
-pub type KeyPrefix = Word<32, KEY_PREFIX>;
+pub(crate) type OrganizationId = Word<128, ORG_ID>;
+pub(crate) type CookieName = Word<128, COOKIE>;
+pub(crate) type KeyPrefix = Word<32, KEY_PREFIX>;
 
 /// An allowed browser origin: exact (`https://www.example.com`) or a pattern of one or more DNS
 /// labels in front of a domain (`https://*.example.com`), compared as parsed

@@ -80,7 +80,7 @@ impl Assets {
         (status = 200, description = "The ES module", content_type = "text/javascript", body = String,
             headers(("ETag" = String), ("Cache-Control" = String))),
         (status = 304, description = "Not modified (If-None-Match)")))]
-pub async fn client_js(req: HttpRequest, assets: web::Data<Assets>) -> HttpResponse {
+pub(crate) async fn client_js(req: HttpRequest, assets: web::Data<Assets>) -> HttpResponse {
     assets.client_esm.respond(&req, "public, max-age=300")
 }
 
@@ -90,12 +90,12 @@ pub async fn client_js(req: HttpRequest, assets: web::Data<Assets>) -> HttpRespo
         (status = 200, description = "The script", content_type = "text/javascript", body = String,
             headers(("ETag" = String), ("Cache-Control" = String))),
         (status = 304, description = "Not modified (If-None-Match)")))]
-pub async fn client_global_js(req: HttpRequest, assets: web::Data<Assets>) -> HttpResponse {
+pub(crate) async fn client_global_js(req: HttpRequest, assets: web::Data<Assets>) -> HttpResponse {
     assets.client_global.respond(&req, "public, max-age=300")
 }
 
 /// The OpenAPI document of the public routes.
-pub async fn openapi(assets: web::Data<Assets>) -> HttpResponse {
+pub(crate) async fn openapi(assets: web::Data<Assets>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/json")
         .body(assets.openapi.clone())

@@ -16,7 +16,7 @@ use crate::config::ClientIpHeader;
 
 /// The client address for a connection from `peer` whose request carries `lines` of the
 /// forwarding header (in the order they arrived).
-pub fn client_ip<'a>(
+pub(crate) fn client_ip<'a>(
     peer: Option<SocketAddr>,
     header: ClientIpHeader,
     lines: impl DoubleEndedIterator<Item = &'a str>,

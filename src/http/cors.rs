@@ -11,9 +11,9 @@ use actix_web::http::header::{self, HeaderMap, HeaderValue};
 use crate::config::{CorsSettings, OriginPattern};
 
 /// Headers a widget may send.
-pub const ALLOWED_HEADERS: &str = "Authorization, Content-Type, X-Request-Id";
+pub(crate) const ALLOWED_HEADERS: &str = "Authorization, Content-Type, X-Request-Id";
 /// Headers a widget may read.
-pub const EXPOSED_HEADERS: &str = "RateLimit, RateLimit-Policy, Retry-After, X-Request-Id";
+pub(crate) const EXPOSED_HEADERS: &str = "RateLimit, RateLimit-Policy, Retry-After, X-Request-Id";
 
 /// How much a request's origin is trusted.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

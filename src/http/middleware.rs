@@ -84,7 +84,7 @@ fn client_ip(req: &ServiceRequest, policy: &ConnectionPolicy) -> Option<IpAddr> 
 
 /// Outermost middleware: stamps the request id, start time and client IP before the root span
 /// is built, and echoes the id on the response.
-pub async fn request_context(
+pub(crate) async fn request_context(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
@@ -125,7 +125,7 @@ pub async fn request_context(
 /// bounds only the head: a body sent a byte at a time would hold its connection for as long as
 /// the client likes. When the time is up the body reads fail with `TimedOut`, which the handlers
 /// answer with 408 `request_timeout`, closing the connection.
-pub async fn body_deadline(
+pub(crate) async fn body_deadline(
     mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
@@ -161,7 +161,7 @@ fn with_deadline(
 }
 
 /// Adds CORS headers to every non-preflight response of a browser route, errors included.
-pub async fn cors_layer(
+pub(crate) async fn cors_layer(
     req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {

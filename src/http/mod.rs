@@ -54,7 +54,7 @@ pub struct RequestLimits {
 /// The answers both token routes share, documented once.
 #[derive(utoipa::IntoResponses)]
 #[allow(dead_code)]
-pub enum TokenRouteResponses {
+pub(crate) enum TokenRouteResponses {
     /// A chat token
     #[response(status = 200, headers(
         ("Cache-Control" = String, description = "no-store"),
@@ -163,7 +163,7 @@ fn preflight(
     }
 }
 
-pub async fn not_found(req: HttpRequest) -> Result<HttpResponse, BrokerError> {
+pub(crate) async fn not_found(req: HttpRequest) -> Result<HttpResponse, BrokerError> {
     // Unknown routes and methods answer alike whether or not they exist for other methods.
     if req.method() == Method::OPTIONS {
         return Ok(HttpResponse::build(StatusCode::NO_CONTENT).finish());
@@ -225,7 +225,7 @@ where
 }
 
 /// The public routes. The backend route exists only when `[backend]` is configured.
-pub fn configure(cfg: &mut web::ServiceConfig, with_backend: bool) {
+pub(crate) fn configure(cfg: &mut web::ServiceConfig, with_backend: bool) {
     cfg.service(
         web::resource(Route::Token.path())
             .wrap(from_fn(cors_layer))

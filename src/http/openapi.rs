@@ -55,10 +55,10 @@ impl Modify for Security {
     )),
     modifiers(&Security)
 )]
-pub struct ApiDoc;
+pub(crate) struct ApiDoc;
 
 /// The document as pretty JSON with a trailing newline, as it is kept in the repository.
-pub fn document_json() -> String {
+pub(crate) fn document_json() -> String {
     let mut text = ApiDoc::openapi()
         .to_pretty_json()
         .unwrap_or_else(|_| "{}".to_owned());

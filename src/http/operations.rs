@@ -22,7 +22,7 @@ pub struct Readiness {
 /// The process is alive and serving.
 #[utoipa::path(get, path = Route::Healthz.path(), tag = "operations",
     responses((status = 200, description = "The process is alive", content_type = "application/json", body = serde_json::Value)))]
-pub async fn healthz() -> HttpResponse {
+pub(crate) async fn healthz() -> HttpResponse {
     HttpResponse::Ok()
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .json(serde_json::json!({"status": "ok"}))
@@ -34,7 +34,7 @@ pub async fn healthz() -> HttpResponse {
     responses(
         (status = 200, description = "Ready to serve token requests", content_type = "application/json", body = serde_json::Value),
         (status = 503, description = "Starting (session keys not loaded yet) or draining", content_type = "application/json", body = serde_json::Value)))]
-pub async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
+pub(crate) async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
     let draining = readiness.drain.is_draining();
     let keys_loaded = readiness.verifier.keys_loaded();
     let stale = readiness.secrets.stale();
@@ -66,7 +66,7 @@ pub async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
 }
 
 /// The Prometheus exposition, on the admin listener only.
-pub async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
+pub(crate) async fn metrics(metrics: web::Data<Metrics>) -> HttpResponse {
     HttpResponse::Ok()
         .content_type("application/openmetrics-text; version=1.0.0; charset=utf-8")
         .body(metrics.encode())

@@ -17,17 +17,17 @@ use crate::error::OutcomeCode;
 use crate::telemetry::metrics::Metrics;
 
 #[derive(Debug, Clone)]
-pub struct RequestId(pub String);
+pub(crate) struct RequestId(pub String);
 
 #[derive(Debug, Clone, Copy)]
-pub struct ClientIp(pub IpAddr);
+pub(crate) struct ClientIp(pub IpAddr);
 
 /// When the request arrived, for the latency in its log line.
 #[derive(Debug, Clone, Copy)]
-pub struct RequestStart(pub Instant);
+pub(crate) struct RequestStart(pub Instant);
 
 /// The root span of every request, and the one log line written when it ends.
-pub struct BrokerRootSpan;
+pub(crate) struct BrokerRootSpan;
 
 impl RootSpanBuilder for BrokerRootSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {

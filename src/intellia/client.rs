@@ -138,7 +138,7 @@ const BACKOFF_CAP: Duration = Duration::from_secs(1);
 /// Intellia's answer is a few hundred bytes; anything far larger is not an answer.
 const MAX_RESPONSE_BYTES: usize = 64 * 1024;
 
-pub struct IntelliaClient {
+pub(crate) struct IntelliaClient {
     http: reqwest::Client,
     url: reqwest::Url,
     api_key: Arc<SecretCell>,
@@ -159,7 +159,7 @@ impl std::fmt::Debug for IntelliaClient {
 }
 
 impl IntelliaClient {
-    pub fn new(
+    pub(crate) fn new(
         settings: &IntelliaSettings,
         api_key: Arc<SecretCell>,
         metrics: Arc<Metrics>,
@@ -190,7 +190,10 @@ impl IntelliaClient {
     /// Mints a token, retrying what is worth retrying, behind the circuit breaker: while Intellia
     /// is failing, callers get 503 at once instead of queueing behind timeouts.
     #[tracing::instrument(name = "intellia.assume_role", skip_all)]
-    pub async fn assume_role(&self, identity: &Identity) -> Result<MintedToken, UpstreamError> {
+    pub(crate) async fn assume_role(
+        &self,
+        identity: &Identity,
+    ) -> Result<MintedToken, UpstreamError> {
         let req = AssumeRoleRequest::from(identity);
         let req = &req;
         // Checked before the breaker: a key we cannot send says nothing about Intellia.
@@ -319,7 +322,7 @@ impl IntelliaClient {
 
 impl IntelliaClient {
     /// The assume-role URL, for `doctor`'s report.
-    pub fn url(&self) -> &reqwest::Url {
+    pub(crate) fn url(&self) -> &reqwest::Url {
         &self.url
     }
 
@@ -327,7 +330,7 @@ impl IntelliaClient {
     /// mint, since there is nobody to mint for. Intellia answers 400/422 once the key and the
     /// organization are accepted, 401/403 when the key is refused, 404 for an unknown
     /// organization. Returns the status; the body is never read.
-    pub async fn probe(&self) -> Result<reqwest::StatusCode, reqwest::Error> {
+    pub(crate) async fn probe(&self) -> Result<reqwest::StatusCode, reqwest::Error> {
         // A key that cannot be sent goes out as a placeholder, which Intellia refuses: the
         // report then says the key is refused, which is the remedy.
         let auth = self

@@ -1,7 +1,7 @@
 //! Intellia: the upstream client the broker uses, and a simulator of the same API for `dev`, tests
 //! and benchmarks.
 
-pub mod client;
-pub mod simulator;
+pub(crate) mod client;
+pub(crate) mod simulator;
 
-pub use client::{IntelliaClient, MintedToken, UpstreamError};
+pub(crate) use client::{IntelliaClient, MintedToken};

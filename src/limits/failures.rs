@@ -14,9 +14,9 @@ use governor::{Quota, RateLimiter};
 use super::{RateLimitStatus, bucket_of, ceil_secs};
 
 /// The limit's name in headers, errors and metrics.
-pub const NAME: &str = "backend_failures";
+pub(crate) const NAME: &str = "backend_failures";
 
-pub struct FailureLimit {
+pub(crate) struct FailureLimit {
     per_minute: u32,
     limiter: RateLimiter<IpAddr, DashMapStateStore<IpAddr>, DefaultClock>,
     /// Clients whose failures are spent, and until when.
@@ -32,7 +32,7 @@ impl std::fmt::Debug for FailureLimit {
 }
 
 impl FailureLimit {
-    pub fn new(per_minute: u32) -> FailureLimit {
+    pub(crate) fn new(per_minute: u32) -> FailureLimit {
         let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
         FailureLimit {
             per_minute: per_minute.get(),
@@ -57,14 +57,14 @@ impl FailureLimit {
     }
 
     /// The refusal for a client whose failures are spent.
-    pub async fn blocked(&self, ip: IpAddr) -> Option<RateLimitStatus> {
+    pub(crate) async fn blocked(&self, ip: IpAddr) -> Option<RateLimitStatus> {
         let until = self.blocked.get(&bucket_of(ip, 64)).await?;
         let wait = until.saturating_duration_since(Instant::now());
         (!wait.is_zero()).then(|| self.refusal(wait))
     }
 
     /// Counts one failure; returns the refusal when it spent the client's last one.
-    pub async fn record(&self, ip: IpAddr) -> Option<RateLimitStatus> {
+    pub(crate) async fn record(&self, ip: IpAddr) -> Option<RateLimitStatus> {
         let key = bucket_of(ip, 64);
         let not_until = self.limiter.check_key(&key).err()?;
         let wait = not_until.wait_time_from(self.limiter.clock().now());
@@ -73,7 +73,7 @@ impl FailureLimit {
     }
 
     /// Forgets clients whose buckets have refilled.
-    pub fn sweep(&self) {
+    pub(crate) fn sweep(&self) {
         self.limiter.retain_recent();
     }
 }

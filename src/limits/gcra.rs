@@ -154,7 +154,7 @@ pub(crate) struct Gcra {
 }
 
 impl Gcra {
-    pub fn new() -> Gcra {
+    pub(crate) fn new() -> Gcra {
         Gcra {
             script: Arc::new(redis::Script::new(SCRIPT)),
             refund: Arc::new(redis::Script::new(REFUND)),
@@ -167,7 +167,7 @@ impl Gcra {
 
     /// Decides `buckets` in order in one round trip; stops at the first refusal. Returns the
     /// decisions of the buckets up to and including the first refusal.
-    pub async fn check(
+    pub(crate) async fn check(
         &self,
         store: &Arc<RedisStore>,
         buckets: Vec<Bucket>,

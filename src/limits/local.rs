@@ -89,7 +89,7 @@ pub(super) struct LocalLimits {
 }
 
 impl LocalLimits {
-    pub fn new(
+    pub(super) fn new(
         per_user: Option<&Shape>,
         per_ip: Option<&Shape>,
         upstream: Option<&Shape>,
@@ -137,7 +137,7 @@ impl LocalLimits {
         }
     }
 
-    pub fn sweep(&self) {
+    pub(super) fn sweep(&self) {
         if let Some(l) = &self.per_user {
             l.sweep();
         }
@@ -146,7 +146,7 @@ impl LocalLimits {
         }
     }
 
-    pub fn tracked_keys(&self) -> usize {
+    pub(super) fn tracked_keys(&self) -> usize {
         self.per_user.as_ref().map_or(0, |l| l.limiter.len())
             + self.per_ip.as_ref().map_or(0, |l| l.limiter.len())
     }

@@ -14,14 +14,14 @@ pub(super) struct SharedLimits {
 }
 
 impl SharedLimits {
-    pub fn new(store: Arc<RedisStore>) -> SharedLimits {
+    pub(super) fn new(store: Arc<RedisStore>) -> SharedLimits {
         SharedLimits {
             store,
             gcra: Gcra::new(),
         }
     }
 
-    pub fn fallback(&self) -> RedisFallback {
+    pub(super) fn fallback(&self) -> RedisFallback {
         self.store.fallback()
     }
 

@@ -82,7 +82,7 @@ impl std::fmt::Debug for Connector {
 
 impl Connector {
     /// Checks the URL and reads `ca_file` now; errors name the config key.
-    pub fn new(
+    pub(crate) fn new(
         settings: &RedisSettings,
         password: Option<Arc<SecretCell>>,
     ) -> Result<Connector, String> {
@@ -102,12 +102,12 @@ impl Connector {
         })
     }
 
-    pub fn is_cluster(&self) -> bool {
+    pub(crate) fn is_cluster(&self) -> bool {
         self.cluster
     }
 
     /// Changes when the password file rotates; a new generation means reconnecting.
-    pub fn credentials_generation(&self) -> u64 {
+    pub(crate) fn credentials_generation(&self) -> u64 {
         self.password.as_ref().map_or(0, |p| p.get().generation())
     }
 
@@ -127,7 +127,7 @@ impl Connector {
 
     /// Opens a connection: TCP/TLS, `HELLO`/`AUTH` as the ACL user, and for a cluster the slot
     /// map. Fails on a wrong password rather than later.
-    pub async fn connect(&self) -> redis::RedisResult<Connection> {
+    pub(crate) async fn connect(&self) -> redis::RedisResult<Connection> {
         let info = self.connection_info();
         if self.cluster {
             let mut builder = ClusterClientBuilder::new(vec![info])
@@ -209,7 +209,7 @@ pub(crate) enum FailureReason {
 }
 
 impl FailureReason {
-    pub fn label(self) -> &'static str {
+    pub(crate) fn label(self) -> &'static str {
         match self {
             FailureReason::Timeout => "timeout",
             FailureReason::Connection => "connection",
@@ -219,7 +219,7 @@ impl FailureReason {
         }
     }
 
-    pub fn of(e: &RedisError) -> FailureReason {
+    pub(crate) fn of(e: &RedisError) -> FailureReason {
         let text = describe(e);
         match e.kind() {
             ErrorKind::AuthenticationFailed | ErrorKind::Server(ServerErrorKind::NoPerm) => {

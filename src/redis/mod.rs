@@ -22,7 +22,7 @@ use connection::{Connector, FailureReason, describe};
 /// Redis could not answer in time (or the breaker is open).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 #[error("Redis is unavailable")]
-pub struct Unavailable;
+pub(crate) struct Unavailable;
 
 /// Consecutive failed Redis calls that open the breaker, and how long it stays open.
 const BREAKER_THRESHOLD: u32 = 3;
@@ -421,7 +421,7 @@ impl RedisStore {
 
 /// Why `doctor`'s Redis check failed.
 #[derive(Debug)]
-pub enum Diagnosis {
+pub(crate) enum Diagnosis {
     /// `ca_file` unreadable, the URL refused.
     Config(String),
     Redis(redis::RedisError),
@@ -431,7 +431,7 @@ pub enum Diagnosis {
 
 /// One connection as `serve` makes it, `PING` (every primary of a cluster) and for a cluster
 /// `cluster_state`; for `doctor`. Returns what was checked.
-pub async fn diagnose(
+pub(crate) async fn diagnose(
     settings: &RedisSettings,
     password: Option<Arc<SecretCell>>,
 ) -> Result<String, Diagnosis> {

@@ -22,11 +22,11 @@ use secrecy::{ExposeSecret, SecretString};
 use serde::{Deserialize, Serialize};
 
 /// `client_assertion_type` of an RFC 7523 client assertion.
-pub const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+pub(crate) const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
 
 /// How long a client assertion is valid. Short, so a captured one is soon useless; long enough
 /// for modest clock skew between the broker and the provider.
-pub const ASSERTION_LIFETIME_SECS: u64 = 60;
+pub(crate) const ASSERTION_LIFETIME_SECS: u64 = 60;
 
 /// Smaller RSA keys are refused.
 pub const MIN_RSA_BITS: usize = 2048;

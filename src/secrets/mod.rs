@@ -133,7 +133,7 @@ impl SecretValue {
 
 /// Checks a secret's content beyond its length (a key file must hold a usable key); the error
 /// says what is wrong, never the value.
-pub type SecretCheck = Arc<dyn Fn(&SecretString) -> Result<(), String> + Send + Sync>;
+pub(crate) type SecretCheck = Arc<dyn Fn(&SecretString) -> Result<(), String> + Send + Sync>;
 
 /// A secret that can be swapped while requests are using it: readers take a cheap `Arc` snapshot
 /// and never hold the lock across an await.
@@ -261,7 +261,7 @@ fn run_check(
     })
 }
 
-pub fn fingerprint(value: &SecretString) -> [u8; 32] {
+pub(crate) fn fingerprint(value: &SecretString) -> [u8; 32] {
     Sha256::digest(value.expose_secret().as_bytes()).into()
 }
 
@@ -308,7 +308,7 @@ fn api_key_check() -> SecretCheck {
 
 /// Shared secrets shorter than this are refused, at start-up and on rotation: a short HS256
 /// secret can be brute-forced offline from one session token, a short backend secret online.
-pub const MIN_SHARED_SECRET_BYTES: usize = 32;
+pub(crate) const MIN_SHARED_SECRET_BYTES: usize = 32;
 
 struct Entry {
     kind: SecretKind,

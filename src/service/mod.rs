@@ -26,14 +26,13 @@ use crate::session::SessionVerifier;
 use crate::telemetry::metrics::{LimitLabels, Metrics, ResultLabels};
 
 /// A token for the caller, and the limit to tell them about.
-pub struct Issued {
+pub(crate) struct Issued {
     pub token: Arc<CachedToken>,
-    pub provenance: Provenance,
     pub limit: Option<RateLimitStatus>,
 }
 
 impl Issued {
-    pub fn user_id(&self) -> &str {
+    pub(crate) fn user_id(&self) -> &str {
         &self.token.minted.user_id
     }
 }
@@ -266,11 +265,7 @@ impl TokenService {
             .cache_requests
             .get_or_create(&ResultLabels { result })
             .inc();
-        Ok(Issued {
-            token,
-            provenance,
-            limit,
-        })
+        Ok(Issued { token, limit })
     }
 
     /// Drops what idle users and clients left behind: full limiter buckets, spent failure

@@ -7,15 +7,15 @@ use crate::config::{ClaimRules, RequiredClaim, RoleRule};
 use crate::error::{AuthFailure, BrokerError};
 use crate::identity::{DisplayName, Email, Identity, UserId};
 
-pub type Claims = Map<String, Value>;
+pub(super) type Claims = Map<String, Value>;
 
 /// The rules of one session source.
-pub struct ClaimPolicy {
+pub(super) struct ClaimPolicy {
     rules: ClaimRules,
 }
 
 impl ClaimPolicy {
-    pub fn new(rules: &ClaimRules) -> ClaimPolicy {
+    pub(super) fn new(rules: &ClaimRules) -> ClaimPolicy {
         ClaimPolicy {
             rules: rules.clone(),
         }
@@ -82,16 +82,16 @@ impl ClaimPolicy {
             .map(str::to_owned)
     }
 
-    pub fn email(&self, claims: &Claims) -> Option<Email> {
+    pub(super) fn email(&self, claims: &Claims) -> Option<Email> {
         Self::text(claims, self.rules.email_claim.as_str()).and_then(Email::parse)
     }
 
-    pub fn name(&self, claims: &Claims) -> Option<DisplayName> {
+    pub(super) fn name(&self, claims: &Claims) -> Option<DisplayName> {
         Self::text(claims, self.rules.name_claim.as_str()).and_then(DisplayName::parse)
     }
 
     /// Maps verified claims to an identity, enforcing the user-id rules and required claims.
-    pub fn identity(&self, claims: &Claims) -> Result<Identity, BrokerError> {
+    pub(super) fn identity(&self, claims: &Claims) -> Result<Identity, BrokerError> {
         let raw_id = match claim(claims, self.rules.user_id_claim.as_str()) {
             Some(Value::String(s)) => s.as_str(),
             _ => return Err(BrokerError::Unauthenticated(AuthFailure::MissingClaim)),
@@ -121,7 +121,7 @@ impl ClaimPolicy {
 
 /// Looks a claim up by name. A name present as-is wins (Zitadel's `urn:zitadel:iam:...` names are
 /// flat); otherwise a dotted path walks nested objects (`realm_access.roles`).
-pub fn claim<'a>(claims: &'a Claims, name: &str) -> Option<&'a Value> {
+pub(super) fn claim<'a>(claims: &'a Claims, name: &str) -> Option<&'a Value> {
     if let Some(v) = claims.get(name) {
         return Some(v);
     }
@@ -136,7 +136,7 @@ pub fn claim<'a>(claims: &'a Claims, name: &str) -> Option<&'a Value> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{ClaimName, RoleName};
+    use crate::config::values::{ClaimName, RoleName};
     use serde_json::json;
 
     fn policy(roles_claim: &str, required: &[&str]) -> ClaimPolicy {

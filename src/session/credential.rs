@@ -38,7 +38,7 @@ impl<'a> Credential<'a> {
 }
 
 /// Reads the `Authorization: Bearer` token. `Ok(None)` when there is no Authorization header.
-pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthFailure> {
+pub(crate) fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthFailure> {
     let Some(value) = headers.get(header::AUTHORIZATION) else {
         return Ok(None);
     };
@@ -55,7 +55,7 @@ pub fn bearer_token(headers: &HeaderMap) -> Result<Option<&str>, AuthFailure> {
 }
 
 /// Finds a cookie's value by exact name, without allocating.
-pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+pub(crate) fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     headers
         .get_all(header::COOKIE)
         .filter_map(|v| v.to_str().ok())
@@ -67,7 +67,7 @@ pub fn cookie_value<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// The session credential: Bearer first, then any of `cookie_names`.
-pub fn find<'a>(
+pub(crate) fn find<'a>(
     headers: &'a HeaderMap,
     cookie_names: &[String],
 ) -> Result<Credential<'a>, AuthFailure> {

@@ -70,7 +70,7 @@ enum Credentials {
     },
 }
 
-pub struct Introspector {
+pub(crate) struct Introspector {
     settings: IntrospectionSettings,
     credentials: Credentials,
     http: reqwest::Client,
@@ -88,7 +88,7 @@ impl std::fmt::Debug for Introspector {
 
 /// What the introspection endpoint said to [`Introspector::probe`].
 #[derive(Debug)]
-pub enum Probe {
+pub(crate) enum Probe {
     /// An HTTP answer: its status, the `active` member of a 2xx JSON answer, the OAuth `error`
     /// code of a refusal.
     Answered {
@@ -103,7 +103,7 @@ pub enum Probe {
 }
 
 /// An active token's identity and until when (Unix seconds) it may be reused.
-pub struct Introspected {
+pub(crate) struct Introspected {
     pub identity: Identity,
     pub reuse_until: u64,
 }
@@ -111,7 +111,7 @@ pub struct Introspected {
 impl Introspector {
     /// `credential` is the secret the settings' `client_auth` names: the client secret, or the
     /// `private_key_jwt` key file.
-    pub fn new(
+    pub(crate) fn new(
         settings: &IntrospectionSettings,
         credential: Arc<SecretCell>,
         http: reqwest::Client,
@@ -152,12 +152,12 @@ impl Introspector {
     }
 
     /// The issuer whose JWTs may also be introspected, when configured.
-    pub fn issuer(&self) -> Option<&str> {
+    pub(crate) fn issuer(&self) -> Option<&str> {
         self.settings.issuer.as_deref()
     }
 
     #[tracing::instrument(name = "session.introspect", skip_all, fields(otel.kind = "client"))]
-    pub async fn introspect(
+    pub(crate) async fn introspect(
         &self,
         token: &str,
         digest: &[u8; 32],
@@ -273,7 +273,7 @@ impl Introspector {
     /// Introspects a token that cannot exist, with our credentials (`doctor`): a provider that
     /// accepts them answers 200 `{"active":false}`; 401/403 (or an OAuth `invalid_client`) means
     /// it refuses them.
-    pub async fn probe(&self) -> Probe {
+    pub(crate) async fn probe(&self) -> Probe {
         let mut raw = [0u8; 16];
         rand::RngCore::fill_bytes(&mut rand::rng(), &mut raw);
         let token = crate::hex::encode(&raw);

@@ -16,15 +16,15 @@ use crate::telemetry::metrics::{IssuerIndexLabels, IssuerLabels, Metrics};
 
 /// An unknown `kid` triggers at most one fetch per this window, so a storm of forged kids costs
 /// the provider one request per window.
-pub const UNKNOWN_KID_REFETCH: Duration = Duration::from_secs(30);
+pub(super) const UNKNOWN_KID_REFETCH: Duration = Duration::from_secs(30);
 /// Background refresh bounds: a `Cache-Control: max-age` inside them is honoured.
-pub const MIN_REFRESH: Duration = Duration::from_secs(60);
-pub const MAX_REFRESH: Duration = Duration::from_secs(60 * 60);
-pub const DEFAULT_REFRESH: Duration = Duration::from_secs(5 * 60);
+pub(super) const MIN_REFRESH: Duration = Duration::from_secs(60);
+pub(super) const MAX_REFRESH: Duration = Duration::from_secs(60 * 60);
+pub(super) const DEFAULT_REFRESH: Duration = Duration::from_secs(5 * 60);
 const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 
 /// A verification key with the algorithms it may be used with.
-pub struct VerifyKey {
+pub(super) struct VerifyKey {
     pub kid: Option<String>,
     pub key: DecodingKey,
     /// The JWK's `alg`, when it names one: the key is then usable with that algorithm only.
@@ -42,7 +42,7 @@ enum Family {
 
 impl VerifyKey {
     /// Whether this key may verify a token signed with `alg`.
-    pub fn fits(&self, alg: Algorithm) -> bool {
+    pub(super) fn fits(&self, alg: Algorithm) -> bool {
         if self.alg.is_some_and(|a| a != alg) {
             return false;
         }
@@ -71,7 +71,7 @@ struct KeySet {
 
 /// Where the key set lives.
 #[derive(Debug, Clone)]
-pub enum JwksSource {
+pub(super) enum JwksSource {
     Url(String),
     /// `{issuer}/.well-known/openid-configuration`, whose `issuer` must match exactly.
     Discovery {
@@ -80,7 +80,7 @@ pub enum JwksSource {
 }
 
 #[derive(Debug, thiserror::Error)]
-pub enum FetchError {
+pub(super) enum FetchError {
     #[error("cannot reach {what}: {reason}")]
     Unreachable { what: &'static str, reason: String },
     #[error("{what} answered HTTP {status}")]
@@ -92,7 +92,7 @@ pub enum FetchError {
 }
 
 /// The outcome of a key lookup.
-pub enum KeyLookup {
+pub(super) enum KeyLookup {
     Found(Arc<VerifyKey>),
     /// The key set is known and has no such key (after any refetch that was allowed).
     Unknown,
@@ -100,7 +100,7 @@ pub enum KeyLookup {
     Unavailable,
 }
 
-pub struct JwksCache {
+pub(super) struct JwksCache {
     issuer_index: usize,
     source: JwksSource,
     http: reqwest::Client,
@@ -127,7 +127,7 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl JwksCache {
-    pub fn new(
+    pub(super) fn new(
         issuer_index: usize,
         source: JwksSource,
         http: reqwest::Client,
@@ -155,7 +155,7 @@ impl JwksCache {
     }
 
     /// The provider's userinfo endpoint, when discovery announced one.
-    pub fn userinfo_endpoint(&self) -> Option<String> {
+    pub(super) fn userinfo_endpoint(&self) -> Option<String> {
         match self.userinfo_endpoint.read() {
             Ok(g) => g.clone(),
             Err(p) => p.into_inner().clone(),
@@ -163,7 +163,7 @@ impl JwksCache {
     }
 
     /// True once a key set has been fetched successfully.
-    pub fn is_loaded(&self) -> bool {
+    pub(super) fn is_loaded(&self) -> bool {
         self.loaded.load(Ordering::Acquire)
     }
 
@@ -192,7 +192,7 @@ impl JwksCache {
     /// Finds the key for a token, refetching once per window when it is unknown. While no key
     /// set has ever loaded, requests do not queue behind a fetch: they get `Unavailable` at once,
     /// and the window holds for them too (the background refresher keeps retrying).
-    pub async fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> KeyLookup {
+    pub(super) async fn lookup(&self, kid: Option<&str>, alg: Algorithm) -> KeyLookup {
         if let Some(key) = self.find(kid, alg) {
             return KeyLookup::Found(key);
         }
@@ -226,7 +226,7 @@ impl JwksCache {
 
     /// Fetches unless another fetch started less than `min_age` ago. Concurrent callers share one
     /// fetch: the lock is taken, and the age re-checked, before any request is made.
-    pub async fn refresh_if_due(&self, min_age: Duration) -> Result<(), FetchError> {
+    pub(super) async fn refresh_if_due(&self, min_age: Duration) -> Result<(), FetchError> {
         let guard = self.fetch_lock.lock().await;
         self.refresh_locked(guard, min_age).await
     }
@@ -397,7 +397,7 @@ impl JwksCache {
 
     /// Keeps the key set fresh until the cache is dropped: refreshes at the provider's `max-age`
     /// (bounded), and retries sooner while the provider is failing.
-    pub fn spawn_refresher(self: &Arc<Self>) {
+    pub(super) fn spawn_refresher(self: &Arc<Self>) {
         let weak = Arc::downgrade(self);
         tokio::spawn(async move {
             let mut failures = 0u32;

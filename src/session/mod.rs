@@ -7,7 +7,7 @@
 //! verified claims only ([`claims`]).
 
 mod claims;
-pub mod credential;
+pub(crate) mod credential;
 mod introspection;
 mod jwks;
 
@@ -39,7 +39,7 @@ use credential::Credential;
 use jwks::{JwksCache, JwksSource, KeyLookup};
 
 /// Tokens larger than this are refused before any parsing.
-pub const MAX_TOKEN_BYTES: usize = 16 * 1024;
+pub(crate) const MAX_TOKEN_BYTES: usize = 16 * 1024;
 
 struct AlgorithmPolicy {
     alg: Algorithm,

@@ -18,7 +18,7 @@ pub(super) enum Endpoint {
 
 impl Endpoint {
     #[tracing::instrument(name = "session.userinfo", skip_all, fields(otel.kind = "client"))]
-    pub async fn complete(
+    pub(super) async fn complete(
         &self,
         http: &reqwest::Client,
         policy: &ClaimPolicy,

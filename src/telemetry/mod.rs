@@ -18,7 +18,7 @@ use tracing_subscriber::{EnvFilter, Layer, Registry};
 use crate::config::TelemetrySettings;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
-pub enum LogFormat {
+pub(crate) enum LogFormat {
     Json,
     Pretty,
 }
@@ -26,19 +26,19 @@ pub enum LogFormat {
 /// Where log lines go: stdout for the server, stderr for commands whose stdout is their answer
 /// (`doctor`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogTarget {
+pub(crate) enum LogTarget {
     Stdout,
     Stderr,
 }
 
 /// The installed logging and tracing; [`Telemetry::shutdown`] exports the spans still queued.
 #[derive(Debug, Default)]
-pub struct Telemetry {
+pub(crate) struct Telemetry {
     traces: Option<traces::TracePipeline>,
 }
 
 impl Telemetry {
-    pub fn shutdown(self) {
+    pub(crate) fn shutdown(self) {
         if let Some(pipeline) = self.traces {
             pipeline.shutdown(std::time::Duration::from_secs(3));
         }
@@ -49,7 +49,11 @@ impl Telemetry {
 /// [`LogTarget::Stderr`]). With `traces` resolving to an endpoint, this crate's
 /// spans are also exported through OpenTelemetry, whatever the log level. Must run inside the
 /// Tokio runtime.
-pub fn init(format: LogFormat, target: LogTarget, traces: Option<&TelemetrySettings>) -> Telemetry {
+pub(crate) fn init(
+    format: LogFormat,
+    target: LogTarget,
+    traces: Option<&TelemetrySettings>,
+) -> Telemetry {
     let default_level = match target {
         LogTarget::Stdout => "info",
         LogTarget::Stderr => "warn",

@@ -9,7 +9,7 @@ use prometheus_client::metrics::gauge::ConstGauge;
 use prometheus_client::registry::Registry;
 
 /// Registers the collector on the root (unprefixed) registry.
-pub fn register(registry: &mut Registry) {
+pub(crate) fn register(registry: &mut Registry) {
     registry.register_collector(Box::new(ProcessCollector));
 }
 
@@ -18,7 +18,7 @@ struct ProcessCollector;
 
 /// One reading of the process's figures; a figure that cannot be read is left out.
 #[derive(Debug, Default, Clone, PartialEq)]
-pub struct ProcessStats {
+pub(crate) struct ProcessStats {
     pub cpu_seconds: Option<f64>,
     pub resident_bytes: Option<i64>,
     pub virtual_bytes: Option<i64>,
@@ -33,7 +33,7 @@ const TICKS_PER_SECOND: f64 = 100.0;
 
 impl ProcessStats {
     /// Reads `/proc/self`; all `None` where there is no such thing.
-    pub fn read() -> ProcessStats {
+    pub(crate) fn read() -> ProcessStats {
         if !cfg!(target_os = "linux") {
             return ProcessStats::default();
         }

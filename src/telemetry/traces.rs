@@ -29,18 +29,18 @@ use tracing_opentelemetry::OpenTelemetrySpanExt;
 use crate::config::TelemetrySettings;
 
 /// The longest one export request may take (connect included).
-pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
+pub(crate) const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 
 /// Whether traces are being recorded (an endpoint is configured and the pipeline is installed).
-pub fn enabled() -> bool {
+pub(crate) fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
 /// What the settings and the `OTEL_*` variables resolve to.
 #[derive(Debug, Clone, PartialEq)]
-pub struct TraceConfig {
+pub(crate) struct TraceConfig {
     /// The full URL spans are posted to (`…/v1/traces`).
     pub traces_url: String,
     pub service_name: String,
@@ -48,7 +48,7 @@ pub struct TraceConfig {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq)]
-pub enum SamplerChoice {
+pub(crate) enum SamplerChoice {
     AlwaysOn,
     AlwaysOff,
     Ratio(f64),
@@ -87,7 +87,7 @@ fn traces_url_from_base(base: &str) -> String {
 
 /// Resolves the trace configuration; `None` when traces are off. The second value lists
 /// problems worth a warning (an `OTEL_*` value that was ignored).
-pub fn resolve(
+pub(crate) fn resolve(
     settings: &TelemetrySettings,
     env: impl Fn(&str) -> Option<String>,
 ) -> (Option<TraceConfig>, Vec<String>) {
@@ -164,7 +164,7 @@ pub fn resolve(
 }
 
 /// The installed pipeline; [`TracePipeline::shutdown`] exports what is still queued.
-pub struct TracePipeline {
+pub(crate) struct TracePipeline {
     provider: SdkTracerProvider,
 }
 
@@ -177,7 +177,7 @@ impl std::fmt::Debug for TracePipeline {
 impl TracePipeline {
     /// Builds the exporter and provider. Must run inside the Tokio runtime that will carry the
     /// exports.
-    pub fn build(
+    pub(crate) fn build(
         config: &TraceConfig,
     ) -> Result<(TracePipeline, opentelemetry_sdk::trace::Tracer), String> {
         let http = crate::http_client::builder()
@@ -220,7 +220,7 @@ impl TracePipeline {
     }
 
     /// Exports what is queued, waiting at most `limit`; the process exits either way.
-    pub fn shutdown(self, limit: Duration) {
+    pub(crate) fn shutdown(self, limit: Duration) {
         ENABLED.store(false, Ordering::Relaxed);
         let (done, wait) = std::sync::mpsc::channel();
         let provider = self.provider;
@@ -234,7 +234,7 @@ impl TracePipeline {
 
 /// Sets `http.response.status_code` on the span's trace only (the log line has its own
 /// `status`).
-pub fn set_status_code(span: &tracing::Span, status: u16) {
+pub(crate) fn set_status_code(span: &tracing::Span, status: u16) {
     if enabled() {
         span.set_attribute("http.response.status_code", i64::from(status));
     }
@@ -258,7 +258,7 @@ impl Extractor for ActixHeaders<'_> {
 /// Makes `span` (a request's root span) continue the caller's trace when its `traceparent` is
 /// valid, and returns the request's trace id (hex) for its log line. With traces off, the
 /// caller's trace id is still returned, so logs correlate with the caller's trace.
-pub fn continue_trace(
+pub(crate) fn continue_trace(
     span: &tracing::Span,
     headers: &actix_web::http::header::HeaderMap,
 ) -> Option<String> {
@@ -277,7 +277,7 @@ pub fn continue_trace(
 }
 
 /// The trace id of a W3C `traceparent` (`00-<32 hex>-<16 hex>-<2 hex>`), if it is valid.
-pub fn traceparent_trace_id(value: &str) -> Option<String> {
+pub(crate) fn traceparent_trace_id(value: &str) -> Option<String> {
     let mut parts = value.trim().split('-');
     let (Some(version), Some(trace), Some(parent), Some(flags)) =
         (parts.next(), parts.next(), parts.next(), parts.next())
@@ -313,7 +313,7 @@ impl Injector for ReqwestHeaders<'_> {
 
 /// The W3C trace-context headers (`traceparent`, `tracestate`) of the current span, for an
 /// outgoing request; empty when traces are off.
-pub fn outgoing_headers() -> reqwest::header::HeaderMap {
+pub(crate) fn outgoing_headers() -> reqwest::header::HeaderMap {
     let mut headers = reqwest::header::HeaderMap::new();
     if enabled() {
         let context = tracing::Span::current().context();
@@ -328,7 +328,7 @@ pub fn outgoing_headers() -> reqwest::header::HeaderMap {
 /// Adds the current span's W3C trace context (`traceparent`, `tracestate`) to an outgoing
 /// request, so Intellia's and the identity provider's traces join the caller's. Nothing is added
 /// when traces are off. Every outgoing call of the broker is built through this.
-pub fn traced(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+pub(crate) fn traced(request: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
     let headers = outgoing_headers();
     if headers.is_empty() {
         request
