@@ -1,6 +1,6 @@
 //! Opaque session tokens, checked by the provider's RFC 7662 introspection endpoint. The broker
 //! authenticates with `client_secret_basic` or with `private_key_jwt` (RFC 7523: a fresh signed
-//! client assertion per call, see [`crate::client_key`]). `active` must be true; `exp`, `nbf`,
+//! client assertion per call, see [`crate::secrets::client_key`]). `active` must be true; `exp`, `nbf`,
 //! `iss` and `aud` are checked when present. Inactive answers are remembered briefly; an
 //! unreachable endpoint, or one that refuses the broker's own credentials, is a 503, never a 401,
 //! so an outage or a configuration mistake does not look like everybody signing out.
