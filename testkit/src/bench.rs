@@ -153,11 +153,23 @@ enabled = true
         intellia: &str,
         tail: &str,
     ) -> (BrokerProcess, Duration) {
+        self.broker_with_env(name, intellia, tail, &[]).await
+    }
+
+    /// [`Fixture::broker`] with these environment variables set (`RUST_LOG`, `OTEL_*`).
+    pub async fn broker_with_env(
+        &self,
+        name: &str,
+        intellia: &str,
+        tail: &str,
+        env: &[(&str, &str)],
+    ) -> (BrokerProcess, Duration) {
         let addr = free_addr();
         let config = self.config(name, addr, intellia, tail);
         let started = Instant::now();
         let mut cmd = Command::new(broker_bin());
         cmd.args(["serve", "--config"]).arg(&config);
+        cmd.envs(env.iter().copied());
         let broker = BrokerProcess::spawn_to_files(
             cmd,
             addr,
@@ -226,4 +238,42 @@ fn token(key: &EncodingKey, header: Header, iss: &str, sub: &str) -> String {
         "name": "Bench User", "iat": now, "nbf": now - 5, "exp": now + 3600,
     });
     sign(header, &claims, key)
+}
+
+/// A trace collector that accepts OTLP/HTTP exports (`POST /v1/traces`) and discards them, as
+/// cheaply as a sink can, so a traced benchmark measures the broker's side of tracing. Returns its
+/// base URL and the count of exports received.
+pub fn otlp_sink() -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    use actix_web::{App, HttpResponse, HttpServer, web};
+
+    let exports = Arc::new(AtomicU64::new(0));
+    let counter = Arc::clone(&exports);
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let server = HttpServer::new(move || {
+        let counter = Arc::clone(&counter);
+        App::new()
+            .app_data(web::PayloadConfig::new(64 * 1024 * 1024))
+            .route(
+                "/v1/traces",
+                web::post().to(move |_body: web::Bytes| {
+                    counter.fetch_add(1, Ordering::Relaxed);
+                    async {
+                        HttpResponse::Ok()
+                            .content_type("application/x-protobuf")
+                            .finish()
+                    }
+                }),
+            )
+    })
+    .workers(1)
+    .disable_signals()
+    .listen(listener)
+    .expect("listen")
+    .run();
+    tokio::spawn(server);
+    (format!("http://{addr}"), exports)
 }
