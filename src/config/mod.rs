@@ -17,12 +17,12 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-pub(crate) use endpoint::{EndpointSettings, JsonPointer, PointerRoles};
+pub(crate) use endpoint::{EndpointSettings, JsonPointer};
 pub(crate) use redis::{RedisFallback, RedisSettings};
 pub(crate) use server::{ClientIpHeader, ServerSettings};
 pub(crate) use session::{
-    ClaimRules, IntrospectionAuth, IntrospectionSettings, JwtIssuerSettings, KeySource,
-    ProxyHeader, RoleRule, SessionSettings, UserinfoSource,
+    ClaimRules, IntrospectionAuth, IntrospectionSettings, JwtIssuerSettings, KeySource, RoleRule,
+    SessionSettings, UserinfoSource,
 };
 pub(crate) use values::{
     BaseUrl, Bounded, HttpUrl, JwtAlgorithm, OrganizationId, OriginPattern, Ratio, RequiredClaim,
