@@ -18,6 +18,7 @@ mod process;
 mod redis_managed;
 mod redis_shared;
 mod session_keys;
+mod sites;
 mod testkit_selftest;
 mod token_route;
 mod traces;
