@@ -268,7 +268,8 @@ impl Received {
 /// - `/flip`: each call names the next user (`u0`, `u1`, …) whatever it is sent.
 /// - `/huge`: 200 with 8 MiB of JSON-ish bytes; `/huge-declared` declares 100 MB and trickles.
 /// - `/slow`: answers after 5 s; `/slow-body`: headers at once, then a byte a second.
-/// - `/redirect-away`: 302 to the [`HostileSite::elsewhere`] server, which counts its hits.
+/// - `/redirect-away`: 302 to the [`HostileSite::elsewhere`] server, which counts its hits;
+///   `/redirect-tab`: 302 to a `Location` with a tab in it.
 /// - `/object-id`, `/empty-id`, `/array-id`, `/float-id`: 200 with such an `id`.
 /// - `/not-json`: 200 HTML. `/status/<n>`: that status.
 pub struct HostileSite {
@@ -435,6 +436,9 @@ async fn hostile_answer(
                 .content_type("application/json")
                 .streaming(body)
         }
+        "/redirect-tab" => HttpResponse::Found()
+            .insert_header(("location", "/login?next=\t/api/me"))
+            .finish(),
         "/redirect-away" => HttpResponse::Found()
             .insert_header(("location", target.to_owned()))
             .finish(),
