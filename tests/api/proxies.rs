@@ -13,8 +13,9 @@ const CF_HEADER: &str = "Cf-Access-Jwt-Assertion";
 const IAP_ISSUER: &str = "https://cloud.google.com/iap";
 const IAP_AUD: &str = "/projects/123456789012/global/backendServices/4321098765432109876";
 const IAP_HEADER: &str = "x-goog-iap-jwt-assertion";
-const POMERIUM_ISSUER: &str = "authenticate.corp.example.com";
-const POMERIUM_AUD: &str = "chat.corp.example.com";
+/// Pomerium names the route's host in `iss` and `aud` (its default `jwt_issuer_format`, `hostOnly`).
+const POMERIUM_ISSUER: &str = "chat-auth.corp.example.com";
+const POMERIUM_AUD: &str = "chat-auth.corp.example.com";
 const POMERIUM_HEADER: &str = "X-Pomerium-Jwt-Assertion";
 
 /// The certs document of `https://<team>.cloudflareaccess.com/cdn-cgi/access/certs`: the keys,
