@@ -263,7 +263,7 @@ impl Received {
 
 /// A session endpoint that misbehaves on purpose, by path:
 ///
-/// - `/me`: the cookie `sid` (or a Bearer token) `user-<id>` is signed in as `<id>`; anything
+/// - `/me`: a cookie (any name) or a Bearer token `user-<id>` is signed in as `<id>`; anything
 ///   else 401. `/me-slow` the same after 300 ms.
 /// - `/flip`: each call names the next user (`u0`, `u1`, …) whatever it is sent.
 /// - `/huge`: 200 with 8 MiB of JSON-ish bytes; `/huge-declared` declares 100 MB and trickles.
@@ -352,7 +352,7 @@ fn signed_in_user(req: &HttpRequest) -> Option<String> {
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(';'))
         .filter_map(|p| p.trim().split_once('='))
-        .find(|(k, _)| *k == "sid")
+        .find(|(_, v)| v.starts_with("user-"))
         .map(|(_, v)| v.to_owned());
     let from_bearer = req
         .headers()
