@@ -263,7 +263,8 @@ impl Received {
 
 /// A session endpoint that misbehaves on purpose, by path:
 ///
-/// - `/me`: a cookie (any name) or a Bearer token `user-<id>` is signed in as `<id>`; anything
+/// - `/me`: a cookie (any name) or a Bearer token `user-<id>` (or `user-<id>.<nonce>`) is signed
+///   in as `<id>`; anything
 ///   else 401. `/me-slow` the same after 300 ms.
 /// - `/flip`: each call names the next user (`u0`, `u1`, …) whatever it is sent.
 /// - `/huge`: 200 with 8 MiB of JSON-ish bytes; `/huge-declared` declares 100 MB and trickles.
@@ -360,10 +361,10 @@ fn signed_in_user(req: &HttpRequest) -> Option<String> {
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(str::to_owned);
-    from_cookie
-        .or(from_bearer)?
-        .strip_prefix("user-")
-        .map(str::to_owned)
+    let id = from_cookie.or(from_bearer)?;
+    let id = id.strip_prefix("user-")?;
+    // `user-<id>.<anything>`: many distinct cookies of one user (a benchmark's first requests).
+    Some(id.split('.').next().unwrap_or(id).to_owned())
 }
 
 async fn hostile_answer(
