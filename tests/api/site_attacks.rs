@@ -289,3 +289,71 @@ fn two_sites_in_one_user_id_space_are_refused_at_start_up() {
         );
     }
 }
+
+/// The site gets the trace context (its request continues the caller's trace) and the call is a
+/// `session.endpoint` client span under `session.verify`; no span holds the cookie.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_site_call_carries_the_trace_and_is_a_client_span() {
+    let receiver = testkit::otlp::OtlpReceiver::start();
+    let site = HostileSite::start();
+    let (sim_url, _sim) = start_simulator(simulator_config(&[]));
+    let dir = temp_dir();
+    let cfg = TestConfig {
+        extra_toml: endpoint(&site, "/me", ""),
+        ..TestConfig::default()
+    };
+    write_config(&cfg, &dir, &sim_url, "127.0.0.1:0");
+    let mut cmd = std::process::Command::new(broker_bin());
+    cmd.arg("serve")
+        .arg("--config")
+        .arg(dir.join("config.toml"))
+        .env("OTEL_EXPORTER_OTLP_ENDPOINT", &receiver.endpoint)
+        .env("OTEL_BSP_SCHEDULE_DELAY", "100");
+    let broker = BrokerProcess::spawn_captured(cmd, "info");
+    let trace_id = uuid::Uuid::new_v4().simple().to_string();
+    let cookie = "user-tracy.COOKIE-DO-NOT-LEAK";
+    let resp = http_client()
+        .post(broker.url("/v1/token"))
+        .header("cookie", format!("sid={cookie}"))
+        .header("origin", ALLOWED_ORIGIN)
+        .header("traceparent", format!("00-{trace_id}-b7ad6b7169203331-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let call = site.last("/me").unwrap();
+    let parent = call
+        .header("traceparent")
+        .expect("the site got a traceparent");
+    assert_eq!(
+        parent.split('-').nth(1),
+        Some(trace_id.as_str()),
+        "{parent}"
+    );
+    let _ = receiver
+        .spans(
+            &format!("trace_id={trace_id}&kind=SPAN_KIND_SERVER"),
+            1,
+            Duration::from_secs(15),
+        )
+        .await;
+    let spans = receiver
+        .spans(&format!("trace_id={trace_id}"), 3, Duration::from_secs(5))
+        .await;
+    let by_name = |name: &str| spans.iter().find(|s| s["name"] == name).cloned();
+    let site_span = by_name("session.endpoint").expect("a session.endpoint span");
+    let verify = by_name("session.verify").expect("a session.verify span");
+    assert_eq!(site_span["kind"], "SPAN_KIND_CLIENT");
+    assert_eq!(site_span["attributes"]["outcome"], "signed_in");
+    assert_eq!(site_span["parent_span_id"], verify["span_id"]);
+    assert_eq!(verify["attributes"]["source"], "endpoint");
+    assert_eq!(
+        parent.split('-').nth(2),
+        site_span["span_id"].as_str(),
+        "the site's parent is the session.endpoint span"
+    );
+    let all = serde_json::to_string(&spans).unwrap();
+    assert!(!all.contains("COOKIE-DO-NOT-LEAK"), "{all}");
+    let (_, output) = broker.stop().await;
+    assert!(!output.contains("COOKIE-DO-NOT-LEAK"));
+}
