@@ -434,13 +434,162 @@ fn report_limited(table: &mut Table, name: &str, o: &Outcome) {
     );
 }
 
+/// `[[session.endpoint]]` against the JWT path, in one run: a session the site confirmed before
+/// (remembered for `cache_secs`) against a JWT verified before, request by request on one
+/// connection each (interleaved, so both see the same moments of the machine); then first
+/// requests (a cookie the site has not confirmed yet, the user's token already cached) against
+/// the site's own `/me` at the same moments: a first request should cost one site round trip more
+/// than a remembered one, and nothing else.
+async fn endpoint_session_ratio(fixture: &Fixture, table: &mut Table) {
+    let site = testkit::sites::HostileSite::start();
+    let tail = format!(
+        "[cors]\nallowed_origins = [\"https://www.example.com\"]\n\n[[session.endpoint]]\nurl = \"{}/me\"\ncookies = [\"sid\"]\nuser_id_pointer = \"/id\"\nuser_id_prefix = \"web:\"\ncache_secs = 300\n",
+        site.base
+    );
+    let (broker, _) = fixture.broker("endpoint", "", &tail).await;
+    let cookie_request = |cookie: &str| {
+        request(
+            "POST",
+            "/v1/token",
+            &[
+                ("Cookie", &format!("theme=dark; sid={cookie}")),
+                ("Origin", "https://www.example.com"),
+            ],
+            b"",
+        )
+    };
+    let hs = fixture.hs_token("bench-endpoint-jwt-user");
+    let cached_cookie = cookie_request("user-bench-endpoint-user.remembered");
+    for req in [token_request(&hs), cached_cookie.clone()] {
+        let o = throughput(
+            &broker,
+            vec![req],
+            Stop::After(Duration::from_millis(500)),
+            4,
+        )
+        .await;
+        assert_eq!(o.unexpected(&[200]), 0, "warm-up: {}", o.statuses());
+    }
+    const N: usize = 20_000;
+    let (jwt, endpoint) = loadgen::interleaved(
+        broker.addr,
+        &vec![token_request(&hs); N],
+        broker.addr,
+        &vec![cached_cookie.clone(); N],
+    )
+    .await;
+    assert_eq!(jwt.unexpected(&[200]) + endpoint.unexpected(&[200]), 0);
+    for (name, o) in [
+        ("JWT verified before", &jwt),
+        ("endpoint session confirmed before", &endpoint),
+    ] {
+        table.row(
+            format!("cached {name}, one connection, {N} requests interleaved"),
+            format!(
+                "p50 {}, p99 {}",
+                ms(o.percentile(50.0)),
+                ms(o.percentile(99.0))
+            ),
+        );
+    }
+    table.row(
+        "cached endpoint session ÷ cached JWT (interleaved)",
+        format!(
+            "p50 {:.3}, p99 {:.3}",
+            endpoint.percentile(50.0).as_secs_f64() / jwt.percentile(50.0).as_secs_f64(),
+            endpoint.percentile(99.0).as_secs_f64() / jwt.percentile(99.0).as_secs_f64()
+        ),
+    );
+    // Throughput, alternating runs of the same length so drift hits both alike.
+    let (mut jwt_rps, mut endpoint_rps) = (Vec::new(), Vec::new());
+    for _ in 0..3 {
+        for (req, out) in [
+            (token_request(&hs), &mut jwt_rps),
+            (cached_cookie.clone(), &mut endpoint_rps),
+        ] {
+            let o = throughput(
+                &broker,
+                vec![req],
+                Stop::After(Duration::from_secs(2)),
+                CONNECTIONS,
+            )
+            .await;
+            assert_eq!(o.unexpected(&[200]), 0, "{}", o.statuses());
+            out.push(o.rps());
+        }
+    }
+    let median = |v: &mut Vec<f64>| {
+        v.sort_by(f64::total_cmp);
+        v[v.len() / 2]
+    };
+    let (j, e) = (median(&mut jwt_rps), median(&mut endpoint_rps));
+    table.row(
+        format!("cached throughput, {CONNECTIONS} connections, median of 3 × 2 s each"),
+        format!(
+            "JWT {j:.0} req/s, endpoint session {e:.0} req/s: {:.3} × JWT",
+            e / j
+        ),
+    );
+
+    // First requests: a new cookie each time (the site is asked), the user's token cached.
+    const FIRST: usize = 3_000;
+    let site_addr: std::net::SocketAddr = site.base.trim_start_matches("http://").parse().unwrap();
+    let firsts: Vec<Request> = (0..FIRST)
+        .map(|n| cookie_request(&format!("user-bench-endpoint-user.first{n}")))
+        .collect();
+    let site_me: Vec<Request> = (0..FIRST)
+        .map(|n| {
+            request(
+                "GET",
+                "/me",
+                &[
+                    ("Cookie", &format!("sid=user-bench-endpoint-user.direct{n}")),
+                    ("Accept", "application/json"),
+                ],
+                b"",
+            )
+        })
+        .collect();
+    let before = site.calls("/me");
+    let (first, direct) = loadgen::interleaved(broker.addr, &firsts, site_addr, &site_me).await;
+    assert_eq!(first.unexpected(&[200]), 0, "{}", first.statuses());
+    let asked = site.calls("/me") - before - FIRST;
+    table.row(
+        format!("first request (cookie not confirmed yet, token cached), {FIRST} interleaved with the site's own /me"),
+        format!(
+            "p50 {}, p99 {}; the site's /me alone p50 {}, p99 {}; site calls per first request {:.2}",
+            ms(first.percentile(50.0)),
+            ms(first.percentile(99.0)),
+            ms(direct.percentile(50.0)),
+            ms(direct.percentile(99.0)),
+            asked as f64 / FIRST as f64
+        ),
+    );
+    table.row(
+        "first request − cached endpoint session, against one site round trip (p50)",
+        format!(
+            "{} added, the site's /me alone {}",
+            ms(first
+                .percentile(50.0)
+                .saturating_sub(endpoint.percentile(50.0))),
+            ms(direct.percentile(50.0))
+        ),
+    );
+}
+
 fn main() {
     let Some(runtime) = testkit::bench::runtime() else {
         return;
     };
     let mut table = Table(Vec::new());
+    // `cargo bench --bench load -- endpoint`: only the [[session.endpoint]] rows.
+    if std::env::args().skip(1).any(|a| a == "endpoint") {
+        runtime.block_on(async {
+            let fixture = Fixture::start("load-endpoint").await;
+            endpoint_session_ratio(&fixture, &mut table).await;
+        });
     // `cargo bench --bench load -- redis`: only the with/without-Redis ratio rows.
-    if std::env::args().skip(1).any(|a| a == "redis") {
+    } else if std::env::args().skip(1).any(|a| a == "redis") {
         runtime.block_on(async {
             let fixture = Fixture::start("load-redis").await;
             shared_limits_ratio(&fixture, &mut table).await;

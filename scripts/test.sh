@@ -3,7 +3,8 @@
 # (Debian packages as root, npm packages from the lockfiles, a Python venv for the deploy checks),
 # then runs every stage and prints one summary line. Usage: ./scripts/test.sh [stage ...]
 # Stages: lint rust js fixtures browser deploy api-fuzz
-# (fixtures = the self-tests of the OpenID provider and OTLP receiver fixtures; `oidc` or `otlp` runs one)
+# (fixtures = the self-tests of the OpenID provider, OTLP receiver and web-site fixtures; `oidc`,
+# `otlp` or `sites` runs one)
 set -uo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -93,12 +94,14 @@ ensure_python_venv() {
 }
 
 stage_rust() {
-  # The integration tests start their own redis-server, a Node OpenID provider and a Python
-  # OTLP receiver (tests/otlp-receiver, run with .venv-otlp/bin/python).
+  # The integration tests start their own redis-server, a Node OpenID provider, a Python
+  # OTLP receiver (tests/otlp-receiver, run with .venv-otlp/bin/python) and the real web sites
+  # of tests/sites (express-session, Flask-Login; .venv-sites) that [[session.endpoint]] asks.
   ensure_commands redis-server=redis-server redis-cli=redis-tools node=nodejs npm=npm &&
     ensure_python_venv &&
     bash tests/oidc-provider/run.sh --install-only &&
     bash tests/otlp-receiver/run.sh --install-only &&
+    bash tests/sites/run.sh --install-only &&
     cargo test --locked
 }
 
@@ -114,12 +117,18 @@ stage_otlp() {
   ensure_python_venv && bash tests/otlp-receiver/run.sh
 }
 
+stage_sites() {
+  ensure_commands redis-server=redis-server node=nodejs npm=npm curl=curl && ensure_python_venv && bash tests/sites/run.sh
+}
+
 stage_fixtures() {
   local rc=0
   echo "--- OpenID provider fixture (tests/oidc-provider)"
   stage_oidc || rc=1
   echo "--- OTLP receiver fixture (tests/otlp-receiver)"
   stage_otlp || rc=1
+  echo "--- web sites with server-side sessions (tests/sites)"
+  stage_sites || rc=1
   return $rc
 }
 
@@ -145,6 +154,7 @@ for stage in "${stages[@]}"; do
     fixtures) run_stage fixtures stage_fixtures ;;
     oidc) run_stage oidc stage_oidc ;;
     otlp) run_stage otlp stage_otlp ;;
+    sites) run_stage sites stage_sites ;;
     browser) run_stage browser stage_browser ;;
     deploy) run_stage deploy stage_deploy ;;
     api-fuzz) run_stage api-fuzz stage_api_fuzz ;;

@@ -30,6 +30,9 @@ pub enum AuthFailure {
     MissingClaim,
     InvalidUserId,
     Inactive,
+    /// A token of an issuer whose tokens arrive in a proxy's header, sent anywhere else (or a
+    /// token of another issuer in that header).
+    WrongPlace,
     WrongBackendSecret,
 }
 
@@ -50,6 +53,9 @@ impl AuthFailure {
             AuthFailure::MissingClaim => "the session token lacks a required claim",
             AuthFailure::InvalidUserId => "the session's user id is not acceptable",
             AuthFailure::Inactive => "the session is no longer active",
+            AuthFailure::WrongPlace => {
+                "the session token was not sent where its issuer's tokens are read"
+            }
             AuthFailure::WrongBackendSecret => "the backend credential is not valid",
         }
     }

@@ -6,6 +6,9 @@
 //!   hold at least one key the verifier can use; an HS256 issuer has nothing to fetch;
 //! - introspection: a token that cannot exist is introspected with our credentials; the provider
 //!   must answer 200 `{"active":false}` (401/403: it refuses our credentials);
+//! - every `[[session.endpoint]]`: reachable, and a request without a session is answered as
+//!   signed out (401, 403, a redirect, or a 200 naming nobody); a 200 naming a user would let
+//!   anybody in, and anything else would be a 503 for every visitor;
 //! - Redis: connect (TLS for `rediss://`), authenticate, `PING`;
 //! - Intellia: `POST …/assume-role` with our key and a body naming no user — a request that
 //!   cannot mint (there is nobody to mint for): 400/422 means the key and organization were
@@ -29,7 +32,7 @@ use crate::config::{KeySource, Settings};
 use crate::identity::{Identity, UserId};
 use crate::intellia::IntelliaClient;
 use crate::secrets::{InlineSecrets, SecretKind, Secrets};
-use crate::session::{DiscoveryDocument, Introspector, Probe, usable_keys};
+use crate::session::{DiscoveryDocument, Introspector, Probe, Site, SiteProbe, usable_keys};
 use crate::telemetry::metrics::Metrics;
 
 /// The most any one check may take; with the start-up work this keeps a run under 30 s.
@@ -170,6 +173,13 @@ async fn check_all(
             Some(Err(e)) => checks.push((name, Box::pin(std::future::ready(Line::fail("", e))))),
             None => checks.push((name, skipped())),
         }
+    }
+    for (index, endpoint) in settings.session.endpoint.iter().enumerate() {
+        let site = Site::new(index, endpoint, &http, &metrics);
+        checks.push((
+            format!("endpoint[{index}] {}", site.url()),
+            Box::pin(async move { check_site(&site).await }.then_line()),
+        ));
     }
     if let Some(redis) = &settings.redis {
         let name = format!("redis {}", redis.url.redacted());
@@ -386,6 +396,56 @@ async fn check_introspection(introspector: &Introspector) -> Result<String, Stri
             ))
         }
         Probe::Answered { status, .. } => Err(format!("HTTP {status}")),
+    }
+}
+
+/// A remote server's text as one printable line: control characters escaped, at most 200
+/// characters.
+fn remote_text(text: &str) -> String {
+    let mut out = String::new();
+    for c in text.chars().take(200) {
+        if c.is_control() {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    if text.chars().count() > 200 {
+        out.push('…');
+    }
+    out
+}
+
+async fn check_site(site: &Site) -> Result<String, String> {
+    let plaintext = if site.settings().is_plaintext_remote() {
+        "; WARNING: plain http:// to a host that is not this machine, so visitors' session cookies cross the network unencrypted"
+    } else {
+        ""
+    };
+    match site.probe().await {
+        SiteProbe::SignedOut { status, location } => {
+            let how = match (status, location) {
+                (300..=399, Some(location)) => format!(
+                    "HTTP {status}, a redirect to {} (never followed; if it only adds a slash, fix the url)",
+                    remote_text(&location)
+                ),
+                (200, _) => "HTTP 200 naming no user".to_owned(),
+                (status, _) => format!("HTTP {status}"),
+            };
+            Ok(format!(
+                "reachable; a request without a session is answered as signed out ({how}){plaintext}"
+            ))
+        }
+        SiteProbe::NamesSomebody => Err(
+            "answered a request without any session with a user id: this endpoint would let anybody in (check url and user_id_pointer)"
+                .to_owned(),
+        ),
+        SiteProbe::Unusable { status, outcome } => Err(format!(
+            "HTTP {status} ({}): every visitor would get 503; it must answer 401/403 or a redirect when signed out and a JSON object of at most 64 KiB when signed in",
+            outcome.label()
+        )),
+        SiteProbe::Timeout => Err("timed out (timeout_ms)".to_owned()),
+        SiteProbe::Unreachable(e) => Err(transport_cause(&e)),
     }
 }
 

@@ -6,15 +6,18 @@
 //! `TryFrom<Raw…>`, reporting through `field_error`), not to a pass after loading: a section
 //! deserialized on its own, as the test kit does, is held to it too.
 
+mod endpoint;
 pub(crate) mod redis;
 mod server;
 mod session;
+mod session_rules;
 pub(crate) mod values;
 
 use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+pub(crate) use endpoint::{EndpointSettings, JsonPointer};
 pub(crate) use redis::{RedisFallback, RedisSettings};
 pub(crate) use server::{ClientIpHeader, ServerSettings};
 pub(crate) use session::{
@@ -506,6 +509,8 @@ fn clean_config_error(e: &config::ConfigError) -> String {
     }
 }
 
+#[cfg(test)]
+mod endpoint_tests;
 #[cfg(test)]
 mod session_tests;
 #[cfg(test)]

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
 
+use super::endpoint::EndpointSettings;
 use super::field_error;
 use super::values::{
     Bounded, ClaimName, CookieName, HttpUrl, JwtAlgorithm, RequiredClaim, RoleName, UserIdPrefix,
@@ -15,6 +16,7 @@ use super::values::{
 pub struct SessionSettings {
     pub jwt: Vec<JwtIssuerSettings>,
     pub introspection: Option<IntrospectionSettings>,
+    pub endpoint: Vec<EndpointSettings>,
 }
 
 #[derive(Deserialize, Serialize)]
@@ -24,6 +26,8 @@ struct RawSession {
     jwt: Vec<JwtIssuerSettings>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     introspection: Option<IntrospectionSettings>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    endpoint: Vec<EndpointSettings>,
 }
 
 impl TryFrom<RawSession> for SessionSettings {
@@ -32,9 +36,11 @@ impl TryFrom<RawSession> for SessionSettings {
         let settings = SessionSettings {
             jwt: raw.jwt,
             introspection: raw.introspection,
+            endpoint: raw.endpoint,
         };
         settings.check_issuers_unique()?;
         settings.check_id_spaces()?;
+        settings.check_credentials_unambiguous()?;
         Ok(settings)
     }
 }
@@ -44,6 +50,7 @@ impl From<SessionSettings> for RawSession {
         RawSession {
             jwt: s.jwt,
             introspection: s.introspection,
+            endpoint: s.endpoint,
         }
     }
 }
@@ -135,6 +142,9 @@ pub struct JwtIssuerSettings {
     /// The allow-list, all of the key source's family.
     pub algorithms: Vec<JwtAlgorithm>,
     pub cookie: Option<CookieName>,
+    /// The request header an identity-aware proxy puts this issuer's assertion in; then the
+    /// token is read from there only.
+    pub header: Option<ProxyHeader>,
     pub claims: ClaimRules,
     pub leeway_secs: Bounded<u64, 0, 300>,
     pub userinfo: Option<UserinfoSource>,
@@ -155,6 +165,8 @@ struct RawJwtIssuer {
     algorithms: Vec<JwtAlgorithm>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     cookie: Option<CookieName>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    header: Option<ProxyHeader>,
     #[serde(default = "default_user_id_claim")]
     user_id_claim: ClaimName,
     #[serde(default = "default_email_claim")]
@@ -218,6 +230,12 @@ impl TryFrom<RawJwtIssuer> for JwtIssuerSettings {
                 ),
             ));
         }
+        if raw.header.is_some() && raw.cookie.is_some() {
+            return Err(field_error(
+                "cookie",
+                "cannot be combined with header: a proxy's assertion is read from its header only",
+            ));
+        }
         let roles = RoleRule::from_raw(raw.roles_claim, raw.required_roles)?;
         let userinfo = match (raw.userinfo, raw.userinfo_url, &keys) {
             (false, None, _) => None,
@@ -236,6 +254,7 @@ impl TryFrom<RawJwtIssuer> for JwtIssuerSettings {
             keys,
             algorithms: raw.algorithms,
             cookie: raw.cookie,
+            header: raw.header,
             claims: ClaimRules {
                 user_id_claim: raw.user_id_claim,
                 email_claim: raw.email_claim,
@@ -271,6 +290,7 @@ impl From<JwtIssuerSettings> for RawJwtIssuer {
             hs256_secret_file,
             algorithms: s.algorithms,
             cookie: s.cookie,
+            header: s.header,
             user_id_claim: s.claims.user_id_claim,
             email_claim: s.claims.email_claim,
             name_claim: s.claims.name_claim,
@@ -282,6 +302,77 @@ impl From<JwtIssuerSettings> for RawJwtIssuer {
             userinfo,
             userinfo_url,
         }
+    }
+}
+
+/// A request header an identity-aware proxy sets (`Cf-Access-Jwt-Assertion`,
+/// `X-Goog-Iap-Jwt-Assertion`, `X-Pomerium-Jwt-Assertion`): an HTTP field name, kept as written
+/// and compared without regard to case. Headers with another meaning to the broker are refused.
+#[derive(Debug, Clone, Deserialize, Serialize)]
+#[serde(try_from = "String", into = "String")]
+pub struct ProxyHeader(String);
+
+/// Headers that carry something else: a proxy assertion read from one of them would be confused
+/// with the request's own credentials, origin or framing.
+const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "proxy-authorization",
+    "cookie",
+    "set-cookie",
+    "host",
+    "origin",
+    "referer",
+    "content-type",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "x-request-id",
+    "traceparent",
+    "tracestate",
+    "forwarded",
+    "x-forwarded-for",
+];
+
+impl ProxyHeader {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq for ProxyHeader {
+    fn eq(&self, other: &ProxyHeader) -> bool {
+        self.0.eq_ignore_ascii_case(&other.0)
+    }
+}
+
+impl Eq for ProxyHeader {}
+
+impl TryFrom<String> for ProxyHeader {
+    type Error = String;
+    fn try_from(name: String) -> Result<Self, String> {
+        let token = !name.is_empty()
+            && name.len() <= 64
+            && name
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b));
+        if !token {
+            return Err("must be an HTTP header name of at most 64 characters".to_owned());
+        }
+        if RESERVED_HEADERS
+            .iter()
+            .any(|reserved| reserved.eq_ignore_ascii_case(&name))
+        {
+            return Err(format!(
+                "`{name}` has another meaning to the broker; name the header your proxy sets, e.g. \"Cf-Access-Jwt-Assertion\""
+            ));
+        }
+        Ok(ProxyHeader(name))
+    }
+}
+
+impl From<ProxyHeader> for String {
+    fn from(h: ProxyHeader) -> String {
+        h.0
     }
 }
 
@@ -533,93 +624,6 @@ impl From<IntrospectionSettings> for RawIntrospection {
             cache_ttl_secs: s.cache_ttl_secs,
             negative_cache_secs: s.negative_cache_secs,
         }
-    }
-}
-
-impl SessionSettings {
-    fn check_issuers_unique(&self) -> Result<(), String> {
-        let mut issuers = std::collections::HashSet::new();
-        for (n, jwt) in self.jwt.iter().enumerate() {
-            if !issuers.insert(jwt.issuer.as_str()) {
-                return Err(field_error(
-                    &format!("jwt[{n}].issuer"),
-                    "the same issuer is configured twice",
-                ));
-            }
-        }
-        Ok(())
-    }
-
-    /// Two session sources share one user-id space only when they name the same issuer (then
-    /// they must also agree on the prefix, so one person is one user). Any other pair must have
-    /// distinct, non-empty prefixes, neither a prefix of the other: `sub=123` at issuer A and
-    /// `sub=123` at issuer B would otherwise receive each other's tokens.
-    fn check_id_spaces(&self) -> Result<(), String> {
-        // Each source by its key under `[session]`; messages name it in full.
-        let mut sources: Vec<(String, Option<&str>, &str)> = self
-            .jwt
-            .iter()
-            .enumerate()
-            .map(|(n, j)| {
-                (
-                    format!("jwt[{n}]"),
-                    Some(j.issuer.as_str()),
-                    j.claims.user_id_prefix.as_str(),
-                )
-            })
-            .collect();
-        if let Some(intro) = &self.introspection {
-            sources.push((
-                "introspection".to_owned(),
-                intro.issuer.as_deref(),
-                intro.claims.user_id_prefix.as_str(),
-            ));
-        }
-        for (i, (key_b, issuer_b, prefix_b)) in sources.iter().enumerate() {
-            for (key_a, issuer_a, prefix_a) in &sources[..i] {
-                let at = format!("{key_b}.user_id_prefix");
-                if issuer_a.is_some() && issuer_a == issuer_b {
-                    if prefix_a != prefix_b {
-                        return Err(field_error(
-                            &at,
-                            format!(
-                                "must equal session.{key_a}.user_id_prefix: both name the same issuer, so one person must be one user"
-                            ),
-                        ));
-                    }
-                    continue;
-                }
-                if prefix_a.is_empty() || prefix_b.is_empty() {
-                    let key = if prefix_b.is_empty() { key_b } else { key_a };
-                    return Err(field_error(
-                        &format!("{key}.user_id_prefix"),
-                        format!(
-                            "must be set (e.g. \"acme:\"): session.{key_a} and session.{key_b} are different session sources, and without distinct prefixes the same user id at both would be one user and get one token"
-                        ),
-                    ));
-                }
-                if prefix_a.starts_with(prefix_b) || prefix_b.starts_with(prefix_a) {
-                    return Err(field_error(
-                        &at,
-                        format!(
-                            "`{prefix_b}` and session.{key_a}.user_id_prefix `{prefix_a}` must differ and neither may begin with the other, or ids of the two sources can collide"
-                        ),
-                    ));
-                }
-            }
-        }
-        Ok(())
-    }
-
-    /// Every configured cookie name, once.
-    pub fn cookie_names(&self) -> Vec<CookieName> {
-        let mut names: Vec<CookieName> = Vec::new();
-        for cookie in self.jwt.iter().filter_map(|j| j.cookie.as_ref()) {
-            if !names.contains(cookie) {
-                names.push(cookie.clone());
-            }
-        }
-        names
     }
 }
 

@@ -15,7 +15,7 @@ impl Modify for Security {
                 HttpBuilder::new()
                     .scheme(HttpAuthScheme::Bearer)
                     .description(Some(
-                        "The site's session token (JWT), or the configured session cookie",
+                        "The site's session token (JWT or opaque), or, from an allowed Origin: an identity-aware proxy's assertion header, a configured session cookie, or a site's own session cookies ([[session.endpoint]])",
                     ))
                     .build(),
             ),

@@ -1,16 +1,20 @@
 //! Session verification: who is the person on the page, according to the site's own session?
 //!
-//! The token comes from `Authorization: Bearer` or a configured cookie ([`credential`]). It is
-//! verified strictly against the issuer it names (which must be configured): algorithm allow-list
-//! (never `none`, one key family per issuer), signature, `iss`, `aud`, `exp` (required), `nbf`,
-//! with leeway; or, for opaque tokens, by RFC 7662 introspection. The identity comes from the
-//! verified claims only ([`claims`]).
+//! The credential comes from `Authorization: Bearer`, an identity-aware proxy's header, a
+//! configured cookie, or a site's own session cookies ([`credential`]). A token is verified
+//! strictly against the issuer it names (which must be configured, and must be one whose tokens
+//! arrive where this one did): algorithm allow-list (never `none`, one key family per issuer),
+//! signature, `iss`, `aud`, `exp` (required), `nbf`, with leeway; or, for opaque tokens, by RFC
+//! 7662 introspection. A site's session cookies are checked by asking the site ([`endpoint`]).
+//! The identity comes from the verified claims or the site's answer only ([`claims`]).
 
 mod claims;
 pub(crate) mod credential;
+mod endpoint;
 mod introspection;
 mod jwks;
 
+pub(crate) use endpoint::{Site, SiteProbe};
 pub(crate) use introspection::{Introspector, Probe};
 pub(crate) use jwks::{DiscoveryDocument, usable_keys};
 mod userinfo;
@@ -35,7 +39,8 @@ use crate::identity::Identity;
 use crate::secrets::{SecretCell, SecretKind, Secrets};
 use crate::telemetry::metrics::Metrics;
 use claims::{ClaimPolicy, Claims};
-use credential::Credential;
+use credential::{Credential, CredentialSource, Sources};
+use endpoint::{Forward, SiteEndpoints};
 use jwks::{JwksCache, JwksSource, KeyLookup};
 
 /// Tokens larger than this are refused before any parsing.
@@ -100,6 +105,8 @@ struct Issuer {
     claims: ClaimPolicy,
     /// Where to look up a missing e-mail or name, when enabled.
     userinfo: Option<userinfo::Endpoint>,
+    /// The proxy header this issuer's tokens arrive in (its place in [`Sources`]), and only there.
+    header: Option<usize>,
 }
 
 impl Issuer {
@@ -128,6 +135,8 @@ struct VerifiedSession {
     /// For a session verified with a shared secret: the issuer and the secret's generation. A
     /// rotated secret makes the entry worthless, even one stored while the rotation happened.
     hmac: Option<(usize, u64)>,
+    /// The proxy header the token must arrive in to be recalled (none: it must not arrive in one).
+    header: Option<usize>,
 }
 
 /// What verifying a token established.
@@ -136,6 +145,7 @@ struct Verified {
     /// Unix seconds until which the answer may be reused.
     reuse_until: u64,
     hmac: Option<(usize, u64)>,
+    header: Option<usize>,
 }
 
 struct UntilTokenExpiry;
@@ -162,7 +172,8 @@ const VERIFIED_CACHE_ENTRIES: u64 = 100_000;
 pub struct SessionVerifier {
     issuers: Vec<Issuer>,
     by_iss: HashMap<String, usize>,
-    cookie_names: Vec<String>,
+    sources: Sources,
+    sites: SiteEndpoints,
     /// Keyed by SHA-256 of the token, so an asymmetric signature is checked once per token, not
     /// once per request, and the cache holds no token.
     verified: moka::future::Cache<[u8; 32], Arc<VerifiedSession>>,
@@ -248,6 +259,7 @@ impl SessionVerifier {
         http: &reqwest::Client,
         metrics: &Arc<Metrics>,
     ) -> Result<SessionVerifier, String> {
+        let sources = Sources::new(settings)?;
         let mut issuers = Vec::with_capacity(settings.jwt.len());
         let mut by_iss = HashMap::new();
         for (index, s) in settings.jwt.iter().enumerate() {
@@ -297,6 +309,10 @@ impl SessionVerifier {
                 policies,
                 claims: ClaimPolicy::new(&s.claims),
                 userinfo,
+                header: s
+                    .header
+                    .as_ref()
+                    .and_then(|h| sources.header_index(h.as_str())),
             });
         }
         let introspector = match &settings.introspection {
@@ -306,11 +322,8 @@ impl SessionVerifier {
         Ok(SessionVerifier {
             issuers,
             by_iss,
-            cookie_names: settings
-                .cookie_names()
-                .into_iter()
-                .map(|c| c.as_str().to_owned())
-                .collect(),
+            sources,
+            sites: SiteEndpoints::new(&settings.endpoint, http, metrics),
             verified: moka::future::Cache::builder()
                 .max_capacity(VERIFIED_CACHE_ENTRIES)
                 .expire_after(UntilTokenExpiry)
@@ -321,15 +334,16 @@ impl SessionVerifier {
         })
     }
 
-    /// True when no session of any kind can be verified (no issuer, no introspection).
+    /// True when no session of any kind can be verified (no issuer, no introspection, no site).
     fn is_empty(&self) -> bool {
-        self.issuers.is_empty() && self.introspector.is_none()
+        self.issuers.is_empty() && self.introspector.is_none() && self.sites.is_empty()
     }
 
-    /// The session credential a request carries: Bearer, else a configured cookie. With no
-    /// session source configured there is nothing a credential could be checked against.
+    /// The session credential a request carries: Bearer, else a proxy's header, else a
+    /// configured cookie. With no session source configured there is nothing a credential could
+    /// be checked against.
     pub fn credential<'a>(&self, headers: &'a HeaderMap) -> Result<Credential<'a>, AuthFailure> {
-        let credential = credential::find(headers, &self.cookie_names)?;
+        let credential = credential::find(headers, &self.sources)?;
         if self.is_empty() {
             return Err(AuthFailure::Missing);
         }
@@ -359,19 +373,34 @@ impl SessionVerifier {
         self.verified.invalidate_all();
     }
 
-    /// The identity of a credential verified before and still valid, without verifying it again.
+    /// The identity of a credential verified before and still valid, without verifying it again
+    /// (and without asking a site).
     pub async fn remembered(&self, credential: &Credential<'_>) -> Option<Arc<Identity>> {
-        let token = credential.token;
+        let token = credential.token.as_ref();
         if token.len() > MAX_TOKEN_BYTES {
             return None;
         }
-        self.recall(&digest(token)).await
+        if let CredentialSource::SiteCookies(site) = credential.source {
+            return self.sites.remembered(site, Forward::Cookies, token).await;
+        }
+        let recalled = self.recall(&digest(token), credential.proxy_header()).await;
+        if recalled.is_none()
+            && credential.source == CredentialSource::Bearer
+            && self.sites.takes_bearer()
+        {
+            return self.sites.remembered(0, Forward::Bearer, token).await;
+        }
+        recalled
     }
 
-    /// A remembered session, unless it expired or its issuer's secret rotated since.
-    async fn recall(&self, digest: &[u8; 32]) -> Option<Arc<Identity>> {
+    /// A remembered session, unless it expired, its issuer's secret rotated since, or it arrived
+    /// somewhere its issuer's tokens are not read from.
+    async fn recall(&self, digest: &[u8; 32], header: Option<usize>) -> Option<Arc<Identity>> {
         let seen = self.verified.get(digest).await?;
-        if seen.valid_until <= Instant::now() || !self.still_current(seen.hmac) {
+        if seen.valid_until <= Instant::now()
+            || !self.still_current(seen.hmac)
+            || seen.header != header
+        {
             return None;
         }
         Some(Arc::clone(&seen.identity))
@@ -392,22 +421,41 @@ impl SessionVerifier {
     /// before is answered from memory until its `exp`.
     #[tracing::instrument(name = "session.verify", skip_all, fields(source = tracing::field::Empty))]
     pub async fn verify(&self, credential: &Credential<'_>) -> Result<Arc<Identity>, BrokerError> {
-        let token = credential.token;
+        let token = credential.token.as_ref();
         if token.len() > MAX_TOKEN_BYTES {
             return Err(BrokerError::Unauthenticated(AuthFailure::TooLarge));
         }
+        if let CredentialSource::SiteCookies(site) = credential.source {
+            let started = Instant::now();
+            let verified = self.sites.verify(site, Forward::Cookies, token).await;
+            self.observe("endpoint", started);
+            return verified;
+        }
+        let header = credential.proxy_header();
         let digest = digest(token);
-        if let Some(identity) = self.recall(&digest).await {
+        if let Some(identity) = self.recall(&digest, header).await {
             return Ok(identity);
         }
         let started = Instant::now();
-        let local = self.verify_jwt(token).await;
+        let local = self.verify_jwt(token, header).await;
         if !matches!(local, Err(LocalOutcome::NotForUs(_))) {
             self.observe("jwt", started);
         }
         let verified = match local {
             Ok(verified) => verified,
             Err(LocalOutcome::Refused(e)) => return Err(e),
+            // A proxy's header holds its own JWT or nothing usable.
+            Err(LocalOutcome::NotForUs(failure)) if header.is_some() => {
+                return Err(BrokerError::Unauthenticated(failure));
+            }
+            Err(LocalOutcome::NotForUs(_))
+                if credential.source == CredentialSource::Bearer && self.sites.takes_bearer() =>
+            {
+                let started = Instant::now();
+                let verified = self.sites.verify(0, Forward::Bearer, token).await;
+                self.observe("endpoint", started);
+                return verified;
+            }
             Err(LocalOutcome::NotForUs(failure)) => match &self.introspector {
                 Some(introspector) => {
                     let started = Instant::now();
@@ -418,6 +466,7 @@ impl SessionVerifier {
                         identity: answer.identity,
                         reuse_until: answer.reuse_until,
                         hmac: None,
+                        header: None,
                     }
                 }
                 None => return Err(BrokerError::Unauthenticated(failure)),
@@ -433,13 +482,14 @@ impl SessionVerifier {
                 identity: Arc::clone(&identity),
                 valid_until: Instant::now() + Duration::from_secs(left).min(MAX_REMEMBERED),
                 hmac: verified.hmac,
+                header: verified.header,
             };
             self.verified.insert(digest, Arc::new(session)).await;
         }
         Ok(identity)
     }
 
-    /// Records how long a verification by `source` (`jwt`, `introspection`) took, in the metric
+    /// Records how long a verification by `source` (`jwt`, `introspection`, `endpoint`) took, in the metric
     /// and on the current `session.verify` span.
     fn observe(&self, source: &'static str, started: Instant) {
         self.metrics
@@ -449,8 +499,9 @@ impl SessionVerifier {
 
     /// Verifies a JWT locally. `NotForUs` means the token may be for introspection: it is not a
     /// JWT at all (opaque), or a JWT whose `iss` is the introspection issuer; a JWT of any other
-    /// unknown issuer is refused here (`UntrustedIssuer`), never sent to the provider.
-    async fn verify_jwt(&self, token: &str) -> Result<Verified, LocalOutcome> {
+    /// unknown issuer is refused here (`UntrustedIssuer`), never sent to the provider. `via`
+    /// is the proxy header the token came in: it must be the one its issuer's tokens arrive in.
+    async fn verify_jwt(&self, token: &str, via: Option<usize>) -> Result<Verified, LocalOutcome> {
         let mut parts = token.split('.');
         let (Some(header_b64), Some(payload_b64), Some(_sig), None) =
             (parts.next(), parts.next(), parts.next(), parts.next())
@@ -487,6 +538,9 @@ impl SessionVerifier {
             });
         };
         let issuer = &self.issuers[index];
+        if issuer.header != via {
+            return Err(BrokerError::Unauthenticated(AuthFailure::WrongPlace).into());
+        }
         let policy = issuer.policy(alg).ok_or(BrokerError::Unauthenticated(
             AuthFailure::UnsupportedAlgorithm,
         ))?;
@@ -526,6 +580,7 @@ impl SessionVerifier {
             identity,
             reuse_until: exp,
             hmac,
+            header: issuer.header,
         })
     }
 }

@@ -54,6 +54,15 @@ pub struct SourceLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// Index of the `[[session.endpoint]]` table, as issuers are labelled by theirs.
+    pub endpoint: String,
+    /// What the site's answer meant: `signed_in`, `signed_out`, `redirected`, `no_user_id`,
+    /// `failed`, `invalid`, `timeout`, `unreachable`, `saturated`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct IssuerIndexLabels {
     /// Index of the `[[session.jwt]]` table, as in `broker_jwks_fetches_total`.
     pub issuer: String,
@@ -95,6 +104,8 @@ pub struct Metrics {
     pub request_duration: Family<RouteStatusLabels, Histogram>,
     pub session_verify_duration: Family<SourceLabels, Histogram>,
     pub jwks_last_success: Family<IssuerIndexLabels, Gauge>,
+    pub session_endpoint_requests: Family<EndpointLabels, Counter>,
+    pub session_endpoint_duration: Family<EndpointLabels, Histogram>,
 }
 
 impl std::fmt::Debug for Metrics {
@@ -253,6 +264,20 @@ impl Metrics {
             "Unix time of the last successful JWKS fetch by issuer index (0 = never)",
             jwks_last_success.clone(),
         );
+        let session_endpoint_requests = Family::<EndpointLabels, Counter>::default();
+        registry.register(
+            "session_endpoint_requests",
+            "Calls to a site's session endpoint ([[session.endpoint]]) by endpoint index and outcome",
+            session_endpoint_requests.clone(),
+        );
+        let session_endpoint_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(
+            request_histogram as fn() -> Histogram,
+        );
+        registry.register(
+            "session_endpoint_duration_seconds",
+            "Latency of calls to a site's session endpoint by endpoint index and outcome",
+            session_endpoint_duration.clone(),
+        );
         let build_info = Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
         registry.register("build", "Build information", build_info);
         Metrics {
@@ -276,7 +301,26 @@ impl Metrics {
             request_duration,
             session_verify_duration,
             jwks_last_success,
+            session_endpoint_requests,
+            session_endpoint_duration,
         }
+    }
+
+    /// One call to a site's session endpoint: counted by what its answer meant, and timed.
+    pub fn observe_session_endpoint(
+        &self,
+        endpoint: usize,
+        outcome: &'static str,
+        elapsed: Duration,
+    ) {
+        let labels = EndpointLabels {
+            endpoint: endpoint.to_string(),
+            outcome,
+        };
+        self.session_endpoint_requests.get_or_create(&labels).inc();
+        self.session_endpoint_duration
+            .get_or_create(&labels)
+            .observe(elapsed.as_secs_f64());
     }
 
     pub fn observe_request(&self, route: &'static str, status: u16, seconds: f64) {
@@ -345,6 +389,7 @@ mod tests {
             .inc();
         m.observe_redis("limits", Duration::from_micros(300));
         m.count_redis_failure("auth");
+        m.observe_session_endpoint(0, "signed_in", Duration::from_millis(4));
         let text = m.encode();
         for series in [
             "broker_requests_total{route=\"/v1/token\",code=\"ok\"} 1",
@@ -358,6 +403,8 @@ mod tests {
             "broker_request_duration_seconds_count{route=\"/v1/token\",status=\"200\"} 1",
             "broker_session_verify_duration_seconds_count{source=\"jwt\"} 1",
             "broker_jwks_last_success_timestamp_seconds{issuer=\"0\"} 0",
+            "broker_session_endpoint_requests_total{endpoint=\"0\",outcome=\"signed_in\"} 1",
+            "broker_session_endpoint_duration_seconds_count{endpoint=\"0\",outcome=\"signed_in\"} 1",
         ] {
             assert!(text.contains(series), "missing {series} in\n{text}");
         }

@@ -90,9 +90,11 @@ pub fn default_config_dir() -> PathBuf {
 /// The HS256 issuer's `user_id_prefix`: none while it is the only session source, `site:` beside
 /// any other, as the broker requires (sources of different issuers never share ids).
 pub fn hs256_prefix(cfg: &TestConfig) -> &'static str {
-    let others = [&cfg.extra_issuers, &cfg.extra_toml]
-        .iter()
-        .any(|t| t.contains("[[session.jwt]]") || t.contains("[session.introspection]"));
+    let others = [&cfg.extra_issuers, &cfg.extra_toml].iter().any(|t| {
+        t.contains("[[session.jwt]]")
+            || t.contains("[session.introspection]")
+            || t.contains("[[session.endpoint]]")
+    });
     if others {
         "user_id_prefix = \"site:\"\n"
     } else {

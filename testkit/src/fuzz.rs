@@ -649,7 +649,7 @@ pub fn session_token(data: &[u8]) -> Verdict {
                 };
                 verdicts.push(match verifier.verify(&credential).await {
                     Ok(identity) => {
-                        assert_genuine(credential.token, &identity);
+                        assert_genuine(&credential.token, &identity);
                         Verdict::Accepted
                     }
                     Err(e) => rejected(&e),

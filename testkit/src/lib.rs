@@ -8,6 +8,7 @@
 //! - [`app`]: the broker in-process ([`app::spawn_app`], [`app::TestApp`]) and the simulator.
 //! - [`process`]: the real binary as a child process ([`process::BrokerProcess`]).
 //! - [`redis`]: `redis-server` launchers: plain, TLS-only, with an ACL user, a three-node cluster.
+//! - [`sites`]: the real web sites of `tests/sites/` (express-session, Flask-Login) and a hostile one.
 //! - [`otlp`]: [`otlp::OtlpReceiver`], the OTLP/HTTP trace receiver (`tests/otlp-receiver/`) as a child.
 //! - [`assert`]: [`assert::assert_problem`] and [`assert::assert_no_secret`].
 //! - [`procfs`], [`memory`], [`loadgen`], [`bench`]: `/proc` readers, the memory driver, the load
@@ -33,6 +34,7 @@ pub mod otlp;
 pub mod process;
 pub mod procfs;
 pub mod redis;
+pub mod sites;
 
 /// Everything an API test uses, in one import.
 pub mod prelude {

@@ -288,3 +288,57 @@ async fn introspection_credentials_accepted_and_refused() {
     report.assert_fail("introspection", "credentials refused: HTTP 401");
     assert_prints_no_secret(&report, &private_keys);
 }
+
+/// Each `[[session.endpoint]]`: reachable, and a request without a session answered as signed out;
+/// a site that names somebody for it, or whose answer every visitor would get 503 for, fails;
+/// what the site sent is printed escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn session_endpoints_must_answer_signed_out_without_a_session() {
+    let redis = RedisServer::start();
+    let express =
+        testkit::sites::SiteProcess::start(testkit::sites::Framework::Express, &redis.url());
+    let site = testkit::sites::HostileSite::start();
+    let (sim_url, _sim) = start_simulator(simulator_config(&[]));
+    let dir = temp_dir();
+    let mut extra = format!(
+        "\n[[session.endpoint]]\nurl = \"{}/api/me\"\ncookies = [\"connect.sid\"]\nuser_id_pointer = \"/id\"\nuser_id_prefix = \"express:\"\n",
+        express.url
+    );
+    for (n, path) in ["/me", "/redirect-tab", "/flip", "/status/500", "/not-json"]
+        .iter()
+        .enumerate()
+    {
+        extra.push_str(&format!(
+            "\n[[session.endpoint]]\nurl = \"{}{path}\"\ncookies = [\"c{n}\"]\nuser_id_pointer = \"/id\"\nuser_id_prefix = \"web:\"\n",
+            site.base
+        ));
+    }
+    let cfg = TestConfig {
+        extra_toml: extra,
+        ..TestConfig::default()
+    };
+    write_config(&cfg, &dir, &sim_url, "127.0.0.1:0");
+    let report = doctor(&dir, &[]).await;
+    assert_ne!(report.code, 0);
+    report.assert_ok(&format!("endpoint[0] {}/api/me", express.url));
+    assert!(
+        report.line("endpoint[0]").contains("signed out (HTTP 401)"),
+        "{}",
+        report.stdout
+    );
+    report.assert_ok(&format!("endpoint[1] {}/me", site.base));
+    report.assert_ok("endpoint[2]");
+    let redirect = report.line("endpoint[2]");
+    assert!(
+        redirect.contains("a redirect to /login?next=\\t/api/me"),
+        "{redirect}"
+    );
+    assert!(!redirect.contains('\t'), "{redirect}");
+    report.assert_fail("endpoint[3]", "let anybody in");
+    report.assert_fail("endpoint[4]", "HTTP 500");
+    report.assert_fail("endpoint[5]", "invalid");
+    assert_eq!(site.calls("/flip"), 1);
+    // Doctor sent no cookie and no credential.
+    let call = site.last("/me").unwrap();
+    assert!(call.header("cookie").is_none() && call.header("authorization").is_none());
+}

@@ -35,6 +35,8 @@ async fn every_family_the_chart_names_is_exposed() {
     // This broker runs without Redis.
     m.observe_redis("limits", std::time::Duration::from_millis(1));
     m.count_redis_failure("timeout");
+    // This broker asks no site ([[session.endpoint]]).
+    m.observe_session_endpoint(0, "signed_in", std::time::Duration::from_millis(1));
     let text = app
         .client
         .get(format!("{}/metrics", app.admin.clone().unwrap()))

@@ -453,3 +453,75 @@ async fn dev_logs_plain_lines_unless_json_is_asked_for() {
         }
     }
 }
+
+/// Every file of `config/examples/` (one per kind of site) and `config/default.toml` passes
+/// `check-config` as shipped, with its secret files in place: each `/var/run/secrets/…` path is
+/// moved under a temporary directory and given a value of the kind it names.
+#[test]
+fn every_shipped_example_passes_check_config() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut files: Vec<std::path::PathBuf> = std::fs::read_dir(root.join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    files.sort();
+    files.push(root.join("default.toml"));
+    let names: Vec<String> = files
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    for kind in [
+        "oidc-single-site.toml",
+        "zitadel.toml",
+        "site-sessions.toml",
+        "identity-aware-proxy.toml",
+        "sidecar.toml",
+    ] {
+        assert!(
+            names.iter().any(|n| n == kind),
+            "config/examples/{kind} missing: {names:?}"
+        );
+    }
+    let key_pem = std::fs::read_to_string(testkit::consts::fixture("rsa-private.pem")).unwrap();
+    for file in files {
+        let dir = temp_dir();
+        let secrets = dir.join("secrets");
+        let text = std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("/var/run/secrets/", &format!("{}/", secrets.display()));
+        for line in text.lines() {
+            let line = line.trim();
+            if line.starts_with('#') {
+                continue;
+            }
+            let Some((key, rest)) = line.split_once('=') else {
+                continue;
+            };
+            let key = key.trim();
+            if !key.ends_with("_file") {
+                continue;
+            }
+            let path = std::path::PathBuf::from(
+                rest.trim()
+                    .trim_start_matches('"')
+                    .split('"')
+                    .next()
+                    .unwrap(),
+            );
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            let value = if key == "client_key_file" {
+                serde_json::json!({"type": "application", "keyId": "k-1", "key": key_pem,
+                                   "appId": "1", "clientId": "broker@example"})
+                .to_string()
+            } else {
+                "example-secret-value-that-is-long-enough-0123456789".to_owned()
+            };
+            std::fs::write(&path, value).unwrap();
+        }
+        let config = dir.join(file.file_name().unwrap());
+        std::fs::write(&config, &text).unwrap();
+        let (code, out, err) = run(&["check-config", "--config", config.to_str().unwrap()], &[]);
+        assert_eq!(code, 0, "{}: {err}", file.display());
+        assert!(out.contains("is valid"), "{}: {out}", file.display());
+    }
+}

@@ -64,14 +64,16 @@ DESIGN_KEYS: dict[str, set[str]] = {
     "intellia": {"base_url", "organization_id", "api_key_file", "api_key_env", "timeout_ms", "max_retries", "deadline_ms",
                  "breaker_failures", "breaker_open_secs"},
     "cors": {"allowed_origins", "max_age_secs"},
-    "session": {"jwt", "introspection"},
+    "session": {"jwt", "introspection", "endpoint"},
     "session.jwt[]": {"issuer", "audience", "jwks_url", "discovery", "hs256_secret_file", "algorithms",
                       "cookie", "user_id_claim", "email_claim", "name_claim", "leeway_secs", "user_id_prefix",
-                      "required_claims", "userinfo", "userinfo_url", "roles_claim", "required_roles"},
+                      "required_claims", "userinfo", "userinfo_url", "roles_claim", "required_roles", "header"},
     "session.introspection": {"url", "client_id", "client_secret_file", "issuer", "audience", "user_id_claim",
                               "email_claim", "name_claim", "user_id_prefix", "required_claims", "leeway_secs",
                               "cache_ttl_secs", "negative_cache_secs", "client_auth", "client_key_file", "key_id",
                               "roles_claim", "required_roles"},
+    "session.endpoint[]": {"url", "cookies", "bearer", "user_id_pointer", "email_pointer", "name_pointer",
+                           "roles_pointer", "required_roles", "user_id_prefix", "cache_secs", "timeout_ms"},
     "backend": {"secret_file", "max_failures_per_minute"},
     "rate_limit": {"per_user", "per_ip", "upstream"},
     "rate_limit.per_user": {"per_minute", "burst"},
@@ -311,10 +313,10 @@ def check_design_keys(conf: dict[str, Any]) -> None:
             sub = f"{path}.{k}" if path else k
             if isinstance(v, dict):
                 walk(v, sub)
-            elif k == "jwt" and path == "session":
-                assert isinstance(v, list), "session.jwt must be an array of tables"
+            elif k in ("jwt", "endpoint") and path == "session":
+                assert isinstance(v, list), f"session.{k} must be an array of tables"
                 for item in v:
-                    walk(item, "session.jwt[]")
+                    walk(item, f"session.{k}[]")
 
     for section, table in conf.items():
         assert isinstance(table, dict), f"top-level key {section} must be a table"
@@ -483,6 +485,22 @@ def assert_session_keys(session: dict[str, Any]) -> None:
     assert set(intro) == set(want), f"[session.introspection] keys {sorted(intro)}, want {sorted(want)}"
     for k, v in want.items():
         exact(intro[k], v, f"session.introspection.{k}")
+    want = {
+        "url": "https://www.example.test/api/me",
+        "cookies": ["sessionid"],
+        "user_id_pointer": "/id",
+        "email_pointer": "/email",
+        "name_pointer": "/name",
+        "roles_pointer": "/groups",
+        "required_roles": ["chat"],
+        "user_id_prefix": "www:",
+        "cache_secs": 0,
+        "timeout_ms": 1500,
+    }
+    [endpoint] = session["endpoint"]
+    assert set(endpoint) == set(want), f"[[session.endpoint]] keys {sorted(endpoint)}, want {sorted(want)}"
+    for k, v in want.items():
+        exact(endpoint[k], v, f"session.endpoint[0].{k}")
 
 
 # --- NetworkPolicy, alerts, dashboard -----------------------------------------------------------
@@ -1180,6 +1198,9 @@ def main() -> int:
         ("bad-introspection-client-key-file.yaml", r"client_key_file", True),
         ("bad-user-id-prefix-collision.yaml", r"user_id_prefix", False),
         ("bad-user-id-prefix-nested.yaml", r"neither a prefix of the other", False),
+        ("bad-endpoint-shared-id-space.yaml", r"config.session.endpoint\[1\].*user_id_prefix", False),
+        ("bad-endpoint-without-cookies.yaml", r"session/endpoint/0", True),
+        ("bad-jwt-header-with-cookie.yaml", r"session/jwt/0", True),
         ("bad-redis-ca-file.yaml", r"ca_file", True),
         ("bad-redis-ca-two-sources.yaml", r"/redis/ca", True),
         ("bad-redis-ca-without-tls.yaml", r"config.redis.url must be rediss://", False),

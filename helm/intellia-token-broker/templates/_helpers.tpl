@@ -185,6 +185,13 @@ Refusals that need more than one value (the schema sees one subtree at a time).
 {{- with (dig "session" "introspection" nil .Values.config) }}
 {{- $sources = append $sources (dict "name" "config.session.introspection" "issuer" (.issuer | default "") "prefix" (.user_id_prefix | default "")) }}
 {{- end }}
+{{- /* A site asked through [[session.endpoint]] is the issuer named by its url's origin. */}}
+{{- range $i, $e := (dig "session" "endpoint" list .Values.config) }}
+{{- $u := urlParse ($e.url | default "") }}
+{{- $host := lower $u.host }}
+{{- if eq $u.scheme "https" }}{{- $host = trimSuffix ":443" $host }}{{- else if eq $u.scheme "http" }}{{- $host = trimSuffix ":80" $host }}{{- end }}
+{{- $sources = append $sources (dict "name" (printf "config.session.endpoint[%d]" $i) "issuer" (printf "%s://%s" $u.scheme $host) "prefix" ($e.user_id_prefix | default "")) }}
+{{- end }}
 {{- range $i, $a := $sources }}
 {{- range $j, $b := $sources }}
 {{- if and (lt $i $j) (or (not $a.issuer) (ne $a.issuer $b.issuer)) }}

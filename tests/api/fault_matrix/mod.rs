@@ -6,6 +6,7 @@
 //! anything it printed.
 
 mod harness;
+mod site_endpoint;
 
 use std::time::{Duration, Instant};
 
