@@ -103,15 +103,17 @@ wait_healthy() {
 # ---------------------------------------------------------------------------
 step "tools (.venv-deploy)"
 PY="${PYTHON:-python3}"
-REQ_HASH="$(sha256sum "$HERE/requirements.txt" | cut -d' ' -f1)"
+REQ_HASH="$(cat "$HERE/requirements.txt" "$HERE/requirements-actionlint.txt" | sha256sum | cut -d' ' -f1)"
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" = "$REQ_HASH" ]; then
   pass "venv: reused $VENV"
 else
   rm -rf "$VENV"
   if "$PY" -m venv "$VENV" \
-     && "$VENV/bin/pip" install --disable-pip-version-check --no-input -q -r "$HERE/requirements.txt"; then
+     && "$VENV/bin/pip" install --disable-pip-version-check --no-input -q -r "$HERE/requirements.txt" \
+     && "$VENV/bin/pip" install --disable-pip-version-check --no-input -q --require-hashes --no-deps \
+          -r "$HERE/requirements-actionlint.txt"; then
     echo "$REQ_HASH" > "$VENV/.requirements.sha256"
-    pass "venv: created $VENV from tests/deploy/requirements.txt"
+    pass "venv: created $VENV from tests/deploy/requirements.txt and requirements-actionlint.txt"
   else
     fail "venv: could not install tests/deploy/requirements.txt"
     exit 1
@@ -189,6 +191,33 @@ if [ "$CHART_ONLY" = 1 ]; then
   skip "Dockerfile and .dockerignore: --chart-only"
 else
   dockerfile_checks
+fi
+
+# ---------------------------------------------------------------------------
+step "release automation (.github/workflows) and release metadata"
+if command -v shellcheck >/dev/null 2>&1 \
+   || { [ "$(id -u)" = 0 ] && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 shellcheck >/dev/null 2>&1 \
+        || { apt-get update -qq -o DPkg::Lock::Timeout=300 >/dev/null 2>&1 \
+             && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 shellcheck >/dev/null 2>&1; }; }; }; then
+  SHELLCHECK_NOTE="with shellcheck $(shellcheck --version | sed -n 's/^version: //p') on every run: step"
+else
+  SHELLCHECK_NOTE="without shellcheck (not installed and cannot be installed here): run: steps not checked"
+fi
+if out=$("$VENV/bin/actionlint" -no-color "$REPO"/.github/workflows/*.yml 2>&1); then
+  pass "actionlint $("$VENV/bin/actionlint" -version | head -n1 | cut -d' ' -f2): $(ls "$REPO"/.github/workflows/*.yml | wc -l) workflows clean, $SHELLCHECK_NOTE"
+else
+  echo "$out" | head -n 40 | sed 's/^/  /'
+  fail "actionlint: .github/workflows has findings"
+fi
+if "$VENV/bin/python" "$HERE/release_checks.py" --self-test "$REPO"; then
+  pass "release metadata: actions pinned by commit SHA, one version everywhere, one license everywhere (and the checks' self-test)"
+else
+  fail "release metadata"
+fi
+if "$VENV/bin/python" "$REPO/scripts/chart_readme.py" --check; then
+  pass "helm/intellia-token-broker/README.md matches its values' comments (scripts/chart_readme.py)"
+else
+  fail "chart README drifted from values.yaml: run \`python3 scripts/chart_readme.py\`"
 fi
 
 # ---------------------------------------------------------------------------
