@@ -1112,6 +1112,11 @@ def sidecar_checks(path: Path, out: Path) -> int:
         check_design_keys(conf)
         assert conf["server"]["listen"] == "127.0.0.1:8080", "the sidecar listens on loopback only"
         assert conf["backend"]["secret_file"].startswith("/var/run/secrets/"), "backend secret from a file"
+        assert conf["backend"].get("listen", "127.0.0.1:8081") == "127.0.0.1:8081", \
+            "the sidecar route on its own loopback listener"
+        app = [c for c in pod_spec(docs)["containers"]][0]
+        url = {e["name"]: e.get("value") for e in app.get("env", [])}.get("TOKEN_BROKER_URL")
+        assert url == "http://127.0.0.1:8081/v1/backend/token", f"the app calls the backend listener: {url}"
         assert conf["intellia"]["api_key_file"] == API_KEY_FILE, "API key from the mounted file"
 
     def security() -> None:

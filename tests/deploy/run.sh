@@ -322,6 +322,8 @@ rendered_configs_check() {
     sed -e "s#/var/run/secrets/#$secrets/#g" -e "s#/etc/redis-ca/#$secrets/redis-ca/#g" "$src" > "$cfg"
     if [ "$strip_listen" = 1 ] && [ "${src##*.}" = json ]; then
       "$VENV/bin/python" -c 'import json, sys; p = sys.argv[1]; c = json.load(open(p)); c.get("backend", {}).pop("listen", None); json.dump(c, open(p, "w"))' "$cfg"
+    elif [ "$strip_listen" = 1 ]; then
+      sed -i '/^listen = "127\.0\.0\.1:8081"/d' "$cfg"
     fi
     # A [redis] table without a url: the chart passes it from a Secret as
     # BROKER__REDIS__URL (redisUrlSecret), so give one the same way.
