@@ -66,8 +66,11 @@ PIDS=()
 CONTAINERS=()
 cleanup() {
   local pid c
+  # Children first (the background static build's cargo, a `buildah run`'s broker), then the pid.
   for pid in "${PIDS[@]:-}"; do
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    [ -n "$pid" ] || continue
+    for c in $(descendants "$pid"); do kill "$c" 2>/dev/null || true; done
+    kill "$pid" 2>/dev/null || true
   done
   for c in "${CONTAINERS[@]:-}"; do
     [ -n "$c" ] && bah rm "$c" >/dev/null 2>&1 || true
@@ -118,6 +121,43 @@ else
     fail "venv: could not install tests/deploy/requirements.txt"
     exit 1
   fi
+fi
+
+# The static release binary for the image part (cargo-auditable at the Dockerfile's pinned version,
+# then `cargo auditable build --release --target x86_64…` with +crt-static) takes most of this
+# script's time; it runs in the background from here, while the Dockerfile, workflow and chart
+# checks (single-threaded Python and Helm) run beside it. Its PASS/FAIL lines are replayed in order
+# by image_checks.
+static_build() {
+  local auditable t0
+  auditable="$(sed -n 's/^ARG CARGO_AUDITABLE_VERSION=//p' "$REPO/Dockerfile")"
+  if [ "$(cargo auditable --version 2>/dev/null)" = "cargo-auditable $auditable" ]; then
+    echo "PASS cargo-auditable $auditable present"
+  else
+    t0=$(date +%s)
+    if cargo install --locked --quiet "cargo-auditable@$auditable"; then
+      echo "PASS cargo-auditable $auditable installed ($(( $(date +%s) - t0 )) s)"
+    else
+      echo "FAIL cargo install --locked cargo-auditable@$auditable"
+      return 1
+    fi
+  fi
+  t0=$(date +%s)
+  if (cd "$REPO" && RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo auditable build --release --locked --target "$TARGET_TRIPLE"); then
+    echo "PASS static release build (cargo auditable build --release --locked --target $TARGET_TRIPLE, +crt-static) in $(( $(date +%s) - t0 )) s"
+  else
+    echo "FAIL static release build"
+    return 1
+  fi
+}
+STATIC_BUILD_PID=""
+if [ "$CHART_ONLY" = 0 ] && [ "${DEPLOY_SKIP_IMAGE:-}" != 1 ] && [ -z "${STATIC_BROKER_BIN:-}" ] \
+   && { command -v buildah >/dev/null 2>&1 || [ "$(id -u)" = 0 ]; }; then
+  static_build > "$WORK/static-build.log" 2>&1 &
+  STATIC_BUILD_PID=$!
+  PIDS+=("$STATIC_BUILD_PID")
+  echo "static release build started in the background (pid $STATIC_BUILD_PID, log in image part)"
 fi
 
 dockerfile_checks() {
@@ -375,29 +415,21 @@ image_checks() {
 
   local bin="${STATIC_BROKER_BIN:-}"
   if [ -z "$bin" ]; then
-    # The same cargo-auditable as the Dockerfile's builder, so the host build stands in for it.
-    local auditable t0
-    auditable="$(sed -n 's/^ARG CARGO_AUDITABLE_VERSION=//p' "$REPO/Dockerfile")"
-    if [ "$(cargo auditable --version 2>/dev/null)" = "cargo-auditable $auditable" ]; then
-      pass "cargo-auditable $auditable present"
-    else
-      t0=$(date +%s)
-      if cargo install --locked --quiet "cargo-auditable@$auditable"; then
-        pass "cargo-auditable $auditable installed ($(( $(date +%s) - t0 )) s)"
-      else
-        fail "cargo install --locked cargo-auditable@$auditable"
-        return
-      fi
+    # Started in the background at the top (static_build), while the other checks ran.
+    local rc=0
+    echo "STATIC_BROKER_BIN unset: waiting for the static release build started at the top"
+    wait "$STATIC_BUILD_PID" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+      sed 's/^/  /' "$WORK/static-build.log" | grep -v '^  \(PASS\|FAIL\) ' | tail -n 30 || true
     fi
-    echo "STATIC_BROKER_BIN unset: building the static release binary (a few minutes)"
-    if (cd "$REPO" && RUSTFLAGS='-C target-feature=+crt-static' \
-          cargo auditable build --release --locked --target "$TARGET_TRIPLE"); then
-      bin="${CARGO_TARGET_DIR:-$REPO/target}/$TARGET_TRIPLE/release/intellia-token-broker"
-      pass "static release build (cargo auditable build --release --locked --target $TARGET_TRIPLE, +crt-static)"
-    else
-      fail "static release build"
-      return
-    fi
+    while IFS= read -r line; do
+      case "$line" in
+        "PASS "*) pass "${line#PASS }" ;;
+        "FAIL "*) fail "${line#FAIL }" ;;
+      esac
+    done < "$WORK/static-build.log"
+    [ "$rc" -eq 0 ] || return
+    bin="${CARGO_TARGET_DIR:-$REPO/target}/$TARGET_TRIPLE/release/intellia-token-broker"
   fi
   if [ ! -x "$bin" ]; then
     fail "static binary: $bin is not an executable file"
