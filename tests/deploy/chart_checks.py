@@ -1383,6 +1383,10 @@ def main() -> int:
         labels = cm["metadata"]["labels"]
         assert labels["grafana_dashboard"] == "intellia" and labels["team"] == "web" \
             and cm["metadata"]["namespace"] == "monitoring", "dashboard labels and namespace configurable"
+        both = {"backendRoute": {"enabled": True}, "secret": {"existingSecret": "s"},
+                "service": {"ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "PreferDualStack"}}
+        assert broker_config(render(chart, both))["backend"]["listen"] == "[::]:8081", \
+            "the backend listener on the IPv6 wildcard when the Service asks for IPv6"
         docs = render(chart, {"prometheusRule": {"enabled": True, "selector": 'service="b"'}})
         alerts = {r["alert"]: r["expr"] for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
         assert "TokenBrokerRedisDown" not in alerts and "TokenBrokerJwksStale" not in alerts, \
@@ -1391,6 +1395,7 @@ def main() -> int:
 
     checks.check("defaults fit together: any shutdown_grace_secs alone renders (no drain_delay_secs), "
                  "sample_ratio float, client_secret_basic default, private_key_jwt from an existingSecret, "
+                 "backend listener on [::] with IPv6, "
                  "dashboard labels/namespace, conditional alerts, rule selector", derived_defaults)
 
     negative = [
