@@ -77,14 +77,30 @@ RUN case "${TARGETARCH}" in \
  && cat /tmp/target.env
 RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
     cargo install --locked "cargo-auditable@${CARGO_AUDITABLE_VERSION}"
-# The builder image pins the toolchain; rust-toolchain.toml is left out by
-# .dockerignore so rustup does not try to download clippy/rustfmt here.
+# The dependency layer: every crate of Cargo.lock built from the manifests alone, around stub
+# sources (an empty lib, `fn main` for the binary and each bench the manifest declares), so an edit
+# to the sources, README or tests reuses it even on a cold builder that imports the layer cache
+# (what cargo-chef does, without the extra tool). It is built into the layer, not a cache mount,
+# so `--cache-to` exports it. The builder image pins the toolchain; rust-toolchain.toml is left
+# out by .dockerignore so rustup does not try to download clippy/rustfmt here.
+COPY Cargo.toml Cargo.lock ./
+COPY testkit/Cargo.toml testkit/
+RUN mkdir -p src benches testkit/src \
+ && printf 'fn main() {}\n' > src/main.rs \
+ && : > src/lib.rs \
+ && : > testkit/src/lib.rs \
+ && awk '/^\[\[bench\]\]/ { b = 1 } b && /^name = / { gsub(/"/, "", $3); print $3; b = 0 }' Cargo.toml > /tmp/benches \
+ && while read -r bench; do printf 'fn main() {}\n' > "benches/${bench}.rs"; done < /tmp/benches \
+ && . /tmp/target.env \
+ && RUSTFLAGS='-C target-feature=+crt-static' \
+      cargo auditable build --release --locked --target "${RUST_TARGET}" \
+ && rm -rf src benches testkit/src
 COPY . .
-# `--version` runs only for a native build: a cross-built binary cannot run
-# here without emulation.
-RUN --mount=type=cache,target=/usr/local/cargo/registry,sharing=locked \
-    --mount=type=cache,target=/src/target,sharing=locked \
-    . /tmp/target.env \
+# The real sources are older than the stub build: touch the crate roots, or cargo would take the
+# stub binary for up to date. `--version` runs only for a native build: a cross-built binary
+# cannot run here without emulation.
+RUN . /tmp/target.env \
+ && touch src/lib.rs src/main.rs \
  && RUSTFLAGS='-C target-feature=+crt-static' \
       cargo auditable build --release --locked --target "${RUST_TARGET}" \
  && mkdir -p /out \

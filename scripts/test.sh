@@ -105,8 +105,17 @@ stage_rust() {
     cargo test --locked
 }
 
+# The browser client's unit tests, its npm package (npm pack) and its types (TypeScript, the one
+# devDependency, from clients/js/package-lock.json).
 stage_js() {
-  (cd clients/js && node --test test/)
+  ensure_commands node=nodejs npm=npm || return 1
+  (
+    cd clients/js || exit 1
+    if [ ! -f node_modules/.package-lock.json ] || [ package-lock.json -nt node_modules/.package-lock.json ]; then
+      npm ci --no-audit --no-fund --silent || exit 1
+    fi
+    node --test test/
+  )
 }
 
 stage_oidc() {

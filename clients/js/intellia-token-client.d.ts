@@ -1,4 +1,6 @@
-// Type declarations for intellia-token-client.js (and the global build's globals).
+// Type declarations for the ES module intellia-token-client.js. The classic-script build's globals
+// (window.IntelliaTokenClient, window.IntelliaTokenError) are declared apart, in
+// intellia-token-client.global.d.ts, so importing the module never adds globals to a program.
 
 /** A chat token as returned by the broker's POST /v1/token. */
 export interface IntelliaToken {
@@ -85,10 +87,21 @@ export class IntelliaTokenError extends Error {
   requestId?: string;
 }
 
+export interface GetTokenOptions {
+  /** Ask the broker even when the cached token is not yet due for refresh (never before a 429's Retry-After). */
+  forceRefresh?: boolean;
+  /**
+   * Abandons this call: it rejects with `signal.reason` (an `AbortError` DOMException unless another
+   * reason was given, e.g. `TimeoutError` from `AbortSignal.timeout(ms)`), as `fetch` does. The one
+   * shared request goes on for other callers and still fills the cache.
+   */
+  signal?: AbortSignal;
+}
+
 export class IntelliaTokenClient {
   constructor(options: IntelliaTokenClientOptions);
   /** The cached token, or a new one when none is cached or it is due for refresh; one request at a time. */
-  getToken(options?: { forceRefresh?: boolean }): Promise<IntelliaToken>;
+  getToken(options?: GetTokenOptions): Promise<IntelliaToken>;
   /** getToken({ forceRefresh: true }). */
   refresh(): Promise<IntelliaToken>;
   /** The cached, unexpired token without any request, or null. */
@@ -106,9 +119,3 @@ export class IntelliaTokenClient {
 }
 
 export default IntelliaTokenClient;
-
-declare global {
-  /** Set by intellia-token-client.global.js. */
-  var IntelliaTokenClient: typeof import("./intellia-token-client.js").IntelliaTokenClient;
-  var IntelliaTokenError: typeof import("./intellia-token-client.js").IntelliaTokenError;
-}

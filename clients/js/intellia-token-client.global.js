@@ -77,6 +77,14 @@ function parseRateLimitResetMs(value) {
   return m ? Number(m[1]) * 1000 : undefined;
 }
 
+// What an aborted call rejects with: the signal's reason, as fetch() does (an AbortError
+// DOMException unless the caller gave another), or one made here for signals without a reason.
+function abortReason(signal) {
+  if (signal.reason !== undefined) return signal.reason;
+  if (typeof DOMException === "function") return new DOMException("The operation was aborted.", "AbortError");
+  return new IntelliaTokenError("The token request was cancelled", { code: "aborted" });
+}
+
 function defaultFetch() {
   if (typeof globalThis.fetch !== "function") return undefined;
   return (input, init) => globalThis.fetch(input, init);
@@ -149,9 +157,27 @@ class IntelliaTokenClient {
 
   /**
    * The current token, fetching one when none is cached or the cached one is due for refresh.
-   * @param {{forceRefresh?: boolean}} [opts]
+   * `signal` (an AbortSignal) abandons this call only: it rejects with `signal.reason`, as fetch
+   * does, while the one shared request goes on for other callers and still fills the cache.
+   * @param {{forceRefresh?: boolean, signal?: AbortSignal}} [opts]
    */
-  async getToken(opts = {}) {
+  getToken(opts = {}) {
+    const signal = opts ? opts.signal : undefined;
+    if (signal === undefined || signal === null) return this._getToken(opts);
+    if (typeof signal.aborted !== "boolean" || typeof signal.addEventListener !== "function") {
+      return Promise.reject(new TypeError("getToken: `signal` must be an AbortSignal"));
+    }
+    if (signal.aborted) return Promise.reject(abortReason(signal));
+    return new Promise((resolve, reject) => {
+      const onAbort = () => reject(abortReason(signal));
+      signal.addEventListener("abort", onAbort, { once: true });
+      this._getToken(opts)
+        .finally(() => signal.removeEventListener("abort", onAbort))
+        .then(resolve, reject);
+    });
+  }
+
+  async _getToken(opts) {
     const force = Boolean(opts && opts.forceRefresh);
     if (this._stopped) throw this._stoppedError();
     if (this._terminal) {

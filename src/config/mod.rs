@@ -414,8 +414,11 @@ impl Settings {
             };
             ConfigError(format!("config file {}: {reason}", path.display()))
         })?;
-        Self::from_text_with_env(&text, ConfigFormat::of_path(path), env)
-            .map_err(|e| ConfigError(format!("{}: {}", path.display(), e.0)))
+        // A problem in a `BROKER__…` value names the variable, not the file it never was in.
+        Self::parse(&text, ConfigFormat::of_path(path), env).map_err(|e| match e {
+            Blame::File(msg) => ConfigError(format!("{}: {msg}", path.display())),
+            Blame::Env(msg) => ConfigError(msg),
+        })
     }
 
     /// Parses TOML text plus overrides. Used by tests and `dev`.
@@ -432,6 +435,16 @@ impl Settings {
         format: ConfigFormat,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
+        Self::parse(text, format, env).map_err(|e| match e {
+            Blame::File(msg) | Blame::Env(msg) => ConfigError(msg),
+        })
+    }
+
+    fn parse(
+        text: &str,
+        format: ConfigFormat,
+        env: impl IntoIterator<Item = (String, String)>,
+    ) -> Result<Settings, Blame> {
         let overrides: config::Map<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("BROKER__"))
@@ -443,14 +456,14 @@ impl Settings {
             .list_separator(",")
             .with_list_parse_key("server.trusted_proxies")
             .with_list_parse_key("cors.allowed_origins")
-            .source(Some(overrides));
+            .source(Some(overrides.clone()));
+        let blame = |e: config::ConfigError| blame(clean_config_error(&e), &overrides);
         let raw = config::Config::builder()
             .add_source(config::File::from_str(text, format.file_format()))
             .add_source(env_source)
             .build()
-            .map_err(|e| ConfigError(clean_config_error(&e)))?;
-        raw.try_deserialize()
-            .map_err(|e| ConfigError(clean_config_error(&e)))
+            .map_err(blame)?;
+        raw.try_deserialize().map_err(blame)
     }
 
     /// The configuration as TOML with every secret-bearing value redacted, for `check-config`.
@@ -467,6 +480,53 @@ impl Settings {
         }
         toml::to_string(&value).unwrap_or_else(|e| format!("# cannot render: {e}\n"))
     }
+}
+
+/// Where a configuration problem is: in the file, or in a `BROKER__…` environment variable.
+enum Blame {
+    File(String),
+    Env(String),
+}
+
+/// Puts the problem on the environment variable that set the key at fault, when one did:
+/// "environment variable BROKER__SERVER__MAX_BODY_BYTES (config key `server.max_body_bytes`): …".
+/// A variable names a key as `BROKER__` + its path in upper case with `__` for `.`; a list
+/// variable covers the key's elements too (`cors.allowed_origins[1]`). A problem across keys
+/// (a struct-level rule) stays on the file.
+fn blame(message: String, overrides: &config::Map<String, String>) -> Blame {
+    let variables = overrides.keys().map(|var| {
+        let key = var
+            .trim_start_matches("BROKER__")
+            .to_ascii_lowercase()
+            .replace("__", ".");
+        (var, key)
+    });
+    if let Some(rest) = message.strip_prefix("config key `")
+        && let Some((path, problem)) = rest.split_once("`: ")
+    {
+        let covers = |key: &str| {
+            path == key
+                || path
+                    .strip_prefix(key)
+                    .is_some_and(|tail| tail.starts_with(['[', '.']))
+        };
+        for (var, key) in variables {
+            if covers(&key) {
+                return Blame::Env(format!(
+                    "environment variable {var} (config key `{path}`): {problem}"
+                ));
+            }
+        }
+    } else if let Some(rest) = message.strip_prefix("unknown config key `")
+        && let Some((field, _)) = rest.split_once('`')
+    {
+        for (var, key) in variables {
+            if key.rsplit('.').next() == Some(field) {
+                return Blame::Env(format!("environment variable {var}: {message}"));
+            }
+        }
+    }
+    Blame::File(message)
 }
 
 /// The `config` crate phrases errors for developers ("`x` is wrong for key `a.b[0]c`"); keep the

@@ -53,6 +53,52 @@ fn env_overrides_win_and_unknown_env_keys_fail() {
 }
 
 #[test]
+fn a_bad_env_value_names_the_variable_not_the_file() {
+    let dir = std::env::temp_dir().join(format!("itb-config-env-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("broker.toml");
+    std::fs::write(&path, MINIMAL).unwrap();
+    let load = |var: &str, value: &str| {
+        Settings::load_with_env(&path, vec![(var.to_owned(), value.to_owned())])
+            .expect_err("refused")
+            .0
+    };
+    let err = load("BROKER__SERVER__MAX_BODY_BYTES", "0");
+    assert!(
+        err.starts_with(
+            "environment variable BROKER__SERVER__MAX_BODY_BYTES (config key `server.max_body_bytes`): "
+        ),
+        "{err}"
+    );
+    assert!(!err.contains("broker.toml"), "not the file's fault: {err}");
+    let err = load("BROKER__CORS__ALLOWED_ORIGINS", "https://a.example.com,*");
+    assert!(
+        err.starts_with("environment variable BROKER__CORS__ALLOWED_ORIGINS (config key `cors.allowed_origins[1]`): "),
+        "a list element: {err}"
+    );
+    let err = load("BROKER__INTELLIA__ORGANISATION_ID", "x");
+    assert!(
+        err.starts_with("environment variable BROKER__INTELLIA__ORGANISATION_ID: unknown config key `organisation_id`"),
+        "an unknown key set by a variable: {err}"
+    );
+    // The same problem in the file is the file's, even with an unrelated variable set.
+    std::fs::write(
+        &path,
+        format!("{MINIMAL}\n[cors]\nallowed_origins = [\"*\"]\n"),
+    )
+    .unwrap();
+    let err = load("BROKER__SERVER__MAX_BODY_BYTES", "8192");
+    assert!(
+        err.starts_with(&format!(
+            "{}: config key `cors.allowed_origins[0]`",
+            path.display()
+        )),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
+
+#[test]
 fn env_lists_split_on_commas() {
     let env = vec![(
         "BROKER__CORS__ALLOWED_ORIGINS".to_owned(),

@@ -353,8 +353,7 @@ pub fn error_for_status(status: reqwest::StatusCode, headers: &HeaderMap) -> Ups
     let retry_after_secs = headers
         .get(RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse::<u64>().ok())
-        .map(|s| s.clamp(1, 3600));
+        .and_then(|v| retry_after_secs(v, std::time::SystemTime::now()));
     match status.as_u16() {
         429 => UpstreamError::Unavailable {
             cause: Unavailability::RateLimited,
@@ -369,6 +368,20 @@ pub fn error_for_status(status: reqwest::StatusCode, headers: &HeaderMap) -> Ups
             reason: "unexpected status",
         },
     }
+}
+
+/// `Retry-After` (RFC 9110 section 10.2.3): delay-seconds, or an HTTP date in any of the three
+/// forms a recipient must read, counted from `now`. Both are bounded to 1 s to an hour: a date in
+/// the past means "now", which still waits one second, as `0` does.
+fn retry_after_secs(value: &str, now: std::time::SystemTime) -> Option<u64> {
+    let value = value.trim();
+    if let Ok(secs) = value.parse::<u64>() {
+        return Some(secs.clamp(1, 3600));
+    }
+    let at = httpdate::parse_http_date(value).ok()?;
+    let wait = at.duration_since(now).unwrap_or_default();
+    let secs = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+    Some(secs.clamp(1, 3600))
 }
 
 fn status_class(outcome: &Result<MintedToken, UpstreamError>) -> &'static str {
@@ -517,6 +530,51 @@ mod tests {
         let minted = parse_assume_role_body(body.as_bytes()).expect("in range");
         assert_eq!(minted.expires_at.offset(), time::UtcOffset::UTC);
         assert_eq!(minted.expires_at.hour(), 22);
+    }
+
+    #[test]
+    fn retry_after_reads_seconds_and_all_three_http_date_forms() {
+        use std::time::{Duration, SystemTime};
+        // Sun, 06 Nov 1994 08:49:37 GMT
+        let now = SystemTime::UNIX_EPOCH + Duration::from_secs(784_111_777);
+        assert_eq!(retry_after_secs("30", now), Some(30));
+        assert_eq!(retry_after_secs(" 0 ", now), Some(1));
+        assert_eq!(retry_after_secs("86400", now), Some(3600));
+        for date in [
+            "Sun, 06 Nov 1994 08:50:07 GMT",
+            "Sunday, 06-Nov-94 08:50:07 GMT",
+            "Sun Nov  6 08:50:07 1994",
+        ] {
+            assert_eq!(retry_after_secs(date, now), Some(30), "{date}");
+        }
+        assert_eq!(
+            retry_after_secs(
+                "Sun, 06 Nov 1994 08:49:37 GMT",
+                now - Duration::from_millis(200)
+            ),
+            Some(1),
+            "a partial second rounds up"
+        );
+        assert_eq!(
+            retry_after_secs("Sat, 05 Nov 1994 08:49:37 GMT", now),
+            Some(1),
+            "a date in the past: retry now, still bounded below"
+        );
+        assert_eq!(
+            retry_after_secs("Fri, 31 Dec 9999 23:59:59 GMT", now),
+            Some(3600),
+            "a far date is bounded like the seconds form"
+        );
+        for junk in [
+            "",
+            "-5",
+            "1.5",
+            "soon",
+            "Sun, 06 Nov 1994 08:50:07",
+            "18446744073709551616",
+        ] {
+            assert_eq!(retry_after_secs(junk, now), None, "{junk:?}");
+        }
     }
 
     #[test]

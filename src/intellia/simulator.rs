@@ -8,6 +8,7 @@
 //! - `POST /__simulator/faults` with `{"latencyMs": 0, "next": [Fault, ...], "always": Fault|null}`
 //!   where a fault is one of
 //!   - `{"status": 500, "retryAfter": 3}`: that status (and `Retry-After`), a JSON error body;
+//!     `"retryAfterDate": 3` sends `Retry-After` as the HTTP date three seconds ahead instead;
 //!   - `{"hang": true}`: no answer for five minutes;
 //!   - `{"garbage": true}`: 200 with a cut-off JSON document;
 //!   - `{"body": "..."}`: 200 (or `status`) with exactly this body, as `application/json`;
@@ -73,6 +74,9 @@ pub struct Fault {
     pub status: Option<u16>,
     #[serde(default)]
     pub retry_after: Option<u64>,
+    /// `Retry-After` as an HTTP date this many seconds ahead.
+    #[serde(default)]
+    pub retry_after_date: Option<u64>,
     #[serde(default)]
     pub hang: bool,
     #[serde(default)]
@@ -284,6 +288,10 @@ async fn assume_role(
             let mut resp = HttpResponse::build(status);
             if let Some(secs) = fault.retry_after {
                 resp.insert_header((header::RETRY_AFTER, secs));
+            }
+            if let Some(secs) = fault.retry_after_date {
+                let at = std::time::SystemTime::now() + Duration::from_secs(secs);
+                resp.insert_header((header::RETRY_AFTER, httpdate::fmt_http_date(at)));
             }
             // A realistic upstream error body, which the broker must never pass on.
             return resp.json(

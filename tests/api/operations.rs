@@ -84,6 +84,73 @@ async fn client_script_is_served_with_etag_and_cors() {
 }
 
 #[tokio::test]
+async fn client_script_is_gzipped_for_clients_that_ask_and_revalidates_weak_tags() {
+    let app = spawn_app(TestConfig::default()).await;
+    let get = |headers: &[(&str, &str)]| {
+        let mut req = app.client.get(app.url("/v1/client.js"));
+        for (k, v) in headers {
+            req = req.header(*k, *v);
+        }
+        req.send()
+    };
+    let source = include_str!("../../clients/js/intellia-token-client.js");
+
+    let plain = get(&[]).await.unwrap();
+    assert_eq!(plain.headers()["vary"], "Accept-Encoding");
+    assert!(
+        plain.headers().get("content-encoding").is_none(),
+        "no compression unasked"
+    );
+    let strong = plain.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(plain.text().await.unwrap(), source);
+
+    let zipped = get(&[("Accept-Encoding", "br;q=1, gzip;q=0.8, identity;q=0.1")])
+        .await
+        .unwrap();
+    assert_eq!(zipped.status(), 200);
+    assert_eq!(zipped.headers()["content-encoding"], "gzip");
+    assert_eq!(zipped.headers()["vary"], "Accept-Encoding");
+    let weak = zipped.headers()["etag"].to_str().unwrap().to_owned();
+    assert_eq!(weak, format!("W/{strong}"), "the gzip variant's tag");
+    let bytes = zipped.bytes().await.unwrap();
+    assert!(
+        bytes.len() * 3 < source.len(),
+        "{} bytes compressed",
+        bytes.len()
+    );
+    let mut inflated = String::new();
+    std::io::Read::read_to_string(&mut flate2::read::GzDecoder::new(&bytes[..]), &mut inflated)
+        .unwrap();
+    assert_eq!(inflated, source);
+
+    for refused in ["gzip;q=0", "identity", "br", "gzip;q=0.5, identity"] {
+        let resp = get(&[("Accept-Encoding", refused)]).await.unwrap();
+        assert!(
+            resp.headers().get("content-encoding").is_none(),
+            "{refused}"
+        );
+    }
+
+    // A tag a CDN or compressing proxy weakened revalidates either variant (weak comparison).
+    for (accept, tag, want_tag) in [
+        ("identity", weak.as_str(), strong.as_str()),
+        ("gzip", strong.as_str(), weak.as_str()),
+        ("gzip", weak.as_str(), weak.as_str()),
+    ] {
+        let resp = get(&[("Accept-Encoding", accept), ("If-None-Match", tag)])
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 304, "{accept} with If-None-Match {tag}");
+        assert_eq!(resp.headers()["etag"], want_tag);
+        assert_eq!(resp.headers()["vary"], "Accept-Encoding");
+        assert!(resp.headers().get("content-encoding").is_none());
+        assert!(resp.bytes().await.unwrap().is_empty());
+    }
+    let stale = get(&[("If-None-Match", "W/\"0123\"")]).await.unwrap();
+    assert_eq!(stale.status(), 200, "another tag is not a match");
+}
+
+#[tokio::test]
 async fn openapi_document_matches_the_committed_copy() {
     let app = spawn_app(TestConfig::default()).await;
     let served = app

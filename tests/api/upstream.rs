@@ -80,6 +80,24 @@ async fn intellia_429_passes_its_retry_after_on() {
 }
 
 #[tokio::test]
+async fn intellia_429_retry_after_as_an_http_date_is_passed_on_in_seconds() {
+    let app = spawn_app(TestConfig::default()).await;
+    app.sim.push_faults([Fault {
+        retry_after_date: Some(30),
+        ..Fault::status(429)
+    }]);
+    let resp = app.token(&session("alice")).await;
+    let secs: u64 = resp.headers()["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .expect("delay-seconds to the client");
+    // The date has whole-second resolution and a moment passes on the way.
+    assert!((28..=31).contains(&secs), "Retry-After {secs}");
+    assert_problem(resp, 503, "upstream_unavailable").await;
+}
+
+#[tokio::test]
 async fn a_hanging_intellia_is_504_within_the_timeout() {
     let app = spawn_app(TestConfig {
         timeout_ms: 400,

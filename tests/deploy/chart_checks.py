@@ -74,7 +74,7 @@ DESIGN_KEYS: dict[str, set[str]] = {
                               "roles_claim", "required_roles"},
     "session.endpoint[]": {"url", "cookies", "bearer", "user_id_pointer", "email_pointer", "name_pointer",
                            "roles_pointer", "required_roles", "user_id_prefix", "cache_secs", "timeout_ms"},
-    "backend": {"secret_file", "max_failures_per_minute"},
+    "backend": {"secret_file", "max_failures_per_minute", "listen"},
     "rate_limit": {"per_user", "per_ip", "upstream"},
     "rate_limit.per_user": {"per_minute", "burst"},
     "rate_limit.per_ip": {"per_minute", "burst", "ipv6_prefix"},
@@ -212,17 +212,18 @@ def broker_config(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return json.loads(cm["data"]["config.json"])
 
 
-def assert_security(docs: list[dict[str, Any]], uid: int | None = UID) -> None:
-    """uid None: OpenShift's restricted SCC picks the ids, so none may be rendered."""
+def assert_security(docs: list[dict[str, Any]], uid: int | None = UID, automount: bool = False) -> None:
+    """uid None: OpenShift's restricted SCC picks the ids, so none may be rendered. automount: the
+    ServiceAccount token only where serviceAccount.automount asks for it."""
     spec = pod_spec(docs)
     psc = spec.get("securityContext", {})
     assert psc.get("runAsNonRoot") is True, "pod runAsNonRoot"
     ids = {k: psc.get(k) for k in ("runAsUser", "runAsGroup", "fsGroup")}
     assert ids == dict.fromkeys(ids, uid), f"pod uid/gid/fsGroup must be {uid}: {psc}"
     assert psc.get("seccompProfile", {}).get("type") == "RuntimeDefault", "pod seccomp RuntimeDefault"
-    assert spec.get("automountServiceAccountToken") is False, "pod automountServiceAccountToken must be false"
+    assert spec.get("automountServiceAccountToken") is automount, f"pod automountServiceAccountToken must be {automount}"
     for sa in [d for d in docs if d["kind"] == "ServiceAccount"]:
-        assert sa.get("automountServiceAccountToken") is False, "ServiceAccount automountServiceAccountToken"
+        assert sa.get("automountServiceAccountToken") is automount, "ServiceAccount automountServiceAccountToken"
     assert not spec.get("hostNetwork") and not spec.get("hostPID") and not spec.get("hostIPC"), "no host namespaces"
     assert_security_containers(spec, uid=uid)
 
@@ -340,23 +341,40 @@ def assert_config_keys(docs: list[dict[str, Any]], values: dict[str, Any]) -> No
         assert isinstance(srv[k], int) and not isinstance(srv[k], bool), f"server.{k} must be a JSON integer"
 
 
-def assert_probes_and_ports(docs: list[dict[str, Any]], metrics: bool) -> None:
+def assert_probes_and_ports(docs: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    metrics = (values.get("metrics") or {}).get("enabled", True)
+    backend = bool((values.get("backendRoute") or {}).get("enabled"))
     c = pod_spec(docs)["containers"][0]
     assert c["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}, "liveness /healthz on http"
     assert c["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}, "readiness /readyz on http"
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    want = {"http": 8080} | ({"metrics": 9091} if metrics else {})
+    want = {"http": 8080} | ({"metrics": 9091} if metrics else {}) | ({"backend": 8081} if backend else {})
     assert ports == want, f"container ports {ports}"
     svc = one(docs, "Service")
     sports = {p["name"]: (p["port"], p["targetPort"]) for p in svc["spec"]["ports"]}
-    want_s = {"http": (8080, "http")} | ({"metrics": (9091, "metrics")} if metrics else {})
+    svc_values = values.get("service") or {}
+    http_port = svc_values.get("port", 8080)
+    want_s = {"http": (http_port, "http")} | ({"metrics": (svc_values.get("metricsPort", 9091), "metrics")} if metrics else {}) \
+        | ({"backend": (svc_values.get("backendPort", 8081), "backend")} if backend else {})
     assert sports == want_s, f"service ports {sports}"
     conf = broker_config(docs)
     assert ("admin_listen" in conf["server"]) == metrics, "admin_listen present iff metrics.enabled"
+    host = "[::]" if wants_ipv6(values) else "0.0.0.0"
+    if backend:
+        # On the pod's interfaces (other pods call it), on its own port, never the public one.
+        assert conf["backend"].get("listen") == f"{host}:8081", f"[backend] listen {conf['backend']}"
+    else:
+        assert "backend" not in conf, "no [backend] without backendRoute.enabled"
     for ing in [d for d in docs if d["kind"] == "Ingress"]:
         for rule in ing["spec"]["rules"]:
             for p in rule["http"]["paths"]:
                 assert p["backend"]["service"]["port"] == {"name": "http"}, "Ingress must target the http port only"
+    for route in [d for d in docs if d["kind"] == "HTTPRoute"]:
+        for rule in route["spec"]["rules"]:
+            assert rule["backendRefs"] == [{"name": svc["metadata"]["name"], "port": http_port}], \
+                f"HTTPRoute must target the Service's http port only: {rule['backendRefs']}"
+    assert not ([d for d in docs if d["kind"] == "Ingress"] and [d for d in docs if d["kind"] == "HTTPRoute"]), \
+        "an Ingress and an HTTPRoute both"
 
 
 def assert_checksums(chart: helm.Chart, docs: list[dict[str, Any]], values: dict[str, Any]) -> None:
@@ -429,7 +447,8 @@ def assert_production(docs: list[dict[str, Any]]) -> None:
 
 def assert_all_features(docs: list[dict[str, Any]]) -> None:
     conf = broker_config(docs)
-    assert conf["backend"] == {"secret_file": "/var/run/secrets/broker/backend-secret"}, f"[backend] {conf.get('backend')}"
+    assert conf["backend"] == {"secret_file": "/var/run/secrets/broker/backend-secret", "listen": "0.0.0.0:8081"}, \
+        f"[backend] {conf.get('backend')}"
     assert conf["session"]["introspection"]["client_secret_file"] == "/var/run/secrets/broker/introspection-secret"
     assert isinstance(conf["session"]["jwt"], list) and len(conf["session"]["jwt"]) == 2, "[[session.jwt]] x2"
     assert_session_keys(conf["session"])
@@ -550,7 +569,8 @@ def assert_networkpolicy_egress(docs: list[dict[str, Any]], default: bool) -> No
             dns = np["egress"][0]
             assert sorted((p["protocol"], p["port"]) for p in dns["ports"]) == [("TCP", 53), ("UDP", 53)], \
                 f"DNS rule ports {dns['ports']}"
-            assert dns["to"] == [{"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "kube-system"}},
+            # The cluster DNS pods by their label, in whatever namespace they run: no namespace name assumed.
+            assert dns["to"] == [{"namespaceSelector": {},
                                   "podSelector": {"matchLabels": {"k8s-app": "kube-dns"}}}], f"DNS peers {dns['to']}"
             assert len(np["egress"]) == 2, f"default egress: DNS and public 443 only, got {len(np['egress'])} rules"
             blocks = ip_blocks(np)
@@ -587,7 +607,8 @@ def assert_known_metrics(exprs: dict[str, str], known: set[str]) -> int:
 
 def rule_exprs(docs: list[dict[str, Any]]) -> dict[str, str]:
     pr = one(docs, "PrometheusRule")
-    return {f"alert {r['alert']}": r["expr"] for g in pr["spec"]["groups"] for r in g["rules"]}
+    return {f"{'alert' if 'alert' in r else 'record'} {r.get('alert') or r.get('record')}": r["expr"]
+            for g in pr["spec"]["groups"] for r in g["rules"]}
 
 
 GRAFANA_VARS = {"$__rate_interval": "5m", "$__interval": "1m", "$__range": "1h",
@@ -813,6 +834,110 @@ def assert_global(docs: list[dict[str, Any]], hooks: list[dict[str, Any]], value
     assert broker_config(docs)["intellia"]["organization_id"] == "org-456", "the chart's own values still apply"
 
 
+def pod_specs(docs: list[dict[str, Any]], hooks: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [pod_spec(docs)] + [h["spec"] for h in hooks if h["kind"] == "Pod"]
+
+
+def assert_private_registry(docs: list[dict[str, Any]], hooks: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    want_image = ("registry.corp.example:5000/ghcr-mirror/intellia/intellia-token-broker@"
+                  "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef")
+    for spec in pod_specs(docs, hooks):
+        assert [c["image"] for c in spec["containers"]] == [want_image] * len(spec["containers"]), \
+            f"global.imageRegistry + repository @ digest: {[c['image'] for c in spec['containers']]}"
+        assert spec["imagePullSecrets"] == [{"name": "corp-registry"}, {"name": "shared-pull"}, {"name": "broker-pull"}], \
+            f"global then chart pull secrets, names or objects, no duplicate: {spec['imagePullSecrets']}"
+
+
+def assert_extensions(docs: list[dict[str, Any]], hooks: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    for d in docs + hooks:
+        labels, ann = d["metadata"].get("labels") or {}, d["metadata"].get("annotations") or {}
+        if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == "broker-shipper":
+            continue  # an extra object: its own metadata
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].endswith("-shipper"):
+            continue
+        assert labels.get("team") == "web" and labels.get("cost-center") == "4711", \
+            f"{d['kind']}/{d['metadata']['name']}: commonLabels {labels}"
+        assert ann.get("owner.example.com/contact") == "web-platform@example.com", \
+            f"{d['kind']}/{d['metadata']['name']}: commonAnnotations {ann}"
+    deploy = one(docs, "Deployment")
+    assert deploy["spec"]["template"]["metadata"]["labels"]["team"] == "web", "commonLabels on the pods"
+    assert deploy["spec"]["selector"]["matchLabels"] == {"app.kubernetes.io/name": "intellia-token-broker",
+                                                        "app.kubernetes.io/instance": RELEASE}, "selector unchanged"
+    assert deploy["spec"]["strategy"] == {"type": "Recreate"} and deploy["spec"]["revisionHistoryLimit"] == 2, \
+        f"strategy/revisionHistoryLimit {deploy['spec'].get('strategy')} {deploy['spec'].get('revisionHistoryLimit')}"
+    spec = pod_spec(docs)
+    assert spec["automountServiceAccountToken"] is True and one(docs, "ServiceAccount")["automountServiceAccountToken"] \
+        is True, "serviceAccount.automount"
+    assert [c["name"] for c in spec["containers"]] == ["broker", "log-shipper"], spec["containers"]
+    assert spec["containers"][1]["env"] == [{"name": "SOURCE", "value": "broker-intellia-token-broker"}], \
+        "extraContainers rendered with tpl"
+    assert [c["name"] for c in spec["initContainers"]] == ["wait-for-vault"] and \
+        spec["initContainers"][0]["args"] == ["--for", "broker-vault"], "initContainers rendered with tpl"
+    cm = [d for d in docs if d["kind"] == "ConfigMap" and d["metadata"]["name"] == "broker-intellia-token-broker-shipper"]
+    assert cm and cm[0]["data"] == {"release": "broker"}, "extraObjects (an object) rendered with tpl"
+    assert [d for d in docs if d["kind"] == "PodDisruptionBudget" and d["metadata"]["name"] == "broker-shipper"], \
+        "extraObjects (a string) rendered with tpl"
+    sm = one(docs, "ServiceMonitor")
+    ep = sm["spec"]["endpoints"][0]
+    assert sm["metadata"]["namespace"] == "monitoring-system" and sm["spec"]["namespaceSelector"] == \
+        {"matchNames": [NAMESPACE]}, "ServiceMonitor in its own namespace, selecting the release's"
+    sm_values = values["metrics"]["serviceMonitor"]
+    assert ep["scheme"] == "https" and ep["tlsConfig"] == sm_values["tlsConfig"], ep
+    assert ep["relabelings"] == sm_values["relabelings"] and ep["metricRelabelings"] == sm_values["metricRelabelings"], ep
+    rules = {r.get("alert") or r.get("record"): r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
+    assert "TokenBrokerSlow" not in rules and "TokenBrokerNotReady" not in rules, f"disabled rules left out: {sorted(rules)}"
+    assert {"TokenBrokerUpstreamErrors", "TokenBrokerCircuitOpen", "TokenBrokerSecretStale"} <= set(rules), sorted(rules)
+    assert rules["TokenBrokerTooManyLimited"]["annotations"]["summary"] == "{{ $labels.namespace }}: many requests are " \
+        "rate limited", "additional rules as written (Prometheus templates untouched)"
+    assert rules["broker:requests:rate5m"]["expr"].startswith("sum by (route)"), "a recording rule"
+
+
+def assert_httproute(docs: list[dict[str, Any]], hooks: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    route = one(docs, "HTTPRoute")
+    assert not [d for d in docs if d["kind"] == "Ingress"], "no Ingress beside the HTTPRoute"
+    spec = route["spec"]
+    v = values["httpRoute"]
+    assert spec["parentRefs"] == v["parentRefs"] and spec["hostnames"] == v["hostnames"], spec
+    assert spec["rules"] == [{"matches": v["matches"], "filters": v["filters"], "timeouts": v["timeouts"],
+                              "backendRefs": [{"name": "broker-intellia-token-broker", "port": 8080}]}], spec["rules"]
+    assert route["metadata"]["labels"]["gateway"] == "public" and \
+        route["metadata"]["annotations"] == {"example.com/owner": "web"}, route["metadata"]
+    http = one(docs, "NetworkPolicy")["spec"]["ingress"][0]
+    assert http["from"][0] == values["networkPolicy"]["httpFrom"][0], "the Gateway's pods admitted"
+
+
+def assert_openshift_dns(docs: list[dict[str, Any]], hooks: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    for np in [d for d in docs + hooks if d["kind"] == "NetworkPolicy"]:
+        dns = np["spec"]["egress"][0]
+        assert sorted((p["port"], p["protocol"]) for p in dns["ports"]) == \
+            [(53, "TCP"), (53, "UDP"), (5353, "TCP"), (5353, "UDP")], f"DNS ports {dns['ports']}"
+        assert dns["to"] == values["networkPolicy"]["egress"]["dnsTo"], f"DNS peers {dns['to']}"
+
+
+def notes(chart: helm.Chart, values: dict[str, Any]) -> str:
+    out = chart.render(values, name=RELEASE, namespace=NAMESPACE, is_install=True)
+    return next(v for k, v in out.items() if k.endswith("NOTES.txt"))
+
+
+def assert_backend_port(docs: list[dict[str, Any]], hooks: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    svc = one(docs, "Service")
+    ports = {p["name"]: p for p in svc["spec"]["ports"]}
+    assert ports["backend"] == {"name": "backend", "port": 18081, "targetPort": "backend", "protocol": "TCP",
+                                "appProtocol": "http"}, ports.get("backend")
+    np = one(docs, "NetworkPolicy")["spec"]
+    rules = {r["ports"][0]["port"]: r for r in np["ingress"]}
+    assert rules["backend"]["from"] == values["backendRoute"]["allowedFrom"], \
+        f"backend port admits backendRoute.allowedFrom only: {rules['backend']}"
+    assert "from" not in rules["http"], "the public port stays open to any source (httpFrom empty)"
+    ing = one(docs, "Ingress")
+    for rule in ing["spec"]["rules"]:
+        for p in rule["http"]["paths"]:
+            assert p["backend"]["service"]["port"] == {"name": "http"}, p
+    # A collector reached through extraEnv: the policy lets it through on its gRPC port.
+    otlp = [r for r in np["egress"] if any(p["port"] == 4317 for p in r["ports"])]
+    assert otlp and otlp[0]["to"] == values["networkPolicy"]["egress"]["otlp"]["to"], np["egress"]
+
+
 SET_CHECKS: dict[str, tuple[str, Callable[..., None]]] = {
     "default": ("no Deployment annotations, startupProbe, envFrom, extra volumes or IP families unless asked",
                 assert_no_extras),
@@ -826,7 +951,62 @@ SET_CHECKS: dict[str, tuple[str, Callable[..., None]]] = {
                   assert_ipv6),
     "dual-stack-ingress": ("Service RequireDualStack [IPv6, IPv4], [::] listeners, Ingress, http ingress "
                            "ipBlocks of both families", assert_dual_stack_ingress),
+    "private-registry": ("global.imageRegistry before the repository, by digest, on the broker and the test pods; "
+                         "global then chart pull secrets (names or objects) without duplicates", assert_private_registry),
+    "extensions": ("commonLabels/commonAnnotations on every object, extra and init containers and extraObjects "
+                   "through tpl, strategy, revisionHistoryLimit, SA token, ServiceMonitor relabelings/scheme/TLS/"
+                   "namespace, disabled and additional rules", assert_extensions),
+    "httproute": ("HTTPRoute to the http port only (parentRefs, hostnames, matches, filters, timeouts), no Ingress, "
+                  "the Gateway's pods admitted", assert_httproute),
+    "openshift-dns": ("DNS egress to openshift-dns's pods by label on 53 and 5353, UDP and TCP, broker and test "
+                      "policies", assert_openshift_dns),
+    "backend-port": ("backend Service port of its own, never behind the Ingress, admitted from the selected "
+                     "callers only; an extraEnv collector allowed on its port", assert_backend_port),
 }
+
+
+GATEWAY_SCHEMA = Path(__file__).resolve().parent / "schemas" / "gateway-api-httproute-v1.json"
+
+
+def load_gateway_schema() -> dict[str, Any]:
+    schema = json.loads(GATEWAY_SCHEMA.read_text())
+    src = schema["x-source"]
+    print(f"     HTTPRoute schema: {src['repository']} {src['tag']} ({src['commit'][:12]}) {src['path']}")
+
+    def close(node: Any) -> None:
+        if isinstance(node, dict):
+            if node.get("type") == "object" and "properties" in node and "additionalProperties" not in node \
+                    and not node.get("x-kubernetes-preserve-unknown-fields"):
+                node["additionalProperties"] = False
+            for v in node.values():
+                close(v)
+        elif isinstance(node, list):
+            for v in node:
+                close(v)
+
+    close(schema)
+    schema["properties"]["apiVersion"]["const"] = "gateway.networking.k8s.io/v1"
+    schema["properties"]["kind"]["const"] = "HTTPRoute"
+    schema["required"] = sorted(set(schema.get("required", [])) | {"apiVersion", "kind", "metadata", "spec"})
+    return schema
+
+
+def validate_httproutes(routes: list[dict[str, Any]], schema: dict[str, Any] | None) -> None:
+    import jsonschema
+
+    assert schema is not None, "no Gateway API schema"
+    validator = jsonschema.Draft7Validator(schema)
+    for d in routes:
+        errors = [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(d)]
+        assert not errors, "; ".join(errors)[:800]
+        # The CEL rules jsonschema cannot run, for what the chart renders: a PathPrefix/Exact value
+        # starts with "/" and at most one route rule carries the chart's one backend.
+        for rule in d["spec"]["rules"]:
+            for m in rule.get("matches", []):
+                path = m.get("path") or {}
+                if path.get("type") in ("PathPrefix", "Exact"):
+                    assert str(path.get("value", "/")).startswith("/"), f"path {path} must start with /"
+        assert d["metadata"]["name"] and d["metadata"]["namespace"] == NAMESPACE, d["metadata"]
 
 
 def assert_subchart(chart_dir: Path, out: Path) -> None:
@@ -843,9 +1023,19 @@ def assert_subchart(chart_dir: Path, out: Path) -> None:
     (parent / "values.yaml").write_text(yaml.safe_dump({
         "global": {"imageRegistry": "registry.example.com", "imagePullSecrets": []},
         chart_dir.name: {"config": {"intellia": {"organization_id": "org-parent"}}}}))
+    (parent / "values.yaml").write_text(yaml.safe_dump({
+        "global": {"imageRegistry": "registry.example.com", "imagePullSecrets": ["corp-pull"], "storageClass": "x"},
+        chart_dir.name: {"config": {"intellia": {"organization_id": "org-parent"}}}}))
     parent_chart = helm.Chart.load(str(parent))
-    docs = [d for d in render(parent_chart, {}) if not is_hook(d)]
+    rendered = render(parent_chart, {})
+    docs = [d for d in rendered if not is_hook(d)]
     assert broker_config(docs)["intellia"]["organization_id"] == "org-parent", "subchart values reach the config"
+    for spec in [pod_spec(docs)] + [h["spec"] for h in rendered if h["kind"] == "Pod"]:
+        images = [c["image"] for c in spec["containers"]]
+        assert all(i == "registry.example.com/intellia/intellia-token-broker:" + i.rsplit(":", 1)[-1] for i in images), \
+            f"the parent's global.imageRegistry reaches every pod: {images}"
+        assert spec.get("imagePullSecrets") == [{"name": "corp-pull"}], \
+            f"the parent's global.imagePullSecrets reach every pod: {spec.get('imagePullSecrets')}"
     lint(parent, {})
 
 
@@ -940,6 +1130,11 @@ def sidecar_checks(path: Path, out: Path) -> int:
         check_design_keys(conf)
         assert conf["server"]["listen"] == "127.0.0.1:8080", "the sidecar listens on loopback only"
         assert conf["backend"]["secret_file"].startswith("/var/run/secrets/"), "backend secret from a file"
+        assert conf["backend"].get("listen", "127.0.0.1:8081") == "127.0.0.1:8081", \
+            "the sidecar route on its own loopback listener"
+        app = [c for c in pod_spec(docs)["containers"]][0]
+        url = {e["name"]: e.get("value") for e in app.get("env", [])}.get("TOKEN_BROKER_URL")
+        assert url == "http://127.0.0.1:8081/v1/backend/token", f"the app calls the backend listener: {url}"
         assert conf["intellia"]["api_key_file"] == API_KEY_FILE, "API key from the mounted file"
 
     def security() -> None:
@@ -1024,6 +1219,12 @@ def main() -> int:
     # other pod extras, a parent chart's `global`, IPv6-only and dual-stack with an Ingress.
     for extra in ("openshift", "extras-ca-bundle", "global", "ipv6-only", "dual-stack-ingress"):
         sets[extra] = here / "values" / f"{extra}.yaml"
+    # How charts are consumed: a private registry for the whole umbrella, the extension points,
+    # Gateway API, OpenShift's DNS, the backend route on its own port.
+    for extra in ("private-registry", "extensions", "httproute", "openshift-dns", "backend-port"):
+        sets[extra] = here / "values" / f"{extra}.yaml"
+    gw_schema = checks.check(f"gateway-api schema: {GATEWAY_SCHEMA.name} (vendored, source and version inside)",
+                             load_gateway_schema)
     for name, path in sets.items():
         values = load_values(path)
         checks.check(f"{name}: helm lint --strict", lambda: lint(chart_dir, values))
@@ -1034,7 +1235,8 @@ def main() -> int:
         hooks = [d for d in rendered if is_hook(d)]
         print(f"     {name} resources: {', '.join(kinds(docs))}")
         crds = [d for d in docs if d["apiVersion"].startswith("monitoring.coreos.com/")]
-        core = [d for d in docs if d not in crds]
+        routes = [d for d in docs if d["apiVersion"].startswith("gateway.networking.k8s.io/")]
+        core = [d for d in docs if d not in crds and d not in routes]
         manifest = out / f"{name}.yaml"
         manifest.write_text(dump(core + hooks))
         sms = [d for d in crds if d["kind"] == "ServiceMonitor"]
@@ -1046,6 +1248,10 @@ def main() -> int:
             checks.check(f"{name}: kubernetes-validate --strict -k {kv} ({len(core)} objects)",
                          lambda kv=kv: kubernetes_validate(args.venv_bin, manifest, kv))
         assert {d["kind"] for d in crds} <= {"ServiceMonitor", "PrometheusRule"}, kinds(crds)
+        if routes:
+            (out / f"{name}.httproute.yaml").write_text(dump(routes))
+            checks.check(f"{name}: HTTPRoute against the Gateway API v1 schema (strict)",
+                         lambda: validate_httproutes(routes, gw_schema))
         if sms and sm_schema is not None:
             checks.check(f"{name}: ServiceMonitor against the CRD schema (strict)",
                          lambda: validate_servicemonitors(sms, sm_schema))
@@ -1066,7 +1272,8 @@ def main() -> int:
         metrics = (values.get("metrics") or {}).get("enabled", True)
         uid = None if name == "openshift" else UID
         checks.check(f"{name}: securityContext (non-root 65532, read-only root, no privilege escalation, "
-                     f"caps dropped, seccomp) and resources", lambda: assert_security(docs, uid))
+                     f"caps dropped, seccomp) and resources",
+                     lambda: assert_security(docs, uid, bool((values.get("serviceAccount") or {}).get("automount"))))
         checks.check(f"{name}: helm test pods (healthcheck via the Service, doctor with the Deployment's config, "
                      f"secrets, env and mounts), hardened, reachable through the NetworkPolicy, never selected",
                      lambda: assert_helm_tests(docs, hooks, uid))
@@ -1076,8 +1283,8 @@ def main() -> int:
                      lambda: assert_config_mount(docs))
         checks.check(f"{name}: rendered config.json parses and uses only configuration-reference keys",
                      lambda: assert_config_keys(docs, values))
-        checks.check(f"{name}: probes /healthz and /readyz on http; ports 8080/9091; Ingress on http only",
-                     lambda: assert_probes_and_ports(docs, metrics))
+        checks.check(f"{name}: probes /healthz and /readyz on http; ports 8080/9091 (8081 backend); Ingress and "
+                     f"HTTPRoute on http only", lambda: assert_probes_and_ports(docs, values))
         checks.check(f"{name}: checksum/config and checksum/secret present and change with their inputs",
                      lambda: assert_checksums(chart, docs, values))
         checks.check(f"{name}: terminationGracePeriodSeconds > preStop sleep + shutdown_grace_secs",
@@ -1103,7 +1310,8 @@ def main() -> int:
             what, fn = SET_CHECKS[name]
             checks.check(f"{name}: {what}", lambda fn=fn: fn(docs, hooks, values))
 
-    checks.check("subchart: a parent chart passing `global` (and values under the chart's name) renders",
+    checks.check("subchart: a parent chart's `global` imageRegistry and imagePullSecrets reach every pod (and "
+                 "values under the chart's name reach the config)",
                  lambda: assert_subchart(chart_dir, out))
 
     def redis_replicas_default() -> None:
@@ -1122,6 +1330,47 @@ def main() -> int:
 
     checks.check("redis: replicas defaults to replicaCount (HPA off) / maxReplicas, capped at 1000, explicit wins",
                  redis_replicas_default)
+
+    def otlp_endpoint_allowed_or_named() -> None:
+        collector = "http://otel-collector.observability.svc:4318"
+        by_config = {"config": {"telemetry": {"otlp_endpoint": collector}}}
+        by_env = {"extraEnv": [{"name": "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "value": collector}]}
+        peers = {"networkPolicy": {"egress": {"otlp": {"to": [{"namespaceSelector": {}, "podSelector": {
+            "matchLabels": {"app.kubernetes.io/name": "opentelemetry-collector"}}}]}}}}
+        for given, where in ((by_config, "config.telemetry.otlp_endpoint"), (by_env, "extraEnv")):
+            text = notes(chart, given)
+            assert collector in text and "blocked by the NetworkPolicy" in text, f"{where}: NOTES names it:\n{text}"
+            text = notes(chart, merged(given, peers))
+            assert "blocked" not in text, f"{where} with otlp.to: allowed, no warning:\n{text}"
+            np = one([d for d in render(chart, merged(given, peers)) if not is_hook(d)], "NetworkPolicy")["spec"]
+            assert any(r.get("to") == peers["networkPolicy"]["egress"]["otlp"]["to"] and
+                       {p["port"] for p in r["ports"]} == {4317, 4318} for r in np["egress"]), np["egress"]
+        # the wrong port named too; a public https collector on 443 is covered; envFrom may hide one
+        text = notes(chart, merged({"extraEnv": [{"name": "OTEL_EXPORTER_OTLP_ENDPOINT", "value":
+                                                   "http://otel.observability.svc:55681"}]}, peers))
+        assert "http://otel.observability.svc:55681" in text and "blocked" in text, text
+        text = notes(chart, {"config": {"telemetry": {"otlp_endpoint": "https://otlp.vendor.example.com/v1/traces"}}})
+        assert "blocked" not in text, text
+        text = notes(chart, {"envFrom": [{"configMapRef": {"name": "otel"}}]})
+        assert "envFrom or a valueFrom" in text, text
+        assert "OTLP" not in notes(chart, {}), "nothing said without a collector"
+
+    checks.check("OTLP endpoint from values, extraEnv or envFrom: allowed by networkPolicy.egress.otlp or named in "
+                 "NOTES (wrong port too); a public https collector on 443 is covered", otlp_endpoint_allowed_or_named)
+
+    def default_network_policy_assumes_no_namespace() -> None:
+        np = one([d for d in render(chart, {}) if not is_hook(d)], "NetworkPolicy")["spec"]
+        metrics = [r for r in np["ingress"] if r["ports"][0]["port"] == "metrics"][0]
+        assert metrics["from"] == [{"namespaceSelector": {}, "podSelector": {"matchLabels": {
+            "app.kubernetes.io/name": "prometheus"}}}], f"metrics scrapers by label in any namespace: {metrics}"
+        for peer in metrics["from"] + np["egress"][0]["to"]:
+            assert "kubernetes.io/metadata.name" not in json.dumps(peer), f"a namespace name assumed: {peer}"
+        nps = [d for d in render(chart, {"networkPolicy": {"metricsFrom": []}}) if not is_hook(d)]
+        metrics = [r for r in one(nps, "NetworkPolicy")["spec"]["ingress"] if r["ports"][0]["port"] == "metrics"][0]
+        assert "from" not in metrics, "metricsFrom [] admits any scraper"
+
+    checks.check("NetworkPolicy defaults assume no namespace name: Prometheus pods (any namespace) scrape, DNS to "
+                 "k8s-app=kube-dns pods (any namespace); metricsFrom [] opens metrics", default_network_policy_assumes_no_namespace)
 
     def derived_defaults() -> None:
         # every value accepted alone (drain_delay_secs derived by the broker)
@@ -1152,6 +1401,10 @@ def main() -> int:
         labels = cm["metadata"]["labels"]
         assert labels["grafana_dashboard"] == "intellia" and labels["team"] == "web" \
             and cm["metadata"]["namespace"] == "monitoring", "dashboard labels and namespace configurable"
+        both = {"backendRoute": {"enabled": True}, "secret": {"existingSecret": "s"},
+                "service": {"ipFamilies": ["IPv6", "IPv4"], "ipFamilyPolicy": "PreferDualStack"}}
+        assert broker_config(render(chart, both))["backend"]["listen"] == "[::]:8081", \
+            "the backend listener on the IPv6 wildcard when the Service asks for IPv6"
         docs = render(chart, {"prometheusRule": {"enabled": True, "selector": 'service="b"'}})
         alerts = {r["alert"]: r["expr"] for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]}
         assert "TokenBrokerRedisDown" not in alerts and "TokenBrokerJwksStale" not in alerts, \
@@ -1160,6 +1413,7 @@ def main() -> int:
 
     checks.check("defaults fit together: any shutdown_grace_secs alone renders (no drain_delay_secs), "
                  "sample_ratio float, client_secret_basic default, private_key_jwt from an existingSecret, "
+                 "backend listener on [::] with IPv6, "
                  "dashboard labels/namespace, conditional alerts, rule selector", derived_defaults)
 
     negative = [
@@ -1224,6 +1478,22 @@ def main() -> int:
         ("bad-envfrom-chart-secret.yaml", r"envFrom: Secret broker-intellia-token-broker holds the Intellia API key",
          False),
         ("bad-envfrom-two-sources.yaml", r"envFrom/0", True),
+        # how charts are consumed
+        ("bad-ingress-and-httproute.yaml", r"an Ingress or a Gateway API HTTPRoute, not both", False),
+        ("bad-httproute-without-parent.yaml", r"httpRoute/parentRefs", True),
+        ("bad-httproute-to-backend.yaml", r"httpRoute.*backendRefs", True),
+        ("bad-backend-port-is-public.yaml", r"service.port, service.metricsPort and service.backendPort must differ",
+         False),
+        ("bad-backend-open-to-all.yaml", r"backendRoute.allowedFrom is empty", False),
+        ("bad-common-label-selector.yaml", r"commonLabels: app.kubernetes.io/name is one of the chart's own labels",
+         False),
+        ("bad-extra-container-broker.yaml", r'extraContainers: the name \\?"broker\\?" is the chart', False),
+        ("bad-strategy-type.yaml", r"strategy/type", True),
+        ("bad-additional-rule-without-expr.yaml", r"additionalRules/0.*expr", True),
+        ("bad-disabled-rule-name.yaml", r"'Slow' does not match pattern '\^TokenBroker", True),
+        ("bad-global-image-registry.yaml", r"global/imageRegistry", True),
+        ("bad-pull-secret.yaml", r"imagePullSecrets/0", True),
+        ("bad-dns-ports-empty.yaml", r"networkPolicy/egress/dnsPorts", True),
     ]
     for fname, want, by_schema in negative:
         values = load_values(here / "values" / fname)

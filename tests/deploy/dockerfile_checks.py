@@ -10,7 +10,11 @@ built for arm64. Instead:
     written, with apt-get, rustup, rm and cargo replaced by stubs that record their arguments and
     environment; the records must show the right target triple, cross linker and C compiler, jemalloc
     built for 64K pages on arm64, `cargo auditable build`, and an unknown TARGETARCH must stop the
-    build with a message.
+    build with a message;
+  * the dependency layer: the builder copies the manifests alone (COPY of files, run here from the
+    repository), builds every dependency around stub sources (one per crate root and per declared
+    bench, recorded by the cargo stub) before `COPY . .`, then touches the crate roots so the real
+    build does not take the stub for up to date.
 `--self-test` also runs the checks on mutated copies of the Dockerfile and fails unless each mutation
 is caught, so a check that cannot fail does not go unnoticed.
 
@@ -133,6 +137,7 @@ if [ "${0##*/}" = cargo ]; then
     shift
   done
   if [ -n "$build" ] && [ -n "$target" ]; then
+    { find . -path ./target -prune -o -type f -print | sed 's#^\./#FILE #' | sort; echo END; } >> "$STUB_LOG"
     mkdir -p "target/$target/release"
     printf '#!/bin/sh\necho intellia-token-broker 0.0.0-stub\n' > "target/$target/release/intellia-token-broker"
     chmod 755 "target/$target/release/intellia-token-broker"
@@ -145,6 +150,9 @@ def read_stub_log(text: str) -> list[dict]:
     records, cur = [], None
     for line in text.splitlines():
         kind, _, value = line.partition(" ")
+        if kind == "FILE" and records:
+            records[-1].setdefault("files", []).append(value)
+            continue
         if kind == "CMD":
             cur = {"cmd": value, "args": [], "env": {}}
         elif kind == "ARG" and cur is not None:
@@ -158,7 +166,26 @@ def read_stub_log(text: str) -> list[dict]:
     return records
 
 
-def simulate(stage: Stage, stage_args: dict[str, str | None], target: str, build: str, work: Path):
+def copy_from_context(rest: str, context: Path, src: Path) -> None:
+    """A `COPY a b dest/` of files from the build context into the simulated WORKDIR (`COPY . .`
+    and copies from other stages are left out: the whole tree is not needed to check the steps)."""
+    if "--from=" in rest:
+        return
+    parts = [p for p in rest.split() if not p.startswith("--")]
+    *sources, dest = parts
+    if sources == ["."]:
+        return
+    for source in sources:
+        origin = context / source
+        if not origin.is_file():
+            continue
+        to = src / dest / Path(source).name if dest.endswith("/") or dest in (".", "./") else src / dest
+        to.parent.mkdir(parents=True, exist_ok=True)
+        to.write_bytes(origin.read_bytes())
+
+
+def simulate(stage: Stage, stage_args: dict[str, str | None], target: str, build: str, work: Path,
+             context: Path):
     """Runs the stage's RUN steps with stubs; returns (exit code, stderr, stub records, out dir)."""
     work.mkdir(parents=True)
     bindir = work / "stubs"
@@ -191,6 +218,9 @@ def simulate(stage: Stage, stage_args: dict[str, str | None], target: str, build
                 k, _, v = part.partition("=")
                 env[k] = v
             continue
+        if keyword == "COPY":
+            copy_from_context(rest, context, src)
+            continue
         if keyword != "RUN":
             continue
         cmd = run_flags_stripped(rest)
@@ -204,8 +234,38 @@ def simulate(stage: Stage, stage_args: dict[str, str | None], target: str, build
     return rc, err, records, Path(str(work) + "_out")
 
 
-def check(text: str, work: Path) -> list[str]:
+def bench_names(context: Path) -> list[str]:
+    text = (context / "Cargo.toml").read_text()
+    return re.findall(r'^\[\[bench\]\]\s*\nname = "([^"]+)"', text, re.M)
+
+
+def dependency_layer_problems(builder: Stage) -> list[str]:
+    """The order of the builder's steps: manifests, the dependency build, `COPY . .`, the real build."""
+    problems = []
+    steps = [(k, rest) for k, rest in builder.body if k in ("COPY", "RUN")]
+    builds = [i for i, (k, rest) in enumerate(steps) if k == "RUN" and "cargo auditable build" in rest]
+    copy_all = [i for i, (k, rest) in enumerate(steps)
+                if k == "COPY" and "--from=" not in rest and rest.split()[-2:] == [".", "."]]
+    if len(builds) != 2 or len(copy_all) != 1:
+        return [f"builder: want a dependency build, one `COPY . .`, then the real build; found "
+                f"{len(builds)} build step(s) and {len(copy_all)} `COPY . .`"]
+    deps, real = builds
+    if not deps < copy_all[0] < real:
+        problems.append("builder: the dependency build must come before `COPY . .` (else any edit rebuilds "
+                        "every dependency) and the real build after it")
+    manifests = " ".join(rest for k, rest in steps[:deps] if k == "COPY")
+    for need in ("Cargo.toml", "Cargo.lock", "testkit/Cargo.toml"):
+        if need not in manifests.split():
+            problems.append(f"builder: {need} is not copied before the dependency build")
+    if not re.search(r"touch src/lib\.rs src/main\.rs.*cargo auditable build", steps[real][1]):
+        problems.append("builder: the real build does not touch src/lib.rs and src/main.rs first (cargo would "
+                        "take the stub build, newer than the copied sources, for up to date)")
+    return problems
+
+
+def check(text: str, work: Path, context: Path | None = None) -> list[str]:
     """Every problem found in the Dockerfile text; empty when it meets the contract."""
+    context = context or Path(__file__).resolve().parents[2]
     problems: list[str] = []
     global_args, stages = parse(text)
     if len(stages) < 2:
@@ -253,10 +313,15 @@ def check(text: str, work: Path) -> list[str]:
     if not (version and re.fullmatch(r"\d+\.\d+\.\d+", version)):
         problems.append(f"builder: CARGO_AUDITABLE_VERSION={version!r}, want a pinned x.y.z")
 
+    problems += dependency_layer_problems(builder)
+    stubs = {"Cargo.toml", "Cargo.lock", "testkit/Cargo.toml", "src/lib.rs", "src/main.rs", "testkit/src/lib.rs"} | {
+        f"benches/{b}.rs" for b in bench_names(context)}
+
     scenarios = [("amd64", "amd64"), ("arm64", "amd64"), ("arm64", "arm64"), ("amd64", "arm64")]
     for target, build in scenarios:
         where = f"builder for {target} on {build}"
-        rc, err, records, out = simulate(builder, stage_args, target, build, work / f"{target}-on-{build}")
+        rc, err, records, out = simulate(builder, stage_args, target, build, work / f"{target}-on-{build}",
+                                         context)
         if rc != 0:
             problems.append(f"{where}: a RUN step failed ({rc}): {err.strip()[-300:]}")
             continue
@@ -266,19 +331,27 @@ def check(text: str, work: Path) -> list[str]:
         if not any("--locked" in r["args"] and f"cargo-auditable@{version}" in r["args"] for r in installs):
             problems.append(f"{where}: no `cargo install --locked cargo-auditable@{version}`")
         builds = [r for r in cargo if "build" in r["args"]]
-        if len(builds) != 1:
-            problems.append(f"{where}: {len(builds)} cargo builds, want 1")
+        if len(builds) != 2:
+            problems.append(f"{where}: {len(builds)} cargo builds, want 2 (dependencies, then the crate)")
             continue
-        b = builds[0]
-        if b["args"][:2] != ["auditable", "build"]:
-            problems.append(f"{where}: `cargo {' '.join(b['args'][:2])}`, want `cargo auditable build`")
-        for flag in ("--release", "--locked"):
-            if flag not in b["args"]:
-                problems.append(f"{where}: cargo build without {flag}")
-        if "--target" not in b["args"] or b["args"][b["args"].index("--target") + 1] != triple:
-            problems.append(f"{where}: cargo build not for --target {triple}: {b['args']}")
-        if "+crt-static" not in b["env"].get("RUSTFLAGS", ""):
-            problems.append(f"{where}: RUSTFLAGS lacks +crt-static (binary would not be static)")
+        deps_build, b = builds
+        missing_stubs = sorted(stubs - set(deps_build.get("files", [])))
+        if missing_stubs:
+            problems.append(f"{where}: the dependency build lacks {missing_stubs} (cargo needs every declared "
+                            f"target's file)")
+        for one in builds:
+            if one["args"][:2] != ["auditable", "build"]:
+                problems.append(f"{where}: `cargo {' '.join(one['args'][:2])}`, want `cargo auditable build`")
+            for flag in ("--release", "--locked"):
+                if flag not in one["args"]:
+                    problems.append(f"{where}: cargo build without {flag}")
+            if "--target" not in one["args"] or one["args"][one["args"].index("--target") + 1] != triple:
+                problems.append(f"{where}: cargo build not for --target {triple}: {one['args']}")
+            if "+crt-static" not in one["env"].get("RUSTFLAGS", ""):
+                problems.append(f"{where}: RUSTFLAGS lacks +crt-static (binary would not be static)")
+        if deps_build["env"] != b["env"]:
+            problems.append(f"{where}: the dependency build's environment differs from the real one's "
+                            f"(every dependency would be built again): {deps_build['env']} vs {b['env']}")
         upper = triple.upper().replace("-", "_")
         lg_page = b["env"].get(f"{upper}_JEMALLOC_SYS_WITH_LG_PAGE", b["env"].get("JEMALLOC_SYS_WITH_LG_PAGE"))
         if target == "arm64" and lg_page != "16":
@@ -306,7 +379,7 @@ def check(text: str, work: Path) -> list[str]:
 
     for odd in ("s390x", "riscv64", "arm"):
         where = f"builder for TARGETARCH={odd}"
-        rc, err, records, _ = simulate(builder, stage_args, odd, "amd64", work / f"{odd}-on-amd64")
+        rc, err, records, _ = simulate(builder, stage_args, odd, "amd64", work / f"{odd}-on-amd64", context)
         if rc == 0:
             problems.append(f"{where}: the build went on; an unsupported architecture must fail it")
         elif odd not in err or "unsupported" not in err.lower():
@@ -329,6 +402,10 @@ MUTATIONS = [
     ("RUN in the runtime stage", r"\nUSER ", "\nRUN [\"/usr/local/bin/intellia-token-broker\", \"--version\"]\nUSER "),
     ("runtime as root", r"\nUSER 65532:65532", "\nUSER 0:0"),
     ("static linking dropped", r"-C target-feature=\+crt-static", "-C opt-level=3"),
+    ("dependencies built after COPY . .", r"\nCOPY Cargo\.toml Cargo\.lock \./\n", "\nCOPY . .\nCOPY Cargo.toml Cargo.lock ./\n"),
+    ("stub build taken for the real one", r"touch src/lib\.rs src/main\.rs", "true"),
+    ("no stub for the benches", r"> \"benches/\$\{bench\}\.rs\"", "> /dev/null"),
+    ("real build without crt-static", r"(&& touch src/lib\.rs src/main\.rs \\\n \&\& )RUSTFLAGS='-C target-feature=\+crt-static'", r"\1RUSTFLAGS='-C opt-level=3'"),
 ]
 
 

@@ -32,7 +32,7 @@ KNOWN = {
     "ignorePaths", "enabledManagers", "lockFileMaintenance", "cargo", "npm", "dockerfile",
     "pip_requirements", "helmv3", "helm-values", "customManagers", "packageRules", "labels",
     "rangeStrategy", "automerge", "dependencyDashboard", "pinDigests", "osvVulnerabilityAlerts",
-    "vulnerabilityAlerts", "minimumReleaseAge", "semanticCommits",
+    "vulnerabilityAlerts", "minimumReleaseAge", "semanticCommits", "github-actions",
 }
 # Renovate's default managerFilePatterns for the managers this repository needs.
 DEFAULT_PATTERNS = {
@@ -41,6 +41,7 @@ DEFAULT_PATTERNS = {
     "pip_requirements": r"(^|/)[\w-]*requirements([-.]\w+)?\.(txt|pip)$",
     "dockerfile": r"(^|/|\.)([Dd]ocker|[Cc]ontainer)file$",
     "helmv3": r"(^|/)Chart\.ya?ml$",
+    "github-actions": r"(^|/)\.github/workflows/[^/]+\.ya?ml$",
 }
 PIN = re.compile(r"cargo install --locked [^\n]*?\b([a-z0-9_-]+)@")
 

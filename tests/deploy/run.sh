@@ -66,8 +66,11 @@ PIDS=()
 CONTAINERS=()
 cleanup() {
   local pid c
+  # Children first (the background static build's cargo, a `buildah run`'s broker), then the pid.
   for pid in "${PIDS[@]:-}"; do
-    [ -n "$pid" ] && kill "$pid" 2>/dev/null || true
+    [ -n "$pid" ] || continue
+    for c in $(descendants "$pid"); do kill "$c" 2>/dev/null || true; done
+    kill "$pid" 2>/dev/null || true
   done
   for c in "${CONTAINERS[@]:-}"; do
     [ -n "$c" ] && bah rm "$c" >/dev/null 2>&1 || true
@@ -103,19 +106,58 @@ wait_healthy() {
 # ---------------------------------------------------------------------------
 step "tools (.venv-deploy)"
 PY="${PYTHON:-python3}"
-REQ_HASH="$(sha256sum "$HERE/requirements.txt" | cut -d' ' -f1)"
+REQ_HASH="$(cat "$HERE/requirements.txt" "$HERE/requirements-actionlint.txt" | sha256sum | cut -d' ' -f1)"
 if [ -x "$VENV/bin/python" ] && [ "$(cat "$VENV/.requirements.sha256" 2>/dev/null)" = "$REQ_HASH" ]; then
   pass "venv: reused $VENV"
 else
   rm -rf "$VENV"
   if "$PY" -m venv "$VENV" \
-     && "$VENV/bin/pip" install --disable-pip-version-check --no-input -q -r "$HERE/requirements.txt"; then
+     && "$VENV/bin/pip" install --disable-pip-version-check --no-input -q -r "$HERE/requirements.txt" \
+     && "$VENV/bin/pip" install --disable-pip-version-check --no-input -q --require-hashes --no-deps \
+          -r "$HERE/requirements-actionlint.txt"; then
     echo "$REQ_HASH" > "$VENV/.requirements.sha256"
-    pass "venv: created $VENV from tests/deploy/requirements.txt"
+    pass "venv: created $VENV from tests/deploy/requirements.txt and requirements-actionlint.txt"
   else
     fail "venv: could not install tests/deploy/requirements.txt"
     exit 1
   fi
+fi
+
+# The static release binary for the image part (cargo-auditable at the Dockerfile's pinned version,
+# then `cargo auditable build --release --target x86_64…` with +crt-static) takes most of this
+# script's time; it runs in the background from here, while the Dockerfile, workflow and chart
+# checks (single-threaded Python and Helm) run beside it. Its PASS/FAIL lines are replayed in order
+# by image_checks.
+static_build() {
+  local auditable t0
+  auditable="$(sed -n 's/^ARG CARGO_AUDITABLE_VERSION=//p' "$REPO/Dockerfile")"
+  if [ "$(cargo auditable --version 2>/dev/null)" = "cargo-auditable $auditable" ]; then
+    echo "PASS cargo-auditable $auditable present"
+  else
+    t0=$(date +%s)
+    if cargo install --locked --quiet "cargo-auditable@$auditable"; then
+      echo "PASS cargo-auditable $auditable installed ($(( $(date +%s) - t0 )) s)"
+    else
+      echo "FAIL cargo install --locked cargo-auditable@$auditable"
+      return 1
+    fi
+  fi
+  t0=$(date +%s)
+  if (cd "$REPO" && RUSTFLAGS='-C target-feature=+crt-static' \
+        cargo auditable build --release --locked --target "$TARGET_TRIPLE"); then
+    echo "PASS static release build (cargo auditable build --release --locked --target $TARGET_TRIPLE, +crt-static) in $(( $(date +%s) - t0 )) s"
+  else
+    echo "FAIL static release build"
+    return 1
+  fi
+}
+STATIC_BUILD_PID=""
+if [ "$CHART_ONLY" = 0 ] && [ "${DEPLOY_SKIP_IMAGE:-}" != 1 ] && [ -z "${STATIC_BROKER_BIN:-}" ] \
+   && { command -v buildah >/dev/null 2>&1 || [ "$(id -u)" = 0 ]; }; then
+  static_build > "$WORK/static-build.log" 2>&1 &
+  STATIC_BUILD_PID=$!
+  PIDS+=("$STATIC_BUILD_PID")
+  echo "static release build started in the background (pid $STATIC_BUILD_PID, log in image part)"
 fi
 
 dockerfile_checks() {
@@ -192,6 +234,33 @@ else
 fi
 
 # ---------------------------------------------------------------------------
+step "release automation (.github/workflows) and release metadata"
+if command -v shellcheck >/dev/null 2>&1 \
+   || { [ "$(id -u)" = 0 ] && { DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 shellcheck >/dev/null 2>&1 \
+        || { apt-get update -qq -o DPkg::Lock::Timeout=300 >/dev/null 2>&1 \
+             && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends -o DPkg::Lock::Timeout=300 shellcheck >/dev/null 2>&1; }; }; }; then
+  SHELLCHECK_NOTE="with shellcheck $(shellcheck --version | sed -n 's/^version: //p') on every run: step"
+else
+  SHELLCHECK_NOTE="without shellcheck (not installed and cannot be installed here): run: steps not checked"
+fi
+if out=$("$VENV/bin/actionlint" -no-color "$REPO"/.github/workflows/*.yml 2>&1); then
+  pass "actionlint $("$VENV/bin/actionlint" -version | head -n1 | cut -d' ' -f2): $(ls "$REPO"/.github/workflows/*.yml | wc -l) workflows clean, $SHELLCHECK_NOTE"
+else
+  echo "$out" | head -n 40 | sed 's/^/  /'
+  fail "actionlint: .github/workflows has findings"
+fi
+if "$VENV/bin/python" "$HERE/release_checks.py" --self-test "$REPO"; then
+  pass "release metadata: actions pinned by commit SHA, one version everywhere, one license everywhere (and the checks' self-test)"
+else
+  fail "release metadata"
+fi
+if "$VENV/bin/python" "$REPO/scripts/chart_readme.py" --check; then
+  pass "helm/intellia-token-broker/README.md matches its values' comments (scripts/chart_readme.py)"
+else
+  fail "chart README drifted from values.yaml: run \`python3 scripts/chart_readme.py\`"
+fi
+
+# ---------------------------------------------------------------------------
 step "promtool (Debian package prometheus) for the chart's alerts and dashboard"
 if command -v promtool >/dev/null 2>&1; then
   pass "promtool: $(promtool --version 2>&1 | head -n1)"
@@ -265,15 +334,37 @@ PY
 # chart_checks.py wrote (one per values set) and the sidecar recipe's TOML go
 # through `$1 check-config`, with the secret paths pointed at stand-ins.
 RENDERED_CONFIGS_CHECKED=0
+# The chart renders [backend] listen (the sidecar route on its own port). A broker built before that
+# key existed refuses it as unknown; then it is left out of the copies checked here, said once, so
+# the rest of each config is still checked. A broker that knows the key checks it like any other.
+backend_listen_known() {
+  local bin=$1 probe="$WORK/probe-backend-listen.toml"
+  stand_in_secrets
+  printf '[intellia]\norganization_id = "org"\napi_key_file = "%s"\n[backend]\nsecret_file = "%s"\nlisten = "127.0.0.1:8081"\n' \
+    "$WORK/secrets/intellia/api-key" "$WORK/secrets/broker/backend-secret" > "$probe"
+  local said
+  said="$("$bin" check-config --config "$probe" 2>&1 || true)"
+  ! grep -q 'unknown config key `listen`' <<<"$said"
+}
+
 rendered_configs_check() {
-  local bin=$1 src cfg set out rc secrets="$WORK/secrets"
+  local bin=$1 src cfg set out rc secrets="$WORK/secrets" strip_listen=0
   local -a env_over
   stand_in_secrets
+  if ! backend_listen_known "$bin"; then
+    strip_listen=1
+    echo "NOTE this broker does not know [backend] listen yet: left out of the rendered configs checked below"
+  fi
   for src in "$OUT"/*.config.json "$OUT/sidecar.config.toml"; do
     set="$(basename "$src")"
     set="${set%%.config.*}"
     cfg="$WORK/$(basename "$src")"
     sed -e "s#/var/run/secrets/#$secrets/#g" -e "s#/etc/redis-ca/#$secrets/redis-ca/#g" "$src" > "$cfg"
+    if [ "$strip_listen" = 1 ] && [ "${src##*.}" = json ]; then
+      "$VENV/bin/python" -c 'import json, sys; p = sys.argv[1]; c = json.load(open(p)); c.get("backend", {}).pop("listen", None); json.dump(c, open(p, "w"))' "$cfg"
+    elif [ "$strip_listen" = 1 ]; then
+      sed -i '/^listen = "127\.0\.0\.1:8081"/d' "$cfg"
+    fi
     # A [redis] table without a url: the chart passes it from a Secret as
     # BROKER__REDIS__URL (redisUrlSecret), so give one the same way.
     env_over=()
@@ -324,29 +415,21 @@ image_checks() {
 
   local bin="${STATIC_BROKER_BIN:-}"
   if [ -z "$bin" ]; then
-    # The same cargo-auditable as the Dockerfile's builder, so the host build stands in for it.
-    local auditable t0
-    auditable="$(sed -n 's/^ARG CARGO_AUDITABLE_VERSION=//p' "$REPO/Dockerfile")"
-    if [ "$(cargo auditable --version 2>/dev/null)" = "cargo-auditable $auditable" ]; then
-      pass "cargo-auditable $auditable present"
-    else
-      t0=$(date +%s)
-      if cargo install --locked --quiet "cargo-auditable@$auditable"; then
-        pass "cargo-auditable $auditable installed ($(( $(date +%s) - t0 )) s)"
-      else
-        fail "cargo install --locked cargo-auditable@$auditable"
-        return
-      fi
+    # Started in the background at the top (static_build), while the other checks ran.
+    local rc=0
+    echo "STATIC_BROKER_BIN unset: waiting for the static release build started at the top"
+    wait "$STATIC_BUILD_PID" || rc=$?
+    if [ "$rc" -ne 0 ]; then
+      sed 's/^/  /' "$WORK/static-build.log" | grep -v '^  \(PASS\|FAIL\) ' | tail -n 30 || true
     fi
-    echo "STATIC_BROKER_BIN unset: building the static release binary (a few minutes)"
-    if (cd "$REPO" && RUSTFLAGS='-C target-feature=+crt-static' \
-          cargo auditable build --release --locked --target "$TARGET_TRIPLE"); then
-      bin="${CARGO_TARGET_DIR:-$REPO/target}/$TARGET_TRIPLE/release/intellia-token-broker"
-      pass "static release build (cargo auditable build --release --locked --target $TARGET_TRIPLE, +crt-static)"
-    else
-      fail "static release build"
-      return
-    fi
+    while IFS= read -r line; do
+      case "$line" in
+        "PASS "*) pass "${line#PASS }" ;;
+        "FAIL "*) fail "${line#FAIL }" ;;
+      esac
+    done < "$WORK/static-build.log"
+    [ "$rc" -eq 0 ] || return
+    bin="${CARGO_TARGET_DIR:-$REPO/target}/$TARGET_TRIPLE/release/intellia-token-broker"
   fi
   if [ ! -x "$bin" ]; then
     fail "static binary: $bin is not an executable file"

@@ -34,6 +34,35 @@ app.kubernetes.io/version: {{ include "itb.imageTag" . | trunc 63 | quote }}
 app.kubernetes.io/component: token-broker
 app.kubernetes.io/part-of: intellia
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- include "itb.commonLabels" . }}
+{{- end }}
+
+{{/*
+commonLabels, after the chart's own labels (which they may not replace: a
+duplicate key would make the object invalid, and the selector labels must stay).
+*/}}
+{{- define "itb.commonLabels" -}}
+{{- range $k, $v := .Values.commonLabels }}
+{{- if or (hasPrefix "app.kubernetes.io/" $k) (eq $k "helm.sh/chart") }}
+{{- fail (printf "commonLabels: %s is one of the chart's own labels; choose another key" $k) }}
+{{- end }}
+{{ $k }}: {{ $v | quote }}
+{{- end }}
+{{- end }}
+
+{{/*
+An object's annotations: commonAnnotations, then the object's own (which win),
+as a whole `annotations:` block, or nothing when there are none. Call with
+(dict "ctx" $ "own" $ownAnnotations).
+*/}}
+{{- define "itb.annotations" -}}
+{{- $all := merge (deepCopy (.own | default dict)) (deepCopy (.ctx.Values.commonAnnotations | default dict)) }}
+{{- with $all -}}
+annotations:
+  {{- range $k, $v := . }}
+  {{ $k }}: {{ $v | quote }}
+  {{- end }}
+{{- end }}
 {{- end }}
 
 {{- define "itb.serviceAccountName" -}}
@@ -48,11 +77,43 @@ app.kubernetes.io/managed-by: {{ .Release.Service }}
 {{- default .Chart.AppVersion .Values.image.tag }}
 {{- end }}
 
+{{/*
+The broker image: [registry/]repository(:tag|@digest). The registry is
+global.imageRegistry, else image.registry; a repository that names its own
+registry host (a first component with "." or ":", or "localhost", as Docker
+reads it) keeps it unless global.imageRegistry is set.
+*/}}
 {{- define "itb.image" -}}
-{{- if .Values.image.digest }}
-{{- printf "%s@%s" .Values.image.repository .Values.image.digest }}
+{{- $repo := .Values.image.repository }}
+{{- $first := index (splitList "/" $repo) 0 }}
+{{- $ownHost := and (gt (len (splitList "/" $repo)) 1) (or (contains "." $first) (contains ":" $first) (eq $first "localhost")) }}
+{{- $registry := "" }}
+{{- with (dig "imageRegistry" "" (.Values.global | default dict)) }}
+{{- $registry = . }}
 {{- else }}
-{{- printf "%s:%s" .Values.image.repository (include "itb.imageTag" .) }}
+{{- if not $ownHost }}{{ $registry = .Values.image.registry }}{{ end }}
+{{- end }}
+{{- $name := ternary (printf "%s/%s" (trimSuffix "/" $registry) $repo) $repo (ne $registry "") }}
+{{- if .Values.image.digest }}
+{{- printf "%s@%s" $name .Values.image.digest }}
+{{- else }}
+{{- printf "%s:%s" $name (include "itb.imageTag" .) }}
+{{- end }}
+{{- end }}
+
+{{/*
+imagePullSecrets: global.imagePullSecrets then imagePullSecrets, each a name or
+{name: ...}, without duplicates, as a YAML list (empty: nothing).
+*/}}
+{{- define "itb.imagePullSecrets" -}}
+{{- $names := list }}
+{{- range (concat (dig "imagePullSecrets" list (.Values.global | default dict)) (.Values.imagePullSecrets | default list)) }}
+{{- $n := . }}
+{{- if kindIs "map" . }}{{ $n = .name }}{{ end }}
+{{- if and $n (not (has $n $names)) }}{{ $names = append $names $n }}{{ end }}
+{{- end }}
+{{- range $names }}
+- name: {{ . }}
 {{- end }}
 {{- end }}
 
@@ -70,6 +131,7 @@ Fixed paths and ports, shared with the Dockerfile and the README.
 {{- define "itb.redisPasswordDir" -}}/var/run/secrets/redis{{- end }}
 {{- define "itb.httpPort" -}}8080{{- end }}
 {{- define "itb.metricsPort" -}}9091{{- end }}
+{{- define "itb.backendPort" -}}8081{{- end }}
 
 {{/*
 Name of the Secret holding the API key and the other secret files.
@@ -221,6 +283,23 @@ Refusals that need more than one value (the schema sees one subtree at a time).
 {{- fail (printf "envFrom: Secret %s holds the Intellia API key, which is only ever a file; list the variables you need in extraEnv instead" .secretRef.name) }}
 {{- end }}
 {{- end }}
+{{- if and .Values.ingress.enabled .Values.httpRoute.enabled }}
+{{- fail "ingress.enabled and httpRoute.enabled: expose the broker through an Ingress or a Gateway API HTTPRoute, not both" }}
+{{- end }}
+{{- $ports := list (int .Values.service.port) }}
+{{- if .Values.metrics.enabled }}{{ $ports = append $ports (int .Values.service.metricsPort) }}{{ end }}
+{{- if .Values.backendRoute.enabled }}{{ $ports = append $ports (int .Values.service.backendPort) }}{{ end }}
+{{- if ne (len $ports) (len (uniq $ports)) }}
+{{- fail (printf "service.port, service.metricsPort and service.backendPort must differ (now %v): a route or scrape of one port would reach another, and the backend route must never be reachable through the public port" $ports) }}
+{{- end }}
+{{- if and .Values.backendRoute.enabled .Values.networkPolicy.enabled (not .Values.backendRoute.allowedFrom) }}
+{{- fail "backendRoute.allowedFrom is empty: the NetworkPolicy would admit any caller to the backend port. List your web backend's pods (NetworkPolicyPeer objects), e.g. [{podSelector: {matchLabels: {app: web}}}]; [{podSelector: {}}] admits this namespace's pods" }}
+{{- end }}
+{{- range .Values.extraContainers }}
+{{- if eq (.name | default "") "broker" }}
+{{- fail "extraContainers: the name \"broker\" is the chart's own container; choose another" }}
+{{- end }}
+{{- end }}
 {{- $url := dig "redis" "url" "" .Values.config }}
 {{- if and .Values.redis.ca $url (not (hasPrefix "rediss://" $url)) }}
 {{- fail (printf "redis.ca is a CA for TLS: config.redis.url must be rediss://, not %s" $url) }}
@@ -267,7 +346,8 @@ value, and a wrong type for most keys.
 {{- $_ := set $intellia "api_key_file" (printf "%s/api-key" (include "itb.apiKeyDir" .)) }}
 {{- $_ := set $c "intellia" $intellia }}
 {{- if .Values.backendRoute.enabled }}
-{{- $backend := dict "secret_file" (printf "%s/backend-secret" (include "itb.brokerSecretsDir" .)) }}
+{{- /* On the pod's interfaces, so other pods reach it through the backend Service port. */}}
+{{- $backend := dict "secret_file" (printf "%s/backend-secret" (include "itb.brokerSecretsDir" .)) "listen" (printf "%s:%s" (include "itb.listenHost" .) (include "itb.backendPort" .)) }}
 {{- if not (kindIs "invalid" .Values.backendRoute.maxFailuresPerMinute) }}
 {{- $_ := set $backend "max_failures_per_minute" (int .Values.backendRoute.maxFailuresPerMinute) }}
 {{- end }}
@@ -358,6 +438,7 @@ app.kubernetes.io/version: {{ include "itb.imageTag" . | trunc 63 | quote }}
 app.kubernetes.io/component: helm-test
 app.kubernetes.io/part-of: intellia
 app.kubernetes.io/managed-by: {{ .Release.Service }}
+{{- include "itb.commonLabels" . }}
 {{- end }}
 
 {{/*
@@ -489,10 +570,12 @@ sees what the broker can reach.
 {{- $np := .Values.networkPolicy -}}
 # DNS.
 - ports:
-    - port: 53
+    {{- range $np.egress.dnsPorts }}
+    - port: {{ . }}
       protocol: UDP
-    - port: 53
+    - port: {{ . }}
       protocol: TCP
+    {{- end }}
   {{- with $np.egress.dnsTo }}
   to:
     {{- toYaml . | nindent 4 }}
@@ -526,7 +609,7 @@ sees what the broker can reach.
       protocol: TCP
 {{- end }}
 {{- with $np.egress.otlp.to }}
-# OpenTelemetry collector (OTLP/HTTP traces).
+# OpenTelemetry collector (OTLP traces).
 - to:
     {{- toYaml . | nindent 4 }}
   ports:
@@ -550,9 +633,9 @@ activeDeadlineSeconds: 120
 serviceAccountName: {{ include "itb.serviceAccountName" . }}
 automountServiceAccountToken: false
 enableServiceLinks: false
-{{- with .Values.imagePullSecrets }}
+{{- with include "itb.imagePullSecrets" . }}
 imagePullSecrets:
-  {{- toYaml . | nindent 2 }}
+  {{- . | trim | nindent 2 }}
 {{- end }}
 {{- with include "itb.podSecurityContext" . | fromYaml }}
 securityContext:
@@ -565,5 +648,42 @@ nodeSelector:
 {{- with .Values.tolerations }}
 tolerations:
   {{- toYaml . | nindent 2 }}
+{{- end }}
+{{- end }}
+
+{{/*
+The OTLP endpoints the broker is given in the values (config.telemetry.otlp_endpoint,
+OTEL_EXPORTER_OTLP_ENDPOINT / OTEL_EXPORTER_OTLP_TRACES_ENDPOINT in extraEnv) as
+a JSON list, and whether envFrom or a valueFrom could set one unseen.
+*/}}
+{{- define "itb.otlpEndpoints" -}}
+{{- $found := list }}
+{{- with (dig "telemetry" "otlp_endpoint" "" .Values.config) }}{{ $found = append $found (dict "from" "config.telemetry.otlp_endpoint" "url" .) }}{{ end }}
+{{- $hidden := false }}
+{{- range .Values.extraEnv }}
+{{- if has .name (list "OTEL_EXPORTER_OTLP_ENDPOINT" "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") }}
+{{- if .value }}{{ $found = append $found (dict "from" (printf "extraEnv %s" .name) "url" .value) }}{{ else }}{{ $hidden = true }}{{ end }}
+{{- end }}
+{{- end }}
+{{- if .Values.envFrom }}{{ $hidden = true }}{{ end }}
+{{- toJson (dict "endpoints" $found "hidden" $hidden) }}
+{{- end }}
+
+{{/*
+Whether the NetworkPolicy lets an OTLP endpoint through ("true" or ""): a peer
+list in networkPolicy.egress.otlp.to with the endpoint's port, or an https URL
+on 443 to a host outside the cluster (the public-443 rule).
+*/}}
+{{- define "itb.otlpAllowed" -}}
+{{- $u := urlParse .url }}
+{{- $hostPort := splitList ":" $u.host }}
+{{- $host := first $hostPort }}
+{{- $port := ternary (last $hostPort) (ternary "443" "80" (eq $u.scheme "https")) (gt (len $hostPort) 1) }}
+{{- $np := .ctx.Values.networkPolicy }}
+{{- $ports := list }}
+{{- range $np.egress.otlp.ports }}{{ $ports = append $ports (toString (int .)) }}{{ end }}
+{{- $inCluster := or (hasSuffix ".svc" $host) (contains ".svc." $host) (hasSuffix ".cluster.local" $host) (not (contains "." $host)) }}
+{{- if and $np.egress.otlp.to (has $port $ports) }}true
+{{- else if and (eq $port (toString (int $np.egress.intellia.port))) (eq $u.scheme "https") (not $inCluster) }}true
 {{- end }}
 {{- end }}
