@@ -16,7 +16,7 @@ use crate::cache::TokenCache;
 use crate::config::Settings;
 use crate::http::assets::Assets;
 use crate::http::cors::CorsPolicy;
-use crate::http::middleware::{ConnectionPolicy, Drain, body_deadline, request_context};
+use crate::http::middleware::{ConnectionPolicy, Drain, request_context};
 use crate::http::operations::Readiness;
 use crate::http::request_log::BrokerRootSpan;
 use crate::http::routes::Route;
@@ -267,8 +267,7 @@ pub fn public_app(
         .app_data(parts.connection)
         .app_data(parts.request_limits);
     let extra = parts.extra_routes;
-    app.wrap(from_fn(body_deadline))
-        .wrap(TracingLogger::<BrokerRootSpan>::new())
+    app.wrap(TracingLogger::<BrokerRootSpan>::new())
         .wrap(from_fn(request_context))
         .configure(|cfg| {
             http::configure(cfg, with_backend);
@@ -353,11 +352,11 @@ impl Application {
                         .app_data(metrics.clone())
                         .route(
                             Route::Metrics.path(),
-                            web::get().to(http::operations::metrics),
+                            http::on(actix_web::http::Method::GET).to(http::operations::metrics),
                         )
                         .route(
                             Route::Healthz.path(),
-                            web::get().to(http::operations::healthz),
+                            http::on(actix_web::http::Method::GET).to(http::operations::healthz),
                         )
                         .default_service(web::to(http::not_found))
                 })

@@ -194,19 +194,73 @@ impl BrokerError {
     }
 }
 
-/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) for a limit.
+/// `RateLimit-Policy` and `RateLimit` (draft-ietf-httpapi-ratelimit-headers) for a limit, e.g.
+/// `"user";q=5;w=60` and `"user";r=4;t=12`. Written on the stack: they go out on every token
+/// response.
 pub(crate) fn apply_rate_limit(status: &RateLimitStatus, response: &mut HttpResponseBuilder) {
-    response.insert_header((
-        "RateLimit-Policy",
-        format!("\"{}\";q={};w={}", status.name, status.quota, status.window),
-    ));
-    response.insert_header((
-        "RateLimit",
-        format!(
-            "\"{}\";r={};t={}",
-            status.name, status.remaining, status.reset_secs
-        ),
-    ));
+    let item = |first: (&str, u64), second: (&str, u64)| {
+        let mut text = HeaderText::default();
+        text.push(b"\"");
+        text.push(status.name.as_bytes());
+        text.push(b"\";");
+        for (key, value) in [first, second] {
+            text.push(key.as_bytes());
+            text.push(itoa::Buffer::new().format(value).as_bytes());
+        }
+        text.value()
+    };
+    let policy = item(
+        ("q=", u64::from(status.quota)),
+        (";w=", u64::from(status.window)),
+    );
+    let current = item(
+        ("r=", u64::from(status.remaining)),
+        (";t=", status.reset_secs),
+    );
+    if let (Some(policy), Some(current)) = (policy, current) {
+        response.insert_header((RATELIMIT_POLICY, policy));
+        response.insert_header((RATELIMIT, current));
+    }
+}
+
+const RATELIMIT_POLICY: header::HeaderName = header::HeaderName::from_static("ratelimit-policy");
+const RATELIMIT: header::HeaderName = header::HeaderName::from_static("ratelimit");
+
+/// A header value assembled in a fixed buffer; longer text than a limit's name and two integers
+/// need is cut off, and then no header is sent rather than a wrong one.
+struct HeaderText {
+    bytes: [u8; 96],
+    len: usize,
+    overflow: bool,
+}
+
+impl Default for HeaderText {
+    fn default() -> Self {
+        HeaderText {
+            bytes: [0; 96],
+            len: 0,
+            overflow: false,
+        }
+    }
+}
+
+impl HeaderText {
+    fn push(&mut self, part: &[u8]) {
+        match self.bytes.get_mut(self.len..self.len + part.len()) {
+            Some(room) => {
+                room.copy_from_slice(part);
+                self.len += part.len();
+            }
+            None => self.overflow = true,
+        }
+    }
+
+    fn value(&self) -> Option<HeaderValue> {
+        if self.overflow {
+            return None;
+        }
+        HeaderValue::from_bytes(&self.bytes[..self.len]).ok()
+    }
 }
 
 /// RFC 9457 problem details with the broker's stable `code`.

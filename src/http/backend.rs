@@ -1,10 +1,10 @@
 //! `POST /v1/backend/token`: the sidecar path. A backend that already knows the user names them.
 
 use actix_web::http::header;
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 use serde::Deserialize;
 
-use super::request_log::ClientIp;
+use super::request_log::RequestContext;
 use super::routes::Route;
 use super::{RequestLimits, TokenRouteResponses, read_body, record_user, render_issued};
 use crate::error::BrokerError;
@@ -48,7 +48,7 @@ pub(crate) async fn backend_token(
     limits: web::Data<RequestLimits>,
     service: web::Data<TokenService>,
 ) -> Result<HttpResponse, BrokerError> {
-    let client = req.extensions().get::<ClientIp>().map(|c| c.0);
+    let client = RequestContext::client_ip_of(&req);
     // Read only once the backend's credential is accepted.
     let body = identity_in_body(&req, payload, limits.max_body_bytes);
     let issued = service

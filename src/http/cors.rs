@@ -10,6 +10,9 @@ use actix_web::http::header::{self, HeaderMap, HeaderValue};
 
 use crate::config::{CorsSettings, OriginPattern};
 
+// A constant name: looking a header up by `&str` builds a `HeaderName` (an allocation) each time.
+const SEC_FETCH_SITE: header::HeaderName = header::HeaderName::from_static("sec-fetch-site");
+
 /// Headers a widget may send.
 pub(crate) const ALLOWED_HEADERS: &str = "Authorization, Content-Type, X-Request-Id";
 /// Headers a widget may read.
@@ -153,7 +156,7 @@ impl CorsPolicy {
             OriginTrust::Exact => true,
             OriginTrust::Absent => req
                 .headers()
-                .get("sec-fetch-site")
+                .get(SEC_FETCH_SITE)
                 .is_some_and(|v| v.as_bytes() == b"same-origin"),
             OriginTrust::Pattern | OriginTrust::Denied => false,
         }

@@ -14,10 +14,10 @@ use actix_web::http::Method;
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::middleware::Next;
 use actix_web::{Error, HttpMessage, web};
-use futures_util::StreamExt;
+use futures_util::StreamExt as _;
 use ipnet::IpNet;
 
-use super::request_log::{ClientIp, RequestId, RequestStart};
+use super::request_log::RequestContext;
 use crate::config::ClientIpHeader;
 use crate::http::cors::CorsPolicy;
 
@@ -45,13 +45,20 @@ pub struct ConnectionPolicy {
 }
 
 /// A request id we are willing to echo and log: short, and from a safe alphabet.
-fn acceptable_request_id(value: &HeaderValue) -> Option<&str> {
-    let text = value.to_str().ok()?;
-    let ok = (1..=128).contains(&text.len())
+fn acceptable_request_id(value: &HeaderValue) -> bool {
+    let text = value.as_bytes();
+    (1..=128).contains(&text.len())
         && text
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b));
-    ok.then_some(text)
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(b))
+}
+
+/// A fresh request id: a random (version 4) UUID, formatted on the stack.
+fn new_request_id() -> HeaderValue {
+    let uuid = uuid::Uuid::new_v4();
+    let mut text = [0u8; uuid::fmt::Hyphenated::LENGTH];
+    HeaderValue::from_str(uuid.hyphenated().encode_lower(&mut text))
+        .unwrap_or_else(|_| HeaderValue::from_static("-"))
 }
 
 fn client_ip(req: &ServiceRequest, policy: &ConnectionPolicy) -> Option<IpAddr> {
@@ -85,24 +92,26 @@ fn client_ip(req: &ServiceRequest, policy: &ConnectionPolicy) -> Option<IpAddr> 
 /// Outermost middleware: stamps the request id, start time and client IP before the root span
 /// is built, and echoes the id on the response.
 pub(crate) async fn request_context(
-    req: ServiceRequest,
+    mut req: ServiceRequest,
     next: Next<impl MessageBody>,
 ) -> Result<ServiceResponse<impl MessageBody>, Error> {
+    let start = Instant::now();
     let id = req
         .headers()
-        .get("x-request-id")
-        .and_then(acceptable_request_id)
-        .map_or_else(|| uuid::Uuid::new_v4().to_string(), str::to_owned);
+        .get(X_REQUEST_ID)
+        .filter(|v| acceptable_request_id(v))
+        .cloned()
+        .unwrap_or_else(new_request_id);
     let policy = req.app_data::<web::Data<ConnectionPolicy>>().cloned();
     let client_ip = policy.as_ref().and_then(|p| client_ip(&req, p));
-    {
-        let mut ext = req.extensions_mut();
-        ext.insert(RequestStart(Instant::now()));
-        ext.insert(RequestId(id.clone()));
-        if let Some(ip) = client_ip {
-            ext.insert(ClientIp(ip));
-        }
+    if let Some(policy) = &policy {
+        bound_body(&mut req, policy.request_timeout);
     }
+    req.extensions_mut().insert(RequestContext {
+        id,
+        client_ip,
+        start,
+    });
     let draining = policy.as_ref().is_some_and(|p| p.drain.is_draining());
     let mut res = next.call(req).await?;
     if draining {
@@ -112,52 +121,69 @@ pub(crate) async fn request_context(
             .head_mut()
             .set_connection_type(actix_web::http::ConnectionType::Close);
     }
-    if let Ok(value) = HeaderValue::from_str(&id) {
-        res.headers_mut().insert(
-            actix_web::http::header::HeaderName::from_static("x-request-id"),
-            value,
-        );
+    // The log line is written by now: the id moves to the response instead of being copied.
+    let context = res.request().extensions_mut().remove::<RequestContext>();
+    if let Some(context) = context {
+        res.headers_mut().insert(X_REQUEST_ID, context.id);
     }
     Ok(res)
 }
 
-/// Gives a request body `server.request_timeout_ms` from the end of the head to arrive. actix
-/// bounds only the head: a body sent a byte at a time would hold its connection for as long as
-/// the client likes. When the time is up the body reads fail with `TimedOut`, which the handlers
-/// answer with 408 `request_timeout`, closing the connection.
-pub(crate) async fn body_deadline(
-    mut req: ServiceRequest,
-    next: Next<impl MessageBody>,
-) -> Result<ServiceResponse<impl MessageBody>, Error> {
-    let limit = req
-        .app_data::<web::Data<ConnectionPolicy>>()
-        .map(|p| p.request_timeout);
-    if let Some(limit) = limit {
-        match req.take_payload() {
-            Payload::None => {}
-            payload => req.set_payload(Payload::Stream {
-                payload: Box::pin(with_deadline(payload, limit)),
-            }),
-        }
+const X_REQUEST_ID: header::HeaderName = header::HeaderName::from_static("x-request-id");
+
+pin_project_lite::pin_project! {
+    /// A request body that must arrive within `server.request_timeout_ms` of the request's head.
+    /// actix bounds only the head: a body sent a byte at a time would hold its connection for as
+    /// long as the client likes. Once the time is up the body reads fail with `TimedOut`, which
+    /// the handlers answer with 408 `request_timeout`, closing the connection. The timer lives
+    /// inside the stream, so a body costs one allocation here, not two.
+    struct DeadlinePayload {
+        payload: Payload,
+        #[pin]
+        deadline: tokio::time::Sleep,
+        expired: bool,
     }
-    next.call(req).await
 }
 
-fn with_deadline(
-    payload: Payload,
-    limit: Duration,
-) -> impl futures_util::Stream<Item = Result<web::Bytes, PayloadError>> {
-    let timer = Box::pin(tokio::time::sleep(limit));
-    futures_util::stream::unfold(Some((payload, timer)), |state| async move {
-        let (mut payload, mut timer) = state?;
-        tokio::select! {
-            chunk = payload.next() => chunk.map(|c| (c, Some((payload, timer)))),
-            () = &mut timer => {
-                let late = std::io::Error::from(std::io::ErrorKind::TimedOut);
-                Some((Err(PayloadError::Io(late)), None))
-            }
+impl futures_util::Stream for DeadlinePayload {
+    type Item = Result<web::Bytes, PayloadError>;
+
+    fn poll_next(
+        self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        use std::future::Future;
+        use std::task::Poll;
+
+        let this = self.project();
+        if *this.expired {
+            return Poll::Ready(None);
         }
-    })
+        // What has arrived is handed on, even at the last moment.
+        if let Poll::Ready(item) = this.payload.poll_next_unpin(cx) {
+            return Poll::Ready(item);
+        }
+        if this.deadline.poll(cx).is_ready() {
+            *this.expired = true;
+            let late = std::io::Error::from(std::io::ErrorKind::TimedOut);
+            return Poll::Ready(Some(Err(PayloadError::Io(late))));
+        }
+        Poll::Pending
+    }
+}
+
+/// Bounds the arrival of a request's body, if it has one.
+fn bound_body(req: &mut ServiceRequest, limit: Duration) {
+    match req.take_payload() {
+        Payload::None => {}
+        payload => req.set_payload(Payload::Stream {
+            payload: Box::pin(DeadlinePayload {
+                payload,
+                deadline: tokio::time::sleep(limit),
+                expired: false,
+            }),
+        }),
+    }
 }
 
 /// Adds CORS headers to every non-preflight response of a browser route, errors included.
@@ -181,19 +207,26 @@ mod tests {
 
     #[test]
     fn request_ids_are_validated() {
-        assert_eq!(
-            acceptable_request_id(&HeaderValue::from_static("abc-123_x.y:z")),
-            Some("abc-123_x.y:z")
-        );
-        assert_eq!(
-            acceptable_request_id(&HeaderValue::from_static("has space")),
-            None
-        );
-        assert_eq!(acceptable_request_id(&HeaderValue::from_static("")), None);
+        assert!(acceptable_request_id(&HeaderValue::from_static(
+            "abc-123_x.y:z"
+        )));
+        assert!(!acceptable_request_id(&HeaderValue::from_static(
+            "has space"
+        )));
+        assert!(!acceptable_request_id(&HeaderValue::from_static("")));
         let long = "a".repeat(129);
-        assert_eq!(
-            acceptable_request_id(&HeaderValue::from_str(&long).unwrap()),
-            None
-        );
+        assert!(!acceptable_request_id(
+            &HeaderValue::from_str(&long).unwrap()
+        ));
+    }
+
+    #[test]
+    fn generated_request_ids_are_version_4_uuids() {
+        let a = new_request_id();
+        let b = new_request_id();
+        assert_ne!(a, b);
+        let parsed = uuid::Uuid::parse_str(a.to_str().unwrap()).unwrap();
+        assert_eq!(parsed.get_version_num(), 4);
+        assert!(acceptable_request_id(&a));
     }
 }

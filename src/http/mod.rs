@@ -13,15 +13,17 @@ pub(crate) mod request_log;
 pub(crate) mod routes;
 pub(crate) mod token;
 
+use std::borrow::Cow;
+
 use actix_web::http::header::{self, HeaderValue};
 use actix_web::http::{Method, StatusCode};
 use actix_web::middleware::from_fn;
 use actix_web::{HttpRequest, HttpResponse, web};
 use futures_util::StreamExt;
 use secrecy::ExposeSecret;
+
 use serde::{Deserialize, Serialize};
 use time::OffsetDateTime;
-use time::format_description::well_known::Rfc3339;
 
 use crate::error::{BrokerError, apply_rate_limit};
 use crate::http::cors::CorsPolicy;
@@ -30,19 +32,81 @@ use crate::intellia::MintedToken;
 use crate::service::Issued;
 use routes::Route;
 
+// Rendered straight from the cached token: the strings are borrowed, the instant is formatted on
+// the stack, and the JSON is written once.
 /// The token response of both token routes.
 #[derive(Debug, Serialize, Deserialize, utoipa::ToSchema)]
 #[serde(rename_all = "camelCase")]
-pub struct TokenResponse {
+pub struct TokenResponse<'a> {
     /// The Intellia assume-role token for the chat widget.
-    pub token: String,
+    #[schema(value_type = String)]
+    pub token: Cow<'a, str>,
     /// When Intellia says the token expires (RFC 3339, UTC).
-    pub expires_at: String,
+    #[schema(value_type = String)]
+    pub expires_at: Rfc3339,
     /// Whole seconds until `expiresAt`, by the broker's clock.
     pub expires_in: i64,
-    pub user_id: String,
-    pub organization_id: String,
-    pub role: String,
+    #[schema(value_type = String)]
+    pub user_id: Cow<'a, str>,
+    #[schema(value_type = String)]
+    pub organization_id: Cow<'a, str>,
+    #[schema(value_type = String)]
+    pub role: Cow<'a, str>,
+}
+
+/// An instant as RFC 3339 text in UTC, held inline: the longest form
+/// (`9999-12-31T23:59:59.999999999Z`) is 30 bytes.
+#[derive(Clone, Copy)]
+pub struct Rfc3339 {
+    text: [u8; 32],
+    len: u8,
+}
+
+impl Rfc3339 {
+    fn format(instant: OffsetDateTime) -> Option<Rfc3339> {
+        let mut text = [0u8; 32];
+        let mut rest = &mut text[..];
+        let written = instant
+            .to_offset(time::UtcOffset::UTC)
+            .format_into(&mut rest, &time::format_description::well_known::Rfc3339)
+            .ok()?;
+        Some(Rfc3339 {
+            text,
+            len: u8::try_from(written).ok()?,
+        })
+    }
+
+    pub fn as_str(&self) -> &str {
+        // Only the formatter writes `text`, and it writes ASCII.
+        std::str::from_utf8(&self.text[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for Rfc3339 {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for Rfc3339 {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
+impl Serialize for Rfc3339 {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.as_str())
+    }
+}
+
+impl<'de> Deserialize<'de> for Rfc3339 {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = Cow::<'de, str>::deserialize(deserializer)?;
+        let instant = OffsetDateTime::parse(&text, &time::format_description::well_known::Rfc3339)
+            .map_err(serde::de::Error::custom)?;
+        Rfc3339::format(instant).ok_or_else(|| serde::de::Error::custom("out of range"))
+    }
 }
 
 /// Limits on what a request may send, from `[server]`.
@@ -61,7 +125,7 @@ pub(crate) enum TokenRouteResponses {
         ("RateLimit" = String, description = "Remaining quota of the tightest limit, e.g. `\"user\";r=4;t=12`"),
         ("RateLimit-Policy" = String, description = "The tightest limit, e.g. `\"user\";q=5;w=60`")
     ))]
-    Issued(TokenResponse),
+    Issued(TokenResponse<'static>),
     /// The body did not arrive within request_timeout_ms; the connection is closed
     #[response(status = 408, content_type = "application/problem+json")]
     RequestTimeout(crate::error::Problem),
@@ -126,30 +190,42 @@ fn record_user(user_id: &str) {
 pub fn token_response(
     minted: &MintedToken,
     now: OffsetDateTime,
-) -> Result<TokenResponse, BrokerError> {
+) -> Result<TokenResponse<'_>, BrokerError> {
+    // The parser keeps only instants of years 0 to 9999 in UTC, which RFC 3339 can write.
+    let expires_at = Rfc3339::format(minted.expires_at).ok_or_else(|| {
+        BrokerError::Internal(std::sync::Arc::new(std::io::Error::other(
+            "an expiry RFC 3339 cannot write",
+        )))
+    })?;
     Ok(TokenResponse {
-        token: minted.token.expose_secret().to_owned(),
-        expires_at: minted
-            .expires_at
-            .format(&Rfc3339)
-            .map_err(|e| BrokerError::Internal(std::sync::Arc::new(e)))?,
+        token: Cow::Borrowed(minted.token.expose_secret()),
+        expires_at,
         expires_in: (minted.expires_at - now).whole_seconds().max(0),
-        user_id: minted.user_id.clone(),
-        organization_id: minted.organization_id.clone(),
-        role: minted.role.clone(),
+        user_id: Cow::Borrowed(&minted.user_id),
+        organization_id: Cow::Borrowed(&minted.organization_id),
+        role: Cow::Borrowed(&minted.role),
     })
 }
 
 /// The 200 of both token routes.
 fn render_issued(issued: &Issued) -> Result<HttpResponse, BrokerError> {
-    let body = token_response(&issued.token.minted, OffsetDateTime::now_utc())?;
+    let minted = &issued.token.minted;
+    let body = token_response(minted, OffsetDateTime::now_utc())?;
+    // Sized for the token plus the other members, so the JSON is written without regrowing.
+    let mut json = Vec::with_capacity(minted.token.expose_secret().len() + 256);
+    serde_json::to_writer(&mut json, &body)
+        .map_err(|e| BrokerError::Internal(std::sync::Arc::new(e)))?;
     let mut response = HttpResponse::Ok();
     response.insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")));
     response.insert_header((header::PRAGMA, HeaderValue::from_static("no-cache")));
+    response.insert_header((
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    ));
     if let Some(limit) = &issued.limit {
         apply_rate_limit(limit, &mut response);
     }
-    Ok(response.json(body))
+    Ok(response.body(json))
 }
 
 /// `OPTIONS` on a CORS route: the preflight answer.
@@ -185,6 +261,21 @@ fn method_not_allowed(
     }
 }
 
+/// A route for one method. actix's own `web::get()` and friends record every method they were
+/// tried with in the request (an allocation or two per request) for an `Allow` header; every
+/// resource here answers 405 with its own `Allow`, so a plain comparison is all a guard needs.
+pub(crate) fn on(method: Method) -> actix_web::Route {
+    web::route().guard(IsMethod(method))
+}
+
+struct IsMethod(Method);
+
+impl actix_web::guard::Guard for IsMethod {
+    fn check(&self, ctx: &actix_web::guard::GuardContext<'_>) -> bool {
+        ctx.head().method == self.0
+    }
+}
+
 /// A read-only route: `GET` and `HEAD`, 405 otherwise.
 fn read_only<F, Args>(path: &str, handler: F) -> actix_web::Resource
 where
@@ -193,8 +284,8 @@ where
     F::Output: actix_web::Responder + 'static,
 {
     web::resource(path)
-        .route(web::get().to(handler.clone()))
-        .route(web::head().to(handler))
+        .route(on(Method::GET).to(handler.clone()))
+        .route(on(Method::HEAD).to(handler))
         .default_service(web::to(method_not_allowed("GET, HEAD")))
 }
 
@@ -218,9 +309,9 @@ where
 {
     web::resource(path)
         .wrap(from_fn(cors_layer))
-        .route(web::get().to(handler.clone()))
-        .route(web::head().to(handler))
-        .route(web::method(Method::OPTIONS).to(preflight("GET")))
+        .route(on(Method::GET).to(handler.clone()))
+        .route(on(Method::HEAD).to(handler))
+        .route(on(Method::OPTIONS).to(preflight("GET")))
         .default_service(web::to(method_not_allowed("GET, HEAD, OPTIONS")))
 }
 
@@ -229,8 +320,8 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, with_backend: bool) {
     cfg.service(
         web::resource(Route::Token.path())
             .wrap(from_fn(cors_layer))
-            .route(web::post().to(token::token))
-            .route(web::method(Method::OPTIONS).to(preflight("POST")))
+            .route(on(Method::POST).to(token::token))
+            .route(on(Method::OPTIONS).to(preflight("POST")))
             .default_service(web::to(method_not_allowed("POST, OPTIONS"))),
     );
     cfg.service(cross_origin_asset(
@@ -244,7 +335,7 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, with_backend: bool) {
     if with_backend {
         cfg.service(
             web::resource(Route::BackendToken.path())
-                .route(web::post().to(backend::backend_token))
+                .route(on(Method::POST).to(backend::backend_token))
                 .default_service(web::to(method_not_allowed("POST"))),
         );
     }

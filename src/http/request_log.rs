@@ -8,6 +8,7 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
+use actix_web::http::header::HeaderValue;
 use actix_web::{Error, HttpMessage, web};
 use tracing::Span;
 use tracing_actix_web::RootSpanBuilder;
@@ -16,15 +17,26 @@ use super::routes::Route;
 use crate::error::OutcomeCode;
 use crate::telemetry::metrics::Metrics;
 
-#[derive(Debug, Clone)]
-pub(crate) struct RequestId(pub String);
+/// What the outermost middleware learns about a request before anything else runs: one
+/// extension, so the request's extension map holds one box for it, not three.
+#[derive(Debug)]
+pub(crate) struct RequestContext {
+    /// The request id, ready to be echoed as `X-Request-Id`.
+    pub(crate) id: HeaderValue,
+    /// The client's address as far as trusted proxies vouch for it.
+    pub(crate) client_ip: Option<IpAddr>,
+    /// When the request arrived, for the latency in its log line.
+    pub(crate) start: Instant,
+}
 
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct ClientIp(pub IpAddr);
-
-/// When the request arrived, for the latency in its log line.
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct RequestStart(pub Instant);
+impl RequestContext {
+    /// The client address a request's context holds, if any.
+    pub(crate) fn client_ip_of(req: &impl HttpMessage) -> Option<IpAddr> {
+        req.extensions()
+            .get::<RequestContext>()
+            .and_then(|c| c.client_ip)
+    }
+}
 
 /// The root span of every request, and the one log line written when it ends.
 pub(crate) struct BrokerRootSpan;
@@ -32,8 +44,9 @@ pub(crate) struct BrokerRootSpan;
 impl RootSpanBuilder for BrokerRootSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {
         let ext = request.extensions();
-        let request_id = ext.get::<RequestId>().map_or("", |r| r.0.as_str());
-        let client_ip = ext.get::<ClientIp>().map(|c| c.0);
+        let context = ext.get::<RequestContext>();
+        let request_id = context.map_or("", |c| c.id.to_str().unwrap_or_default());
+        let client_ip = context.and_then(|c| c.client_ip);
         let route = Route::label_of(request.path());
         let span = tracing::info_span!(
             "request",
@@ -84,8 +97,8 @@ impl RootSpanBuilder for BrokerRootSpan {
         let request = response.request();
         let latency = request
             .extensions()
-            .get::<RequestStart>()
-            .map_or(0.0, |s| s.0.elapsed().as_secs_f64());
+            .get::<RequestContext>()
+            .map_or(0.0, |c| c.start.elapsed().as_secs_f64());
         let latency_ms = latency * 1000.0;
         let route = Route::label_of(request.path());
         if let Some(metrics) = request.app_data::<web::Data<Metrics>>() {

@@ -1,9 +1,9 @@
 //! `POST /v1/token`: the browser path. Identity comes only from the verified session.
 
-use actix_web::{HttpMessage, HttpRequest, HttpResponse, web};
+use actix_web::{HttpRequest, HttpResponse, web};
 
 use super::cors::CorsPolicy;
-use super::request_log::ClientIp;
+use super::request_log::RequestContext;
 use super::routes::Route;
 use super::{RequestLimits, TokenRouteResponses, read_body, record_user, render_issued};
 use crate::error::BrokerError;
@@ -34,7 +34,7 @@ pub(crate) async fn token(
     let request = SessionRequest {
         headers: req.headers(),
         origin_allowed: cors.cookie_request_allowed(&req),
-        client: req.extensions().get::<ClientIp>().map(|c| c.0),
+        client: RequestContext::client_ip_of(&req),
     };
     let issued = service.issue_for_session(request).await?;
     record_user(issued.user_id());

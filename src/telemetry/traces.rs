@@ -255,6 +255,10 @@ impl Extractor for ActixHeaders<'_> {
     }
 }
 
+// A constant name: a lookup by `&str` builds a `HeaderName` (an allocation) on every request.
+const TRACEPARENT: actix_web::http::header::HeaderName =
+    actix_web::http::header::HeaderName::from_static("traceparent");
+
 /// Makes `span` (a request's root span) continue the caller's trace when its `traceparent` is
 /// valid, and returns the request's trace id (hex) for its log line. With traces off, the
 /// caller's trace id is still returned, so logs correlate with the caller's trace.
@@ -264,7 +268,7 @@ pub(crate) fn continue_trace(
 ) -> Option<String> {
     if !enabled() {
         return headers
-            .get("traceparent")
+            .get(TRACEPARENT)
             .and_then(|v| v.to_str().ok())
             .and_then(traceparent_trace_id);
     }

@@ -887,6 +887,14 @@ fn check_answer(data: &[u8], method: &Method, answer: &Answer) -> Verdict {
         let token: TokenResponse = serde_json::from_slice(&answer.body)
             .unwrap_or_else(|e| panic!("a 200 that is not a token response ({e}): {body}"));
         assert!(token.token.starts_with("sim_"), "{body}");
+        assert!(
+            time::OffsetDateTime::parse(
+                token.expires_at.as_str(),
+                &time::format_description::well_known::Rfc3339
+            )
+            .is_ok(),
+            "{body}"
+        );
         assert_eq!(token.organization_id, ORG);
         assert!(valid_user_id(&token.user_id), "{body}");
         assert!(
