@@ -80,6 +80,32 @@ impl AppParts {
     /// the background).
     pub fn build(settings: &Settings, options: BuildOptions) -> Result<AppParts, String> {
         let metrics = Arc::new(Metrics::new());
+        let mut token_routes = vec![Route::Token.path()];
+        token_routes.extend(
+            settings
+                .backend
+                .as_ref()
+                .map(|_| Route::BackendToken.path()),
+        );
+        let limits = &settings.rate_limit;
+        let limit_names = [
+            limits.per_user.as_ref().map(|_| "user"),
+            limits.per_ip.as_ref().map(|_| "ip"),
+            limits.upstream.as_ref().map(|_| "upstream"),
+            settings
+                .backend
+                .as_ref()
+                .map(|_| crate::limits::failures::NAME),
+        ];
+        let codes: Vec<&'static str> = crate::error::ErrorCode::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
+        metrics.start_at_zero(
+            &token_routes,
+            &codes,
+            &limit_names.into_iter().flatten().collect::<Vec<_>>(),
+        );
         let secrets = Arc::new(Secrets::load(settings, options.secrets)?);
         for label in secrets.labels() {
             metrics
