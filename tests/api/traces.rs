@@ -347,10 +347,11 @@ async fn a_caller_cannot_raise_the_exported_share_with_a_sampled_traceparent() {
     // A ratio of 0.5: about half, by trace id, however the ids are chosen. The standard ratio
     // sampler reads the low 64 bits of the id, so ids with those bits zero would all pass it.
     let half = [("OTEL_TRACES_SAMPLER_ARG", "0.5".to_owned())];
+    // (Two halves of UUIDs: a whole v4 UUID has fixed bits, its variant in the id's low half.)
     let (random, n) = exported_share(
         &half,
         &TestConfig::default(),
-        (0..200).map(|_| random_hex(16)),
+        (0..200).map(|_| format!("{}{}", random_hex(8), random_hex(8))),
     )
     .await;
     let (chosen, m) = exported_share(
