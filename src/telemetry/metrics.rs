@@ -84,6 +84,21 @@ pub struct ReasonLabels {
     pub reason: &'static str,
 }
 
+/// The label values a configured broker will use, for [`Metrics::start_at_zero`].
+#[derive(Debug, Default)]
+pub struct ExpectedSeries<'a> {
+    /// The token routes served (`route` of requests and their latency).
+    pub token_routes: &'a [&'static str],
+    /// The outcome codes of the error table (`code` of requests).
+    pub codes: &'a [&'static str],
+    /// The configured rate limits (`limit`).
+    pub limits: &'a [&'static str],
+    /// The configured session sources (`source` of session verification).
+    pub session_sources: &'a [&'static str],
+    /// Whether Redis is configured.
+    pub redis: bool,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
@@ -318,17 +333,11 @@ impl Metrics {
     }
 
     /// Creates at zero the series the chart's alerts and dashboard read before their first
-    /// event, so a first failure counts in `rate()` and ratios have a denominator: requests by
-    /// outcome and successful latencies of the token routes, cache results, upstream status
-    /// classes and the configured limits.
-    pub fn start_at_zero(
-        &self,
-        token_routes: &[&'static str],
-        codes: &[&'static str],
-        limits: &[&'static str],
-    ) {
-        for &route in token_routes {
-            for &code in std::iter::once(&"ok").chain(codes) {
+    /// event, so a first failure counts in `rate()`, ratios have a denominator, and every family
+    /// the dashboard names is on `/metrics` from the start (a family without a series is not).
+    pub fn start_at_zero(&self, expected: &ExpectedSeries<'_>) {
+        for &route in expected.token_routes {
+            for &code in std::iter::once(&"ok").chain(expected.codes) {
                 let _ = self.requests.get_or_create(&RequestLabels { route, code });
             }
             let _ = self
@@ -343,8 +352,19 @@ impl Metrics {
                 .upstream_requests
                 .get_or_create(&StatusClassLabels { status_class });
         }
-        for &limit in limits {
+        for &limit in expected.limits {
             let _ = self.rate_limited.get_or_create(&LimitLabels { limit });
+        }
+        for &source in expected.session_sources {
+            let _ = self
+                .session_verify_duration
+                .get_or_create(&SourceLabels { source });
+        }
+        if expected.redis {
+            // The health check pings from the start; the other operations follow traffic.
+            let _ = self
+                .redis_duration
+                .get_or_create(&RedisOpLabels { op: "ping" });
         }
     }
 
