@@ -63,7 +63,7 @@ impl RootSpanBuilder for BrokerRootSpan {
         let label = Route::label(route);
         if !traced(route) {
             let span = request_span!(
-                crate::telemetry::traces::UNTRACED,
+                crate::telemetry::traces::untraced_target!(),
                 request_id,
                 request.method(),
                 label,
@@ -81,7 +81,7 @@ impl RootSpanBuilder for BrokerRootSpan {
             return span;
         }
         let span = request_span!(
-            env!("CARGO_CRATE_NAME"),
+            module_path!(),
             request_id,
             request.method(),
             label,

@@ -9,8 +9,6 @@ pub(crate) mod traces;
 use std::io::IsTerminal;
 
 use tracing::Level;
-use tracing::level_filters::LevelFilter;
-use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
@@ -106,10 +104,13 @@ pub(crate) fn init(
         notes = resolved.notes;
         if let Some(config) = resolved.config {
             let (pipeline, tracer) = traces::TracePipeline::build(&config)?;
-            // This crate's spans only, and not the ones of health checks and scrapes.
-            let spans = Targets::new()
-                .with_target(env!("CARGO_CRATE_NAME"), Level::INFO)
-                .with_target(traces::UNTRACED, LevelFilter::OFF);
+            // This crate's spans only (decided once per call site), and not the ones of health
+            // checks and scrapes.
+            let spans = tracing_subscriber::filter::filter_fn(|meta| {
+                meta.target().starts_with(env!("CARGO_CRATE_NAME"))
+                    && !meta.target().ends_with(traces::UNTRACED_SUFFIX)
+                    && *meta.level() <= Level::INFO
+            });
             layers.push(
                 tracing_opentelemetry::layer()
                     .with_tracer(tracer)

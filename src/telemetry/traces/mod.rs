@@ -42,9 +42,18 @@ pub(crate) fn enabled() -> bool {
     ENABLED.load(Ordering::Relaxed)
 }
 
-/// The target of spans that are never exported (health checks and scrapes): the OpenTelemetry
-/// layer's filter leaves it out.
-pub(crate) const UNTRACED: &str = concat!(env!("CARGO_CRATE_NAME"), "::untraced");
+/// Spans whose target ends so are never exported (health checks and scrapes): the OpenTelemetry
+/// layer's filter leaves them out. [`untraced_target`] gives a module's such target.
+pub(crate) const UNTRACED_SUFFIX: &str = "::untraced";
+
+/// The calling module's path with [`UNTRACED_SUFFIX`], for a span that must not be exported: a
+/// `RUST_LOG` directive for the module still matches it.
+macro_rules! untraced_target {
+    () => {
+        concat!(module_path!(), "::untraced")
+    };
+}
+pub(crate) use untraced_target;
 
 /// The installed pipeline; [`TracePipeline::shutdown`] exports what is still queued.
 pub(crate) struct TracePipeline {
