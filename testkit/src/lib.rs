@@ -8,7 +8,8 @@
 //! - [`app`]: the broker in-process ([`app::spawn_app`], [`app::TestApp`]) and the simulator.
 //! - [`process`]: the real binary as a child process ([`process::BrokerProcess`]).
 //! - [`redis`]: `redis-server` launchers: plain, TLS-only, with an ACL user, a three-node cluster.
-//! - [`otlp`]: [`otlp::OtlpReceiver`], the OTLP/HTTP trace receiver (`tests/otlp-receiver/`) as a child.
+//! - [`otlp`]: [`otlp::OtlpReceiver`], the OTLP trace receiver (`tests/otlp-receiver/`: HTTP and gRPC,
+//!   plain or TLS) as a child.
 //! - [`assert`]: [`assert::assert_problem`] and [`assert::assert_no_secret`].
 //! - [`procfs`], [`memory`], [`loadgen`], [`bench`]: `/proc` readers, the memory driver, the load
 //!   generator and the benchmark fixture (simulator and brokers as processes).
