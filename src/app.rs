@@ -27,7 +27,7 @@ use crate::limits::failures::FailureLimit;
 use crate::secrets::{InlineSecrets, Reload, SecretKind, Secrets};
 use crate::service::{BackendAuth, TokenService};
 use crate::session::SessionVerifier;
-use crate::telemetry::metrics::{Metrics, SecretLabels};
+use crate::telemetry::metrics::{ExpectedSeries, Metrics, SecretLabels};
 
 /// Routes added beside the public ones (`dev` mode's demo page).
 pub(crate) type ExtraRoutes = Arc<dyn Fn(&mut web::ServiceConfig) + Send + Sync>;
@@ -80,6 +80,44 @@ impl AppParts {
     /// the background).
     pub fn build(settings: &Settings, options: BuildOptions) -> Result<AppParts, String> {
         let metrics = Arc::new(Metrics::new());
+        let mut token_routes = vec![Route::Token.path()];
+        token_routes.extend(
+            settings
+                .backend
+                .as_ref()
+                .map(|_| Route::BackendToken.path()),
+        );
+        let limits = &settings.rate_limit;
+        let limit_names = [
+            limits.per_user.as_ref().map(|_| "user"),
+            limits.per_ip.as_ref().map(|_| "ip"),
+            limits.upstream.as_ref().map(|_| "upstream"),
+            settings
+                .backend
+                .as_ref()
+                .map(|_| crate::limits::failures::NAME),
+        ];
+        let codes: Vec<&'static str> = crate::error::ErrorCode::ALL
+            .iter()
+            .map(|c| c.as_str())
+            .collect();
+        let limit_names: Vec<&'static str> = limit_names.into_iter().flatten().collect();
+        let session_sources = [
+            (!settings.session.jwt.is_empty()).then_some("jwt"),
+            settings
+                .session
+                .introspection
+                .as_ref()
+                .map(|_| "introspection"),
+        ];
+        let session_sources: Vec<&'static str> = session_sources.into_iter().flatten().collect();
+        metrics.start_at_zero(&ExpectedSeries {
+            token_routes: &token_routes,
+            codes: &codes,
+            limits: &limit_names,
+            session_sources: &session_sources,
+            redis: settings.redis.is_some(),
+        });
         let secrets = Arc::new(Secrets::load(settings, options.secrets)?);
         for label in secrets.labels() {
             metrics

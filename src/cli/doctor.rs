@@ -10,6 +10,8 @@
 //!   signed out (401, 403, a redirect, or a 200 naming nobody); a 200 naming a user would let
 //!   anybody in, and anything else would be a 503 for every visitor;
 //! - Redis: connect (TLS for `rediss://`), authenticate, `PING`;
+//! - the OTLP collector, when traces are on: an export with no spans, over the protocol, TLS and
+//!   headers `serve` would use;
 //! - Intellia: `POST …/assume-role` with our key and a body naming no user — a request that
 //!   cannot mint (there is nobody to mint for): 400/422 means the key and organization were
 //!   accepted and the body refused; 401/403 that the key is refused; 404 an unknown
@@ -220,6 +222,32 @@ async fn check_all(
             }
         }
         None => checks.push((name, skipped())),
+    }
+    // The collector, when traces are on: an export with no spans (the OTEL_* variables as
+    // `serve` reads them).
+    match crate::telemetry::traces::environment::resolve(
+        &settings.telemetry,
+        &crate::telemetry::traces::environment::OtelEnv::from_process(),
+    ) {
+        Ok(resolved) => {
+            if let Some(config) = resolved.config {
+                let name = format!(
+                    "traces {}",
+                    crate::telemetry::traces::environment::redacted(&config.endpoint.url)
+                );
+                checks.push((
+                    name,
+                    Box::pin(
+                        async move { crate::telemetry::traces::export::probe(&config).await }
+                            .then_line(),
+                    ),
+                ));
+            }
+        }
+        Err(e) => checks.push((
+            "traces".to_owned(),
+            Box::pin(std::future::ready(Line::fail("", e))),
+        )),
     }
     let runs = checks.into_iter().map(|(name, check)| async move {
         let mut line = match tokio::time::timeout(budget, check).await {

@@ -133,6 +133,10 @@ pub fn main() -> ExitCode {
         let _runtime = runtime.enter();
         crate::telemetry::init(format, target, settings.as_ref().map(|s| &s.telemetry))
     };
+    let telemetry = match telemetry {
+        Ok(telemetry) => telemetry,
+        Err(e) => return fail(&e),
+    };
     if let Err(message) = crate::allocator::enable_background_purge() {
         // Memory is still freed, only not returned to the OS while idle: worth a warning, not a
         // refusal to start.
@@ -205,7 +209,21 @@ fn check_config(config: Option<PathBuf>) -> Result<(), String> {
     if let Some(redis) = &settings.redis {
         crate::redis::RedisStore::check_settings(redis)?;
     }
+    // `serve` refuses an OTEL_* value it cannot honour; so does this.
+    let traces = crate::telemetry::traces::environment::resolve(
+        &settings.telemetry,
+        &crate::telemetry::traces::environment::OtelEnv::from_process(),
+    )?;
     console::line(&format!("# {} is valid", path.display()));
+    match &traces.config {
+        Some(config) => console::line(&format!("# traces: {}", config.describe())),
+        None => console::line("# traces: off"),
+    }
+    for note in &traces.notes {
+        if let crate::telemetry::traces::environment::Note::Warn(text) = note {
+            console::line(&format!("# warning: {text}"));
+        }
+    }
     for (key, source) in secrets.describe() {
         console::line(&format!("# {key}: readable ({source}), value redacted"));
     }

@@ -74,13 +74,13 @@ pub struct Settings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TelemetrySettings {
-    /// The collector's OTLP/HTTP base URL (`/v1/traces` is appended), e.g.
-    /// `http://otel-collector:4318`.
+    /// The collector: for OTLP/HTTP its base URL (`/v1/traces` is appended), e.g.
+    /// `http://otel-collector:4318`; for OTLP/gRPC its endpoint, as is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub otlp_endpoint: Option<HttpUrl>,
     #[serde(default = "default_service_name")]
     pub service_name: ServiceName,
-    /// Share of new traces recorded; a caller's sampling decision is followed.
+    /// Share of traces recorded, by trace id; a caller's sampled flag is not followed.
     #[serde(default = "default_sample_ratio")]
     pub sample_ratio: Ratio,
 }

@@ -44,6 +44,24 @@ pub struct ConnectionPolicy {
     pub drain: Drain,
 }
 
+impl ConnectionPolicy {
+    /// The scheme the client used: `https` only when a trusted proxy says so in
+    /// `X-Forwarded-Proto`, since the broker itself serves plain HTTP.
+    pub(crate) fn forwarded_scheme(&self, req: &ServiceRequest) -> &'static str {
+        let trusted = req.peer_addr().is_some_and(|peer| {
+            self.trusted_proxies
+                .iter()
+                .any(|net| net.contains(&peer.ip()))
+        });
+        let https = trusted
+            && req
+                .headers()
+                .get("x-forwarded-proto")
+                .is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"https"));
+        if https { "https" } else { "http" }
+    }
+}
+
 /// A request id we are willing to echo and log: short, and from a safe alphabet.
 fn acceptable_request_id(value: &HeaderValue) -> bool {
     let text = value.as_bytes();

@@ -8,11 +8,12 @@ use std::time::Instant;
 
 use actix_web::body::MessageBody;
 use actix_web::dev::{ServiceRequest, ServiceResponse};
-use actix_web::http::header::HeaderValue;
+use actix_web::http::header::{HeaderName, HeaderValue};
 use actix_web::{Error, HttpMessage, web};
 use tracing::Span;
 use tracing_actix_web::RootSpanBuilder;
 
+use super::middleware::ConnectionPolicy;
 use super::routes::Route;
 use crate::error::OutcomeCode;
 use crate::telemetry::metrics::Metrics;
@@ -38,8 +39,35 @@ impl RequestContext {
     }
 }
 
+// A constant name: a lookup by `&str` builds a `HeaderName` (an allocation) on every request.
+const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
+
 /// The root span of every request, and the one log line written when it ends.
 pub(crate) struct BrokerRootSpan;
+
+/// The root span, under `target`: the same fields for traced and untraced routes.
+macro_rules! request_span {
+    ($target:expr, $request_id:expr, $method:expr, $route:expr, $client_ip:expr) => {
+        tracing::info_span!(
+            target: $target,
+            "request",
+            request_id = %$request_id,
+            method = %$method,
+            route = $route,
+            client_ip = $client_ip.map(tracing::field::display),
+            user_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+            otel.name = tracing::field::Empty,
+            otel.kind = tracing::field::Empty,
+            otel.status_code = tracing::field::Empty,
+        )
+    };
+}
+
+/// Whether a request on this route has a trace: health checks and scrapes do not.
+fn traced(route: Option<Route>) -> bool {
+    crate::telemetry::traces::enabled() && route.is_none_or(Route::is_traced)
+}
 
 impl RootSpanBuilder for BrokerRootSpan {
     fn on_request_start(request: &ServiceRequest) -> Span {
@@ -47,26 +75,48 @@ impl RootSpanBuilder for BrokerRootSpan {
         let context = ext.get::<RequestContext>();
         let request_id = context.map_or("", |c| c.id.to_str().unwrap_or_default());
         let client_ip = context.and_then(|c| c.client_ip);
-        let route = Route::label_of(request.path());
-        let span = tracing::info_span!(
-            "request",
-            request_id = %request_id,
-            method = %request.method(),
-            route,
-            client_ip = client_ip.map(tracing::field::display),
-            user_id = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-            otel.name = tracing::field::Empty,
-            otel.kind = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
+        let route = Route::of_path(request.path());
+        let label = Route::label(route);
+        if !traced(route) {
+            let span = request_span!(
+                crate::telemetry::traces::untraced_target!(),
+                request_id,
+                request.method(),
+                label,
+                client_ip
+            );
+            // No trace of ours: the log line still names the caller's.
+            if let Some(trace_id) = request
+                .headers()
+                .get(TRACEPARENT)
+                .and_then(|v| v.to_str().ok())
+                .and_then(crate::telemetry::traces::traceparent_trace_id)
+            {
+                span.record("trace_id", trace_id);
+            }
+            return span;
+        }
+        let span = request_span!(
+            module_path!(),
+            request_id,
+            request.method(),
+            label,
+            client_ip
         );
-        if crate::telemetry::traces::enabled() {
-            span.record("otel.name", format!("{} {route}", request.method()));
-            span.record("otel.kind", "server");
-        }
-        if let Some(trace_id) = crate::telemetry::traces::continue_trace(&span, request.headers()) {
-            span.record("trace_id", trace_id);
-        }
+        let scheme = request
+            .app_data::<web::Data<ConnectionPolicy>>()
+            .map_or("http", |p| p.forwarded_scheme(request));
+        let trace_id = crate::telemetry::traces::start_server_span(
+            &span,
+            &crate::telemetry::traces::ServerRequest {
+                method: request.method().as_str(),
+                route: route.map(Route::path),
+                scheme,
+                client_address: client_ip,
+                headers: request.headers(),
+            },
+        );
+        span.record("trace_id", tracing::field::display(trace_id));
         span
     }
 
@@ -99,18 +149,20 @@ impl RootSpanBuilder for BrokerRootSpan {
             .extensions()
             .get::<RequestContext>()
             .map_or(0.0, |c| c.start.elapsed().as_secs_f64());
-        let latency_ms = latency * 1000.0;
-        let route = Route::label_of(request.path());
+        let route = Route::of_path(request.path());
+        let label = Route::label(route);
+        let exemplar = if traced(route) {
+            crate::telemetry::traces::end_server_span(&span, status.as_u16())
+        } else {
+            None
+        };
         if let Some(metrics) = request.app_data::<web::Data<Metrics>>() {
-            metrics.count_request(route, code);
-            metrics.observe_request(route, status.as_u16(), latency);
+            metrics.count_request(label, code);
+            metrics.observe_request(label, status.as_u16(), latency, exemplar);
         }
-        if crate::telemetry::traces::enabled() {
-            crate::telemetry::traces::set_status_code(&span, status.as_u16());
-            if status.is_server_error() {
-                span.record("otel.status_code", "error");
-            }
-        }
+        // Microseconds are the resolution that tells a cache hit from a miss; more digits are
+        // noise of the float.
+        let latency_ms = (latency * 1_000_000.0).round() / 1000.0;
         let _entered = span.enter();
         if status.is_server_error() {
             tracing::warn!(status = status.as_u16(), code, latency_ms, "request");

@@ -44,6 +44,12 @@ impl Route {
         }
     }
 
+    /// Whether a request on this route gets a trace: health checks and scrapes, which arrive
+    /// every few seconds and say nothing about a user's request, do not.
+    pub(crate) const fn is_traced(self) -> bool {
+        !matches!(self, Route::Healthz | Route::Readyz | Route::Metrics)
+    }
+
     /// The route a request path belongs to, if any.
     pub(crate) fn of_path(path: &str) -> Option<Route> {
         Route::ALL.into_iter().find(|route| match route {
@@ -54,9 +60,9 @@ impl Route {
         })
     }
 
-    /// The label of a request path in logs and metrics: its route's path, else `other`.
-    pub(crate) fn label_of(path: &str) -> &'static str {
-        Route::of_path(path).map_or("other", Route::path)
+    /// The label of a request's route in logs and metrics: its path, else `other`.
+    pub(crate) fn label(route: Option<Route>) -> &'static str {
+        route.map_or("other", Route::path)
     }
 }
 
@@ -66,11 +72,20 @@ mod tests {
 
     #[test]
     fn raw_paths_never_become_labels() {
-        assert_eq!(Route::label_of("/v1/token"), "/v1/token");
-        assert_eq!(Route::label_of("/v1/token/eyJhbGciOi"), "other");
-        assert_eq!(Route::label_of("/dev/session"), "/dev");
-        assert_eq!(Route::label_of("/dev"), "/dev");
-        assert_eq!(Route::label_of("/devious"), "other");
+        assert_eq!(Route::label(Route::of_path("/v1/token")), "/v1/token");
+        assert_eq!(
+            Route::label(Route::of_path("/v1/token/eyJhbGciOi")),
+            "other"
+        );
+        assert_eq!(Route::label(Route::of_path("/dev/session")), "/dev");
+        assert_eq!(Route::label(Route::of_path("/dev")), "/dev");
+        assert_eq!(Route::label(Route::of_path("/devious")), "other");
+    }
+
+    #[test]
+    fn probes_and_scrapes_are_not_traced() {
+        let untraced: Vec<Route> = Route::ALL.into_iter().filter(|r| !r.is_traced()).collect();
+        assert_eq!(untraced, [Route::Healthz, Route::Readyz, Route::Metrics]);
     }
 
     #[test]

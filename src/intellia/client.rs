@@ -254,6 +254,7 @@ impl IntelliaClient {
                 attempt = attempt + 1,
                 otel.status_code = tracing::field::Empty,
             );
+            crate::telemetry::traces::set_resend_count(&span, attempt);
             let outcome = self
                 .attempt(req, auth, budget)
                 .instrument(span.clone())

@@ -161,6 +161,8 @@ pub struct SimulatorState {
     minted: AtomicU64,
     last_authorization: Mutex<Option<String>>,
     last_traceparent: Mutex<Option<String>>,
+    /// The trace-context headers (W3C, baggage, B3) of the last request.
+    last_trace_headers: Mutex<HashMap<String, String>>,
 }
 
 impl SimulatorState {
@@ -173,6 +175,7 @@ impl SimulatorState {
             minted: AtomicU64::new(0),
             last_authorization: Mutex::new(None),
             last_traceparent: Mutex::new(None),
+            last_trace_headers: Mutex::new(HashMap::new()),
         })
     }
 
@@ -198,6 +201,12 @@ impl SimulatorState {
     /// carried on.
     pub fn last_traceparent(&self) -> Option<String> {
         lock(&self.last_traceparent).clone()
+    }
+
+    /// A trace-context header (`tracestate`, `baggage`, `b3`, `x-b3-traceid`, …) of the last
+    /// request, by its lower-case name.
+    pub fn last_trace_header(&self, name: &str) -> Option<String> {
+        lock(&self.last_trace_headers).get(name).cloned()
     }
 
     pub fn push_faults(&self, faults: impl IntoIterator<Item = Fault>) {
@@ -255,6 +264,18 @@ async fn assume_role(
         .get("traceparent")
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
+    *lock(&state.last_trace_headers) = req
+        .headers()
+        .iter()
+        .filter(|(name, _)| {
+            let name = name.as_str();
+            matches!(name, "traceparent" | "tracestate" | "baggage" | "b3")
+                || name.starts_with("x-b3-")
+        })
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
     let (latency, fault) = state.next_fault();
     if !latency.is_zero() {
         tokio::time::sleep(latency).await;

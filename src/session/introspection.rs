@@ -173,6 +173,7 @@ impl Introspector {
             BrokerError::SessionProviderUnavailable
         })?;
         let status = response.status();
+        crate::telemetry::traces::set_status_code(&tracing::Span::current(), status.as_u16());
         if !status.is_success() {
             self.log_refusal(status, response).await;
             return Err(BrokerError::SessionProviderUnavailable);

@@ -364,6 +364,10 @@ impl JwksCache {
                     "connection failed".to_owned()
                 },
             })?;
+        crate::telemetry::traces::set_status_code(
+            &tracing::Span::current(),
+            response.status().as_u16(),
+        );
         if !response.status().is_success() {
             return Err(FetchError::Status {
                 what,

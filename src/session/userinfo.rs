@@ -37,6 +37,10 @@ impl Endpoint {
                 .send()
                 .await
                 .ok()?;
+            crate::telemetry::traces::set_status_code(
+                &tracing::Span::current(),
+                response.status().as_u16(),
+            );
             if !response.status().is_success() {
                 tracing::warn!(
                     status = response.status().as_u16(),

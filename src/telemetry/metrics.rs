@@ -5,11 +5,12 @@ use std::time::Duration;
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::exemplar::HistogramWithExemplars;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::metrics::info::Info;
-use prometheus_client::registry::Registry;
+use prometheus_client::registry::{Registry, Unit};
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
@@ -47,19 +48,19 @@ pub struct RouteStatusLabels {
     pub status: u16,
 }
 
+/// The exemplar of a sampled request: its trace, to jump from a latency bucket to the trace.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TraceExemplar {
+    pub trace_id: String,
+}
+
+/// A request latency histogram with the trace of its latest sampled request per bucket.
+pub(crate) type RequestHistogram = HistogramWithExemplars<TraceExemplar>;
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SourceLabels {
     /// `jwt` or `introspection`.
     pub source: &'static str,
-}
-
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-pub struct EndpointLabels {
-    /// Index of the `[[session.endpoint]]` table, as issuers are labelled by theirs.
-    pub endpoint: String,
-    /// What the site's answer meant: `signed_in`, `signed_out`, `redirected`, `no_user_id`,
-    /// `failed`, `invalid`, `timeout`, `unreachable`, `saturated`.
-    pub outcome: &'static str,
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -79,8 +80,32 @@ pub struct RedisOpLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndpointLabels {
+    /// Index of the `[[session.endpoint]]` table, as issuers are labelled by theirs.
+    pub endpoint: String,
+    /// What the site's answer meant: `signed_in`, `signed_out`, `redirected`, `no_user_id`,
+    /// `failed`, `invalid`, `timeout`, `unreachable`, `saturated`.
+    pub outcome: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ReasonLabels {
     pub reason: &'static str,
+}
+
+/// The label values a configured broker will use, for [`Metrics::start_at_zero`].
+#[derive(Debug, Default)]
+pub struct ExpectedSeries<'a> {
+    /// The token routes served (`route` of requests and their latency).
+    pub token_routes: &'a [&'static str],
+    /// The outcome codes of the error table (`code` of requests).
+    pub codes: &'a [&'static str],
+    /// The configured rate limits (`limit`).
+    pub limits: &'a [&'static str],
+    /// The configured session sources (`source` of session verification).
+    pub session_sources: &'a [&'static str],
+    /// Whether Redis is configured.
+    pub redis: bool,
 }
 
 pub struct Metrics {
@@ -101,9 +126,10 @@ pub struct Metrics {
     pub redis_failures: Family<ReasonLabels, Counter>,
     pub redis_duration: Family<RedisOpLabels, Histogram>,
     pub upstream_circuit_open: Gauge,
-    pub request_duration: Family<RouteStatusLabels, Histogram>,
+    pub request_duration: Family<RouteStatusLabels, HistogramWithExemplars<TraceExemplar>>,
     pub session_verify_duration: Family<SourceLabels, Histogram>,
     pub jwks_last_success: Family<IssuerIndexLabels, Gauge>,
+    pub trace_export_failures: Counter,
     pub session_endpoint_requests: Family<EndpointLabels, Counter>,
     pub session_endpoint_duration: Family<EndpointLabels, Histogram>,
 }
@@ -124,11 +150,23 @@ fn redis_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.0001, 2.0, 13))
 }
 
-/// Whole requests and session checks: a cached answer takes well under a millisecond.
-fn request_histogram() -> Histogram {
-    // 0.5 ms .. ~16 s
-    Histogram::new(exponential_buckets(0.0005, 2.0, 16))
+/// Whole requests and session checks, 10 µs to 10 s in 1-2.5-5 steps: a cached answer takes
+/// about 10 µs, a mint tens of milliseconds, so the quantiles of each land in buckets of their own.
+const REQUEST_BUCKETS: [f64; 19] = [
+    0.000_01, 0.000_025, 0.000_05, 0.000_1, 0.000_25, 0.000_5, 0.001, 0.002_5, 0.005, 0.01, 0.025,
+    0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+];
+
+fn request_histogram() -> RequestHistogram {
+    HistogramWithExemplars::new(REQUEST_BUCKETS.into_iter())
 }
+
+fn session_histogram() -> Histogram {
+    Histogram::new(REQUEST_BUCKETS)
+}
+
+/// The git revision the binary was built from (`build.rs`; `unknown` outside a checkout).
+const REVISION: &str = env!("BROKER_GIT_REVISION");
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -157,9 +195,10 @@ impl Metrics {
         let upstream_duration = Family::<StatusClassLabels, Histogram>::new_with_constructor(
             latency_histogram as fn() -> Histogram,
         );
-        registry.register(
-            "upstream_duration_seconds",
+        registry.register_with_unit(
+            "upstream_duration",
             "Latency of attempts to call Intellia",
+            Unit::Seconds,
             upstream_duration.clone(),
         );
         let upstream_retries = Counter::default();
@@ -231,9 +270,10 @@ impl Metrics {
         let redis_duration = Family::<RedisOpLabels, Histogram>::new_with_constructor(
             redis_histogram as fn() -> Histogram,
         );
-        registry.register(
-            "redis_duration_seconds",
+        registry.register_with_unit(
+            "redis_duration",
             "Latency of Redis calls by operation (limits, get, set, lock, unlock, refund, ping)",
+            Unit::Seconds,
             redis_duration.clone(),
         );
         let upstream_circuit_open = Gauge::default();
@@ -242,27 +282,36 @@ impl Metrics {
             "Whether the circuit breaker toward Intellia is open (1) or closed (0)",
             upstream_circuit_open.clone(),
         );
-        let request_duration = Family::<RouteStatusLabels, Histogram>::new_with_constructor(
-            request_histogram as fn() -> Histogram,
+        let request_duration = Family::<RouteStatusLabels, RequestHistogram>::new_with_constructor(
+            request_histogram as fn() -> RequestHistogram,
         );
-        registry.register(
-            "request_duration_seconds",
-            "Time from a request's arrival to its answer, by route and HTTP status",
+        registry.register_with_unit(
+            "request_duration",
+            "Time from a request's arrival to its answer, by route and HTTP status; sampled requests carry their trace_id as an exemplar",
+            Unit::Seconds,
             request_duration.clone(),
         );
         let session_verify_duration = Family::<SourceLabels, Histogram>::new_with_constructor(
-            request_histogram as fn() -> Histogram,
+            session_histogram as fn() -> Histogram,
         );
-        registry.register(
-            "session_verify_duration_seconds",
+        registry.register_with_unit(
+            "session_verify_duration",
             "Time to verify a session not seen before, by source (jwt, introspection); includes key fetches and userinfo",
+            Unit::Seconds,
             session_verify_duration.clone(),
         );
         let jwks_last_success = Family::<IssuerIndexLabels, Gauge>::default();
-        registry.register(
-            "jwks_last_success_timestamp_seconds",
+        registry.register_with_unit(
+            "jwks_last_success_timestamp",
             "Unix time of the last successful JWKS fetch by issuer index (0 = never)",
+            Unit::Seconds,
             jwks_last_success.clone(),
+        );
+        let trace_export_failures = crate::telemetry::traces::export::failures_counter();
+        registry.register(
+            "trace_export_failures",
+            "OTLP trace exports that failed or timed out; each drops its batch of spans (0 with traces off)",
+            trace_export_failures.clone(),
         );
         let session_endpoint_requests = Family::<EndpointLabels, Counter>::default();
         registry.register(
@@ -271,14 +320,17 @@ impl Metrics {
             session_endpoint_requests.clone(),
         );
         let session_endpoint_duration = Family::<EndpointLabels, Histogram>::new_with_constructor(
-            request_histogram as fn() -> Histogram,
+            session_histogram as fn() -> Histogram,
         );
         registry.register(
             "session_endpoint_duration_seconds",
             "Latency of calls to a site's session endpoint by endpoint index and outcome",
             session_endpoint_duration.clone(),
         );
-        let build_info = Info::new(vec![("version", env!("CARGO_PKG_VERSION"))]);
+        let build_info = Info::new(vec![
+            ("version", env!("CARGO_PKG_VERSION")),
+            ("revision", REVISION),
+        ]);
         registry.register("build", "Build information", build_info);
         Metrics {
             registry: root,
@@ -301,6 +353,7 @@ impl Metrics {
             request_duration,
             session_verify_duration,
             jwks_last_success,
+            trace_export_failures,
             session_endpoint_requests,
             session_endpoint_duration,
         }
@@ -323,10 +376,57 @@ impl Metrics {
             .observe(elapsed.as_secs_f64());
     }
 
-    pub fn observe_request(&self, route: &'static str, status: u16, seconds: f64) {
+    /// Creates at zero the series the chart's alerts and dashboard read before their first
+    /// event, so a first failure counts in `rate()`, ratios have a denominator, and every family
+    /// the dashboard names is on `/metrics` from the start (a family without a series is not).
+    pub fn start_at_zero(&self, expected: &ExpectedSeries<'_>) {
+        for &route in expected.token_routes {
+            for &code in std::iter::once(&"ok").chain(expected.codes) {
+                let _ = self.requests.get_or_create(&RequestLabels { route, code });
+            }
+            let _ = self
+                .request_duration
+                .get_or_create(&RouteStatusLabels { route, status: 200 });
+        }
+        for result in ["hit", "miss"] {
+            let _ = self.cache_requests.get_or_create(&ResultLabels { result });
+        }
+        for status_class in ["2xx", "4xx", "429", "5xx", "timeout", "connect_error"] {
+            let _ = self
+                .upstream_requests
+                .get_or_create(&StatusClassLabels { status_class });
+        }
+        for &limit in expected.limits {
+            let _ = self.rate_limited.get_or_create(&LimitLabels { limit });
+        }
+        for &source in expected.session_sources {
+            let _ = self
+                .session_verify_duration
+                .get_or_create(&SourceLabels { source });
+        }
+        if expected.redis {
+            // The health check pings from the start; the other operations follow traffic.
+            let _ = self
+                .redis_duration
+                .get_or_create(&RedisOpLabels { op: "ping" });
+        }
+    }
+
+    /// Records a request's latency; `exemplar` is its trace when it was sampled.
+    pub fn observe_request(
+        &self,
+        route: &'static str,
+        status: u16,
+        seconds: f64,
+        exemplar: Option<opentelemetry::trace::TraceId>,
+    ) {
+        let exemplar = exemplar.map(|id| TraceExemplar {
+            trace_id: format!("{id:032x}"),
+        });
+        let timestamp = exemplar.as_ref().map(|_| std::time::SystemTime::now());
         self.request_duration
             .get_or_create(&RouteStatusLabels { route, status })
-            .observe(seconds);
+            .observe(seconds, exemplar, timestamp);
     }
 
     pub fn observe_session_verify(&self, source: &'static str, elapsed: Duration) {
@@ -379,8 +479,12 @@ mod tests {
         let m = Metrics::new();
         m.count_request("/v1/token", "ok");
         m.observe_upstream("2xx", Duration::from_millis(12));
-        m.observe_request("/v1/token", 200, 0.004);
+        m.observe_request("/v1/token", 200, 0.000_012, None);
+        let trace =
+            opentelemetry::trace::TraceId::from_hex("4bf92f3577b34da6a3ce929d0e0e4736").unwrap();
+        m.observe_request("/v1/token", 200, 0.004, Some(trace));
         m.observe_session_verify("jwt", Duration::from_millis(3));
+        m.observe_session_endpoint(0, "signed_in", Duration::from_millis(4));
         m.jwks_last_success
             .get_or_create(&IssuerIndexLabels { issuer: "0".into() })
             .set(0);
@@ -389,7 +493,6 @@ mod tests {
             .inc();
         m.observe_redis("limits", Duration::from_micros(300));
         m.count_redis_failure("auth");
-        m.observe_session_endpoint(0, "signed_in", Duration::from_millis(4));
         let text = m.encode();
         for series in [
             "broker_requests_total{route=\"/v1/token\",code=\"ok\"} 1",
@@ -399,8 +502,14 @@ mod tests {
             "broker_build_info{version=",
             "broker_redis_duration_seconds_count{op=\"limits\"} 1",
             "broker_redis_failures_total{reason=\"auth\"} 1",
-            "broker_request_duration_seconds_bucket{le=\"0.001\",route=\"/v1/token\",status=\"200\"} 0",
-            "broker_request_duration_seconds_count{route=\"/v1/token\",status=\"200\"} 1",
+            "broker_request_duration_seconds_bucket{le=\"0.00001\",route=\"/v1/token\",status=\"200\"} 0",
+            "broker_request_duration_seconds_bucket{le=\"0.000025\",route=\"/v1/token\",status=\"200\"} 1",
+            "broker_request_duration_seconds_bucket{le=\"0.005\",route=\"/v1/token\",status=\"200\"} 2 # {trace_id=\"4bf92f3577b34da6a3ce929d0e0e4736\"} 0.004 ",
+            "broker_request_duration_seconds_count{route=\"/v1/token\",status=\"200\"} 2",
+            "# UNIT broker_request_duration_seconds seconds",
+            "# UNIT broker_upstream_duration_seconds seconds",
+            "# UNIT broker_jwks_last_success_timestamp_seconds seconds",
+            "broker_trace_export_failures_total ",
             "broker_session_verify_duration_seconds_count{source=\"jwt\"} 1",
             "broker_jwks_last_success_timestamp_seconds{issuer=\"0\"} 0",
             "broker_session_endpoint_requests_total{endpoint=\"0\",outcome=\"signed_in\"} 1",

@@ -9,13 +9,13 @@ pub(crate) mod traces;
 use std::io::IsTerminal;
 
 use tracing::Level;
-use tracing_subscriber::filter::Targets;
 use tracing_subscriber::fmt::writer::BoxMakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, Layer, Registry};
 
 use crate::config::TelemetrySettings;
+use traces::environment::{Note, OtelEnv};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
 pub(crate) enum LogFormat {
@@ -46,14 +46,18 @@ impl Telemetry {
 }
 
 /// Installs the global subscriber. `RUST_LOG` sets the log level (default `info`, or `warn` for
-/// [`LogTarget::Stderr`]). With `traces` resolving to an endpoint, this crate's
-/// spans are also exported through OpenTelemetry, whatever the log level. Must run inside the
-/// Tokio runtime.
+/// [`LogTarget::Stderr`]). With `traces` resolving to an endpoint (`[telemetry]` and the `OTEL_*`
+/// variables), this crate's spans are also exported through OpenTelemetry, whatever the log
+/// level. `Err` is one line naming an `OTEL_*` variable (or `telemetry.` key) whose value cannot
+/// be honoured: the process must not start. Must run inside the Tokio runtime.
 pub(crate) fn init(
     format: LogFormat,
     target: LogTarget,
     traces: Option<&TelemetrySettings>,
-) -> Telemetry {
+) -> Result<Telemetry, String> {
+    let resolved = traces
+        .map(|settings| traces::environment::resolve(settings, &OtelEnv::from_process()))
+        .transpose()?;
     let default_level = match target {
         LogTarget::Stdout => "info",
         LogTarget::Stderr => "warn",
@@ -94,34 +98,38 @@ pub(crate) fn init(
             .with_filter(filter)
             .boxed(),
     });
-    let mut warnings = Vec::new();
     let mut telemetry = Telemetry::default();
-    if let Some(settings) = traces {
-        let (config, problems) = traces::resolve(settings, |name| std::env::var(name).ok());
-        warnings = problems;
-        if let Some(config) = config {
-            match traces::TracePipeline::build(&config) {
-                Ok((pipeline, tracer)) => {
-                    let spans = Targets::new().with_target(env!("CARGO_CRATE_NAME"), Level::INFO);
-                    layers.push(
-                        tracing_opentelemetry::layer()
-                            .with_tracer(tracer)
-                            .with_location(false)
-                            .with_threads(false)
-                            .with_tracked_inactivity(false)
-                            .with_filter(spans)
-                            .boxed(),
-                    );
-                    telemetry.traces = Some(pipeline);
-                }
-                Err(problem) => warnings.push(format!("{problem}; traces are off")),
-            }
+    let mut notes = Vec::new();
+    if let Some(resolved) = resolved {
+        notes = resolved.notes;
+        if let Some(config) = resolved.config {
+            let (pipeline, tracer) = traces::TracePipeline::build(&config)?;
+            // This crate's spans only (decided once per call site), and not the ones of health
+            // checks and scrapes.
+            let spans = tracing_subscriber::filter::filter_fn(|meta| {
+                meta.target().starts_with(env!("CARGO_CRATE_NAME"))
+                    && !meta.target().ends_with(traces::UNTRACED_SUFFIX)
+                    && *meta.level() <= Level::INFO
+            });
+            layers.push(
+                tracing_opentelemetry::layer()
+                    .with_tracer(tracer)
+                    .with_location(false)
+                    .with_threads(false)
+                    .with_tracked_inactivity(false)
+                    .with_filter(spans)
+                    .boxed(),
+            );
+            telemetry.traces = Some(pipeline);
         }
     }
     // Already installed (tests, or `dev` after an earlier init): keep the first.
     let _ = tracing_subscriber::registry().with(layers).try_init();
-    for warning in warnings {
-        tracing::warn!("{warning}");
+    for note in notes {
+        match note {
+            Note::Info(text) => tracing::info!("{text}"),
+            Note::Warn(text) => tracing::warn!("{text}"),
+        }
     }
-    telemetry
+    Ok(telemetry)
 }

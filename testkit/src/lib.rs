@@ -9,7 +9,8 @@
 //! - [`process`]: the real binary as a child process ([`process::BrokerProcess`]).
 //! - [`redis`]: `redis-server` launchers: plain, TLS-only, with an ACL user, a three-node cluster.
 //! - [`sites`]: the real web sites of `tests/sites/` (express-session, Flask-Login) and a hostile one.
-//! - [`otlp`]: [`otlp::OtlpReceiver`], the OTLP/HTTP trace receiver (`tests/otlp-receiver/`) as a child.
+//! - [`otlp`]: [`otlp::OtlpReceiver`], the OTLP trace receiver (`tests/otlp-receiver/`: HTTP and gRPC,
+//!   plain or TLS) as a child.
 //! - [`assert`]: [`assert::assert_problem`] and [`assert::assert_no_secret`].
 //! - [`procfs`], [`memory`], [`loadgen`], [`bench`]: `/proc` readers, the memory driver, the load
 //!   generator and the benchmark fixture (simulator and brokers as processes).

@@ -474,8 +474,8 @@ fn cluster_port() -> u16 {
 
 /// A CA and a server certificate for `127.0.0.1` / `localhost` signed by it (P-256, one day),
 /// made with the `openssl` command in `dir`. The certificate is for clients too: cluster nodes
-/// present it to each other on the TLS cluster bus.
-fn make_certificates(dir: &Path) -> Result<TlsFiles, String> {
+/// present it to each other on the TLS cluster bus, and the OTLP receiver asks the broker for it.
+pub fn make_certificates(dir: &Path) -> Result<TlsFiles, String> {
     let files = TlsFiles {
         ca: dir.join("ca.crt"),
         cert: dir.join("server.crt"),

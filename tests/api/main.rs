@@ -14,6 +14,7 @@ mod limits;
 mod metrics_names;
 mod oidc_provider;
 mod operations;
+mod otel_env;
 mod process;
 mod proxies;
 mod redis_managed;

@@ -1,4 +1,4 @@
-//! The metric families the chart's alerts and dashboard may use (`tests/deploy/metrics.txt`) are the ones a live broker exposes, with the new histograms filled.
+//! The metric families the chart's alerts and dashboard may use (`tests/deploy/metrics.txt`) are the ones a live broker exposes, with the new histograms filled and the alerts' series present at zero.
 
 use intellia_token_broker::testing::{IssuerIndexLabels, IssuerLabels, LimitLabels, SecretLabels};
 use testkit::prelude::*;
@@ -75,6 +75,16 @@ async fn every_family_the_chart_names_is_exposed() {
     for series in [
         "broker_request_duration_seconds_count{route=\"/v1/token\",status=\"200\"} 1",
         "broker_session_verify_duration_seconds_count{source=\"jwt\"} 1",
+        // Resolves a cache hit (about 10 µs) from a mint, with units for the OpenMetrics reader.
+        "broker_request_duration_seconds_bucket{le=\"0.00001\",route=\"/v1/token\",status=\"200\"}",
+        "# UNIT broker_request_duration_seconds seconds",
+        // At zero before the first event, for the alerts' rates and ratios.
+        "broker_requests_total{route=\"/v1/token\",code=\"upstream_unavailable\"} 0",
+        "broker_upstream_requests_total{status_class=\"5xx\"} 0",
+        "broker_cache_requests_total{result=\"miss\"} 1",
+        "broker_trace_export_failures_total ",
+        "broker_build_info{version=\"",
+        "\",revision=\"",
     ] {
         assert!(text.contains(series), "missing {series} in\n{text}");
     }

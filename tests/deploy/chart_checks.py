@@ -605,6 +605,78 @@ def assert_known_metrics(exprs: dict[str, str], known: set[str]) -> int:
     return len(exprs)
 
 
+# Every alert the chart renders (TokenBrokerJwksStale with a JWKS issuer, TokenBrokerRedisDown with
+# Redis) and the ones over a ratio of requests, which must need a minimum request rate.
+ALERTS = {"TokenBrokerDown", "TokenBrokerAbsent", "TokenBrokerErrors", "TokenBrokerUpstreamErrors",
+          "TokenBrokerCircuitOpen", "TokenBrokerSecretStale", "TokenBrokerSlow", "TokenBrokerNotReady",
+          "TokenBrokerTraceExportFailing", "TokenBrokerJwksStale", "TokenBrokerRedisDown"}
+RATIO_ALERTS = {"TokenBrokerErrors", "TokenBrokerUpstreamErrors", "TokenBrokerSlow"}
+# What tests/deploy/alerts.test.yaml was written for, over ci/managed-services-values.yaml.
+ALERT_TEST_VALUES = {"prometheusRule": {"runbookBaseUrl": "https://runbooks.example.test/itb", "thresholds": {
+    "errorRatio": 0.05, "upstreamErrorRatio": 0.1, "minRequestsPerSecond": 0.1, "p99LatencySeconds": 1,
+    "jwksStaleSeconds": 3600, "for": "5m"}}}
+
+
+def github_anchor(heading: str) -> str:
+    """The anchor GitHub gives a Markdown heading."""
+    text = re.sub(r"[^\w\- ]", "", heading.strip().lower())
+    return text.replace(" ", "-")
+
+
+def assert_alerts_route(docs: list[dict[str, Any]], troubleshooting: Path) -> str:
+    """Every alert keeps `namespace` (and `pod` when its summary names one), carries summary,
+    description and a runbook_url whose anchor is a heading of docs/troubleshooting.md, and a
+    ratio alert needs a minimum request rate."""
+    anchors = {github_anchor(line.lstrip("#")) for line in troubleshooting.read_text().splitlines()
+               if line.startswith("#")}
+    rules = [r for g in one(docs, "PrometheusRule")["spec"]["groups"] for r in g["rules"]]
+    for rule in rules:
+        name, expr, ann = rule["alert"], rule["expr"], rule.get("annotations") or {}
+        assert name in ALERTS, f"{name}: an alert this check does not know"
+        for key in ("summary", "description", "runbook_url"):
+            assert str(ann.get(key, "")).strip(), f"{name}: no {key}"
+        url, _, anchor = ann["runbook_url"].partition("#")
+        assert url.startswith("http") and anchor in anchors, f"{name}: runbook anchor #{anchor} not in {troubleshooting.name}"
+        groupings = re.findall(r"\bby \(([^)]*)\)", expr)
+        for labels in groupings:
+            names = {label.strip() for label in labels.split(",")}
+            assert "namespace" in names, f"{name}: `by ({labels})` drops namespace"
+            if "$labels.pod" in ann["summary"]:
+                assert "pod" in names, f"{name}: the summary names a pod that `by ({labels})` drops"
+        if not groupings:
+            assert 'namespace="' in expr, f"{name}: no namespace in {expr!r}"
+        if name in RATIO_ALERTS:
+            assert re.search(r"\n\s*and( on \([^)]*\))?\n\s*sum by \([^)]*\) \(rate\([^\n]*\) > [0-9.]+\s*$", expr), \
+                f"{name}: a ratio alert without a minimum request rate: {expr!r}"
+    return f"{len(rules)} alerts route (namespace, pod), link their runbook, ratios need traffic"
+
+
+def promtool_test_rules(chart: helm.Chart, values: dict[str, Any], test_file: Path, out: Path) -> str:
+    """`promtool test rules` on tests/deploy/alerts.test.yaml against the rules rendered for it; every
+    alert has a case that fires it and one that must not."""
+    docs = render(chart, merged(values, ALERT_TEST_VALUES))
+    groups = one(docs, "PrometheusRule")["spec"]["groups"]
+    rendered = {r["alert"] for g in groups for r in g["rules"]}
+    assert rendered == ALERTS, f"rendered alerts {sorted(rendered)}"
+    tests = yaml.safe_load(test_file.read_text())
+    cases = [c for t in tests["tests"] for c in t.get("alert_rule_test", [])]
+    fires = {c["alertname"] for c in cases if c.get("exp_alerts")}
+    quiet = {c["alertname"] for c in cases if not c.get("exp_alerts")}
+    assert fires >= ALERTS and quiet >= ALERTS, \
+        f"untested: fires {sorted(ALERTS - fires)}, stays quiet {sorted(ALERTS - quiet)}"
+    (out / tests["rule_files"][0]).write_text(yaml.safe_dump({"groups": groups}, sort_keys=False))
+    shutil.copy(test_file, out / test_file.name)
+    promtool = shutil.which("promtool")
+    if not promtool and os.environ.get("DEPLOY_NO_PROMTOOL") == "1":
+        return "promtool unavailable (run.sh said SKIP): alert unit tests not run"
+    assert promtool, "promtool not found (Debian package prometheus; run.sh installs it)"
+    proc = subprocess.run([promtool, "test", "rules", test_file.name], cwd=out, capture_output=True, text=True,
+                          check=False)
+    output = (proc.stdout + proc.stderr).strip()
+    assert proc.returncode == 0, output[-3000:]
+    return f"{len(tests['tests'])} promtool test groups, {len(cases)} cases over {len(ALERTS)} alerts: SUCCESS"
+
+
 def rule_exprs(docs: list[dict[str, Any]]) -> dict[str, str]:
     pr = one(docs, "PrometheusRule")
     return {f"{'alert' if 'alert' in r else 'record'} {r.get('alert') or r.get('record')}": r["expr"]
@@ -742,14 +814,12 @@ def assert_managed_services(chart: helm.Chart, docs: list[dict[str, Any]], value
     pr = one(docs, "PrometheusRule")
     assert pr["metadata"]["labels"]["release"] == "kube-prometheus-stack", "prometheusRule.labels"
     alerts = {r["alert"]: r for g in pr["spec"]["groups"] for r in g["rules"]}
-    assert set(alerts) == {"TokenBrokerUpstreamErrors", "TokenBrokerCircuitOpen", "TokenBrokerSecretStale",
-                           "TokenBrokerSlow", "TokenBrokerNotReady", "TokenBrokerJwksStale",
-                           "TokenBrokerRedisDown"}, sorted(alerts)
+    assert set(alerts) == ALERTS, sorted(alerts)
     for a in alerts.values():
         assert a["labels"]["team"] == "web" and a["labels"]["severity"] in ("critical", "warning"), a["labels"]
         assert 'job="broker-intellia-token-broker",namespace="web"' in a["expr"], f"{a['alert']}: selector"
-    assert alerts["TokenBrokerUpstreamErrors"]["expr"].rstrip().endswith("> 0.05"), "threshold from values"
-    assert alerts["TokenBrokerSlow"]["expr"].rstrip().endswith("> 1.5"), "p99 threshold from values"
+    assert ") > 0.05\n" in alerts["TokenBrokerUpstreamErrors"]["expr"], "threshold from values"
+    assert ") > 1.5\n" in alerts["TokenBrokerSlow"]["expr"], "p99 threshold from values"
     assert alerts["TokenBrokerJwksStale"]["expr"].rstrip().endswith("> 3600"), "JWKS threshold from values"
     # rolled when a referenced Redis object changes
     ann = one(docs, "Deployment")["spec"]["template"]["metadata"]["annotations"]
@@ -1264,6 +1334,15 @@ def main() -> int:
                      lambda: assert_networkpolicy_egress(docs, default=(name == "default")))
         checks.check(f"{name}: helm test NetworkPolicy egress never reaches those addresses either",
                      lambda: assert_networkpolicy_egress(hooks, default=False))
+        if prs:
+            checks.check(f"{name}: every alert keeps namespace (and pod), has summary, description and a "
+                         f"runbook_url anchor in docs/troubleshooting.md; ratio alerts need a minimum rate",
+                         lambda: print("     " + assert_alerts_route(docs, chart_dir.parent.parent / "docs" /
+                                                                   "troubleshooting.md")))
+        if name == "managed-services":
+            checks.check("alerts: promtool test rules (tests/deploy/alerts.test.yaml), each alert fires and "
+                         "stays quiet where it should (down, absent, minimum rates, successful requests only)",
+                         lambda: print("     " + promtool_test_rules(chart, values, here / "alerts.test.yaml", out)))
         if known is not None:
             checks.check(f"{name}: PrometheusRule (promtool check rules) and dashboard ConfigMap (promtool on "
                          f"every expression); each names only metrics the broker exposes",

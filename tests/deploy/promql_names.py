@@ -165,10 +165,15 @@ on_unavailable = "local"
             log.close()
 
 
+# Series Prometheus itself writes for every scrape target, whatever the target exposes: an alert on
+# a broker that is down or no longer scraped reads them.
+SCRAPE_SERIES = {"up", "scrape_duration_seconds", "scrape_samples_scraped"}
+
+
 def known_metrics(broker_bin: str | None, list_file: Path) -> tuple[set[str], str]:
     if broker_bin:
-        return from_broker(Path(broker_bin)), f"live /metrics of {broker_bin}"
-    return from_list(list_file), str(list_file)
+        return from_broker(Path(broker_bin)) | SCRAPE_SERIES, f"live /metrics of {broker_bin} (and Prometheus' {sorted(SCRAPE_SERIES)})"
+    return from_list(list_file) | SCRAPE_SERIES, f"{list_file} (and Prometheus' {sorted(SCRAPE_SERIES)})"
 
 
 def metric_names(expr: str) -> set[str]:

@@ -1,9 +1,11 @@
 #!/usr/bin/env python3
-"""Test-only OTLP/HTTP trace receiver for intellia-token-broker's integration tests.
+"""Test-only OTLP trace receiver for intellia-token-broker's integration tests.
 
-Accepts `POST /v1/traces` (protobuf ExportTraceServiceRequest, optionally gzip), decodes it with the
-`opentelemetry-proto` package and exposes the spans as JSON (`GET /spans`). A control API switches it
-into a dead (`500`) or hanging (`hang`) collector. See README.md next to this file.
+Accepts `POST /v1/traces` (OTLP/HTTP: protobuf ExportTraceServiceRequest, optionally gzip) and the
+OTLP/gRPC trace service (`TraceService/Export`, served by `grpcio` on a second port), decodes both
+with the `opentelemetry-proto` package and exposes the spans as JSON (`GET /spans`). A control API
+switches it into a dead (`500`) or hanging (`hang`) collector; both ports can serve TLS, asking for
+a client certificate. See README.md next to this file.
 
 stdout carries exactly one line: the JSON "ready" line. Everything else goes to stderr.
 """
@@ -16,15 +18,19 @@ import json
 import os
 import signal
 import socket
+import ssl
 import stat
 import sys
 import threading
 import time
 import zlib
+from concurrent import futures
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, urlsplit
 
+import grpc
 from google.protobuf.message import DecodeError
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
@@ -300,32 +306,11 @@ class Handler(BaseHTTPRequestHandler):
     def export(self) -> None:
         received_at = time.time_ns()
         headers = {k.lower(): v for k, v in self.headers.items()}
-        meta = {
-            "received_at_unix_nano": received_at,
-            "content_type": headers.get("content-type", ""),
-            "content_encoding": headers.get("content-encoding", ""),
-            "user_agent": headers.get("user-agent", ""),
-            "headers": headers,
-            "bytes": 0,
-            "spans": 0,
-            "status": None,
-            "outcome": None,
-        }
+        meta = request_meta("http", received_at, headers, headers.get("content-type", ""),
+                            headers.get("content-encoding", ""))
 
         def finish(outcome: str, status: int | None, spans: list[dict] | None = None) -> None:
-            with STATE.lock:
-                STATE.request_count += 1
-                meta["request"] = STATE.request_count
-                meta["outcome"], meta["status"] = outcome, status
-                STATE.counts[outcome] += 1
-                if spans:
-                    for s in spans:
-                        s["request"] = STATE.request_count
-                    meta["spans"] = len(spans)
-                    STATE.spans.extend(spans)
-                STATE.requests.append(meta)
-                del STATE.requests[:-MAX_REQUESTS_KEPT]
-                STATE.lock.notify_all()
+            record(meta, outcome, status, spans)
 
         try:
             raw = self.read_body()
@@ -375,6 +360,68 @@ class Handler(BaseHTTPRequestHandler):
         self.wfile.write(data)
 
 
+def request_meta(protocol: str, received_at: int, headers: dict, content_type: str, encoding: str) -> dict:
+    return {
+        "protocol": protocol,
+        "received_at_unix_nano": received_at,
+        "content_type": content_type,
+        "content_encoding": encoding,
+        "user_agent": headers.get("user-agent", ""),
+        "headers": headers,
+        "bytes": 0,
+        "spans": 0,
+        "status": None,
+        "outcome": None,
+    }
+
+
+def record(meta: dict, outcome: str, status, spans: list[dict] | None = None) -> None:
+    """Keeps an export request's metadata and its spans, numbering both."""
+    with STATE.lock:
+        STATE.request_count += 1
+        meta["request"] = STATE.request_count
+        meta["outcome"], meta["status"] = outcome, status
+        STATE.counts[outcome] += 1
+        if spans:
+            for s in spans:
+                s["request"] = STATE.request_count
+            meta["spans"] = len(spans)
+            STATE.spans.extend(spans)
+        STATE.requests.append(meta)
+        del STATE.requests[:-MAX_REQUESTS_KEPT]
+        STATE.lock.notify_all()
+
+
+# ------------------------------------------------------------------------------------------------
+# gRPC
+
+
+class TraceService(trace_service_pb2_grpc.TraceServiceServicer):
+    """`opentelemetry.proto.collector.trace.v1.TraceService/Export`, with the same modes and
+    records as `POST /v1/traces`. `status` in `/requests` is the gRPC status code (0 = OK)."""
+
+    def Export(self, request, context):  # noqa: N802 (generated name)
+        received_at = time.time_ns()
+        headers = {}
+        for key, value in context.invocation_metadata():
+            headers[key.lower()] = value.hex() if isinstance(value, bytes) else value
+        # grpc-encoding is consumed by the gRPC core; --grpc-identity-only refuses gzip instead.
+        meta = request_meta("grpc", received_at, headers, "application/grpc", "")
+        meta["bytes"] = request.ByteSize()
+        mode = STATE.mode
+        if mode == "hang":
+            release = STATE.release
+            record(meta, "hang", None)
+            while not release.wait(0.2) and not SHUTDOWN.is_set() and context.is_active():
+                pass
+            context.abort(grpc.StatusCode.UNAVAILABLE, "hung export cut (/__control/mode)")
+        if mode == "500":
+            record(meta, "500", grpc.StatusCode.UNAVAILABLE.value[0])
+            context.abort(grpc.StatusCode.UNAVAILABLE, "simulated collector failure (/__control/mode)")
+        record(meta, "ok", grpc.StatusCode.OK.value[0], decode_spans(request, received_at, 0))
+        return ExportTraceServiceResponse()
+
+
 class Server(ThreadingHTTPServer):
     daemon_threads = True
     allow_reuse_address = True
@@ -410,25 +457,76 @@ def watch_stdin(mode: str, stop) -> bool:
     return True
 
 
+def tls_files(args) -> tuple[bytes, bytes, bytes | None] | None:
+    if not args.tls_cert:
+        return None
+    with open(args.tls_cert, "rb") as c, open(args.tls_key, "rb") as k:
+        cert, key = c.read(), k.read()
+    ca = None
+    if args.client_ca:
+        with open(args.client_ca, "rb") as f:
+            ca = f.read()
+    return cert, key, ca
+
+
 def main(argv: list[str]) -> int:
-    parser = argparse.ArgumentParser(description="Test-only OTLP/HTTP trace receiver")
+    parser = argparse.ArgumentParser(description="Test-only OTLP trace receiver (HTTP and gRPC)")
     parser.add_argument("--port", type=int, default=0, help="port on 127.0.0.1 (0 = any free port)")
+    parser.add_argument("--grpc-port", type=int, default=0, help="OTLP/gRPC port on 127.0.0.1 (0 = any free port)")
+    parser.add_argument("--grpc-identity-only", action="store_true",
+                        help="refuse compressed gRPC messages (UNIMPLEMENTED), to tell that a client compresses")
+    parser.add_argument("--tls-cert", help="serve both ports over TLS with this PEM certificate (chain)")
+    parser.add_argument("--tls-key", help="the PEM private key of --tls-cert")
+    parser.add_argument("--client-ca", help="with --tls-cert: require a client certificate signed by this PEM CA")
     group = parser.add_mutually_exclusive_group()
     group.add_argument("--stdin-exit", dest="stdin_exit", action="store_const", const="on", default="auto")
     group.add_argument("--no-stdin-exit", dest="stdin_exit", action="store_const", const="off")
     args = parser.parse_args(argv)  # exits 2 on bad arguments
-    if not 0 <= args.port <= 65535:
-        log(f"bad --port {args.port}")
+    if not (0 <= args.port <= 65535 and 0 <= args.grpc_port <= 65535):
+        log(f"bad --port {args.port} or --grpc-port {args.grpc_port}")
+        return 2
+    if bool(args.tls_cert) != bool(args.tls_key) or (args.client_ca and not args.tls_cert):
+        log("--tls-cert and --tls-key go together; --client-ca needs them")
+        return 2
+    try:
+        tls = tls_files(args)
+    except OSError as err:
+        log(f"cannot read a TLS file: {err}")
         return 2
 
+    grpc_server = None
     try:
         server = Server((HOST, args.port), Handler)
-    except OSError as err:
+        if tls:
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+            ctx.load_cert_chain(args.tls_cert, args.tls_key)
+            if args.client_ca:
+                ctx.verify_mode = ssl.CERT_REQUIRED
+                ctx.load_verify_locations(args.client_ca)
+            server.socket = ctx.wrap_socket(server.socket, server_side=True)
+        options = [("grpc.compression_enabled_algorithms_bitset", 1)] if args.grpc_identity_only else []
+        grpc_server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=options)
+        trace_service_pb2_grpc.add_TraceServiceServicer_to_server(TraceService(), grpc_server)
+        address = f"{HOST}:{args.grpc_port}"
+        if tls:
+            cert, key, ca = tls
+            credentials = grpc.ssl_server_credentials([(key, cert)], root_certificates=ca,
+                                                      require_client_auth=ca is not None)
+            grpc_port = grpc_server.add_secure_port(address, credentials)
+        else:
+            grpc_port = grpc_server.add_insecure_port(address)
+        if not grpc_port:
+            raise OSError(f"cannot listen on {address}")
+        grpc_server.start()
+    except (OSError, RuntimeError, ssl.SSLError) as err:
         log(f"listen error: {err}")
         return 1
     port = server.server_address[1]
-    endpoint = f"http://{HOST}:{port}"
-    READY.update({"endpoint": endpoint, "traces_url": f"{endpoint}/v1/traces", "port": port, "pid": os.getpid()})
+    scheme = "https" if tls else "http"
+    endpoint = f"{scheme}://{HOST}:{port}"
+    READY.update({"endpoint": endpoint, "traces_url": f"{endpoint}/v1/traces", "port": port,
+                  "grpc_endpoint": f"{scheme}://{HOST}:{grpc_port}", "grpc_port": grpc_port,
+                  "pid": os.getpid()})
 
     stopping = threading.Lock()
 
@@ -440,13 +538,14 @@ def main(argv: list[str]) -> int:
         STATE.release.set()
         with STATE.lock:
             STATE.lock.notify_all()
+        grpc_server.stop(grace=None)
         threading.Thread(target=server.shutdown, daemon=True).start()
 
     for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
         signal.signal(sig, lambda signum, _frame: stop(signal.Signals(signum).name))
 
     watching = watch_stdin(args.stdin_exit, stop)
-    log(f"listening on {endpoint} (pid {os.getpid()}; exits on SIGTERM/SIGINT{' and when stdin closes' if watching else ''})")
+    log(f"listening on {endpoint} and gRPC {READY['grpc_endpoint']} (pid {os.getpid()}; exits on SIGTERM/SIGINT{' and when stdin closes' if watching else ''})")
     sys.stdout.write(json.dumps(READY) + "\n")
     sys.stdout.flush()
     try:

@@ -1,7 +1,8 @@
-"""Self-test of the OTLP/HTTP trace receiver fixture: `tests/otlp-receiver/run.sh`.
+"""Self-test of the OTLP trace receiver fixture: `tests/otlp-receiver/run.sh`.
 
-Starts receiver.py as a child process and posts real protobuf ExportTraceServiceRequests built with
-opentelemetry-proto, plain and gzip, then checks /spans, the modes and the process lifecycle.
+Starts receiver.py as a child process and sends real protobuf ExportTraceServiceRequests built with
+opentelemetry-proto, over OTLP/HTTP (plain and gzip) and OTLP/gRPC (grpcio's client, plain and gzip,
+over TLS with a client certificate), then checks /spans, the modes and the process lifecycle.
 """
 
 from __future__ import annotations
@@ -12,12 +13,17 @@ import json
 import os
 import signal
 import socket
+import ssl
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 import unittest
 import urllib.request
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2_grpc
 
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
@@ -151,8 +157,10 @@ class ReceiverTest(unittest.TestCase):
 
     def test_ready_line(self):
         r = self.ready
-        self.assertEqual(set(r), {"endpoint", "traces_url", "port", "pid"})
+        self.assertEqual(set(r), {"endpoint", "traces_url", "port", "grpc_endpoint", "grpc_port", "pid"})
         self.assertEqual(r["endpoint"], f"http://127.0.0.1:{r['port']}")
+        self.assertEqual(r["grpc_endpoint"], f"http://127.0.0.1:{r['grpc_port']}")
+        self.assertNotEqual(r["grpc_port"], r["port"])
         self.assertEqual(r["traces_url"], f"{r['endpoint']}/v1/traces")
         self.assertEqual(r["pid"], self.proc.pid)
         self.assertGreater(r["port"], 0)
@@ -323,10 +331,123 @@ class ReceiverTest(unittest.TestCase):
         self.assertEqual(self.post_traces(export_request())[0], 200)
         self.assertEqual(len(self.call("GET", "/spans")[1]), 2)
 
+    # --- OTLP/gRPC
+
+    def grpc_export(self, req, compression=None, timeout=10, metadata=()):
+        with grpc.insecure_channel(f"127.0.0.1:{self.ready['grpc_port']}", compression=compression) as ch:
+            return trace_service_pb2_grpc.TraceServiceStub(ch).Export(req, timeout=timeout, metadata=metadata)
+
+    def test_grpc_export(self):
+        resp = self.grpc_export(export_request(service="grpc"), metadata=[("x-tenant", "acme")])
+        self.assertFalse(resp.HasField("partial_success"))
+        self.check_spans(self.call("GET", "/spans")[1], service="grpc")
+        _, reqs, _ = self.call("GET", "/requests")
+        self.assertEqual(len(reqs), 1)
+        self.assertEqual(reqs[0]["protocol"], "grpc")
+        self.assertEqual(reqs[0]["content_type"], "application/grpc")
+        self.assertEqual((reqs[0]["outcome"], reqs[0]["status"], reqs[0]["spans"]), ("ok", 0, 2))
+        self.assertEqual(reqs[0]["headers"]["x-tenant"], "acme")
+        self.assertIn("grpc-python", reqs[0]["user_agent"])
+
+    def test_grpc_gzip(self):
+        self.grpc_export(export_request(service="gz"), compression=grpc.Compression.Gzip)
+        self.check_spans(self.call("GET", "/spans")[1], service="gz")
+
+    def test_grpc_modes(self):
+        self.call("POST", "/__control/mode", {"mode": "500"})
+        with self.assertRaises(grpc.RpcError) as failed:
+            self.grpc_export(export_request())
+        self.assertEqual(failed.exception.code(), grpc.StatusCode.UNAVAILABLE)
+        self.call("POST", "/__control/mode", {"mode": "hang"})
+        t0 = time.monotonic()
+        with self.assertRaises(grpc.RpcError) as hung:
+            self.grpc_export(export_request(), timeout=0.5)
+        self.assertEqual(hung.exception.code(), grpc.StatusCode.DEADLINE_EXCEEDED)
+        self.assertGreaterEqual(time.monotonic() - t0, 0.45)
+        self.call("POST", "/__control/mode", {"mode": "ok"})
+        self.grpc_export(export_request())
+        stats = self.call("GET", "/__control/stats")[1]
+        self.assertEqual(stats["by_outcome"], {"ok": 1, "500": 1, "hang": 1, "rejected": 0})
+        self.assertEqual(len(self.call("GET", "/spans")[1]), 2)
+
     def test_stdout_only_ready_line(self):
         # nothing else is written to stdout while serving (checked at the end in tearDownClass too)
         self.post_traces(export_request())
         self.assertEqual(self.call("GET", "/__control")[1]["traces_url"], self.ready["traces_url"])
+
+
+def openssl(*args, cwd):
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def make_certificates(directory):
+    """A CA, and a certificate for 127.0.0.1 signed by it that serves as server and client."""
+    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes"]
+    with open(os.path.join(directory, "leaf.ext"), "w") as f:
+        f.write("subjectAltName=IP:127.0.0.1,DNS:localhost\nbasicConstraints=CA:FALSE\n"
+                "extendedKeyUsage=serverAuth,clientAuth\n")
+    openssl("req", "-x509", "-days", "1", "-subj", "/CN=receiver test CA", "-addext",
+            "basicConstraints=critical,CA:TRUE", "-addext", "keyUsage=critical,keyCertSign",
+            "-keyout", "ca.key", "-out", "ca.crt", *ec, cwd=directory)
+    openssl("req", "-new", "-subj", "/CN=localhost", "-keyout", "leaf.key", "-out", "leaf.csr", *ec, cwd=directory)
+    openssl("x509", "-req", "-days", "1", "-in", "leaf.csr", "-CA", "ca.crt", "-CAkey", "ca.key",
+            "-CAcreateserial", "-extfile", "leaf.ext", "-out", "leaf.crt", cwd=directory)
+    return {k: os.path.join(directory, f) for k, f in (("ca", "ca.crt"), ("cert", "leaf.crt"), ("key", "leaf.key"))}
+
+
+class TlsAndCompressionTest(unittest.TestCase):
+    """Both ports over TLS with a client certificate required; a receiver refusing gzip."""
+
+    def test_tls_with_client_certificate(self):
+        with tempfile.TemporaryDirectory() as d:
+            files = make_certificates(d)
+            proc, ready = start(("--tls-cert", files["cert"], "--tls-key", files["key"], "--client-ca", files["ca"]))
+            try:
+                self.assertTrue(ready["endpoint"].startswith("https://"))
+                self.assertTrue(ready["grpc_endpoint"].startswith("https://"))
+
+                def read(name):
+                    with open(files[name], "rb") as f:
+                        return f.read()
+
+                good = grpc.ssl_channel_credentials(read("ca"), read("key"), read("cert"))
+                with grpc.secure_channel(f"127.0.0.1:{ready['grpc_port']}", good) as ch:
+                    trace_service_pb2_grpc.TraceServiceStub(ch).Export(export_request(), timeout=10)
+                anonymous = grpc.ssl_channel_credentials(read("ca"))
+                with grpc.secure_channel(f"127.0.0.1:{ready['grpc_port']}", anonymous) as ch:
+                    with self.assertRaises(grpc.RpcError):
+                        trace_service_pb2_grpc.TraceServiceStub(ch).Export(export_request(), timeout=10)
+                ctx = ssl.create_default_context(cafile=files["ca"])
+                ctx.load_cert_chain(files["cert"], files["key"])
+                req = urllib.request.Request(ready["traces_url"], data=export_request().SerializeToString(),
+                                             headers={"Content-Type": "application/x-protobuf"}, method="POST")
+                self.assertEqual(urllib.request.urlopen(req, context=ctx, timeout=10).status, 200)
+                spans = json.loads(urllib.request.urlopen(f"{ready['endpoint']}/spans", context=ctx, timeout=10).read())
+                self.assertEqual(len(spans), 4)
+                with self.assertRaises((ssl.SSLError, ConnectionError, urllib.error.URLError)):
+                    urllib.request.urlopen(f"{ready['endpoint']}/spans",
+                                           context=ssl.create_default_context(cafile=files["ca"]), timeout=10).read()
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                wait_exit(proc)
+                proc.stdout.close()
+                proc.stderr.close()
+
+    def test_identity_only_refuses_gzip(self):
+        proc, ready = start(("--grpc-identity-only",))
+        try:
+            target = f"127.0.0.1:{ready['grpc_port']}"
+            with grpc.insecure_channel(target, compression=grpc.Compression.Gzip) as ch:
+                with self.assertRaises(grpc.RpcError) as refused:
+                    trace_service_pb2_grpc.TraceServiceStub(ch).Export(export_request(), timeout=10)
+            self.assertEqual(refused.exception.code(), grpc.StatusCode.UNIMPLEMENTED)
+            with grpc.insecure_channel(target) as ch:
+                trace_service_pb2_grpc.TraceServiceStub(ch).Export(export_request(), timeout=10)
+        finally:
+            proc.send_signal(signal.SIGTERM)
+            wait_exit(proc)
+            proc.stdout.close()
+            proc.stderr.close()
 
 
 class LifecycleTest(unittest.TestCase):
@@ -395,6 +516,9 @@ class LifecycleTest(unittest.TestCase):
                               stdin=subprocess.DEVNULL, timeout=10)
         self.assertEqual(proc.returncode, 2)
         self.assertEqual(proc.stdout, "")
+        proc = subprocess.run([sys.executable, RECEIVER, "--tls-cert", "/nonexistent"], capture_output=True,
+                              text=True, stdin=subprocess.DEVNULL, timeout=10)
+        self.assertEqual(proc.returncode, 2)
 
 
 if __name__ == "__main__":
