@@ -37,6 +37,11 @@ impl MemoryTier {
         }
     }
 
+    /// The user's entry, if it is still fresh (expired entries are never returned).
+    pub(super) async fn get(&self, user_id: &UserId) -> Option<Arc<CachedToken>> {
+        self.cache.get(user_id.as_str()).await
+    }
+
     /// The user's entry, or the result of `init`; concurrent callers for one user share one
     /// `init`, and an error is not stored.
     pub(super) async fn get_or_insert<Fut, E>(

@@ -119,6 +119,12 @@ impl TokenCache {
         }
     }
 
+    /// The user's token when this replica holds a fresh one: the common case, answered by one
+    /// lookup, without the single-flight machinery (or a span around it).
+    pub(crate) async fn fresh(&self, user_id: &UserId) -> Option<Arc<CachedToken>> {
+        self.memory.as_ref()?.get(user_id).await
+    }
+
     /// Returns the user's fresh token, or mints one with `mint`. With the cache enabled, concurrent
     /// callers for one user await a single `mint`.
     pub async fn get_or_mint<F, Fut, E>(

@@ -237,6 +237,11 @@ impl Limits {
         verdict.map_err(LimitError::Limited)
     }
 
+    /// Whether decisions go to Redis (shared by the replicas).
+    pub(crate) fn is_shared(&self) -> bool {
+        self.shared.is_some()
+    }
+
     /// Counts one call toward Intellia.
     pub async fn check_upstream(&self) -> Result<(), LimitError> {
         let Some(shape) = &self.upstream else {

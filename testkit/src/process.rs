@@ -15,6 +15,12 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 /// The broker binary cargo built beside the test or bench running now (`target/<profile>/`): a test
 /// binary lives in `target/<profile>/deps/`.
 pub fn broker_bin() -> PathBuf {
+    // A benchmark can measure another build (e.g. the one before a change) in the same run.
+    if let Some(bin) =
+        std::env::var_os("BROKER_BIN").filter(|_| std::env::args().any(|a| a == "--bench"))
+    {
+        return PathBuf::from(bin);
+    }
     let exe = std::env::current_exe().expect("the test's own path");
     let profile_dir = exe
         .parent()
