@@ -48,7 +48,9 @@ use intellia_token_broker::testing::Credential;
 use intellia_token_broker::testing::Identity;
 use intellia_token_broker::testing::Settings;
 use intellia_token_broker::testing::UpstreamError;
-use intellia_token_broker::testing::{AppParts, Application, BuildOptions, public_app};
+use intellia_token_broker::testing::{
+    AppParts, Application, BuildOptions, backend_app, public_app,
+};
 use intellia_token_broker::testing::{BrokerError, ErrorCode, PROBLEM_JSON};
 use intellia_token_broker::testing::{Simulator, SimulatorConfig};
 use intellia_token_broker::testing::{TokenResponse, token_response};
@@ -122,10 +124,56 @@ struct Answer {
 type BoxedPayloadStream = Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, PayloadError>>>>;
 type CallFn = Box<dyn Fn(test::TestRequest, Payload) -> LocalBoxFuture<'static, Answer>>;
 
+/// The application of each listener, driven in process.
+struct Calls {
+    public: CallFn,
+    backend: CallFn,
+}
+
 struct World {
     system: actix_web::rt::SystemRunner,
     parts: AppParts,
-    call: CallFn,
+    call: Calls,
+}
+
+/// A [`CallFn`] for an application: the real service, built as a listener's worker builds it.
+macro_rules! caller {
+    ($app:expr) => {{
+        let service = std::rc::Rc::new(test::init_service($app).await);
+        let call: CallFn = Box::new(move |request: test::TestRequest, payload: Payload| {
+            let service = std::rc::Rc::clone(&service);
+            Box::pin(async move {
+                let (request, _) = request.to_request().replace_payload(payload);
+                match service.call(request).await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let headers = response.headers().clone();
+                        let body = actix_web::body::to_bytes(response.into_body())
+                            .await
+                            .unwrap_or_default();
+                        Answer {
+                            status,
+                            headers,
+                            body,
+                        }
+                    }
+                    // What the HTTP dispatcher does with an error that left the app.
+                    Err(error) => {
+                        let response = error.error_response();
+                        let status = response.status().as_u16();
+                        let headers = response.headers().clone();
+                        let body = response.into_body().try_into_bytes().unwrap_or_default();
+                        Answer {
+                            status,
+                            headers,
+                            body,
+                        }
+                    }
+                }
+            })
+        });
+        call
+    }};
 }
 
 thread_local! {
@@ -191,6 +239,7 @@ required_claims = ["realm_access.roles=chat"]
 leeway_secs = {claims_leeway}
 
 [backend]
+listen = "127.0.0.1:0"
 secret_file = "{dir}/backend"
 
 [rate_limit.per_user]
@@ -297,40 +346,11 @@ impl World {
             }
             assert!(parts.verifier.keys_loaded(), "the JWKS never loaded");
 
-            let service = std::rc::Rc::new(test::init_service(public_app(parts.clone())).await);
-            let call: CallFn = Box::new(move |request: test::TestRequest, payload: Payload| {
-                let service = std::rc::Rc::clone(&service);
-                Box::pin(async move {
-                    let (request, _) = request.to_request().replace_payload(payload);
-                    match service.call(request).await {
-                        Ok(response) => {
-                            let status = response.status().as_u16();
-                            let headers = response.headers().clone();
-                            let body = actix_web::body::to_bytes(response.into_body())
-                                .await
-                                .unwrap_or_default();
-                            Answer {
-                                status,
-                                headers,
-                                body,
-                            }
-                        }
-                        // What the HTTP dispatcher does with an error that left the app.
-                        Err(error) => {
-                            let response = error.error_response();
-                            let status = response.status().as_u16();
-                            let headers = response.headers().clone();
-                            let body = response.into_body().try_into_bytes().unwrap_or_default();
-                            Answer {
-                                status,
-                                headers,
-                                body,
-                            }
-                        }
-                    }
-                })
-            });
-            // The public listener was bound but is never polled: requests go through `call`.
+            let call = Calls {
+                public: caller!(public_app(parts.clone())),
+                backend: caller!(backend_app(parts.clone())),
+            };
+            // The listeners were bound but are never polled: requests go through `call`.
             drop(app);
             // One mint before any input, so every server thread has built its routes and opened
             // its connections (one-time allocations that leak checks would blame on the first input).
@@ -343,7 +363,7 @@ impl World {
             let body: BoxedPayloadStream = Box::pin(futures_util::stream::iter([Ok(
                 Bytes::from_static(br#"{"userId":"warm-up"}"#),
             )]));
-            let answer = call(warm_up, Payload::from(body)).await;
+            let answer = (call.backend)(warm_up, Payload::from(body)).await;
             assert_eq!(answer.status, 200, "warm-up mint: {:?}", answer.body);
             (parts, call)
         });
@@ -822,7 +842,11 @@ fn request_route(route: Route, data: &[u8]) -> Verdict {
     with_world(|world| {
         let answer = world.system.block_on(async {
             settle().await;
-            (world.call)(request, Payload::from(stream)).await
+            let call = match route {
+                Route::Token => &world.call.public,
+                Route::Backend => &world.call.backend,
+            };
+            call(request, Payload::from(stream)).await
         });
         check_answer(data, &method, &answer)
     })

@@ -97,6 +97,9 @@ pub struct BrokerProcess {
     child: Child,
     pub base: String,
     pub addr: SocketAddr,
+    /// The backend and admin listeners, as its "broker listening" line names them.
+    pub backend: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
     output: Output,
 }
 
@@ -155,14 +158,15 @@ impl BrokerProcess {
                         && let Ok(v) = serde_json::from_str::<Value>(&chunk)
                         && let Some(listen) = v["listen"].as_str()
                     {
-                        let _ = addr_tx.send(listen.to_owned());
+                        let other = |name: &str| v[name].as_str().map(str::to_owned);
+                        let _ = addr_tx.send((listen.to_owned(), other("backend"), other("admin")));
                     }
                     text.lock().unwrap().push_str(&chunk);
                     line.clear();
                 }
             }));
         }
-        let Ok(addr) = addr_rx.recv_timeout(Duration::from_secs(20)) else {
+        let Ok((addr, backend, admin)) = addr_rx.recv_timeout(Duration::from_secs(20)) else {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
@@ -175,6 +179,8 @@ impl BrokerProcess {
             child,
             base: format!("http://{addr}"),
             addr,
+            backend: backend.map(|b| b.parse().unwrap()),
+            admin: admin.map(|a| a.parse().unwrap()),
             output: Output::Captured { text, readers },
         }
     }
@@ -199,6 +205,8 @@ impl BrokerProcess {
             child,
             base: format!("http://{addr}"),
             addr,
+            backend: None,
+            admin: None,
             output: Output::Files {
                 stdout: stdout.to_owned(),
                 stderr: stderr.to_owned(),
@@ -212,6 +220,14 @@ impl BrokerProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// A URL on the backend listener, the only one serving the sidecar route.
+    pub fn backend_url(&self, path: &str) -> String {
+        let addr = self
+            .backend
+            .expect("this broker has a backend listener ([backend])");
+        format!("http://{addr}{path}")
     }
 
     /// Everything printed so far (stderr first when it went to files).

@@ -310,7 +310,7 @@ async fn wrong_backend_credentials_are_refused() {
     assert_problem(session_token, 401, "unauthenticated").await;
     let none = app
         .client
-        .post(app.url("/v1/backend/token"))
+        .post(app.backend_url("/v1/backend/token"))
         .json(&body)
         .send()
         .await

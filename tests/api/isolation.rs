@@ -322,46 +322,89 @@ async fn only_opaque_tokens_and_the_introspection_issuers_jwts_are_introspected(
     broker.stop().await;
 }
 
+/// A client of the backend listener at a loopback address of its own (all of 127.0.0.0/8 is
+/// local): distinct callers without any header trickery.
+fn client_at(ip: &str) -> reqwest::Client {
+    intellia_token_broker::testing::install_crypto_provider();
+    reqwest::Client::builder()
+        .local_address(Some(ip.parse().unwrap()))
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_secrets_are_long_and_guessing_them_is_limited_per_client() {
     let cfg = TestConfig {
-        trusted_proxies: vec!["127.0.0.1/32".to_owned()],
-        extra_toml: String::new(),
+        // Believed on the public listener; never on the backend listener.
+        trusted_proxies: vec!["127.0.0.0/8".to_owned()],
+        admin: true,
         ..TestConfig::default()
     };
     let (broker, _sim, dir) = serve(cfg).await;
-    let client = http_client();
-    let attempt = |secret: &'static str, from: &'static str| {
-        client
-            .post(broker.url("/v1/backend/token"))
-            .bearer_auth(secret)
-            .header("X-Forwarded-For", from)
-            .json(&json!({"userId": "bob"}))
-            .send()
+    let url = broker.backend_url("/v1/backend/token");
+    let attempt = |from: &str, secret: Option<&str>, forwarded: Option<&str>| {
+        let mut request = client_at(from).post(&url).json(&json!({"userId": "bob"}));
+        if let Some(secret) = secret {
+            request = request.bearer_auth(secret);
+        }
+        if let Some(forwarded) = forwarded {
+            request = request.header("X-Forwarded-For", forwarded);
+        }
+        async move { request.send().await.unwrap() }
     };
-    // The default: 10 failures per minute per client, then 429 even for the right secret.
+    let guess = Some("guess-guess-guess-guess-guess-guess");
+    // The attack of the last review: the attacker shares the backend's address (here: is on
+    // it) and spends its allowance: 10 wrong secrets per minute, then 429 for wrong ones...
     for n in 0..10 {
-        let resp = attempt("guess-guess-guess-guess-guess-guess", "203.0.113.50")
-            .await
-            .unwrap();
+        let resp = attempt("127.0.0.50", guess, None).await;
         assert_eq!(resp.status(), 401, "failure {n}");
     }
-    let resp = attempt("guess-guess-guess-guess-guess-guess", "203.0.113.50")
-        .await
-        .unwrap();
+    let resp = attempt("127.0.0.50", guess, None).await;
     assert!(resp.headers().contains_key("retry-after"));
     assert_problem(resp, 429, "rate_limited").await;
-    let resp = attempt(BACKEND_SECRET, "203.0.113.50").await.unwrap();
-    assert_problem(resp, 429, "rate_limited").await;
-    // Another client is not affected.
-    let resp = attempt(BACKEND_SECRET, "203.0.113.51").await.unwrap();
-    assert_eq!(resp.status(), 200);
+    // ...while the backend on that very address, with the right secret, is never refused, and
+    // the attacker's wrong secrets between its requests stay refused.
+    for n in 0..40 {
+        let resp = attempt("127.0.0.50", Some(BACKEND_SECRET), None).await;
+        assert_eq!(resp.status(), 200, "the right secret, request {n}");
+        let resp = attempt("127.0.0.50", guess, None).await;
+        assert_eq!(resp.status(), 429, "a wrong secret between them, {n}");
+    }
+    // Claiming the backend's address in X-Forwarded-For charges the claimer's own address: the
+    // backend listener believes no header, whatever trusted_proxies says.
+    for _ in 0..11 {
+        attempt("127.0.0.51", guess, Some("127.0.0.60")).await;
+    }
+    assert_eq!(attempt("127.0.0.51", guess, None).await.status(), 429);
+    assert_eq!(attempt("127.0.0.60", guess, None).await.status(), 401);
+    assert_eq!(
+        attempt("127.0.0.60", Some(BACKEND_SECRET), None)
+            .await
+            .status(),
+        200
+    );
+    // Requests without a credential are a plain 401 and count for nothing.
+    for _ in 0..30 {
+        let resp = attempt("127.0.0.52", None, None).await;
+        assert_problem(resp, 401, "unauthenticated").await;
+    }
+    assert_eq!(attempt("127.0.0.52", guess, None).await.status(), 401);
+    // The public listener does not serve the route at all, right secret or not.
+    let resp = client_at("127.0.0.53")
+        .post(broker.url("/v1/backend/token"))
+        .bearer_auth(BACKEND_SECRET)
+        .json(&json!({"userId": "bob"}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, 404, "not_found").await;
 
     // A rotated secret shorter than 32 bytes is refused; the last good one stays in use.
     std::fs::write(dir.join("backend"), "too-short").unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let ready: Value = client
-        .get(broker.url("/readyz"))
+    let admin = broker.admin.expect("an admin listener");
+    let ready: Value = http_client()
+        .get(format!("http://{admin}/readyz"))
         .send()
         .await
         .unwrap()
@@ -370,9 +413,8 @@ async fn backend_secrets_are_long_and_guessing_them_is_limited_per_client() {
         .unwrap();
     assert_eq!(ready["stale_secrets"], json!(["backend.secret"]), "{ready}");
     assert_eq!(
-        attempt(BACKEND_SECRET, "203.0.113.52")
+        attempt("127.0.0.54", Some(BACKEND_SECRET), None)
             .await
-            .unwrap()
             .status(),
         200
     );

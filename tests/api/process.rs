@@ -127,6 +127,7 @@ async fn secrets_never_appear_in_logs_or_responses() {
     write_config(&cfg, &dir, &sim_url, "127.0.0.1:0");
     let broker = BrokerProcess::serve(&dir, "trace");
     let base = broker.base.clone();
+    let backend = broker.backend_url("");
     let client = http_client();
     let session_token = session("alice");
     let cookie_token = session("bob");
@@ -144,11 +145,11 @@ async fn secrets_never_appear_in_logs_or_responses() {
             .header("Cookie", format!("site_session={cookie_token}"))
             .header("Origin", "https://evil.test"),
         client
-            .post(format!("{base}/v1/backend/token"))
+            .post(format!("{backend}/v1/backend/token"))
             .bearer_auth(BACKEND_SECRET)
             .json(&json!({"userId": "carol", "userEmail": "carol.secret.mail@example.com"})),
         client
-            .post(format!("{base}/v1/backend/token"))
+            .post(format!("{backend}/v1/backend/token"))
             .bearer_auth("wrong-secret-guess"),
         client.post(format!("{base}/v1/token?access_token={session_token}")),
     ];

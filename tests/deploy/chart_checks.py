@@ -56,7 +56,8 @@ UID = 65532
 # intellia.breaker_open_secs; in [redis] timeout_ms, replicas, key_prefix,
 # cache_secret_file), and v0.2: roles,
 # introspection client_auth/client_key_file/key_id, backend.max_failures_per_minute,
-# rate_limit.per_ip.ipv6_prefix, redis password_file/ca_file/cluster, [telemetry].
+# rate_limit.per_ip.ipv6_prefix, redis password_file/ca_file/cluster, [telemetry]; v0.3:
+# backend.listen (the sidecar route's own listener).
 # The rendered config must use no other (the broker rejects unknown keys).
 DESIGN_KEYS: dict[str, set[str]] = {
     "server": {"listen", "admin_listen", "trusted_proxies", "max_body_bytes", "shutdown_grace_secs",
@@ -72,7 +73,7 @@ DESIGN_KEYS: dict[str, set[str]] = {
                               "email_claim", "name_claim", "user_id_prefix", "required_claims", "leeway_secs",
                               "cache_ttl_secs", "negative_cache_secs", "client_auth", "client_key_file", "key_id",
                               "roles_claim", "required_roles"},
-    "backend": {"secret_file", "max_failures_per_minute"},
+    "backend": {"listen", "secret_file", "max_failures_per_minute"},
     "rate_limit": {"per_user", "per_ip", "upstream"},
     "rate_limit.per_user": {"per_minute", "burst"},
     "rate_limit.per_ip": {"per_minute", "burst", "ipv6_prefix"},
@@ -921,7 +922,13 @@ def sidecar_checks(path: Path, out: Path) -> int:
         conf = tomllib.loads(text)
         check_design_keys(conf)
         assert conf["server"]["listen"] == "127.0.0.1:8080", "the sidecar listens on loopback only"
+        assert conf["backend"].get("listen") == "127.0.0.1:8081", \
+            "the sidecar route on its own loopback listener (backend.listen)"
         assert conf["backend"]["secret_file"].startswith("/var/run/secrets/"), "backend secret from a file"
+        app = pod_spec(docs)["containers"][0]
+        urls = [e["value"] for e in app.get("env", []) if e["name"] == "TOKEN_BROKER_URL"]
+        assert urls == ["http://127.0.0.1:8081/v1/backend/token"], \
+            f"the app calls the backend listener, not the public one: {urls}"
         assert conf["intellia"]["api_key_file"] == API_KEY_FILE, "API key from the mounted file"
 
     def security() -> None:
@@ -936,7 +943,8 @@ def sidecar_checks(path: Path, out: Path) -> int:
             for e in c.get("env", []):
                 assert not re.search(r"API_?KEY", e["name"], re.I), f"env {e['name']}"
 
-    checks.check(f"{path.name}: broker config parses, configuration-reference keys, listen 127.0.0.1:8080, [backend]", config)
+    checks.check(f"{path.name}: broker config parses, configuration-reference keys, listen 127.0.0.1:8080, "
+                 "[backend] on 127.0.0.1:8081, the app calling it there", config)
     checks.check(f"{path.name}: broker container hardened, native sidecar, API key hidden from the app", security)
     return 1 if checks.failed else 0
 

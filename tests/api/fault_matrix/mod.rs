@@ -319,6 +319,7 @@ async fn secret_files_deleted_emptied_rotated() {
     let (sim_url, sim) = intellia_simulator(&[ROTATED]);
     let cfg = TestConfig {
         cache: false,
+        admin: true,
         ..TestConfig::default()
     };
     let mut m = Matrix::start(&cfg, &sim_url).await;
@@ -337,13 +338,15 @@ async fn secret_files_deleted_emptied_rotated() {
 
     let row = "API key file deleted";
     std::fs::remove_file(m.dir.join("api-key")).unwrap();
-    m.wait_for(row, stale("intellia.api_key")).await;
+    m.wait_for_admin(row, stale("intellia.api_key")).await;
     m.still_serving(row).await;
     assert_eq!(
         sent_key(),
         format!("Bearer {API_KEY}"),
         "{row}: last good key"
     );
+    // Anyone who can reach the public listener learns that it is ready, nothing more.
+    assert_eq!(m.readyz().await, (200, json!({"status": "ready"})), "{row}");
 
     let row = "API key file rotated";
     let tmp = m.dir.join("api-key.tmp");
@@ -360,12 +363,12 @@ async fn secret_files_deleted_emptied_rotated() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(rotated, "{row}: the new key was picked up");
-    m.wait_for(row, |(_, body)| body["checks"]["secrets"] == "ok")
+    m.wait_for_admin(row, |(_, body)| body["checks"]["secrets"] == "ok")
         .await;
 
     let row = "API key file emptied";
     std::fs::write(m.dir.join("api-key"), "").unwrap();
-    m.wait_for(row, stale("intellia.api_key")).await;
+    m.wait_for_admin(row, stale("intellia.api_key")).await;
     m.still_serving(row).await;
     assert_eq!(
         sent_key(),
@@ -375,10 +378,10 @@ async fn secret_files_deleted_emptied_rotated() {
 
     let row = "backend secret file deleted";
     std::fs::remove_file(m.dir.join("backend")).unwrap();
-    m.wait_for(row, stale("backend.secret")).await;
+    m.wait_for_admin(row, stale("backend.secret")).await;
     let resp = m
         .client
-        .post(m.broker.url("/v1/backend/token"))
+        .post(m.broker.backend_url("/v1/backend/token"))
         .bearer_auth(BACKEND_SECRET)
         .json(&json!({"userId": "backend-user"}))
         .send()
@@ -387,7 +390,7 @@ async fn secret_files_deleted_emptied_rotated() {
     m.minted(resp, row).await;
     let resp = m
         .client
-        .post(m.broker.url("/v1/backend/token"))
+        .post(m.broker.backend_url("/v1/backend/token"))
         .bearer_auth("not-the-backend-secret")
         .json(&json!({"userId": "backend-user"}))
         .send()
@@ -397,7 +400,7 @@ async fn secret_files_deleted_emptied_rotated() {
 
     let row = "session HS256 secret file deleted";
     std::fs::remove_file(m.dir.join("hs256")).unwrap();
-    m.wait_for(row, stale("session.hs256_secret")).await;
+    m.wait_for_admin(row, stale("session.hs256_secret")).await;
     m.still_serving(row).await;
 
     let output = m.finish(&[ROTATED]).await;
