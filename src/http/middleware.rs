@@ -68,11 +68,11 @@ fn client_ip(req: &ServiceRequest, policy: &ConnectionPolicy) -> Option<IpAddr> 
             &[],
         );
     }
-    // A line that is not text cannot be read, so it stops the walk like a garbage hop.
+    // Raw bytes: the walk splits each line into hops before decoding any (client_ip.rs).
     let lines = req
         .headers()
         .get_all(name)
-        .map(|v| v.to_str().unwrap_or("\u{0}"))
+        .map(HeaderValue::as_bytes)
         .collect::<Vec<_>>();
     crate::http::client_ip::client_ip(
         req.peer_addr(),

@@ -168,6 +168,64 @@ async fn forged_forwarded_for_lines_ports_and_ipv6_sweeps_do_not_dodge_the_per_i
     }
 }
 
+/// The attack of the last review: one byte ≥ 0x80 in the client's own hop made the whole line
+/// undecodable, so the proxy became the client: a fresh bucket, and the attacker's address gone
+/// from the logs. The hop the proxy appended must still decide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_that_is_not_text_in_the_clients_hop_does_not_hide_the_proxys_hop() {
+    use reqwest::header::HeaderValue;
+    let (broker, _sim, _dir) = serve(behind_proxy("")).await;
+    let s = session("oscar");
+    let send = |lines: Vec<Vec<u8>>| {
+        let mut request = http_client().post(broker.url("/v1/token")).bearer_auth(&s);
+        for line in lines {
+            request = request.header(
+                "X-Forwarded-For",
+                HeaderValue::from_bytes(&line).expect("obs-text is a valid header value"),
+            );
+        }
+        request.send()
+    };
+    // What a proxy does with the client's junk: appends the real peer to the same line.
+    for n in 0..2u8 {
+        let line = [b"6.6.6.".as_slice(), &[0xff, b'0' + n], b", 198.51.100.77"].concat();
+        let resp = send(vec![line]).await.unwrap();
+        assert_eq!(resp.status(), 200, "request {n}");
+    }
+    let resp = send(vec![b"\xc3\x28\xa0\xa1, 198.51.100.77".to_vec()])
+        .await
+        .unwrap();
+    assert_problem(resp, 429, "rate_limited").await;
+    // The same client without junk is the same bucket; a proxy appending a line of its own
+    // after a junk line is read alike.
+    let resp = send(vec![b"198.51.100.77".to_vec()]).await.unwrap();
+    assert_problem(resp, 429, "rate_limited").await;
+    let resp = send(vec![b"\xfe\xff".to_vec(), b"198.51.100.77".to_vec()])
+        .await
+        .unwrap();
+    assert_problem(resp, 429, "rate_limited").await;
+    // The proxy's own bucket (127.0.0.1) was never charged.
+    let resp = send(vec![b"198.51.100.78".to_vec()]).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = send(Vec::new()).await.unwrap();
+    assert_eq!(resp.status(), 200, "the proxy's own address has its whole bucket");
+
+    let (_, output) = broker.stop().await;
+    let lines: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("\"message\":\"request\"") && l.contains("/v1/token"))
+        .collect();
+    assert_eq!(lines.len(), 7, "{output}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("\"client_ip\":\"198.51.100.77\""))
+            .count(),
+        5,
+        "the attacker's address is in the logs: {lines:#?}"
+    );
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn rfc_7239_forwarded_is_read_when_configured_and_x_forwarded_for_is_then_ignored() {
     let (broker, _sim, _dir) = serve(behind_proxy("client_ip_header = \"forwarded\"")).await;
