@@ -38,6 +38,9 @@ pub(super) const MAX_CHECK_SECS: u64 = 25;
 /// Answers larger than this are not discovery or JWKS documents.
 const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 
+/// How much of a value a remote server sent is quoted in a line of the report.
+const REMOTE_TEXT_CHARS: usize = 200;
+
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Line {
@@ -104,7 +107,9 @@ pub(super) async fn run(
     let scrub = Scrubber::new(secrets.as_deref(), &settings);
     let failed = lines.iter().filter(|l| !l.ok).count();
     for line in &lines {
-        super::console::line(&scrub.apply(&line.to_string()));
+        // Scrubbed first (a secret is matched as it was sent), then made printable: a line holds
+        // what remote servers answered, and none of it may steer the terminal or forge a line.
+        super::console::line(&super::console::printable(&scrub.apply(&line.to_string())));
     }
     super::console::line(&format!(
         "{} checks, {} failed, in {:.1} s",
@@ -343,7 +348,7 @@ async fn check_discovery(http: &reqwest::Client, issuer: &str) -> Result<String,
     if doc.issuer != issuer {
         return Err(format!(
             "discovery {url}: issuer mismatch: it names `{}`, the config `{issuer}`",
-            doc.issuer
+            super::console::quoted_remote(&doc.issuer, REMOTE_TEXT_CHARS)
         ));
     }
     let jwks = check_jwks(http, &doc.jwks_uri).await?;
@@ -382,7 +387,9 @@ async fn check_introspection(introspector: &Introspector) -> Result<String, Stri
         {
             Err(format!(
                 "credentials refused: HTTP {status}{} (check the client id and its secret or key)",
-                error.map(|e| format!(" {e}")).unwrap_or_default()
+                error
+                    .map(|e| format!(" {}", super::console::quoted_remote(&e, 64)))
+                    .unwrap_or_default()
             ))
         }
         Probe::Answered { status, .. } => Err(format!("HTTP {status}")),

@@ -208,7 +208,11 @@ async fn a_byte_that_is_not_text_in_the_clients_hop_does_not_hide_the_proxys_hop
     let resp = send(vec![b"198.51.100.78".to_vec()]).await.unwrap();
     assert_eq!(resp.status(), 200);
     let resp = send(Vec::new()).await.unwrap();
-    assert_eq!(resp.status(), 200, "the proxy's own address has its whole bucket");
+    assert_eq!(
+        resp.status(),
+        200,
+        "the proxy's own address has its whole bucket"
+    );
 
     let (_, output) = broker.stop().await;
     let lines: Vec<&str> = output
