@@ -6,6 +6,7 @@
 //! `TryFrom<Raw…>`, reporting through `field_error`), not to a pass after loading: a section
 //! deserialized on its own, as the test kit does, is held to it too.
 
+mod json_keys;
 pub(crate) mod redis;
 mod server;
 mod session;
@@ -534,6 +535,11 @@ impl Settings {
         format: ConfigFormat,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, ConfigError> {
+        if format == ConfigFormat::Json
+            && let Some(problem) = json_keys::first_duplicate(text)
+        {
+            return Err(ConfigError(problem));
+        }
         let overrides: config::Map<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("BROKER__"))

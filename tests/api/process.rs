@@ -394,6 +394,57 @@ async fn json_config_is_checked_and_served() {
     assert!(status.success(), "{status:?}: {logs}");
 }
 
+/// The attack of the last review: a second `cors` object (or `trusted_proxies` list) later in a
+/// JSON config silently replaced the first, leaving an attacker's origin (or 0.0.0.0/0). A key
+/// named twice is refused, naming it, by `check-config` and `serve` alike.
+#[test]
+fn a_json_key_named_twice_is_refused_naming_it() {
+    let dir = default_config_dir();
+    let toml = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    let settings =
+        intellia_token_broker::testing::Settings::from_toml_with_env(&toml, Vec::new()).unwrap();
+    let json = serde_json::to_string_pretty(&settings).unwrap();
+    let cases = [
+        (
+            "cors",
+            json.replacen(
+                "\n  \"cors\": {",
+                "\n  \"cors\": {\"allowed_origins\": [\"https://evil.example\"]},\n  \"cors\": {",
+                1,
+            ),
+        ),
+        (
+            "server.trusted_proxies",
+            json.replacen(
+                "\"trusted_proxies\": [",
+                "\"trusted_proxies\": [\"0.0.0.0/0\"], \"trusted_proxies\": [",
+                1,
+            ),
+        ),
+        (
+            "session.jwt[0].audience",
+            json.replacen(
+                "\"audience\": ",
+                "\"audience\": \"someone-elses-app\", \"audience\": ",
+                1,
+            ),
+        ),
+    ];
+    for (key, text) in cases {
+        assert_ne!(text, json, "{key}: the duplicate was inserted");
+        let path = dir.join("twice.json");
+        std::fs::write(&path, &text).unwrap();
+        for command in ["check-config", "serve"] {
+            let (code, _, err) = run(&[command, "--config", path.to_str().unwrap()], &[]);
+            assert_ne!(code, 0, "{command} accepted {key} twice");
+            assert_one_clear_line(
+                &err,
+                &["twice.json", &format!("config key `{key}`"), "twice"],
+            );
+        }
+    }
+}
+
 /// `dev` is read by a person: short plain lines (no JSON, no colour codes in a pipe, no actix
 /// start-up chatter) around its banner. `--log-format json` still gives JSON lines. (`serve`
 /// keeps JSON as its default: `BrokerProcess::serve` finds its address in the JSON listening line.)
