@@ -70,9 +70,11 @@ pub enum Verdict {
 }
 
 pub const HS_SECRET: &str = "fuzz-hs256-secret-that-is-long-enough-0123456789";
+/// The claims issuer's own HS256 secret: two issuers never share one.
+pub const CLAIMS_HS_SECRET: &str = "fuzz-claims-hs256-secret-long-enough-9876543210";
 pub const API_KEY: &str = "sk_fuzz_intellia_api_key_DO_NOT_LEAK_1c0ffee";
 pub const BACKEND_SECRET: &str = "backend-secret-fuzz-DO-NOT-LEAK-9b7e";
-const SECRETS: [&str; 3] = [HS_SECRET, API_KEY, BACKEND_SECRET];
+const SECRETS: [&str; 4] = [HS_SECRET, CLAIMS_HS_SECRET, API_KEY, BACKEND_SECRET];
 pub const AUDIENCE: &str = "chat-widget";
 pub const ORG: &str = "org-fuzz";
 const COOKIE: &str = "site_session";
@@ -229,7 +231,7 @@ user_id_prefix = "jwks:"
 [[session.jwt]]
 issuer = "{claims}"
 audience = "{AUDIENCE}"
-hs256_secret_file = "{dir}/hs256"
+hs256_secret_file = "{dir}/claims-hs256"
 algorithms = ["HS256"]
 user_id_claim = "uid"
 email_claim = "contact.email"
@@ -326,6 +328,7 @@ impl World {
             std::fs::create_dir_all(&dir).expect("temp dir");
             std::fs::write(dir.join("api-key"), API_KEY).expect("write key");
             std::fs::write(dir.join("hs256"), HS_SECRET).expect("write secret");
+            std::fs::write(dir.join("claims-hs256"), CLAIMS_HS_SECRET).expect("write secret");
             std::fs::write(dir.join("backend"), BACKEND_SECRET).expect("write secret");
             let settings = Settings::from_toml_with_env(
                 &config_text(&dir, &simulator_url, &jwks),
@@ -409,8 +412,8 @@ fn algorithm(name: &str) -> Option<Algorithm> {
 }
 
 /// `<header>.<claims>.<signature>` signed with the key the header's `alg` names: the fixture RSA or
-/// P-256 key for asymmetric algorithms, the issuers' HS256 secret otherwise. `alg: none` gets an
-/// empty signature.
+/// P-256 key for asymmetric algorithms, otherwise the HS256 secret of the issuer the claims name
+/// (the HS256 issuer's for any other). `alg: none` gets an empty signature.
 pub fn sign(header: &[u8], claims: &[u8]) -> String {
     let message = format!("{}.{}", b64(header), b64(claims));
     let alg = serde_json::from_slice::<Value>(header)
@@ -430,9 +433,21 @@ pub fn sign(header: &[u8], claims: &[u8]) -> String {
         Some(a @ (Algorithm::HS384 | Algorithm::HS512)) => a,
         _ => Algorithm::HS256,
     };
-    let key = EncodingKey::from_secret(HS_SECRET.as_bytes());
+    let iss = serde_json::from_slice::<Value>(claims)
+        .ok()
+        .and_then(|c| c.get("iss").and_then(Value::as_str).map(str::to_owned));
+    let key = EncodingKey::from_secret(hs_secret(iss.as_deref()).as_bytes());
     let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, alg).expect("signing");
     format!("{message}.{signature}")
+}
+
+/// The HS256 secret of the issuer named `iss`: each HS256 issuer has its own.
+fn hs_secret(iss: Option<&str>) -> &'static str {
+    if iss == Some(CLAIMS_ISSUER.iss) {
+        CLAIMS_HS_SECRET
+    } else {
+        HS_SECRET
+    }
 }
 
 /// RSA and ECDSA signatures through ring (as rustls exposes it): the pure-Rust `rsa` crate takes
@@ -521,7 +536,9 @@ fn split_sign_input(rest: &[u8]) -> (&[u8], &[u8]) {
 /// The keys an issuer's tokens may genuinely be signed with.
 fn issuer_keys(issuer: &IssuerSpec) -> Vec<DecodingKey> {
     if issuer.algorithms == ["HS256"] {
-        return vec![DecodingKey::from_secret(HS_SECRET.as_bytes())];
+        return vec![DecodingKey::from_secret(
+            hs_secret(Some(issuer.iss)).as_bytes(),
+        )];
     }
     let all: Value = serde_json::from_str(JWKS).expect("fixture JWKS");
     ["rsa-1", "ec-1"]

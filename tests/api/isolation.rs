@@ -57,6 +57,36 @@ fn run(args: &[&str]) -> (i32, String) {
     (code, stderr)
 }
 
+/// Runs the binary with `args` for at most 20 s: a `serve` that ought to refuse to start must
+/// fail the test, not hang it, when it starts after all. The exit code is `None` when it was
+/// still running.
+fn run_bounded(args: &[&str]) -> (Option<i32>, String) {
+    let mut child = Command::new(broker_bin())
+        .args(args)
+        .env_remove("BROKER_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let started = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if started.elapsed() > Duration::from_secs(20) {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut pipe) = child.stderr.take() {
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
+    }
+    (code, stderr)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_sub_at_two_issuers_is_two_users_with_two_tokens() {
     let idp = FakeIdp::start(&["rsa-1"]);
@@ -382,6 +412,106 @@ async fn only_opaque_tokens_and_the_introspection_issuers_jwts_are_introspected(
     let resp = token_from(&broker, "opaque-noaud-oscar", &[]).await;
     assert_problem(resp, 401, "unauthenticated").await;
     broker.stop().await;
+}
+
+/// The attack of the last review: two sites' HS256 issuers on one secret, so either site could
+/// sign sessions the other's issuer accepts, for any of its users. Refused at start-up (the same
+/// file twice, or two files holding one value) and on rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hs256_issuers_never_share_one_secret() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    const SITE_B: &str = "https://shop.example";
+    const B_SECRET: &str = "shop-hs256-secret-that-is-long-enough-DO-NOT-LEAK-42";
+    let secrets = temp_dir();
+    let issuer_b = |file: &str| TestConfig {
+        extra_issuers: format!(
+            "\n[[session.jwt]]\nissuer = \"{SITE_B}\"\naudience = \"{AUDIENCE}\"\nhs256_secret_file = \"{}\"\nalgorithms = [\"HS256\"]\nuser_id_prefix = \"shop:\"\n",
+            secrets.join(file).display()
+        ),
+        ..TestConfig::default()
+    };
+    // Site A's secret in a file of its own, named by issuer B: one line naming the key.
+    std::fs::write(secrets.join("copy-of-a"), format!("{HS_SECRET}\n")).unwrap();
+    let dir = temp_dir();
+    write_config(
+        &issuer_b("copy-of-a"),
+        &dir,
+        "http://127.0.0.1:9",
+        "127.0.0.1:0",
+    );
+    for command in ["serve", "check-config"] {
+        let (code, stderr) = run_bounded(&[
+            command,
+            "--config",
+            dir.join("config.toml").to_str().unwrap(),
+        ]);
+        assert!(code.is_some_and(|c| c != 0), "{command}: {code:?}");
+        assert!(
+            stderr.contains("session.jwt[1].hs256_secret_file")
+                && stderr.contains("same secret as session.jwt[0].hs256_secret_file"),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains(HS_SECRET), "{stderr}");
+    }
+    // The same file named twice: refused before any file is read.
+    let text = std::fs::read_to_string(dir.join("config.toml"))
+        .unwrap()
+        .replace(
+            &secrets.join("copy-of-a").display().to_string(),
+            &dir.join("hs256").display().to_string(),
+        );
+    std::fs::write(dir.join("config.toml"), text).unwrap();
+    let (code, stderr) = run(&[
+        "check-config",
+        "--config",
+        dir.join("config.toml").to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("config key `session.jwt[1].hs256_secret_file`: is also session.jwt[0].hs256_secret_file"),
+        "{stderr}"
+    );
+
+    // Distinct secrets serve; a rotation of B's file to A's secret is refused and B keeps its own.
+    std::fs::write(secrets.join("b"), B_SECRET).unwrap();
+    let (broker, _sim, _dir) = serve(issuer_b("b")).await;
+    let sign = |secret: &str, sub: &str| {
+        let mut claims = claims(sub);
+        claims["iss"] = serde_json::json!(SITE_B);
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let resp = token_from(&broker, &sign(B_SECRET, "bea"), &[]).await;
+    assert_eq!(resp.status(), 200);
+    // Site A's operator knows only A's secret: a "shop" session signed with it is refused...
+    let forged = sign(HS_SECRET, "bea");
+    assert_problem(
+        token_from(&broker, &forged, &[]).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    // ...also after someone rotates B's file to A's value.
+    std::fs::write(secrets.join("b"), HS_SECRET).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_problem(
+        token_from(&broker, &forged, &[]).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    let resp = token_from(&broker, &sign(B_SECRET, "bea"), &[]).await;
+    assert_eq!(resp.status(), 200, "the last good secret stays in use");
+    let (_, output) = broker.stop().await;
+    assert!(
+        output.contains("same secret as session.jwt[0].hs256_secret_file"),
+        "operators see why"
+    );
+    assert!(!output.contains(HS_SECRET) && !output.contains(B_SECRET));
 }
 
 /// A client of the backend listener at a loopback address of its own (all of 127.0.0.0/8 is

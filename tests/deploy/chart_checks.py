@@ -277,7 +277,9 @@ def assert_api_key_is_a_file(docs: list[dict[str, Any]], values: dict[str, Any],
     assert conf["intellia"]["api_key_file"] == API_KEY_FILE and "api_key_env" not in conf["intellia"], \
         "config must read the key from the mounted file"
     # 4. a plaintext secret value never appears outside a Secret
-    plain = [v for v in (values.get("secret", {}).get("values", {}) or {}).values() if v]
+    given = (values.get("secret", {}).get("values", {}) or {})
+    plain = [v for v in given.values() if v and isinstance(v, str)]
+    plain += [v for v in (given.get("hs256Secrets") or {}).values() if v]
     for d in docs:
         if d["kind"] == "Secret":
             for k, v in (d.get("data") or {}).items():
@@ -796,6 +798,20 @@ def assert_global(docs: list[dict[str, Any]], hooks: list[dict[str, Any]], value
     assert broker_config(docs)["intellia"]["organization_id"] == "org-456", "the chart's own values still apply"
 
 
+def assert_hs256_per_issuer(docs: list[dict[str, Any]], hooks: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    """Each HS256 issuer reads a file of its own, from a Secret key of its own, with a value of its own."""
+    files = [j["hs256_secret_file"] for j in broker_config(docs)["session"]["jwt"]]
+    assert files == ["/var/run/secrets/broker/hs256-secret", "/var/run/secrets/broker/hs256/shop-hs256"], files
+    spec = pod_spec(docs)
+    items = {v["name"]: v for v in spec["volumes"]}["broker-secrets"]["secret"]["items"]
+    assert {(i["key"], i["path"]) for i in items} == {("hs256-secret", "hs256-secret"),
+                                                      ("shop-hs256", "hs256/shop-hs256")}, items
+    data = one(docs, "Secret")["data"]
+    hs = [base64.b64decode(data[k]).decode() for k in ("hs256-secret", "shop-hs256")]
+    assert hs == [values["secret"]["values"]["hs256Secret"], values["secret"]["values"]["hs256Secrets"]["shop-hs256"]] \
+        and hs[0] != hs[1], "two values, one per issuer"
+
+
 SET_CHECKS: dict[str, tuple[str, Callable[..., None]]] = {
     "default": ("no Deployment annotations, startupProbe, envFrom, extra volumes or IP families unless asked",
                 assert_no_extras),
@@ -805,6 +821,8 @@ SET_CHECKS: dict[str, tuple[str, Callable[..., None]]] = {
                          "annotations apart from pod annotations, startupProbe, HPA behavior; doctor mounts it too",
                          assert_extras),
     "global": ("global accepted, the chart's values unaffected", assert_global),
+    "hs256-per-issuer": ("one HS256 secret per issuer: own file, own Secret key, own value (chart-made or existing "
+                         "Secret)", assert_hs256_per_issuer),
     "ipv6-only": ("Service IPv6 SingleStack, broker listens on [::], trusted proxies of both families",
                   assert_ipv6),
     "dual-stack-ingress": ("Service RequireDualStack [IPv6, IPv4], [::] listeners, Ingress, http ingress "
@@ -1012,7 +1030,7 @@ def main() -> int:
     }
     # Operators' environments (issue #17): OpenShift's restricted SCC, a private CA bundle and the
     # other pod extras, a parent chart's `global`, IPv6-only and dual-stack with an Ingress.
-    for extra in ("openshift", "extras-ca-bundle", "global", "ipv6-only", "dual-stack-ingress"):
+    for extra in ("openshift", "extras-ca-bundle", "global", "ipv6-only", "dual-stack-ingress", "hs256-per-issuer"):
         sets[extra] = here / "values" / f"{extra}.yaml"
     for name, path in sets.items():
         values = load_values(path)
@@ -1092,6 +1110,18 @@ def main() -> int:
         if name in SET_CHECKS:
             what, fn = SET_CHECKS[name]
             checks.check(f"{name}: {what}", lambda fn=fn: fn(docs, hooks, values))
+
+    def hs256_from_an_existing_secret() -> None:
+        values = load_values(here / "values" / "hs256-per-issuer.yaml")
+        values["secret"] = {"existingSecret": "site-secrets"}
+        docs = [d for d in render(chart, values) if not is_hook(d)]
+        assert "Secret" not in kinds(docs), "no chart-made Secret"
+        secret = {v["name"]: v for v in pod_spec(docs)["volumes"]}["broker-secrets"]["secret"]
+        assert secret["secretName"] == "site-secrets" and \
+            {(i["key"], i["path"]) for i in secret["items"]} == {("hs256-secret", "hs256-secret"),
+                                                                 ("shop-hs256", "hs256/shop-hs256")}, secret
+
+    checks.check("hs256-per-issuer with secret.existingSecret: each issuer's key mounted from it", hs256_from_an_existing_secret)
 
     checks.check("subchart: a parent chart passing `global` (and values under the chart's name) renders",
                  lambda: assert_subchart(chart_dir, out))
@@ -1211,6 +1241,11 @@ def main() -> int:
         ("bad-envfrom-chart-secret.yaml", r"envFrom: Secret broker-intellia-token-broker holds the Intellia API key",
          False),
         ("bad-envfrom-two-sources.yaml", r"envFrom/0", True),
+        # one HS256 secret per issuer
+        ("bad-hs256-shared-file.yaml", r"session.jwt\[1\].hs256_secret_file is also config.session.jwt\[0\]'s", False),
+        ("bad-hs256-same-value.yaml", r"hs256Secrets.shop-hs256 equals another HS256 issuer's secret", False),
+        ("bad-hs256-key-of-another-secret.yaml", r'names Secret key "api-key", which holds another secret', False),
+        ("bad-hs256-file-elsewhere.yaml", r"session/jwt/0/hs256_secret_file", True),
     ]
     for fname, want, by_schema in negative:
         values = load_values(here / "values" / fname)
