@@ -576,7 +576,7 @@ mod tests {
             ("api-key", "sk-live-api-key-0001"),
             ("backend", "backend-secret-that-is-long-enough-0002"),
             ("redis-password", "redis-password-0003"),
-            ("cache-secret", "cache-secret-0004"),
+            ("cache-secret", "cache-secret-that-is-long-enough-0004"),
             ("client-key.pem", key_pem),
         ];
         for (name, value) in files {

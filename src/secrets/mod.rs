@@ -322,7 +322,8 @@ fn api_key_check() -> SecretCheck {
 }
 
 /// Shared secrets shorter than this are refused, at start-up and on rotation: a short HS256
-/// secret can be brute-forced offline from one session token, a short backend secret online.
+/// secret can be brute-forced offline from one session token, a short backend secret online, a
+/// short cache secret offline from one sealed token in Redis.
 pub(crate) const MIN_SHARED_SECRET_BYTES: usize = 32;
 
 struct Entry {
@@ -481,10 +482,15 @@ impl Secrets {
             .as_ref()
             .and_then(|r| r.cache_secret_file.as_ref())
         {
+            // Key material for the cipher of every cached token: a short one is guessed from one
+            // entry in Redis offline, so it is held to the shared-secret minimum.
             add(
                 SecretKind::RedisCache,
                 "redis.cache_secret_file".into(),
-                SecretCell::load(SecretSource::File(path.clone())),
+                SecretCell::load_at_least(
+                    SecretSource::File(path.clone()),
+                    MIN_SHARED_SECRET_BYTES,
+                ),
             )?;
         }
         if let Some(path) = settings

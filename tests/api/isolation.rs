@@ -514,6 +514,80 @@ async fn two_hs256_issuers_never_share_one_secret() {
     assert!(!output.contains(HS_SECRET) && !output.contains(B_SECRET));
 }
 
+/// The attack of the last review: with a one-byte `redis.cache_secret_file`, a chat token cached
+/// in Redis was decrypted by trying 95 values. The cache secret is held to 32 bytes like every
+/// shared secret: at start-up, and on rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_cache_secret_is_never_short() {
+    let secrets = temp_dir();
+    let cache = secrets.join("cache-secret");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = TestConfig {
+        admin: true,
+        extra_toml: format!(
+            "\n[redis]\nurl = \"redis://{closed}\"\non_unavailable = \"local\"\ncache_secret_file = \"{}\"\n",
+            cache.display()
+        ),
+        ..TestConfig::default()
+    };
+    for short in ["x", "0123456789abcdef0123456789abcde"] {
+        std::fs::write(&cache, short).unwrap();
+        let dir = temp_dir();
+        write_config(&cfg, &dir, "http://127.0.0.1:9", "127.0.0.1:0");
+        for command in ["serve", "check-config"] {
+            let (code, stderr) = run_bounded(&[
+                command,
+                "--config",
+                dir.join("config.toml").to_str().unwrap(),
+            ]);
+            assert!(
+                code.is_some_and(|c| c != 0),
+                "{command} took {} bytes",
+                short.len()
+            );
+            assert!(
+                stderr.contains("redis.cache_secret_file")
+                    && stderr.contains("shorter than 32 bytes"),
+                "{command}: {stderr}"
+            );
+        }
+    }
+    std::fs::write(&cache, "0123456789abcdef0123456789abcdef").unwrap();
+    let (broker, _sim, _dir) = serve(cfg).await;
+    assert_eq!(
+        token_from(&broker, &session("cara"), &[]).await.status(),
+        200
+    );
+    std::fs::write(&cache, "x").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let admin = broker.admin.expect("an admin listener");
+    let ready: Value = http_client()
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["stale_secrets"],
+        json!(["redis.cache_secret"]),
+        "{ready}"
+    );
+    assert_eq!(
+        token_from(&broker, &session("cara"), &[]).await.status(),
+        200
+    );
+    let (_, output) = broker.stop().await;
+    assert!(
+        output.contains("shorter than 32 bytes"),
+        "operators see why"
+    );
+}
+
 /// A client of the backend listener at a loopback address of its own (all of 127.0.0.0/8 is
 /// local): distinct callers without any header trickery.
 fn client_at(ip: &str) -> reqwest::Client {
