@@ -461,6 +461,9 @@ impl Application {
             None => (None, None),
         };
 
+        for warning in settings.warnings() {
+            tracing::warn!(key = %warning.key, "{warning}");
+        }
         tracing::info!(
             listen = %public_addr,
             admin = admin_addr.map(tracing::field::display),

@@ -205,6 +205,9 @@ fn check_config(config: Option<PathBuf>) -> Result<(), String> {
     if let Some(redis) = &settings.redis {
         crate::redis::RedisStore::check_settings(redis)?;
     }
+    for warning in settings.warnings() {
+        console::error_line(&format!("warning: {warning}"));
+    }
     console::line(&format!("# {} is valid", path.display()));
     for (key, source) in secrets.describe() {
         console::line(&format!("# {key}: readable ({source}), value redacted"));

@@ -11,6 +11,7 @@ pub(crate) mod redis;
 mod server;
 mod session;
 pub(crate) mod values;
+mod warnings;
 
 use std::path::{Path, PathBuf};
 

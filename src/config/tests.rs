@@ -93,6 +93,39 @@ fn errors_stay_on_one_line_whatever_the_value_holds() {
     assert!(!err.0.contains('\r'), "{:?}", err.0);
 }
 
+/// The API key travels to `intellia.base_url` with every mint: plain HTTP only to this machine.
+#[test]
+fn intellia_base_url_is_https_unless_loopback() {
+    let with = |base: &str| {
+        parse(&MINIMAL.replace("[intellia]", &format!("[intellia]\nbase_url = \"{base}\"")))
+    };
+    for base in [
+        "http://api.intellia.com.au",
+        "http://10.0.0.7:8080/intellia",
+        "http://127.0.0.1.nip.io",
+        "http://localhost.evil.example",
+        "http://0.0.0.0:8080",
+        "http://[::ffff:10.0.0.1]",
+    ] {
+        let err = with(base).expect_err(base).0;
+        assert_eq!(
+            err,
+            "config key `intellia.base_url`: must be https:// (the API key travels there); plain http:// only to a loopback host (127.0.0.1, ::1, localhost)",
+            "{base}"
+        );
+    }
+    for base in [
+        "https://api.intellia.com.au",
+        "http://127.0.0.1:9000",
+        "http://127.8.9.10",
+        "http://[::1]:9000/prefix/",
+        "http://localhost:9000",
+        "http://LOCALHOST",
+    ] {
+        with(base).unwrap_or_else(|e| panic!("{base}: {}", e.0));
+    }
+}
+
 #[test]
 fn intellia_base_url_with_query_or_fragment_is_refused() {
     // Found by the `config` fuzz target's rule that the mint URL ends in

@@ -445,6 +445,105 @@ fn a_json_key_named_twice_is_refused_naming_it() {
     }
 }
 
+/// The API key travels to `intellia.base_url` with every mint: plain HTTP beyond loopback is
+/// refused. Other plain-HTTP endpoints to other hosts, and introspection without an audience,
+/// work but are named: one WARN each at start-up, a warning from `check-config`, a `warn` line
+/// from `doctor` (which does not fail the run for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_and_introspection_without_audience_are_named() {
+    let dir = default_config_dir();
+    let config = dir.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    for base in ["http://api.intellia.com.au", "http://127.0.0.1.nip.io:8080"] {
+        let bad = text.replacen(
+            "base_url = \"http://127.0.0.1:9\"",
+            &format!("base_url = \"{base}\""),
+            1,
+        );
+        assert_ne!(bad, text);
+        std::fs::write(&config, bad).unwrap();
+        for command in ["check-config", "serve"] {
+            let (code, _, err) = run(&[command, "--config", config.to_str().unwrap()], &[]);
+            assert_ne!(code, 0, "{command} accepted {base}");
+            assert_one_clear_line(&err, &["intellia.base_url", "must be https://"]);
+        }
+    }
+    std::fs::write(dir.join("introspection-secret"), "client-secret").unwrap();
+    let weak = format!(
+        "{text}\n[[session.jwt]]\nissuer = \"https://idp.example\"\naudience = \"{AUDIENCE}\"\njwks_url = \"http://idp.invalid/keys\"\nalgorithms = [\"RS256\"]\nuser_id_prefix = \"idp:\"\n\n[session.introspection]\nurl = \"http://idp.invalid/introspect\"\nclient_id = \"broker\"\nclient_secret_file = \"{}/introspection-secret\"\nuser_id_prefix = \"op:\"\n",
+        dir.display()
+    )
+    .replacen("\n[[session.jwt]]\nissuer = \"https://auth.test.example\"", "\n[[session.jwt]]\nuser_id_prefix = \"site:\"\nissuer = \"https://auth.test.example\"", 1);
+    std::fs::write(&config, &weak).unwrap();
+    let keys = [
+        "session.jwt[1].jwks_url",
+        "session.introspection.url",
+        "session.introspection.audience",
+    ];
+
+    let (code, _, err) = run(&["check-config", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    for key in keys {
+        assert_eq!(
+            err.lines()
+                .filter(
+                    |l| l.starts_with("warning: config key `") && l.contains(&format!("`{key}`"))
+                )
+                .count(),
+            1,
+            "{key}: {err}"
+        );
+    }
+
+    let broker = BrokerProcess::serve(&dir, "info");
+    let (_, output) = broker.stop().await;
+    for key in keys {
+        let warned: Vec<&str> = output
+            .lines()
+            .filter(|l| {
+                l.contains("\"level\":\"WARN\"") && l.contains(&format!("\"key\":\"{key}\""))
+            })
+            .collect();
+        assert_eq!(warned.len(), 1, "one WARN for {key}: {output}");
+    }
+
+    let (code, stdout, _) = run(
+        &[
+            "doctor",
+            "--config",
+            config.to_str().unwrap(),
+            "--timeout-secs",
+            "2",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "the unreachable provider fails: {stdout}");
+    for key in keys {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("warn config {key}: "))),
+            "{key}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("3 warnings"), "{stdout}");
+    assert!(
+        !stdout.contains("5 failed"),
+        "warnings are not failures: {stdout}"
+    );
+
+    // With an audience and HTTPS endpoints there is nothing to say.
+    let strong = weak
+        .replace("http://idp.invalid", "https://idp.invalid")
+        .replace(
+            "user_id_prefix = \"op:\"\n",
+            "user_id_prefix = \"op:\"\naudience = \"site\"\n",
+        );
+    std::fs::write(&config, strong).unwrap();
+    let (code, _, err) = run(&["check-config", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!((code, err.as_str()), (0, ""));
+}
+
 /// `dev` is read by a person: short plain lines (no JSON, no colour codes in a pipe, no actix
 /// start-up chatter) around its banner. `--log-format json` still gives JSON lines. (`serve`
 /// keeps JSON as its default: `BrokerProcess::serve` finds its address in the JSON listening line.)

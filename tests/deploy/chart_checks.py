@@ -1227,6 +1227,7 @@ def main() -> int:
         ("bad-backend-max-failures.yaml", r"backendRoute/maxFailuresPerMinute", True),
         ("bad-prometheusrule-threshold.yaml", r"prometheusRule/thresholds/upstreamErrorRatio", True),
         ("bad-base-url-query.yaml", r"intellia/base_url", True),
+        ("bad-base-url-plain-http.yaml", r"intellia/base_url", True),
         # issue #17: the operator-facing values
         ("bad-global-not-object.yaml", r"global.*(got string|want object)", True),
         ("bad-pod-security-context-key.yaml", r"podSecurityContext.*runAsUsr", True),
