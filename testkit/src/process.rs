@@ -46,6 +46,38 @@ pub fn run_broker(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) 
     )
 }
 
+/// Runs the binary with `args` for at most `limit`: a `serve` that ought to refuse to start must
+/// fail a test, not hang it, when it starts after all. Returns the exit code (`None`: it was still
+/// running and was killed) and stderr.
+pub fn run_broker_bounded(args: &[&str], limit: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(broker_bin())
+        .args(args)
+        .env_remove("BROKER_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+        text
+    });
+    let started = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (code, reader.join().unwrap_or_default())
+}
+
 pub fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr")

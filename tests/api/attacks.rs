@@ -344,3 +344,70 @@ async fn a_kid_of_another_issuers_key_is_refused() {
     assert_eq!(app.token(&genuine).await.status(), 200);
     assert_eq!(app.sim.calls(), 1);
 }
+
+/// A 2041–2047-bit RSA key signs 256-byte signatures, as a 2048-bit one does, and so passed a
+/// size check that counted bytes. Counted exactly, it is refused: in an issuer's JWKS (its
+/// tokens are 401 while a 2048-bit key of the same set still verifies) and as the introspection
+/// client key (`check-config` and `serve` refuse it, naming its size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_keys_a_few_bits_short_of_2048_are_refused() {
+    let weak: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("rsa-2047-jwk.json")).unwrap())
+            .unwrap();
+    let jwks = testkit::idp::serve_jwks(
+        json!({"keys": [weak, testkit::idp::fixture_jwks()["rsa-1"].clone()]}),
+        None,
+    )
+    .await;
+    let issuer = "https://weak-keys.example";
+    let app = spawn_app(TestConfig {
+        extra_issuers: jwks_issuer(issuer, &format!("jwks_url = \"http://{jwks}/jwks.json\"")),
+        ..TestConfig::default()
+    })
+    .await;
+    let mut c = claims("walter");
+    c["iss"] = json!(issuer);
+    refused(
+        &app,
+        &rs256(&c, Some("rsa-2047"), "rsa-2047-private.pem"),
+        "2047-bit key",
+    )
+    .await;
+    assert_eq!(
+        app.token(&rs256(&c, Some("rsa-1"), "rsa-private.pem"))
+            .await
+            .status(),
+        200,
+        "the set's 2048-bit key still verifies"
+    );
+    assert_eq!(app.sim.minted(), 1);
+
+    let dir = default_config_dir();
+    let key = json!({
+        "type": "application", "keyId": "1", "appId": "2", "clientId": "broker",
+        "key": std::fs::read_to_string(fixture("rsa-2047-private.pem")).unwrap(),
+    });
+    std::fs::write(dir.join("client-key.json"), key.to_string()).unwrap();
+    let config = dir.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "\n[[session.jwt]]\n",
+        "\n[[session.jwt]]\nuser_id_prefix = \"site:\"\n",
+        1,
+    ) + &format!(
+        "\n[session.introspection]\nurl = \"https://idp.example/introspect\"\nclient_auth = \"private_key_jwt\"\nclient_key_file = \"{}/client-key.json\"\naudience = \"site\"\nuser_id_prefix = \"op:\"\n",
+        dir.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    for command in ["check-config", "serve"] {
+        let (code, stderr) = testkit::process::run_broker_bounded(
+            &[command, "--config", config.to_str().unwrap()],
+            std::time::Duration::from_secs(20),
+        );
+        assert!(code.is_some_and(|c| c != 0), "{command}: {code:?}");
+        assert!(
+            stderr.contains("session.introspection.client_key_file")
+                && stderr.contains("holds a 2047-bit RSA key; at least 2048 bits are required"),
+            "{command}: {stderr}"
+        );
+    }
+}

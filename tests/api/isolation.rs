@@ -57,34 +57,9 @@ fn run(args: &[&str]) -> (i32, String) {
     (code, stderr)
 }
 
-/// Runs the binary with `args` for at most 20 s: a `serve` that ought to refuse to start must
-/// fail the test, not hang it, when it starts after all. The exit code is `None` when it was
-/// still running.
+/// `run_broker_bounded` for 20 s.
 fn run_bounded(args: &[&str]) -> (Option<i32>, String) {
-    let mut child = Command::new(broker_bin())
-        .args(args)
-        .env_remove("BROKER_CONFIG")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let started = Instant::now();
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        if started.elapsed() > Duration::from_secs(20) {
-            let _ = child.kill();
-            let _ = child.wait();
-            break None;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    if let Some(mut pipe) = child.stderr.take() {
-        let _ = std::io::Read::read_to_string(&mut pipe, &mut stderr);
-    }
-    (code, stderr)
+    testkit::process::run_broker_bounded(args, Duration::from_secs(20))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
