@@ -411,3 +411,44 @@ async fn rsa_keys_a_few_bits_short_of_2048_are_refused() {
         );
     }
 }
+
+/// `{"chat-user": false}` says the user lacks the role; it once granted it, since any key of the
+/// object counted. A role counts only as an object (Zitadel's grant) or `true`, and in an array
+/// only as a string.
+#[tokio::test]
+async fn a_role_written_as_false_grants_nothing() {
+    let app = spawn_app(TestConfig {
+        hs256_toml: "roles_claim = \"urn:zitadel:iam:org:project:roles\"\nrequired_roles = [\"chat-user\"]\n".into(),
+        ..TestConfig::default()
+    })
+    .await;
+    let with_roles = |roles: Value| {
+        let mut c = claims("rolf");
+        c["urn:zitadel:iam:org:project:roles"] = roles;
+        hs256(&c)
+    };
+    for roles in [
+        json!({"chat-user": false}),
+        json!({"chat-user": null}),
+        json!({"chat-user": 0}),
+        json!({"chat-user": "no"}),
+        json!({"chat-user": []}),
+        json!([{"chat-user": true}]),
+        json!([true, 1]),
+    ] {
+        let resp = app.token(&with_roles(roles.clone())).await;
+        assert_problem(resp, 403, "forbidden").await;
+    }
+    assert_eq!(app.sim.calls(), 0, "nothing minted for a refused role");
+    for roles in [
+        json!({"chat-user": true}),
+        json!({"chat-user": {"2876543210": "acme.example.com"}}),
+        json!(["chat-user"]),
+    ] {
+        assert_eq!(
+            app.token(&with_roles(roles.clone())).await.status(),
+            200,
+            "{roles}"
+        );
+    }
+}
