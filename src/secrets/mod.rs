@@ -13,6 +13,7 @@ pub(crate) mod client_key;
 
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use crate::config::{ApiKeySource, IntrospectionAuth, KeySource, Settings};
 use client_key::ClientKey;
@@ -57,13 +58,13 @@ impl SecretSource {
         match self {
             SecretSource::File(path) => read_secret_file(path),
             SecretSource::Env(name) => {
-                let value = std::env::var(name).map_err(|e| SecretError::Env {
+                let value = Zeroizing::new(std::env::var(name).map_err(|e| SecretError::Env {
                     name: name.clone(),
                     reason: match e {
                         std::env::VarError::NotPresent => "is not set",
                         std::env::VarError::NotUnicode(_) => "is not valid UTF-8",
                     },
-                })?;
+                })?);
                 let trimmed = value.trim();
                 if trimmed.is_empty() {
                     return Err(SecretError::Env {
@@ -81,13 +82,36 @@ impl SecretSource {
     }
 }
 
+/// Secret files larger than this are refused. The largest real one, a Zitadel key JSON holding a
+/// 4096-bit PEM key, is under 4 KiB; a path to a device or a log file is a mistake.
+const MAX_SECRET_FILE_BYTES: usize = 64 * 1024;
+
+/// Reads a secret file, which happens every `secret_poll_secs` for every file. The bytes go into
+/// one buffer of fixed size that is wiped when dropped, and from there into the `SecretString`
+/// (wiped too): no copy of a secret is left behind in freed memory, as growing a `Vec` or
+/// building a `String` from it would leave one.
 fn read_secret_file(path: &Path) -> Result<SecretString, SecretError> {
+    use std::io::Read;
     let err = |reason: String| SecretError::File {
         path: path.to_path_buf(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| err(describe_io(&e)))?;
-    let text = String::from_utf8(bytes).map_err(|_| err("is not valid UTF-8".to_owned()))?;
+    let mut file = std::fs::File::open(path).map_err(|e| err(describe_io(&e)))?;
+    let mut buffer = Zeroizing::new(vec![0u8; MAX_SECRET_FILE_BYTES + 1]);
+    let mut filled = 0;
+    loop {
+        if filled == buffer.len() {
+            return Err(err("is larger than 64 KiB".to_owned()));
+        }
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(err(describe_io(&e))),
+        }
+    }
+    let text =
+        std::str::from_utf8(&buffer[..filled]).map_err(|_| err("is not valid UTF-8".to_owned()))?;
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err(err("is empty".to_owned()));
@@ -312,7 +336,8 @@ impl SecretKind {
 /// start-up and on rotation, with the same test the request uses.
 fn api_key_check() -> SecretCheck {
     Arc::new(|key| {
-        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
+        let header = Zeroizing::new(format!("Bearer {}", key.expose_secret()));
+        reqwest::header::HeaderValue::from_str(&header)
             .map(drop)
             .map_err(|_| {
                 "holds characters an HTTP header cannot carry (only printable ASCII is sent)"

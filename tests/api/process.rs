@@ -604,3 +604,79 @@ async fn dev_logs_plain_lines_unless_json_is_asked_for() {
         }
     }
 }
+
+/// Every readable, writable mapping of a process (heap, stacks, allocator arenas), read through
+/// `/proc/<pid>/mem`: what a core dump or a memory-reading attacker on the host would see.
+fn process_memory(pid: u32) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut all = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with("rw") || line.contains("[vvar") || line.contains("[vsyscall") {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (start, end) = (
+            u64::from_str_radix(start, 16).unwrap(),
+            u64::from_str_radix(end, 16).unwrap(),
+        );
+        let mut at = start;
+        let mut chunk = vec![0u8; 1 << 20];
+        while at < end {
+            let len = ((end - at) as usize).min(chunk.len());
+            match mem.read_at(&mut chunk[..len], at) {
+                Ok(n) if n > 0 => all.extend_from_slice(&chunk[..n]),
+                _ => {}
+            }
+            at += len as u64;
+        }
+    }
+    all
+}
+
+/// Secret files are re-read every `secret_poll_secs`. Each read's buffers are wiped: once a
+/// secret is rotated away, no copy of it is left in the broker's memory for a core dump or an
+/// attacker who can read it to find.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_leaves_no_copy_in_memory() {
+    const OLD: &str = "rotated-away-backend-secret-OLD-MARKER-0123456789";
+    const NEW: &str = "current-backend-secret-NEW-MARKER-that-is-a-good-deal-longer-than-the-old-one-0123456789abcdef0123456789abcdef";
+    let dir = default_config_dir();
+    std::fs::write(dir.join("backend"), format!("{OLD}\n")).unwrap();
+    let broker = BrokerProcess::serve(&dir, "info");
+    let attempt = |secret: &'static str| {
+        http_client()
+            .post(broker.backend_url("/v1/backend/token"))
+            .bearer_auth(secret)
+            .json(&json!({"userId": "memory-user"}))
+            .send()
+    };
+    // A few polls with the old secret in place, each reading it again. (No request carries it:
+    // a request's own bytes are the client's, not the broker's copy.)
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    std::fs::write(dir.join("backend"), format!("{NEW}\n")).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        attempt(NEW).await.unwrap().status(),
+        503,
+        "the new secret is in use"
+    );
+    let memory = process_memory(broker.pid());
+    let found = |needle: &str| memory.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(
+        found(NEW),
+        "the scan reads the broker's memory: the current secret is there"
+    );
+    assert!(
+        !found(OLD),
+        "a copy of the rotated-away secret is left in memory"
+    );
+    broker.stop().await;
+}
