@@ -15,6 +15,7 @@ use tracing_actix_web::TracingLogger;
 use crate::cache::TokenCache;
 use crate::config::Settings;
 use crate::http::assets::Assets;
+use crate::http::connection::TimedStream;
 use crate::http::cors::CorsPolicy;
 use crate::http::middleware::{ConnectionPolicy, Drain, body_deadline, request_context};
 use crate::http::operations::Readiness;
@@ -320,10 +321,14 @@ struct ServerTuning {
     workers: usize,
     request_timeout: Duration,
     keep_alive: KeepAlive,
+    /// From an answer to the next head on its connection (`http::connection`).
+    next_head: Duration,
     stop_timeout: u64,
 }
 
-/// Serves `factory`'s application on `listener` with the broker's connection limits.
+/// Serves `factory`'s application on `listener` with the broker's connection limits. What
+/// `HttpServer::listen` does, with one addition it cannot make: each connection's stream is a
+/// [`TimedStream`], so a request head that is not the connection's first is bounded too.
 fn http_server<T, B>(
     factory: impl Fn() -> App<T> + Send + Clone + 'static,
     listener: TcpListener,
@@ -339,17 +344,49 @@ where
         > + 'static,
     B: MessageBody + 'static,
 {
+    use actix_http::{HttpService, Protocol};
+    use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
+    use actix_web::rt::net::TcpStream;
+
     let addr = listener.local_addr().map_err(|source| StartupError::Bind {
         addr: SocketAddr::from(([0, 0, 0, 0], 0)),
         source,
     })?;
-    let server = HttpServer::new(factory)
+    let builder = actix_server::Server::build();
+    // Tells connections when a graceful stop begins, so idle keep-alive ones close at once.
+    let stopping = builder.graceful_shutdown_signal();
+    let server = builder
         .workers(tuning.workers)
-        .client_request_timeout(tuning.request_timeout)
-        .keep_alive(tuning.keep_alive)
         .shutdown_timeout(tuning.stop_timeout)
         .disable_signals()
-        .listen(listener)
+        .listen(format!("broker-{addr}"), listener, move || {
+            let stopping = stopping.clone();
+            let app = factory()
+                .into_factory()
+                .map_err(|e: Error| e.error_response());
+            let http = HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let stopping = stopping.clone();
+                    async move { stopping.notified().await }
+                })
+                .keep_alive(tuning.keep_alive)
+                .client_request_timeout(tuning.request_timeout)
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .local_addr(addr)
+                .on_connect_ext(|io: &TimedStream<TcpStream>, data| {
+                    data.insert(io.clock());
+                })
+                .finish(map_config(app, |()| actix_web::dev::AppConfig::default()));
+            fn_service(move |io: TcpStream| {
+                let peer = io.peer_addr().ok();
+                std::future::ready(Ok::<_, actix_http::error::DispatchError>((
+                    TimedStream::new(io, tuning.next_head),
+                    Protocol::Http1,
+                    peer,
+                )))
+            })
+            .and_then(http)
+        })
         .map_err(|source| StartupError::Bind { addr, source })?
         .run();
     Ok((server, addr))
@@ -399,6 +436,8 @@ impl Application {
                 0 => KeepAlive::Disabled,
                 secs => KeepAlive::Timeout(Duration::from_secs(secs)),
             },
+            next_head: Duration::from_secs(server_settings.keep_alive_secs.get())
+                + Duration::from_millis(server_settings.request_timeout_ms.get()),
             stop_timeout,
         };
         let app_parts = parts.clone();

@@ -17,6 +17,7 @@ use actix_web::{Error, HttpMessage, web};
 use futures_util::StreamExt;
 use ipnet::IpNet;
 
+use super::connection::HeadClock;
 use super::request_log::{ClientIp, RequestId, RequestStart};
 use crate::config::ClientIpHeader;
 use crate::http::cors::CorsPolicy;
@@ -104,7 +105,17 @@ pub(crate) async fn request_context(
         }
     }
     let draining = policy.as_ref().is_some_and(|p| p.drain.is_draining());
-    let mut res = next.call(req).await?;
+    // The connection's clock for the next head (connection.rs): none is due while this request
+    // is here, and the next is due within the bound once it is answered, error or not.
+    let clock = req.conn_data::<HeadClock>().cloned();
+    if let Some(clock) = &clock {
+        clock.request_started();
+    }
+    let res = next.call(req).await;
+    if let Some(clock) = &clock {
+        clock.request_answered();
+    }
+    let mut res = res?;
     if draining {
         // Clients should not reuse this connection: idle keep-alive connections would otherwise
         // hold the graceful stop open until its timeout.

@@ -5,6 +5,7 @@
 pub(crate) mod assets;
 pub(crate) mod backend;
 pub(crate) mod client_ip;
+pub(crate) mod connection;
 pub(crate) mod cors;
 pub(crate) mod middleware;
 pub(crate) mod openapi;
