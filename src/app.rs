@@ -326,12 +326,13 @@ struct ServerTuning {
     stop_timeout: u64,
 }
 
-/// Serves `factory`'s application on `listener` with the broker's connection limits. What
-/// `HttpServer::listen` does, with one addition it cannot make: each connection's stream is a
-/// [`TimedStream`], so a request head that is not the connection's first is bounded too.
+/// Serves `factory`'s application on a listener bound to `configured`, with the broker's
+/// connection limits; returns the server and the bound address. What `HttpServer::listen` does,
+/// with one addition it cannot make: each connection's stream is a [`TimedStream`], so a request
+/// head that is not the connection's first is bounded too.
 fn http_server<T, B>(
     factory: impl Fn() -> App<T> + Send + Clone + 'static,
-    listener: TcpListener,
+    configured: SocketAddr,
     tuning: ServerTuning,
 ) -> Result<(Server, SocketAddr), StartupError>
 where
@@ -348,8 +349,9 @@ where
     use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
     use actix_web::rt::net::TcpStream;
 
+    let listener = bind(configured)?;
     let addr = listener.local_addr().map_err(|source| StartupError::Bind {
-        addr: SocketAddr::from(([0, 0, 0, 0], 0)),
+        addr: configured,
         source,
     })?;
     let builder = actix_server::Server::build();
@@ -443,7 +445,7 @@ impl Application {
         let app_parts = parts.clone();
         let (server, public_addr) = http_server(
             move || public_app(app_parts.clone()),
-            bind(server_settings.listen)?,
+            server_settings.listen,
             tuning,
         )?;
         // The sidecar route has a listener of its own, and only there is it served.
@@ -452,7 +454,7 @@ impl Application {
                 let app_parts = parts.clone();
                 let (server, addr) = http_server(
                     move || backend_app(app_parts.clone()),
-                    bind(backend.listen)?,
+                    backend.listen,
                     tuning,
                 )?;
                 (Some(server), Some(addr))

@@ -394,6 +394,25 @@ async fn json_config_is_checked_and_served() {
     assert!(status.success(), "{status:?}: {logs}");
 }
 
+/// The backend listener is bound like the others: a taken `backend.listen` is one clear line.
+#[test]
+fn a_taken_backend_listen_address_is_one_clear_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = default_config_dir();
+    let config = dir.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[backend]\nlisten = \"127.0.0.1:0\"",
+        &format!("[backend]\nlisten = \"{addr}\""),
+        1,
+    );
+    assert!(text.contains(&addr.to_string()));
+    std::fs::write(&config, text).unwrap();
+    let (code, _, err) = run(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert_ne!(code, 0);
+    assert_one_clear_line(&err, &[&format!("cannot listen on {addr}")]);
+}
+
 /// The attack of the last review: a second `cors` object (or `trusted_proxies` list) later in a
 /// JSON config silently replaced the first, leaving an attacker's origin (or 0.0.0.0/0). A key
 /// named twice is refused, naming it, by `check-config` and `serve` alike.
