@@ -36,6 +36,7 @@ pub mod testing {
     };
     pub use crate::cache::{CachedToken, TokenCache};
     pub use crate::config::redis::RedisSettings;
+    pub use crate::config::values::Bounded;
     pub use crate::config::{CacheSettings, Count, PerMinuteLimit, RateLimitSettings, Settings};
     pub use crate::error::{BrokerError, ErrorCode, PROBLEM_JSON};
     pub use crate::http::cors::CorsPolicy;

@@ -54,15 +54,15 @@ impl<T: BoundedInt, const MIN: u64, const MAX: u64> Bounded<T, MIN, MAX> {
     /// (`cargo check`, which instantiates nothing, does not).
     ///
     /// ```
-    /// let _ = intellia_token_broker::config::Bounded::<u8, 0, 10>::new::<10>();
+    /// let _ = intellia_token_broker::testing::Bounded::<u8, 0, 10>::new::<10>();
     /// ```
     ///
     /// ```compile_fail,E0080
-    /// let _ = intellia_token_broker::config::Bounded::<u8, 0, 10>::new::<11>();
+    /// let _ = intellia_token_broker::testing::Bounded::<u8, 0, 10>::new::<11>();
     /// ```
     ///
     /// ```compile_fail,E0080
-    /// let _ = intellia_token_broker::config::Bounded::<u8, 0, 256>::new::<1>();
+    /// let _ = intellia_token_broker::testing::Bounded::<u8, 0, 256>::new::<1>();
     /// ```
     pub fn new<const V: u64>() -> Self {
         const {
