@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
-use testkit::bench::{Fixture, backend_request_for, token_request};
+use testkit::bench::{Fixture, backend_request_for, listener_for, token_request};
 use testkit::consts::{API_KEY, ORG};
 use testkit::loadgen::{self, Outcome, Request, Stop, request};
 use testkit::process::{BrokerProcess, broker_bin};
@@ -96,7 +96,8 @@ async fn throughput(
     stop: Stop,
     conns: usize,
 ) -> Outcome {
-    loadgen::run(broker.addr, Arc::new(requests), conns, stop, None).await
+    let target = listener_for(broker, &requests);
+    loadgen::run(target, Arc::new(requests), conns, stop, None).await
 }
 
 async fn bench(table: &mut Table) {
@@ -390,7 +391,7 @@ burst = 50
         .map(|i| backend_request_for(&format!("upstream-{i}")))
         .collect();
     let upstream = loadgen::run(
-        broker.addr,
+        listener_for(&broker, &fresh),
         Arc::new(fresh),
         10,
         Stop::After(secs),

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use testkit::bench::{Fixture, backend_request, token_request};
+use testkit::bench::{Fixture, backend_request, listener_for, token_request};
 use testkit::consts::{API_KEY, BACKEND_SECRET, HS_SECRET};
 use testkit::loadgen::{self, Outcome, Request, Stop, request};
 use testkit::process::BrokerProcess;
@@ -49,6 +49,8 @@ struct Stream {
     faulty: &'static [u16],
     /// Distinct requests: taken once each across the soak instead of cycled.
     fresh: bool,
+    /// Minted for before the soak starts, so a healthy phase starts with every token cached.
+    warm: bool,
 }
 
 async fn post_json(sim: &BrokerProcess, path: &str, body: &str) {
@@ -89,33 +91,36 @@ fn streams(fixture: &Fixture, phases: usize) -> Vec<Stream> {
         )),
         token_request(&fixture.hs_token("x").replace('.', "..")),
         request("POST", "/v1/token", &[], b""),
-        request(
-            "POST",
-            "/v1/backend/token",
-            &[("Authorization", "Bearer wrong-secret")],
-            b"{}",
-        ),
     ];
+    // The backend listener serves the sidecar route alone. Wrong secrets from one address
+    // spend its allowance (10 a minute) and are then refused with 429.
+    let wrong_secret = vec![request(
+        "POST",
+        "/v1/backend/token",
+        &[("Authorization", "Bearer wrong-secret")],
+        b"{}",
+    )];
     let limited: Vec<Request> = (0..5)
         .map(|i| token_request(&fixture.hs_token(&format!("soak-limited-{i}"))))
         .collect();
-    let bad = vec![
+    let bad_bodies = vec![
         backend_request("{not json"),
         backend_request(r#"{"userId": ""}"#),
         backend_request(&format!(r#"{{"userId": "{}"}}"#, "u".repeat(8_000))),
+    ];
+    let bad = vec![
         request("GET", "/v1/nowhere", &[], b""),
         request("DELETE", "/v1/token", &[], b""),
+        // Not served on the public listener.
+        request("GET", "/v1/backend/token", &[], b""),
     ];
     // New users, through both routes: every one is a call to Intellia.
-    let per_phase = (PHASE.as_secs() as usize) * 40 + 100;
+    let per_phase = (PHASE.as_secs() as usize) * 20 + 50;
     let misses: Vec<Request> = (0..phases * per_phase)
-        .map(|i| {
-            if i % 2 == 0 {
-                token_request(&fixture.hs_token(&format!("soak-new-{i}")))
-            } else {
-                backend_request(&format!(r#"{{"userId": "soak-new-{i}"}}"#))
-            }
-        })
+        .map(|i| token_request(&fixture.hs_token(&format!("soak-new-{i}"))))
+        .collect();
+    let backend_misses: Vec<Request> = (0..phases * per_phase)
+        .map(|i| backend_request(&format!(r#"{{"userId": "soak-new-backend-{i}"}}"#)))
         .collect();
     vec![
         Stream {
@@ -126,15 +131,27 @@ fn streams(fixture: &Fixture, phases: usize) -> Vec<Stream> {
             healthy: &[200],
             faulty: &[200],
             fresh: false,
+            warm: true,
         },
         Stream {
-            name: "invalid sessions and credentials",
+            name: "invalid sessions",
             requests: Arc::new(invalid),
             connections: 1,
             pace: Duration::from_millis(10),
             healthy: &[401],
             faulty: &[401],
             fresh: false,
+            warm: true,
+        },
+        Stream {
+            name: "wrong backend secrets (backend listener)",
+            requests: Arc::new(wrong_secret),
+            connections: 1,
+            pace: Duration::from_millis(100),
+            healthy: &[401, 429],
+            faulty: &[401, 429],
+            fresh: false,
+            warm: false,
         },
         Stream {
             name: "users over their limit (5 users at 25/s, limit 10/s)",
@@ -144,24 +161,47 @@ fn streams(fixture: &Fixture, phases: usize) -> Vec<Stream> {
             healthy: &[200, 429],
             faulty: &[200, 429],
             fresh: false,
+            warm: true,
         },
         Stream {
-            name: "bad requests (JSON, fields, size, route, method)",
+            name: "bad requests (route, method)",
             requests: Arc::new(bad),
             connections: 1,
             pace: Duration::from_millis(50),
-            healthy: &[400, 404, 405, 413],
-            faulty: &[400, 404, 405, 413],
+            healthy: &[404, 405],
+            faulty: &[404, 405],
             fresh: false,
+            warm: false,
         },
         Stream {
-            name: "cache misses (new users, both routes)",
+            name: "bad sidecar bodies (JSON, fields, size; backend listener)",
+            requests: Arc::new(bad_bodies),
+            connections: 1,
+            pace: Duration::from_millis(50),
+            healthy: &[400, 413],
+            faulty: &[400, 413],
+            fresh: false,
+            warm: false,
+        },
+        Stream {
+            name: "cache misses (new users, browser route)",
             requests: Arc::new(misses),
-            connections: 2,
+            connections: 1,
             pace: Duration::from_millis(50),
             healthy: &[200],
             faulty: &[200, 429, 502, 503, 504],
             fresh: true,
+            warm: false,
+        },
+        Stream {
+            name: "cache misses (new users, sidecar route)",
+            requests: Arc::new(backend_misses),
+            connections: 1,
+            pace: Duration::from_millis(50),
+            healthy: &[200],
+            faulty: &[200, 429, 502, 503, 504],
+            fresh: true,
+            warm: false,
         },
     ]
 }
@@ -204,9 +244,10 @@ burst = 200
     // Warm-up: every cache-hit and limited user has a token before the soak starts. Minting
     // them all at once spends the upstream limit's burst, so go again until none is refused, then
     // let the bucket refill: a healthy phase must not start with it empty.
-    for s in &streams[..3] {
+    for s in streams.iter().filter(|s| s.warm) {
         for _ in 0..10 {
-            let o = loadgen::run(broker.addr, Arc::clone(&s.requests), 2, Stop::Once, None).await;
+            let target = listener_for(&broker, &s.requests);
+            let o = loadgen::run(target, Arc::clone(&s.requests), 2, Stop::Once, None).await;
             assert_eq!(
                 o.unexpected(&[200, 401, 429]),
                 0,
@@ -228,7 +269,6 @@ burst = 200
     ];
     let mut samples = Vec::new();
     let started = Instant::now();
-    let mut fresh_offset = 0usize;
     for phase in 0..phases {
         let fault = (phase % 2 == 1).then(|| FAULTS[(phase / 2) % FAULTS.len()]);
         if let Some((_, body)) = fault {
@@ -238,20 +278,19 @@ burst = 200
         for s in &streams {
             let requests = if s.fresh {
                 let per_phase = s.requests.len() / phases;
-                let slice = s.requests[fresh_offset..fresh_offset + per_phase].to_vec();
+                let slice = s.requests[phase * per_phase..(phase + 1) * per_phase].to_vec();
                 Arc::new(slice)
             } else {
                 Arc::clone(&s.requests)
             };
             runs.push(tokio::spawn(loadgen::run(
-                broker.addr,
+                listener_for(&broker, &requests),
                 requests,
                 s.connections,
                 Stop::After(PHASE),
                 Some(s.pace),
             )));
         }
-        fresh_offset += streams[4].requests.len() / phases;
         let mut phase_requests = 0;
         let mut phase_5xx = 0;
         for ((s, tally), run) in streams.iter().zip(&mut tallies).zip(runs) {
@@ -280,7 +319,8 @@ burst = 200
             for attempt in 0..20 {
                 let probe =
                     backend_request(&format!(r#"{{"userId": "soak-settle-{phase}-{attempt}"}}"#));
-                let o = loadgen::run(broker.addr, Arc::new(vec![probe]), 1, Stop::Once, None).await;
+                let target = listener_for(&broker, std::slice::from_ref(&probe));
+                let o = loadgen::run(target, Arc::new(vec![probe]), 1, Stop::Once, None).await;
                 if o.statuses.contains_key(&200) {
                     break;
                 }

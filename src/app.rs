@@ -15,6 +15,7 @@ use tracing_actix_web::TracingLogger;
 use crate::cache::TokenCache;
 use crate::config::Settings;
 use crate::http::assets::Assets;
+use crate::http::connection::TimedStream;
 use crate::http::cors::CorsPolicy;
 use crate::http::middleware::{ConnectionPolicy, Drain, request_context};
 use crate::http::operations::Readiness;
@@ -166,7 +167,10 @@ impl AppParts {
             .map(|(backend, secret)| {
                 BackendAuth::new(
                     secret,
-                    FailureLimit::new(backend.max_failures_per_minute.get()),
+                    FailureLimit::new(
+                        backend.max_failures_per_minute.get(),
+                        settings.rate_limit.ipv6_prefix(),
+                    ),
                 )
             });
         let service = TokenService::new(
@@ -250,8 +254,10 @@ impl AppParts {
 pub struct Application {
     public_addr: SocketAddr,
     admin_addr: Option<SocketAddr>,
+    backend_addr: Option<SocketAddr>,
     server: Server,
     admin: Option<Server>,
+    backend: Option<Server>,
     parts: AppParts,
     /// Keeps the periodic tasks (secret poller, housekeeping) going while the application runs.
     _reloader: Arc<AppParts>,
@@ -295,7 +301,6 @@ pub fn public_app(
         InitError = (),
     >,
 > {
-    let with_backend = parts.service.has_backend();
     let app = App::new()
         .app_data(parts.service)
         .app_data(parts.cors)
@@ -308,12 +313,121 @@ pub fn public_app(
     app.wrap(TracingLogger::<BrokerRootSpan>::new())
         .wrap(from_fn(request_context))
         .configure(|cfg| {
-            http::configure(cfg, with_backend);
+            http::configure(cfg);
             if let Some(extra) = &extra {
                 extra(cfg);
             }
         })
         .default_service(web::to(http::not_found))
+}
+
+/// The backend listener's application: the sidecar route alone, behind the same request
+/// context, log line and body deadline as the public routes. Its client address is the TCP
+/// peer's: nobody proxies a private listener, so no forwarding header is believed there, and no
+/// caller can claim another's address.
+pub fn backend_app(
+    parts: AppParts,
+) -> App<
+    impl ServiceFactory<
+        ServiceRequest,
+        Config = (),
+        Response = ServiceResponse<impl MessageBody>,
+        Error = Error,
+        InitError = (),
+    >,
+> {
+    let connection = web::Data::new(ConnectionPolicy {
+        trusted_proxies: Vec::new(),
+        ..parts.connection.get_ref().clone()
+    });
+    App::new()
+        .app_data(parts.service)
+        .app_data(parts.metrics)
+        .app_data(connection)
+        .app_data(parts.request_limits)
+        .wrap(TracingLogger::<BrokerRootSpan>::new())
+        .wrap(from_fn(request_context))
+        .configure(http::configure_backend)
+        .default_service(web::to(http::not_found))
+}
+
+/// How every HTTP listener of the broker treats its connections.
+#[derive(Debug, Clone, Copy)]
+struct ServerTuning {
+    workers: usize,
+    request_timeout: Duration,
+    keep_alive: KeepAlive,
+    /// From an answer to the next head on its connection (`http::connection`).
+    next_head: Duration,
+    stop_timeout: u64,
+}
+
+/// Serves `factory`'s application on a listener bound to `configured`, with the broker's
+/// connection limits; returns the server and the bound address. What `HttpServer::listen` does,
+/// with one addition it cannot make: each connection's stream is a [`TimedStream`], so a request
+/// head that is not the connection's first is bounded too.
+fn http_server<T, B>(
+    factory: impl Fn() -> App<T> + Send + Clone + 'static,
+    configured: SocketAddr,
+    tuning: ServerTuning,
+) -> Result<(Server, SocketAddr), StartupError>
+where
+    T: ServiceFactory<
+            ServiceRequest,
+            Config = (),
+            Response = ServiceResponse<B>,
+            Error = Error,
+            InitError = (),
+        > + 'static,
+    B: MessageBody + 'static,
+{
+    use actix_http::{HttpService, Protocol};
+    use actix_service::{IntoServiceFactory, ServiceFactoryExt, fn_service, map_config};
+    use actix_web::rt::net::TcpStream;
+
+    let listener = bind(configured)?;
+    let addr = listener.local_addr().map_err(|source| StartupError::Bind {
+        addr: configured,
+        source,
+    })?;
+    let builder = actix_server::Server::build();
+    // Tells connections when a graceful stop begins, so idle keep-alive ones close at once.
+    let stopping = builder.graceful_shutdown_signal();
+    let server = builder
+        .workers(tuning.workers)
+        .shutdown_timeout(tuning.stop_timeout)
+        .disable_signals()
+        .listen(format!("broker-{addr}"), listener, move || {
+            let stopping = stopping.clone();
+            let app = factory()
+                .into_factory()
+                .map_err(|e: Error| e.error_response());
+            let http = HttpService::build()
+                .graceful_shutdown_signal(move || {
+                    let stopping = stopping.clone();
+                    async move { stopping.notified().await }
+                })
+                .keep_alive(tuning.keep_alive)
+                .client_request_timeout(tuning.request_timeout)
+                .client_disconnect_timeout(Duration::from_secs(1))
+                .local_addr(addr)
+                .on_connect_ext(|io: &TimedStream<TcpStream>, data| {
+                    data.insert(io.clock());
+                })
+                .finish(map_config(app, |()| actix_web::dev::AppConfig::default()));
+            fn_service(move |io: TcpStream| {
+                let peer = io.peer_addr().ok();
+                std::future::ready(Ok::<_, actix_http::error::DispatchError>((
+                    TimedStream::new(io, tuning.next_head),
+                    Protocol::Http1,
+                    peer,
+                )))
+            })
+            .and_then(http)
+        })
+        .map_err(|source| StartupError::Bind { addr, source })?
+        .run();
+    Ok((server, addr))
 }
 
 impl Application {
@@ -340,15 +454,6 @@ impl Application {
             |parts| async move { parts.service.housekeeping().await },
         );
 
-        let listener = bind(settings.server.listen)?;
-        let public_addr = listener.local_addr().map_err(|source| StartupError::Bind {
-            addr: settings.server.listen,
-            source,
-        })?;
-        let workers = match settings.server.workers.get() {
-            0 => std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
-            n => n,
-        };
         let server_settings = &settings.server;
         // In-flight requests get what is left of the grace period after the drain delay, less a
         // second, so the process is gone within `shutdown_grace_secs` even when idle keep-alive
@@ -359,24 +464,39 @@ impl Application {
             .saturating_sub(server_settings.drain_delay_secs())
             .saturating_sub(1)
             .max(1);
-        let app_parts = parts.clone();
-        let server = HttpServer::new(move || public_app(app_parts.clone()))
-            .workers(workers)
-            .client_request_timeout(Duration::from_millis(
-                server_settings.request_timeout_ms.get(),
-            ))
-            .keep_alive(match server_settings.keep_alive_secs.get() {
+        let tuning = ServerTuning {
+            workers: match server_settings.workers.get() {
+                0 => std::thread::available_parallelism().map_or(2, std::num::NonZero::get),
+                n => n,
+            },
+            request_timeout: Duration::from_millis(server_settings.request_timeout_ms.get()),
+            keep_alive: match server_settings.keep_alive_secs.get() {
                 0 => KeepAlive::Disabled,
                 secs => KeepAlive::Timeout(Duration::from_secs(secs)),
-            })
-            .shutdown_timeout(stop_timeout)
-            .disable_signals()
-            .listen(listener)
-            .map_err(|source| StartupError::Bind {
-                addr: public_addr,
-                source,
-            })?
-            .run();
+            },
+            next_head: Duration::from_secs(server_settings.keep_alive_secs.get())
+                + Duration::from_millis(server_settings.request_timeout_ms.get()),
+            stop_timeout,
+        };
+        let app_parts = parts.clone();
+        let (server, public_addr) = http_server(
+            move || public_app(app_parts.clone()),
+            server_settings.listen,
+            tuning,
+        )?;
+        // The sidecar route has a listener of its own, and only there is it served.
+        let (backend, backend_addr) = match &settings.backend {
+            Some(backend) if parts.service.has_backend() => {
+                let app_parts = parts.clone();
+                let (server, addr) = http_server(
+                    move || backend_app(app_parts.clone()),
+                    backend.listen,
+                    tuning,
+                )?;
+                (Some(server), Some(addr))
+            }
+            _ => (None, None),
+        };
 
         let (admin, admin_addr) = match server_settings.admin_listen {
             Some(addr) => {
@@ -385,9 +505,11 @@ impl Application {
                     .local_addr()
                     .map_err(|source| StartupError::Bind { addr, source })?;
                 let metrics = parts.metrics.clone();
+                let readiness = parts.readiness.clone();
                 let admin = HttpServer::new(move || {
                     App::new()
                         .app_data(metrics.clone())
+                        .app_data(readiness.clone())
                         .route(
                             Route::Metrics.path(),
                             http::on(actix_web::http::Method::GET).to(http::operations::metrics),
@@ -395,6 +517,11 @@ impl Application {
                         .route(
                             Route::Healthz.path(),
                             http::on(actix_web::http::Method::GET).to(http::operations::healthz),
+                        )
+                        .route(
+                            Route::Readyz.path(),
+                            http::on(actix_web::http::Method::GET)
+                                .to(http::operations::readyz_detail),
                         )
                         .default_service(web::to(http::not_found))
                 })
@@ -412,19 +539,25 @@ impl Application {
             None => (None, None),
         };
 
+        for warning in settings.warnings() {
+            tracing::warn!(key = %warning.key, "{warning}");
+        }
         tracing::info!(
             listen = %public_addr,
             admin = admin_addr.map(tracing::field::display),
+            backend = backend_addr.map(tracing::field::display),
             issuers = settings.session.jwt.len(),
-            backend_route = parts.service.has_backend(),
+            backend_route = backend_addr.is_some(),
             version = env!("CARGO_PKG_VERSION"),
             "broker listening"
         );
         Ok(Application {
             public_addr,
             admin_addr,
+            backend_addr,
             server,
             admin,
+            backend,
             parts,
             _reloader: reloader,
             drain_delay: Duration::from_secs(server_settings.drain_delay_secs()),
@@ -440,6 +573,11 @@ impl Application {
         self.admin_addr
     }
 
+    /// The sidecar route's listener (`backend.listen`), when `[backend]` is configured.
+    pub fn backend_addr(&self) -> Option<SocketAddr> {
+        self.backend_addr
+    }
+
     /// The running parts, for tests that look inside (metrics, secrets).
     pub fn parts(&self) -> AppParts {
         self.parts.clone()
@@ -451,8 +589,11 @@ impl Application {
             drain: self.parts.connection.drain.clone(),
             metrics: self.parts.metrics.clone(),
             drain_delay: self.drain_delay,
-            server: self.server.handle(),
-            admin: self.admin.as_ref().map(Server::handle),
+            servers: std::iter::once(&self.server)
+                .chain(self.admin.as_ref())
+                .chain(self.backend.as_ref())
+                .map(Server::handle)
+                .collect(),
         }
     }
 
@@ -465,13 +606,13 @@ impl Application {
                 handle.drain_and_stop().await;
             });
         }
-        match self.admin {
-            Some(admin) => {
-                let (public, admin) = tokio::join!(self.server, admin);
-                public.and(admin)
-            }
-            None => self.server.await,
-        }
+        let servers = std::iter::once(self.server)
+            .chain(self.admin)
+            .chain(self.backend);
+        futures_util::future::join_all(servers)
+            .await
+            .into_iter()
+            .collect()
     }
 }
 
@@ -480,8 +621,8 @@ pub struct ShutdownHandle {
     drain: Drain,
     metrics: web::Data<Metrics>,
     drain_delay: Duration,
-    server: ServerHandle,
-    admin: Option<ServerHandle>,
+    /// The public listener first, then the admin and backend listeners.
+    servers: Vec<ServerHandle>,
 }
 
 impl ShutdownHandle {
@@ -496,10 +637,8 @@ impl ShutdownHandle {
         );
         tokio::time::sleep(self.drain_delay).await;
         tracing::info!("stopping: finishing in-flight requests");
-        self.server.stop(true).await;
-        if let Some(admin) = &self.admin {
-            admin.stop(true).await;
-        }
+        // Together: each listener's in-flight requests get the whole stop timeout.
+        futures_util::future::join_all(self.servers.iter().map(|server| server.stop(true))).await;
         tracing::info!("stopped");
     }
 }

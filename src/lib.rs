@@ -31,7 +31,9 @@ mod telemetry;
 /// through: one deliberate list, so everything else stays `pub(crate)` and the compiler can tell
 /// unused code. Not a stable API for anyone else; it follows the tests.
 pub mod testing {
-    pub use crate::app::{AppParts, Application, BuildOptions, ShutdownHandle, public_app};
+    pub use crate::app::{
+        AppParts, Application, BuildOptions, ShutdownHandle, backend_app, public_app,
+    };
     pub use crate::cache::{CachedToken, TokenCache};
     pub use crate::config::redis::RedisSettings;
     pub use crate::config::values::Bounded;

@@ -57,12 +57,15 @@ impl SharedTier {
         Ok(sealed.and_then(|bytes| self.open(user_id, &bytes)))
     }
 
-    async fn put(&self, minted: &MintedToken) {
+    /// Shares `user_id`'s new token. Stored under the user it was asked for, and only when the
+    /// token names that user: a token for someone else is never shared (the client refuses such
+    /// an answer already; this keeps the shared tier safe on its own).
+    async fn put(&self, user_id: &UserId, minted: &MintedToken) {
         let ttl = fresh_for(minted, self.min_remaining);
-        if ttl.is_zero() {
+        if ttl.is_zero() || minted.user_id != user_id.as_str() {
             return;
         }
-        let key = self.store.key(&minted.user_id, "token");
+        let key = self.store.key(user_id.as_str(), "token");
         // Best effort: a token that is not shared is only minted once more elsewhere.
         let _ = self.store.set_px(key, self.seal(minted), ttl).await;
     }
@@ -137,7 +140,7 @@ impl SharedTier {
                 Ok(Some(lock)) => {
                     let minted = mint().await;
                     if let Ok(token) = &minted {
-                        self.put(token).await;
+                        self.put(user_id, token).await;
                     }
                     self.store.unlock(lock_key, &lock).await;
                     return Ok(CachedToken::new(

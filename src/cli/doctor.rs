@@ -43,11 +43,23 @@ pub(super) const MAX_CHECK_SECS: u64 = 25;
 /// Answers larger than this are not discovery or JWKS documents.
 const MAX_DOCUMENT_BYTES: usize = 512 * 1024;
 
+/// How much of a value a remote server sent is quoted in a line of the report.
+const REMOTE_TEXT_CHARS: usize = 200;
+
+/// How a line of the report reads: a check passed or failed, or a setting works but is weaker
+/// than it looks (it does not fail the run).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Mark {
+    Ok,
+    Warn,
+    Fail,
+}
+
 /// One line of the report.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub(super) struct Line {
     pub name: String,
-    pub ok: bool,
+    pub mark: Mark,
     pub detail: String,
 }
 
@@ -55,7 +67,7 @@ impl Line {
     fn ok(name: impl Into<String>, detail: impl Into<String>) -> Line {
         Line {
             name: name.into(),
-            ok: true,
+            mark: Mark::Ok,
             detail: detail.into(),
         }
     }
@@ -63,7 +75,15 @@ impl Line {
     fn fail(name: impl Into<String>, detail: impl Into<String>) -> Line {
         Line {
             name: name.into(),
-            ok: false,
+            mark: Mark::Fail,
+            detail: detail.into(),
+        }
+    }
+
+    fn warn(name: impl Into<String>, detail: impl Into<String>) -> Line {
+        Line {
+            name: name.into(),
+            mark: Mark::Warn,
             detail: detail.into(),
         }
     }
@@ -71,7 +91,11 @@ impl Line {
 
 impl std::fmt::Display for Line {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        let mark = if self.ok { "ok  " } else { "FAIL" };
+        let mark = match self.mark {
+            Mark::Ok => "ok  ",
+            Mark::Warn => "warn",
+            Mark::Fail => "FAIL",
+        };
         write!(f, "{mark} {}: {}", self.name, self.detail)
     }
 }
@@ -104,23 +128,37 @@ pub(super) async fn run(
         Err(e) => Line::fail("config", e.clone()),
     }];
     let secrets = secrets.ok().map(Arc::new);
+    // What `serve` warns about at start-up, flagged without failing the run.
+    let warnings: Vec<Line> = settings
+        .warnings()
+        .into_iter()
+        .map(|w| Line::warn(format!("config {}", w.key), w.problem))
+        .collect();
+    let warned = warnings.len();
+    lines.extend(warnings);
     lines.extend(check_all(&settings, secrets.as_ref(), mint_test_user, budget).await);
 
     let scrub = Scrubber::new(secrets.as_deref(), &settings);
-    let failed = lines.iter().filter(|l| !l.ok).count();
+    let failed = lines.iter().filter(|l| l.mark == Mark::Fail).count();
+    let checks = lines.len() - warned;
     for line in &lines {
-        super::console::line(&scrub.apply(&line.to_string()));
+        // Scrubbed first (a secret is matched as it was sent), then made printable: a line holds
+        // what remote servers answered, and none of it may steer the terminal or forge a line.
+        super::console::line(&super::console::printable(&scrub.apply(&line.to_string())));
     }
+    let warned = match warned {
+        0 => String::new(),
+        1 => ", 1 warning".to_owned(),
+        n => format!(", {n} warnings"),
+    };
     super::console::line(&format!(
-        "{} checks, {} failed, in {:.1} s",
-        lines.len(),
-        failed,
+        "{checks} checks, {failed} failed{warned}, in {:.1} s",
         started.elapsed().as_secs_f64()
     ));
     if failed == 0 {
         Ok(())
     } else {
-        Err(format!("doctor: {failed} of {} checks failed", lines.len()))
+        Err(format!("doctor: {failed} of {checks} checks failed"))
     }
 }
 
@@ -381,7 +419,7 @@ async fn check_discovery(http: &reqwest::Client, issuer: &str) -> Result<String,
     if doc.issuer != issuer {
         return Err(format!(
             "discovery {url}: issuer mismatch: it names `{}`, the config `{issuer}`",
-            doc.issuer
+            super::console::quoted_remote(&doc.issuer, REMOTE_TEXT_CHARS)
         ));
     }
     let jwks = check_jwks(http, &doc.jwks_uri).await?;
@@ -420,7 +458,9 @@ async fn check_introspection(introspector: &Introspector) -> Result<String, Stri
         {
             Err(format!(
                 "credentials refused: HTTP {status}{} (check the client id and its secret or key)",
-                error.map(|e| format!(" {e}")).unwrap_or_default()
+                error
+                    .map(|e| format!(" {}", super::console::quoted_remote(&e, 64)))
+                    .unwrap_or_default()
             ))
         }
         Probe::Answered { status, .. } => Err(format!("HTTP {status}")),
@@ -657,7 +697,7 @@ mod tests {
             ("api-key", "sk-live-api-key-0001"),
             ("backend", "backend-secret-that-is-long-enough-0002"),
             ("redis-password", "redis-password-0003"),
-            ("cache-secret", "cache-secret-0004"),
+            ("cache-secret", "cache-secret-that-is-long-enough-0004"),
             ("client-key.pem", key_pem),
         ];
         for (name, value) in files {

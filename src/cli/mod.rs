@@ -209,6 +209,9 @@ fn check_config(config: Option<PathBuf>) -> Result<(), String> {
     if let Some(redis) = &settings.redis {
         crate::redis::RedisStore::check_settings(redis)?;
     }
+    for warning in settings.warnings() {
+        console::error_line(&format!("warning: {warning}"));
+    }
     // `serve` refuses an OTEL_* value it cannot honour; so does this.
     let traces = crate::telemetry::traces::environment::resolve(
         &settings.telemetry,

@@ -7,11 +7,13 @@
 //! deserialized on its own, as the test kit does, is held to it too.
 
 mod endpoint;
+mod json_keys;
 pub(crate) mod redis;
 mod server;
 mod session;
 mod session_rules;
 pub(crate) mod values;
+mod warnings;
 
 use std::path::{Path, PathBuf};
 
@@ -49,7 +51,7 @@ fn one_line(text: &str) -> String {
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "RawSettings", into = "RawSettings")]
 pub struct Settings {
     pub server: ServerSettings,
     pub intellia: IntelliaSettings,
@@ -67,6 +69,93 @@ pub struct Settings {
     pub redis: Option<RedisSettings>,
     #[serde(default)]
     pub telemetry: TelemetrySettings,
+}
+
+/// The file as written; [`Settings`] is it with the rules that span sections checked.
+#[derive(Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+struct RawSettings {
+    server: ServerSettings,
+    intellia: IntelliaSettings,
+    #[serde(default)]
+    cors: CorsSettings,
+    #[serde(default)]
+    session: SessionSettings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    backend: Option<BackendSettings>,
+    #[serde(default)]
+    rate_limit: RateLimitSettings,
+    #[serde(default)]
+    cache: CacheSettings,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    redis: Option<RedisSettings>,
+    #[serde(default)]
+    telemetry: TelemetrySettings,
+}
+
+impl TryFrom<RawSettings> for Settings {
+    type Error = String;
+    fn try_from(raw: RawSettings) -> Result<Self, String> {
+        let RawSettings {
+            server,
+            intellia,
+            cors,
+            session,
+            backend,
+            rate_limit,
+            cache,
+            redis,
+            telemetry,
+        } = raw;
+        if let Some(backend) = &backend {
+            // Port 0 asks for any free port, so two zeros still get two listeners.
+            let taken = |addr: std::net::SocketAddr| addr == backend.listen && addr.port() != 0;
+            if taken(server.listen) || server.admin_listen.is_some_and(taken) {
+                return Err(field_error(
+                    "backend.listen",
+                    "must differ from server.listen and server.admin_listen: the sidecar route never shares a listener with public or metrics routes",
+                ));
+            }
+        }
+        Ok(Settings {
+            server,
+            intellia,
+            cors,
+            session,
+            backend,
+            rate_limit,
+            cache,
+            redis,
+            telemetry,
+        })
+    }
+}
+
+impl From<Settings> for RawSettings {
+    fn from(s: Settings) -> RawSettings {
+        let Settings {
+            server,
+            intellia,
+            cors,
+            session,
+            backend,
+            rate_limit,
+            cache,
+            redis,
+            telemetry,
+        } = s;
+        RawSettings {
+            server,
+            intellia,
+            cors,
+            session,
+            backend,
+            rate_limit,
+            cache,
+            redis,
+            telemetry,
+        }
+    }
 }
 
 /// OpenTelemetry traces. The standard `OTEL_*` variables take precedence; without an
@@ -244,9 +333,14 @@ impl Default for CorsSettings {
 #[derive(Debug, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct BackendSettings {
+    /// The sidecar route's own listener: `POST /v1/backend/token` is served here and nowhere
+    /// else, so no ingress in front of the public listener can ever expose it.
+    #[serde(default = "default_backend_listen")]
+    pub listen: std::net::SocketAddr,
     pub secret_file: PathBuf,
-    /// Failed backend-secret attempts a client address may make per minute (the burst as
-    /// well); past it every attempt from that address gets 429 until the bucket refills.
+    /// Wrong backend secrets a client address may present per minute (the burst as well);
+    /// past it every wrong one from that address gets 429 until the bucket refills. The right
+    /// secret is compared first and never refused.
     #[serde(default = "default_backend_failures")]
     pub max_failures_per_minute: Bounded<u32, 1, 10_000>,
 }
@@ -260,6 +354,16 @@ pub struct RateLimitSettings {
     pub per_ip: Option<PerIpLimit>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub upstream: Option<PerSecondLimit>,
+}
+
+impl RateLimitSettings {
+    /// The prefix length IPv6 clients are keyed by, in every per-address limit (the per-IP
+    /// limit and the backend route's failures): as configured, else the default.
+    pub fn ipv6_prefix(&self) -> u8 {
+        self.per_ip
+            .map_or_else(default_ipv6_prefix, |p| p.ipv6_prefix)
+            .get()
+    }
 }
 
 /// Up to `u32::MAX`, the range of a GCRA quota.
@@ -332,6 +436,9 @@ fn default_breaker_open_secs() -> Bounded<u64, 1, 3600> {
 }
 fn default_ipv6_prefix() -> Bounded<u8, 32, 128> {
     Bounded::new::<64>()
+}
+fn default_backend_listen() -> std::net::SocketAddr {
+    std::net::SocketAddr::from(([127, 0, 0, 1], 8081))
 }
 fn default_backend_failures() -> Bounded<u32, 1, 10_000> {
     Bounded::new::<10>()
@@ -445,6 +552,11 @@ impl Settings {
         format: ConfigFormat,
         env: impl IntoIterator<Item = (String, String)>,
     ) -> Result<Settings, Blame> {
+        if format == ConfigFormat::Json
+            && let Some(problem) = json_keys::first_duplicate(text)
+        {
+            return Err(Blame::File(problem));
+        }
         let overrides: config::Map<String, String> = env
             .into_iter()
             .filter(|(k, _)| k.starts_with("BROKER__"))
@@ -547,7 +659,14 @@ fn clean_config_error(e: &config::ConfigError) -> String {
         .rsplit_once(" for key `")
         .and_then(|(p, k)| Some((p, k.strip_suffix('`')?)))
     else {
-        return text;
+        // A rule spanning sections names its key in full; the crate adds no path to it.
+        return match text
+            .strip_prefix('@')
+            .and_then(|rest| rest.split_once(": "))
+        {
+            Some((field, problem)) => format!("config key `{field}`: {problem}"),
+            None => text,
+        };
     };
     // `session.jwt[1]algorithms[0]` → `session.jwt[1].algorithms[0]`
     let mut path = String::with_capacity(key.len() + 4);

@@ -27,7 +27,8 @@ pub struct ServerSettings {
     /// HTTP worker threads; 0 means one per CPU.
     pub workers: Bounded<usize, 0, 256>,
     /// How long a client may take to send the head of the first request on a connection, and
-    /// then each request's body; slower clients get 408 and the connection is closed.
+    /// then each request's body; slower clients get 408 and the connection is closed. A later
+    /// head on a kept-alive connection has `keep_alive_secs` plus this from the previous answer.
     pub request_timeout_ms: Bounded<u64, 100, 60_000>,
     /// How long an idle connection waits for its next request; 0 closes every connection after
     /// one response.

@@ -39,6 +39,7 @@ impl TryFrom<RawSession> for SessionSettings {
             endpoint: raw.endpoint,
         };
         settings.check_issuers_unique()?;
+        settings.check_hs256_files_distinct()?;
         settings.check_id_spaces()?;
         settings.check_credentials_unambiguous()?;
         Ok(settings)

@@ -2,6 +2,7 @@
 //! every credential on a request belonging to exactly one source.
 
 use super::field_error;
+use super::session::KeySource;
 use super::session::SessionSettings;
 use super::values::CookieName;
 
@@ -21,6 +22,29 @@ impl SessionSettings {
                 return Err(field_error(
                     &format!("jwt[{n}].issuer"),
                     "the same issuer is configured twice",
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Two issuers never share one HS256 secret: either site could then sign sessions the other
+    /// accepts, for any of its users. One file named twice is the plain case; two files holding
+    /// the same value are refused when the secrets are loaded.
+    pub(super) fn check_hs256_files_distinct(&self) -> Result<(), String> {
+        for (n, jwt) in self.jwt.iter().enumerate() {
+            let KeySource::Hs256(path) = &jwt.keys else {
+                continue;
+            };
+            let first = self.jwt[..n]
+                .iter()
+                .position(|other| matches!(&other.keys, KeySource::Hs256(p) if p == path));
+            if let Some(first) = first {
+                return Err(field_error(
+                    &format!("jwt[{n}].hs256_secret_file"),
+                    format!(
+                        "is also session.jwt[{first}].hs256_secret_file; each HS256 issuer needs a secret of its own, or either site could sign sessions for the other's users"
+                    ),
                 ));
             }
         }

@@ -139,6 +139,39 @@ fn errors_stay_on_one_line_whatever_the_value_holds() {
     assert!(!err.0.contains('\r'), "{:?}", err.0);
 }
 
+/// The API key travels to `intellia.base_url` with every mint: plain HTTP only to this machine.
+#[test]
+fn intellia_base_url_is_https_unless_loopback() {
+    let with = |base: &str| {
+        parse(&MINIMAL.replace("[intellia]", &format!("[intellia]\nbase_url = \"{base}\"")))
+    };
+    for base in [
+        "http://api.intellia.com.au",
+        "http://10.0.0.7:8080/intellia",
+        "http://127.0.0.1.nip.io",
+        "http://localhost.evil.example",
+        "http://0.0.0.0:8080",
+        "http://[::ffff:10.0.0.1]",
+    ] {
+        let err = with(base).expect_err(base).0;
+        assert_eq!(
+            err,
+            "config key `intellia.base_url`: must be https:// (the API key travels there); plain http:// only to a loopback host (127.0.0.1, ::1, localhost)",
+            "{base}"
+        );
+    }
+    for base in [
+        "https://api.intellia.com.au",
+        "http://127.0.0.1:9000",
+        "http://127.8.9.10",
+        "http://[::1]:9000/prefix/",
+        "http://localhost:9000",
+        "http://LOCALHOST",
+    ] {
+        with(base).unwrap_or_else(|e| panic!("{base}: {}", e.0));
+    }
+}
+
 #[test]
 fn intellia_base_url_with_query_or_fragment_is_refused() {
     // Found by the `config` fuzz target's rule that the mint URL ends in
@@ -499,6 +532,22 @@ fn cross_key_problems_read_exactly() {
             "config key `server.admin_listen`: must differ from server.listen: metrics never share the public listener",
         ),
         (
+            format!("{MINIMAL}\n[backend]\nlisten = \"127.0.0.1:0\"\nsecret_file = \"/s\"\n")
+                .replace(
+                    "listen = \"127.0.0.1:0\"\n[intellia]",
+                    "listen = \"127.0.0.1:8081\"\n[intellia]",
+                )
+                .replace("listen = \"127.0.0.1:0\"\nsecret_file", "secret_file"),
+            "config key `backend.listen`: must differ from server.listen and server.admin_listen: the sidecar route never shares a listener with public or metrics routes",
+        ),
+        (
+            format!(
+                "{}\n[backend]\nlisten = \"127.0.0.1:9091\"\nsecret_file = \"/s\"\n",
+                server("admin_listen = \"127.0.0.1:9091\"")
+            ),
+            "config key `backend.listen`: must differ from server.listen and server.admin_listen: the sidecar route never shares a listener with public or metrics routes",
+        ),
+        (
             two_issuers("a:", "b:", "https://a.example"),
             "config key `session.jwt[1].issuer`: the same issuer is configured twice",
         ),
@@ -635,4 +684,45 @@ fn literal_defaults_parse() {
     );
     assert_eq!(s.redis.expect("[redis]").key_prefix.as_str(), "itb");
     assert_eq!(s.telemetry.service_name.as_str(), "intellia-token-broker");
+}
+
+/// Every configuration the repository ships loads as it stands, and none of them teaches what the
+/// hardening review found wrong: a trusted proxy range wide enough to hold other workloads, or
+/// introspection without an audience.
+#[test]
+fn the_shipped_configurations_load_and_are_safe_to_copy() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("config");
+    let mut files = vec![root.join("default.toml")];
+    let mut examples: Vec<_> = std::fs::read_dir(root.join("examples"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    examples.sort();
+    assert!(examples.len() >= 4, "{examples:?}");
+    files.extend(examples);
+    for file in files {
+        let s = Settings::load_with_env(&file, Vec::<(String, String)>::new())
+            .unwrap_or_else(|e| panic!("{}: {}", file.display(), e.0));
+        for net in &s.server.trusted_proxies {
+            let narrow = match net {
+                ipnet::IpNet::V4(v4) => v4.prefix_len() >= 24,
+                ipnet::IpNet::V6(v6) => v6.prefix_len() >= 64,
+            };
+            assert!(narrow, "{}: trusts all of {net}", file.display());
+        }
+        if let Some(introspection) = &s.session.introspection {
+            assert!(
+                introspection.audience.is_some(),
+                "{}: introspection without audience",
+                file.display()
+            );
+        }
+        if let Some(backend) = &s.backend {
+            assert!(
+                backend.listen.ip().is_loopback(),
+                "{}: the sidecar route beyond loopback",
+                file.display()
+            );
+        }
+    }
 }

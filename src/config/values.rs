@@ -141,8 +141,22 @@ impl From<HttpUrl> for String {
     }
 }
 
+/// Whether a URL's host is this machine: a loopback address, or `localhost`. Plain HTTP to it
+/// never crosses a network.
+pub(crate) fn is_loopback(url: &reqwest::Url) -> bool {
+    let Some(host) = url.host_str() else {
+        return false;
+    };
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
 /// Intellia's base URL: an [`HttpUrl`] that may carry a path prefix but no query or fragment,
-/// because `/orgs/{id}/assume-role` is appended to it.
+/// because `/orgs/{id}/assume-role` is appended to it, and `https://` unless its host is
+/// loopback: the API key travels there with every mint.
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(try_from = "String", into = "String")]
 pub struct BaseUrl(HttpUrl);
@@ -160,6 +174,12 @@ impl TryFrom<String> for BaseUrl {
         // The mint path would land in the query or fragment and go to the base URL itself.
         if url.url().query().is_some() || url.url().fragment().is_some() {
             return Err("must not have a query (`?`) or fragment (`#`)".to_owned());
+        }
+        if url.url().scheme() == "http" && !is_loopback(url.url()) {
+            return Err(
+                "must be https:// (the API key travels there); plain http:// only to a loopback host (127.0.0.1, ::1, localhost)"
+                    .to_owned(),
+            );
         }
         Ok(BaseUrl(url))
     }

@@ -31,7 +31,7 @@ pub(crate) struct BackendTokenRequest {
     post,
     path = Route::BackendToken.path(),
     tag = "tokens",
-    description = "For a web backend running the broker as a sidecar: names the user in the body. Answers 404 unless `[backend]` is configured.",
+    description = "For a web backend running the broker as a sidecar: names the user in the body. Served only on the backend listener (`backend.listen`, default `127.0.0.1:8081`), never on the public one, where this path is an unknown route (404). Without `[backend]` there is no backend listener. Wrong secrets are limited per client address (`backend.max_failures_per_minute`); the right secret is never refused by that limit.",
     security(("backend" = [])),
     request_body(content = BackendTokenRequest, content_type = "application/json"),
     responses(
@@ -39,7 +39,7 @@ pub(crate) struct BackendTokenRequest {
         (status = 400, description = "Malformed JSON, a bad field, or not application/json", body = crate::error::Problem, content_type = "application/problem+json"),
         (status = 401, description = "Missing or wrong backend secret", body = crate::error::Problem, content_type = "application/problem+json",
             headers(("WWW-Authenticate" = String, description = "Bearer"))),
-        (status = 404, description = "The backend route is not configured", body = crate::error::Problem, content_type = "application/problem+json"),
+        (status = 404, description = "Not the backend listener (the public listener never serves this route)", body = crate::error::Problem, content_type = "application/problem+json"),
     )
 )]
 pub(crate) async fn backend_token(

@@ -7,6 +7,11 @@
 //! Every line of the header counts, joined in order: a proxy that appends a line of its own (as
 //! HAProxy's `option forwardfor` does) must not leave the client's forged first line in charge.
 //! A hop may carry a port (`203.0.113.7:41234`, `[2001:db8::1]:443`), which is dropped.
+//!
+//! A line is split into hops before anything is decoded: a byte a client put into its own hop (a
+//! non-UTF-8 byte, say) makes that hop unreadable, and an unreadable hop stops the walk only when
+//! the walk reaches it. Decoding the whole line first would let one such byte on the left make the
+//! proxy's own hop on the right unreadable too, turning the proxy into the client.
 
 use std::net::{IpAddr, SocketAddr};
 
@@ -15,11 +20,11 @@ use ipnet::IpNet;
 use crate::config::ClientIpHeader;
 
 /// The client address for a connection from `peer` whose request carries `lines` of the
-/// forwarding header (in the order they arrived).
+/// forwarding header (their raw bytes, in the order they arrived).
 pub(crate) fn client_ip<'a>(
     peer: Option<SocketAddr>,
     header: ClientIpHeader,
-    lines: impl DoubleEndedIterator<Item = &'a str>,
+    lines: impl DoubleEndedIterator<Item = &'a [u8]>,
     trusted: &[IpNet],
 ) -> Option<IpAddr> {
     let peer_ip = peer.map(|p| canonical(p.ip()))?;
@@ -30,11 +35,11 @@ pub(crate) fn client_ip<'a>(
     let mut client = peer_ip;
     // From the last line's last hop backwards.
     for line in lines.rev() {
-        for hop in line.rsplit(',') {
-            let parsed = match header {
+        for hop in line.rsplit(|b| *b == b',') {
+            let parsed = std::str::from_utf8(hop).ok().and_then(|hop| match header {
                 ClientIpHeader::XForwardedFor => parse_hop(hop.trim()),
                 ClientIpHeader::Forwarded => forwarded_for(hop).and_then(parse_hop),
-            };
+            });
             match parsed {
                 Some(ip) => {
                     client = canonical(ip);
@@ -42,8 +47,8 @@ pub(crate) fn client_ip<'a>(
                         return Some(client);
                     }
                 }
-                // A hop we cannot read (garbage, `unknown`, an obfuscated name) means the chain
-                // can no longer be trusted beyond it.
+                // A hop we cannot read (garbage, bytes that are not text, `unknown`, an
+                // obfuscated name) means the chain can no longer be trusted beyond it.
                 None => return Some(client),
             }
         }
@@ -102,7 +107,7 @@ mod tests {
         client_ip(
             peer(peer_ip),
             ClientIpHeader::XForwardedFor,
-            lines.iter().copied(),
+            lines.iter().map(|l| l.as_bytes()),
             trusted,
         )
     }
@@ -185,7 +190,7 @@ mod tests {
             client_ip(
                 peer("10.0.0.5"),
                 ClientIpHeader::Forwarded,
-                lines.iter().copied(),
+                lines.iter().map(|l| l.as_bytes()),
                 &trusted,
             )
         };
@@ -201,6 +206,34 @@ mod tests {
         assert_eq!(
             forwarded(&["for=6.6.6.6", "For=198.51.100.8"]),
             ip("198.51.100.8")
+        );
+    }
+
+    #[test]
+    fn bytes_that_are_not_text_in_a_clients_hop_do_not_hide_the_proxys_hop() {
+        let trusted = nets(&["10.0.0.0/8"]);
+        let line: &[u8] = b"6.6.6.\xff6, 198.51.100.7";
+        let walk = |header, lines: &[&[u8]]| {
+            client_ip(peer("10.0.0.5"), header, lines.iter().copied(), &trusted)
+        };
+        assert_eq!(
+            walk(ClientIpHeader::XForwardedFor, &[line]),
+            ip("198.51.100.7")
+        );
+        assert_eq!(
+            walk(
+                ClientIpHeader::Forwarded,
+                &[b"for=\xfe\xff, for=198.51.100.7;proto=https"]
+            ),
+            ip("198.51.100.7")
+        );
+        // Reaching the unreadable hop still stops the walk there.
+        assert_eq!(
+            walk(
+                ClientIpHeader::XForwardedFor,
+                &[b"198.51.100.7, 10.0.0.9\xff"]
+            ),
+            ip("10.0.0.5")
         );
     }
 

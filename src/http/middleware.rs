@@ -17,6 +17,7 @@ use actix_web::{Error, HttpMessage, web};
 use futures_util::StreamExt as _;
 use ipnet::IpNet;
 
+use super::connection::HeadClock;
 use super::request_log::RequestContext;
 use crate::config::ClientIpHeader;
 use crate::http::cors::CorsPolicy;
@@ -93,11 +94,11 @@ fn client_ip(req: &ServiceRequest, policy: &ConnectionPolicy) -> Option<IpAddr> 
             &[],
         );
     }
-    // A line that is not text cannot be read, so it stops the walk like a garbage hop.
+    // Raw bytes: the walk splits each line into hops before decoding any (client_ip.rs).
     let lines = req
         .headers()
         .get_all(name)
-        .map(|v| v.to_str().unwrap_or("\u{0}"))
+        .map(HeaderValue::as_bytes)
         .collect::<Vec<_>>();
     crate::http::client_ip::client_ip(
         req.peer_addr(),
@@ -131,7 +132,17 @@ pub(crate) async fn request_context(
         start,
     });
     let draining = policy.as_ref().is_some_and(|p| p.drain.is_draining());
-    let mut res = next.call(req).await?;
+    // The connection's clock for the next head (connection.rs): none is due while this request
+    // is here, and the next is due within the bound once it is answered, error or not.
+    let clock = req.conn_data::<HeadClock>().cloned();
+    if let Some(clock) = &clock {
+        clock.request_started();
+    }
+    let res = next.call(req).await;
+    if let Some(clock) = &clock {
+        clock.request_answered();
+    }
+    let mut res = res?;
     if draining {
         // Clients should not reuse this connection: idle keep-alive connections would otherwise
         // hold the graceful stop open until its timeout.

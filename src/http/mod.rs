@@ -5,6 +5,7 @@
 pub(crate) mod assets;
 pub(crate) mod backend;
 pub(crate) mod client_ip;
+pub(crate) mod connection;
 pub(crate) mod cors;
 pub(crate) mod middleware;
 pub(crate) mod openapi;
@@ -315,8 +316,9 @@ where
         .default_service(web::to(method_not_allowed("GET, HEAD, OPTIONS")))
 }
 
-/// The public routes. The backend route exists only when `[backend]` is configured.
-pub(crate) fn configure(cfg: &mut web::ServiceConfig, with_backend: bool) {
+/// The public routes. The sidecar route is not among them: it is served on its own listener
+/// only ([`configure_backend`]), and here it is an unknown path like any other.
+pub(crate) fn configure(cfg: &mut web::ServiceConfig) {
     cfg.service(
         web::resource(Route::Token.path())
             .wrap(from_fn(cors_layer))
@@ -332,14 +334,16 @@ pub(crate) fn configure(cfg: &mut web::ServiceConfig, with_backend: bool) {
         Route::ClientGlobalJs.path(),
         assets::client_global_js,
     ));
-    if with_backend {
-        cfg.service(
-            web::resource(Route::BackendToken.path())
-                .route(on(Method::POST).to(backend::backend_token))
-                .default_service(web::to(method_not_allowed("POST"))),
-        );
-    }
     cfg.service(read_only(Route::Healthz.path(), operations::healthz));
     cfg.service(read_only(Route::Readyz.path(), operations::readyz));
     cfg.service(read_only(Route::OpenApi.path(), assets::openapi));
+}
+
+/// The backend listener's one route (`backend.listen`).
+pub(crate) fn configure_backend(cfg: &mut web::ServiceConfig) {
+    cfg.service(
+        web::resource(Route::BackendToken.path())
+            .route(on(Method::POST).to(backend::backend_token))
+            .default_service(web::to(method_not_allowed("POST"))),
+    );
 }

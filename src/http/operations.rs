@@ -28,33 +28,29 @@ pub(crate) async fn healthz() -> HttpResponse {
         .json(serde_json::json!({"status": "ok"}))
 }
 
-/// Ready to serve token requests. Not ready until session keys are loaded, and not ready as soon
-/// as draining starts, so load balancers move traffic away first.
-#[utoipa::path(get, path = Route::Readyz.path(), tag = "operations",
-    responses(
-        (status = 200, description = "Ready to serve token requests", content_type = "application/json", body = serde_json::Value),
-        (status = 503, description = "Starting (session keys not loaded yet) or draining", content_type = "application/json", body = serde_json::Value)))]
-pub(crate) async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
-    let draining = readiness.drain.is_draining();
-    let keys_loaded = readiness.verifier.keys_loaded();
-    let stale = readiness.secrets.stale();
-    let ready = !draining && keys_loaded;
-    readiness.metrics.ready.set(i64::from(ready));
-    let status = if draining {
-        "draining"
-    } else if ready {
-        "ready"
-    } else {
-        "starting"
-    };
-    let body = serde_json::json!({
-        "status": status,
-        "checks": {
-            "session_keys": if keys_loaded { "loaded" } else { "loading" },
-            "secrets": if stale.is_empty() { "ok" } else { "stale" },
-        },
-        "stale_secrets": stale,
-    });
+/// What readiness looks like right now.
+struct ReadyState {
+    ready: bool,
+    status: &'static str,
+}
+
+impl Readiness {
+    fn state(&self) -> ReadyState {
+        let draining = self.drain.is_draining();
+        let ready = !draining && self.verifier.keys_loaded();
+        self.metrics.ready.set(i64::from(ready));
+        let status = if draining {
+            "draining"
+        } else if ready {
+            "ready"
+        } else {
+            "starting"
+        };
+        ReadyState { ready, status }
+    }
+}
+
+fn ready_response(ready: bool, body: serde_json::Value) -> HttpResponse {
     let mut response = if ready {
         HttpResponse::Ok()
     } else {
@@ -63,6 +59,36 @@ pub(crate) async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
     response
         .insert_header((header::CACHE_CONTROL, HeaderValue::from_static("no-store")))
         .json(body)
+}
+
+/// Ready to serve token requests. Not ready until session keys are loaded, and not ready as soon
+/// as draining starts, so load balancers move traffic away first. The public listener says no
+/// more than that: which secret is stale or which issuer has no keys is for operators, on the
+/// admin listener's `/readyz` and in the log, not for anyone who can reach the public port.
+#[utoipa::path(get, path = Route::Readyz.path(), tag = "operations",
+    responses(
+        (status = 200, description = "Ready to serve token requests: `{\"status\":\"ready\"}`", content_type = "application/json", body = serde_json::Value),
+        (status = 503, description = "Starting (session keys not loaded yet) or draining: `{\"status\":\"starting\"}` or `{\"status\":\"draining\"}`; the details are on the admin listener's /readyz", content_type = "application/json", body = serde_json::Value)))]
+pub(crate) async fn readyz(readiness: web::Data<Readiness>) -> HttpResponse {
+    let state = readiness.state();
+    ready_response(state.ready, serde_json::json!({"status": state.status}))
+}
+
+/// `/readyz` on the admin listener: the same answer, with what operators need to act on it.
+pub(crate) async fn readyz_detail(readiness: web::Data<Readiness>) -> HttpResponse {
+    let state = readiness.state();
+    let stale = readiness.secrets.stale();
+    let loading = readiness.verifier.issuers_without_keys();
+    let body = serde_json::json!({
+        "status": state.status,
+        "checks": {
+            "session_keys": if loading.is_empty() { "loaded" } else { "loading" },
+            "secrets": if stale.is_empty() { "ok" } else { "stale" },
+        },
+        "stale_secrets": stale,
+        "issuers_without_keys": loading,
+    });
+    ready_response(state.ready, body)
 }
 
 /// The Prometheus exposition, on the admin listener only.

@@ -2,7 +2,7 @@
 //! the `route` label of logs and metrics all read this table, so a label is always a known route
 //! and never a raw path.
 
-/// A route of the public, admin or `dev` listener.
+/// A route of the public, backend, admin or `dev` listener.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Route {
     Token,

@@ -314,7 +314,17 @@ impl IntelliaClient {
         crate::telemetry::traces::set_status_code(&tracing::Span::current(), status.as_u16());
         if status.is_success() {
             let body = read_body(response).await?;
-            return parse_assume_role_body(&body);
+            let minted = parse_assume_role_body(&body)?;
+            // A token for someone else must never reach this user, nor be cached for either.
+            if minted.user_id != req.user_id {
+                tracing::warn!(
+                    "Intellia's answer names another user than the one asked for; the token is dropped"
+                );
+                return Err(UpstreamError::Invalid {
+                    reason: "the answer names another user",
+                });
+            }
+            return Ok(minted);
         }
         tracing::warn!(status = status.as_u16(), "Intellia answered with an error");
         Err(error_for_status(status, response.headers()))

@@ -28,8 +28,32 @@ pub(crate) const ASSERTION_TYPE: &str = "urn:ietf:params:oauth:client-assertion-
 /// for modest clock skew between the broker and the provider.
 pub(crate) const ASSERTION_LIFETIME_SECS: u64 = 60;
 
-/// Smaller RSA keys are refused.
+/// Smaller RSA keys are refused: the client key here, and the keys of a JWKS.
 pub const MIN_RSA_BITS: usize = 2048;
+
+/// The size in bits of an RSA modulus written big-endian (leading zero bytes allowed), counted
+/// exactly: a 2047-bit key is 256 bytes long too, and must not pass for 2048 bits.
+pub(crate) fn modulus_bits(n: &[u8]) -> usize {
+    let n = match n.iter().position(|b| *b != 0) {
+        Some(first) => &n[first..],
+        None => return 0,
+    };
+    (n.len() - 1) * 8 + (8 - n[0].leading_zeros() as usize)
+}
+
+/// The exact modulus size of a PEM RSA private key (PKCS#1 or PKCS#8), or `None` when the `rsa`
+/// crate cannot read it.
+fn pem_modulus_bits(pem: &str, pkcs1: bool) -> Option<usize> {
+    use rsa::pkcs1::DecodeRsaPrivateKey;
+    use rsa::pkcs8::DecodePrivateKey;
+    use rsa::traits::PublicKeyParts;
+    let key = if pkcs1 {
+        rsa::RsaPrivateKey::from_pkcs1_pem(pem).ok()?
+    } else {
+        rsa::RsaPrivateKey::from_pkcs8_pem(pem).ok()?
+    };
+    Some(modulus_bits(&key.n().to_bytes_be()))
+}
 
 /// Why a key file cannot be used. Phrased to follow "secret file PATH: ". Never contains key
 /// material; ids (which are not secret) are shown to make a mismatch fixable.
@@ -217,10 +241,12 @@ impl ClientKey {
             _ => return Err(ClientKeyError::UnsupportedPem),
         };
         // jsonwebtoken only checks the ASN.1 framing; signing once proves the key is a usable
-        // RSA key, and the signature's length is the modulus size.
-        let signature = jsonwebtoken::crypto::sign(b"key check", &key, Algorithm::RS256)
+        // RSA key. Its size is read from the modulus itself: a signature's length is whole bytes,
+        // so it would round a 2041-2047-bit key up to 2048.
+        jsonwebtoken::crypto::sign(b"key check", &key, Algorithm::RS256)
             .map_err(|_| ClientKeyError::BadKey)?;
-        let bits = signature.len() * 6 / 8 * 8;
+        let bits =
+            pem_modulus_bits(pem, label == "RSA PRIVATE KEY").ok_or(ClientKeyError::BadKey)?;
         if bits < MIN_RSA_BITS {
             return Err(ClientKeyError::TooSmall(bits));
         }
@@ -284,6 +310,7 @@ mod tests {
     const PKCS1: &str = include_str!("../../tests/fixtures/rsa-private-pkcs1.pem");
     const PUBLIC: &str = include_str!("../../tests/fixtures/rsa-public.pem");
     const SMALL: &str = include_str!("../../tests/fixtures/rsa-1024-private.pem");
+    const ALMOST: &str = include_str!("../../tests/fixtures/rsa-2047-private.pem");
     const EC_PKCS8: &str = include_str!("../../tests/fixtures/ec-private.pem");
     const EC_SEC1: &str = include_str!("../../tests/fixtures/ec-private-sec1.pem");
 
@@ -318,6 +345,18 @@ mod tests {
         assert_eq!(key.client_id(), "broker-jwt");
         assert_eq!(key.key_id(), "288122063462782113");
         assert_eq!(key.bits(), 2048);
+    }
+
+    #[test]
+    fn a_2047_bit_key_is_not_2048_bits() {
+        assert_eq!(
+            ClientKey::parse(ALMOST, Some("broker"), Some("kid-1")).unwrap_err(),
+            ClientKeyError::TooSmall(2047)
+        );
+        assert_eq!(
+            parse_json(&zitadel_json(ALMOST)).unwrap_err().to_string(),
+            "holds a 2047-bit RSA key; at least 2048 bits are required"
+        );
     }
 
     #[test]

@@ -13,6 +13,7 @@ pub(crate) mod client_key;
 
 use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
+use zeroize::Zeroizing;
 
 use crate::config::{ApiKeySource, IntrospectionAuth, KeySource, Settings};
 use client_key::ClientKey;
@@ -57,13 +58,13 @@ impl SecretSource {
         match self {
             SecretSource::File(path) => read_secret_file(path),
             SecretSource::Env(name) => {
-                let value = std::env::var(name).map_err(|e| SecretError::Env {
+                let value = Zeroizing::new(std::env::var(name).map_err(|e| SecretError::Env {
                     name: name.clone(),
                     reason: match e {
                         std::env::VarError::NotPresent => "is not set",
                         std::env::VarError::NotUnicode(_) => "is not valid UTF-8",
                     },
-                })?;
+                })?);
                 let trimmed = value.trim();
                 if trimmed.is_empty() {
                     return Err(SecretError::Env {
@@ -81,13 +82,36 @@ impl SecretSource {
     }
 }
 
+/// Secret files larger than this are refused. The largest real one, a Zitadel key JSON holding a
+/// 4096-bit PEM key, is under 4 KiB; a path to a device or a log file is a mistake.
+const MAX_SECRET_FILE_BYTES: usize = 64 * 1024;
+
+/// Reads a secret file, which happens every `secret_poll_secs` for every file. The bytes go into
+/// one buffer of fixed size that is wiped when dropped, and from there into the `SecretString`
+/// (wiped too): no copy of a secret is left behind in freed memory, as growing a `Vec` or
+/// building a `String` from it would leave one.
 fn read_secret_file(path: &Path) -> Result<SecretString, SecretError> {
+    use std::io::Read;
     let err = |reason: String| SecretError::File {
         path: path.to_path_buf(),
         reason,
     };
-    let bytes = std::fs::read(path).map_err(|e| err(describe_io(&e)))?;
-    let text = String::from_utf8(bytes).map_err(|_| err("is not valid UTF-8".to_owned()))?;
+    let mut file = std::fs::File::open(path).map_err(|e| err(describe_io(&e)))?;
+    let mut buffer = Zeroizing::new(vec![0u8; MAX_SECRET_FILE_BYTES + 1]);
+    let mut filled = 0;
+    loop {
+        if filled == buffer.len() {
+            return Err(err("is larger than 64 KiB".to_owned()));
+        }
+        match file.read(&mut buffer[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(err(describe_io(&e))),
+        }
+    }
+    let text =
+        std::str::from_utf8(&buffer[..filled]).map_err(|_| err("is not valid UTF-8".to_owned()))?;
     let trimmed = text.trim();
     if trimmed.is_empty() {
         return Err(err("is empty".to_owned()));
@@ -209,6 +233,15 @@ impl SecretCell {
     /// same, and an error (keeping the last good value) when the source is unreadable, empty or
     /// too short.
     pub fn reload(&self) -> Result<bool, SecretError> {
+        self.reload_unless(|_| None)
+    }
+
+    /// [`SecretCell::reload`], refusing a changed value whose fingerprint `refuse` objects to
+    /// (with its reason) before it is ever in use: a rule that compares secrets with each other.
+    pub(crate) fn reload_unless(
+        &self,
+        refuse: impl Fn(&[u8; 32]) -> Option<String>,
+    ) -> Result<bool, SecretError> {
         if self.source == SecretSource::Inline {
             return Ok(false);
         }
@@ -222,6 +255,12 @@ impl SecretCell {
         // Only a changed value is checked: the check may be costly (a key file is parsed).
         if let Some(check) = &self.check {
             run_check(&self.source, &value, check)?;
+        }
+        if let Some(reason) = refuse(&new_fp) {
+            return Err(SecretError::Invalid {
+                source_name: format!("{:?}", self.source),
+                reason,
+            });
         }
         let next = Arc::new(SecretValue {
             value,
@@ -297,7 +336,8 @@ impl SecretKind {
 /// start-up and on rotation, with the same test the request uses.
 fn api_key_check() -> SecretCheck {
     Arc::new(|key| {
-        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", key.expose_secret()))
+        let header = Zeroizing::new(format!("Bearer {}", key.expose_secret()));
+        reqwest::header::HeaderValue::from_str(&header)
             .map(drop)
             .map_err(|_| {
                 "holds characters an HTTP header cannot carry (only printable ASCII is sent)"
@@ -307,7 +347,8 @@ fn api_key_check() -> SecretCheck {
 }
 
 /// Shared secrets shorter than this are refused, at start-up and on rotation: a short HS256
-/// secret can be brute-forced offline from one session token, a short backend secret online.
+/// secret can be brute-forced offline from one session token, a short backend secret online, a
+/// short cache secret offline from one sealed token in Redis.
 pub(crate) const MIN_SHARED_SECRET_BYTES: usize = 32;
 
 struct Entry {
@@ -330,6 +371,22 @@ pub enum Reload {
         first: bool,
     },
     Recovered(SecretKind),
+}
+
+/// The first two HS256 issuers whose secrets are equal: with one secret, either site could sign
+/// sessions the other's issuer accepts, for any user.
+fn shared_hs256(entries: &[Entry]) -> Option<(&Entry, &Entry)> {
+    let hs256: Vec<(&Entry, [u8; 32])> = entries
+        .iter()
+        .filter(|e| matches!(e.kind, SecretKind::SessionHs256(_)))
+        .map(|e| (e, *e.cell.get().fingerprint()))
+        .collect();
+    hs256.iter().enumerate().find_map(|(i, (b, fp_b))| {
+        hs256[..i]
+            .iter()
+            .find(|(_, fp_a)| fp_a == fp_b)
+            .map(|(a, _)| (*a, *b))
+    })
 }
 
 /// Every secret the configuration names, loaded once.
@@ -450,10 +507,15 @@ impl Secrets {
             .as_ref()
             .and_then(|r| r.cache_secret_file.as_ref())
         {
+            // Key material for the cipher of every cached token: a short one is guessed from one
+            // entry in Redis offline, so it is held to the shared-secret minimum.
             add(
                 SecretKind::RedisCache,
                 "redis.cache_secret_file".into(),
-                SecretCell::load(SecretSource::File(path.clone())),
+                SecretCell::load_at_least(
+                    SecretSource::File(path.clone()),
+                    MIN_SHARED_SECRET_BYTES,
+                ),
             )?;
         }
         if let Some(path) = settings
@@ -466,6 +528,12 @@ impl Secrets {
                 "redis.password_file".into(),
                 SecretCell::load(SecretSource::File(path.clone())),
             )?;
+        }
+        if let Some((a, b)) = shared_hs256(&entries) {
+            return Err(format!(
+                "config key `{}`: holds the same secret as {}; each HS256 issuer needs a secret of its own, or either site could sign sessions for the other's users",
+                b.key, a.key
+            ));
         }
         let api_key = entries
             .iter()
@@ -512,10 +580,29 @@ impl Secrets {
     }
 
     /// Re-reads every secret; a failure keeps the last good value and marks the secret stale.
+    /// A rotated HS256 secret equal to another issuer's is refused like an unreadable one.
     pub fn reload(&self) -> Vec<Reload> {
         let mut seen = Vec::new();
         for entry in &self.entries {
-            match entry.cell.reload() {
+            let outcome = match entry.kind {
+                SecretKind::SessionHs256(_) => entry.cell.reload_unless(|fingerprint| {
+                    self.entries
+                        .iter()
+                        .filter(|other| {
+                            matches!(other.kind, SecretKind::SessionHs256(_))
+                                && other.kind != entry.kind
+                        })
+                        .find(|other| other.cell.get().fingerprint() == fingerprint)
+                        .map(|other| {
+                            format!(
+                                "holds the same secret as {}; each HS256 issuer needs a secret of its own",
+                                other.key
+                            )
+                        })
+                }),
+                _ => entry.cell.reload(),
+            };
+            match outcome {
                 Ok(changed) => {
                     if entry.stale.swap(false, Ordering::AcqRel) {
                         seen.push(Reload::Recovered(entry.kind));
@@ -553,200 +640,4 @@ impl Secrets {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn temp_file(name: &str, contents: &str) -> PathBuf {
-        let dir = std::env::temp_dir().join(format!("broker-secrets-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap_or_default();
-        let path = dir.join(name);
-        std::fs::write(&path, contents).unwrap_or_default();
-        path
-    }
-
-    #[test]
-    fn trims_trailing_newline_and_whitespace() {
-        let path = temp_file("key", "  sk_live_abc\n");
-        let cell = SecretCell::load(SecretSource::File(path)).expect("loads");
-        assert_eq!(cell.get().expose(), "sk_live_abc");
-    }
-
-    #[test]
-    fn empty_file_is_an_error_naming_the_path() {
-        let path = temp_file("empty", "\n  \n");
-        let err = SecretCell::load(SecretSource::File(path.clone())).expect_err("empty rejected");
-        let text = err.to_string();
-        assert!(text.contains(&path.display().to_string()), "{text}");
-        assert!(text.contains("empty"));
-    }
-
-    #[test]
-    fn missing_file_is_an_error_naming_the_path() {
-        let err = SecretCell::load(SecretSource::File("/nonexistent/dir/key".into()))
-            .expect_err("missing rejected");
-        assert_eq!(
-            err.to_string(),
-            "secret file /nonexistent/dir/key: does not exist"
-        );
-    }
-
-    #[test]
-    fn debug_never_shows_the_value() {
-        let cell = SecretCell::with_value(SecretSource::Inline, SecretString::from("hunter2"));
-        assert!(!format!("{cell:?}").contains("hunter2"));
-    }
-
-    #[test]
-    fn reload_swaps_value_fingerprint_and_generation_together() {
-        let path = temp_file("rotating", "first");
-        let cell = SecretCell::load(SecretSource::File(path.clone())).expect("loads");
-        let before = cell.get();
-        std::fs::write(&path, "second").unwrap_or_default();
-        assert!(cell.reload().expect("reload"));
-        let after = cell.get();
-        assert_eq!(after.expose(), "second");
-        assert_eq!(after.generation(), before.generation() + 1);
-        assert_eq!(
-            *after.fingerprint(),
-            fingerprint(&SecretString::from("second"))
-        );
-        std::fs::write(&path, "").unwrap_or_default();
-        assert!(cell.reload().is_err());
-        assert_eq!(cell.get().expose(), "second");
-    }
-
-    #[test]
-    fn a_rotated_secret_must_keep_the_minimum_length() {
-        let path = temp_file("hmac", &"x".repeat(32));
-        let cell =
-            SecretCell::load_at_least(SecretSource::File(path.clone()), 32).expect("long enough");
-        std::fs::write(&path, "short").unwrap_or_default();
-        assert!(matches!(cell.reload(), Err(SecretError::TooShort { .. })));
-        assert_eq!(cell.get().expose().len(), 32);
-    }
-
-    fn key_json(pem: &str, key_id: &str) -> String {
-        serde_json::json!({
-            "type": "application", "keyId": key_id, "key": pem,
-            "appId": "1", "clientId": "broker-jwt"
-        })
-        .to_string()
-    }
-
-    #[test]
-    fn an_api_key_a_header_cannot_carry_is_refused_now_and_on_rotation() {
-        let path = temp_file("api-key-header", "sk_live\u{1}key\n");
-        let settings = Settings::from_toml_with_env(
-            &format!(
-                "[server]\n[intellia]\norganization_id = \"org\"\napi_key_file = \"{}\"\n",
-                path.display()
-            ),
-            Vec::<(String, String)>::new(),
-        )
-        .expect("settings");
-        let refused = Secrets::load(&settings, InlineSecrets::default()).unwrap_err();
-        assert!(
-            refused.starts_with("config key `intellia.api_key_file`: "),
-            "{refused}"
-        );
-        assert!(refused.contains("HTTP header"), "{refused}");
-        assert!(!refused.contains("sk_live"), "{refused}");
-
-        std::fs::write(&path, "sk_live_good_key\n").unwrap_or_default();
-        let secrets = Secrets::load(&settings, InlineSecrets::default()).expect("a good key");
-        std::fs::write(&path, "sk_live_bad\rkey").unwrap_or_default();
-        assert!(
-            secrets
-                .reload()
-                .iter()
-                .any(|r| matches!(r, Reload::Failed { .. }))
-        );
-        assert_eq!(secrets.api_key().get().expose(), "sk_live_good_key");
-    }
-
-    fn private_key_jwt_settings(path: &Path, key_id: Option<&str>) -> Settings {
-        let key_id = key_id.map_or(String::new(), |k| format!("key_id = \"{k}\"\n"));
-        Settings::from_toml_with_env(
-            &format!(
-                "[server]\n[intellia]\norganization_id = \"org\"\napi_key_env = \"UNUSED\"\n\
-                 [session.introspection]\nurl = \"https://auth.test/introspect\"\n\
-                 client_auth = \"private_key_jwt\"\nclient_key_file = \"{}\"\n{key_id}",
-                path.display()
-            ),
-            Vec::<(String, String)>::new(),
-        )
-        .expect("settings")
-    }
-
-    fn inline_api_key() -> InlineSecrets {
-        InlineSecrets {
-            api_key: Some("k".into()),
-            ..InlineSecrets::default()
-        }
-    }
-
-    #[test]
-    fn the_client_key_file_is_loaded_checked_and_rotated() {
-        let pkcs1 = include_str!("../../tests/fixtures/rsa-private-pkcs1.pem");
-        let other = include_str!("../../tests/fixtures/rsa-private-2.pem");
-        let path = temp_file("client-key.json", &key_json(pkcs1, "111"));
-        let secrets = Secrets::load(&private_key_jwt_settings(&path, None), inline_api_key())
-            .expect("a Zitadel key JSON loads");
-        let cell = secrets
-            .get(SecretKind::IntrospectionClientKey)
-            .expect("registered");
-        assert!(secrets.get(SecretKind::IntrospectionClient).is_none());
-        // A rotated file that holds no usable key is refused; the last good key stays.
-        std::fs::write(&path, "{\"type\":\"application\"}").unwrap_or_default();
-        let seen = secrets.reload();
-        assert!(
-            matches!(
-                &seen[..],
-                [Reload::Failed {
-                    kind: SecretKind::IntrospectionClientKey,
-                    first: true,
-                    ..
-                }]
-            ),
-            "{seen:?}"
-        );
-        assert_eq!(secrets.stale(), vec!["session.introspection.client_key"]);
-        assert_eq!(cell.get().generation(), 0);
-        // A good new key is taken.
-        std::fs::write(&path, key_json(other, "222")).unwrap_or_default();
-        secrets.reload();
-        assert_eq!(cell.get().generation(), 1);
-        assert!(secrets.stale().is_empty());
-    }
-
-    #[test]
-    fn a_bad_client_key_file_names_the_config_key_and_never_the_key() {
-        let pkcs1 = include_str!("../../tests/fixtures/rsa-private-pkcs1.pem");
-        let path = temp_file("client-key-mismatch.json", &key_json(pkcs1, "111"));
-        let err = Secrets::load(
-            &private_key_jwt_settings(&path, Some("999")),
-            inline_api_key(),
-        )
-        .expect_err("key_id mismatch");
-        assert!(
-            err.starts_with("config key `session.introspection.client_key_file`: secret file "),
-            "{err}"
-        );
-        assert!(
-            err.contains("has keyId \"111\", but session.introspection.key_id is \"999\""),
-            "{err}"
-        );
-        assert!(!err.contains(pkcs1.lines().nth(1).unwrap_or("-")), "{err}");
-        let ec = include_str!("../../tests/fixtures/ec-private.pem");
-        let path = temp_file("client-key-ec.pem", ec);
-        let err = Secrets::load(
-            &private_key_jwt_settings(&path, Some("1")),
-            inline_api_key(),
-        )
-        .expect_err("EC key");
-        assert!(
-            err.contains("session.introspection.client_id must be set"),
-            "{err}"
-        );
-    }
-}
+mod tests;

@@ -1,5 +1,5 @@
-//! The sidecar route's credential: the backend secret, compared in constant time, and the failed
-//! attempts each client address may make.
+//! The sidecar route's credential: the backend secret, compared in constant time, and the wrong
+//! secrets each client address may present.
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -30,25 +30,31 @@ impl BackendAuth {
         BackendAuth { secret, failures }
     }
 
-    /// Checks the presented secret. A client whose failures are spent is refused before its
-    /// secret is compared; a wrong secret counts as a failure.
+    /// Checks the presented secret. It is compared first: the right secret is accepted whatever
+    /// its address has spent, so nobody who shares or claims that address can lock the backend
+    /// out. Only a wrong credential counts against the address, and only a wrong one is refused
+    /// with 429 once the address's allowance is spent. A request without a credential is a
+    /// plain 401 and counts for nothing: it is a caller that forgot the header, not a guess.
     pub(super) async fn authenticate(
         &self,
         presented: Result<Option<&str>, AuthFailure>,
         client: Option<IpAddr>,
     ) -> Result<(), Refusal> {
-        if let Some(ip) = client
-            && let Some(refused) = self.failures.blocked(ip).await
-        {
+        let failure = match self.compare(presented) {
+            Ok(()) => return Ok(()),
+            Err(AuthFailure::Missing) => {
+                return Err(Refusal::Unauthenticated(AuthFailure::Missing));
+            }
+            Err(failure) => failure,
+        };
+        let Some(ip) = client else {
+            return Err(Refusal::Unauthenticated(failure));
+        };
+        if let Some(refused) = self.failures.blocked(ip).await {
             return Err(Refusal::Limited(refused));
         }
-        let Err(failure) = self.compare(presented) else {
-            return Ok(());
-        };
-        if let Some(ip) = client
-            && let Some(refused) = self.failures.record(ip).await
-        {
-            tracing::warn!(client_ip = %ip, "backend-secret failures spent; refusing this client for a while");
+        if let Some(refused) = self.failures.record(ip).await {
+            tracing::warn!(client_ip = %ip, "backend-secret failures spent; refusing this client's wrong secrets for a while");
             return Err(Refusal::Limited(refused));
         }
         Err(Refusal::Unauthenticated(failure))

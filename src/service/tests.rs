@@ -238,3 +238,68 @@ async fn the_backend_body_is_read_only_after_the_secret_is_accepted() {
     assert_eq!(issued.user_id(), "named-user");
     assert!(read.load(Ordering::SeqCst));
 }
+
+/// The sidecar route's failure limit as configured: wrong secrets spend an address's allowance,
+/// keyed for IPv6 by `rate_limit.per_ip.ipv6_prefix`; the right secret and a missing one never
+/// count, and the right one is never refused.
+#[tokio::test]
+async fn backend_failures_count_wrong_secrets_per_configured_ipv6_prefix() {
+    let world = world(
+        "max_failures_per_minute = 2\n[rate_limit.per_ip]\nper_minute = 60\nburst = 20\nipv6_prefix = 48\n",
+    );
+    let service = &world.parts.service;
+    let identity = || async {
+        Ok(Identity {
+            user_id: crate::identity::UserId::parse("named-user".into()).unwrap(),
+            email: None,
+            name: None,
+        })
+    };
+    let at = |ip: &str| Some(ip.parse::<IpAddr>().unwrap());
+    let wrong = |ip: &'static str| {
+        service.issue_for_backend(Ok(Some("not-the-secret")), at(ip), identity())
+    };
+    // Requests without a credential are 401 and spend nothing.
+    for _ in 0..10 {
+        let missing = service
+            .issue_for_backend(Ok(None), at("2001:db8:1:1::1"), identity())
+            .await;
+        assert_eq!(code(missing), ErrorCode::Unauthenticated);
+    }
+    assert_eq!(
+        code(wrong("2001:db8:1:1::1").await),
+        ErrorCode::Unauthenticated
+    );
+    assert_eq!(
+        code(wrong("2001:db8:1:2::9").await),
+        ErrorCode::Unauthenticated
+    );
+    // The third wrong secret from the same /48 spends it, from another /64 of it.
+    assert_eq!(
+        code(wrong("2001:db8:1:ffff::1").await),
+        ErrorCode::RateLimited
+    );
+    assert_eq!(code(wrong("2001:db8:1:1::1").await), ErrorCode::RateLimited);
+    // Another /48 is another client.
+    assert_eq!(
+        code(wrong("2001:db8:2::1").await),
+        ErrorCode::Unauthenticated
+    );
+    // The right secret from the spent prefix is never refused.
+    for _ in 0..5 {
+        let issued = service
+            .issue_for_backend(Ok(Some(BACKEND_SECRET)), at("2001:db8:1:1::1"), identity())
+            .await
+            .unwrap();
+        assert_eq!(issued.user_id(), "named-user");
+    }
+    // A malformed credential is a wrong one.
+    let malformed = service
+        .issue_for_backend(
+            Err(AuthFailure::Malformed),
+            at("2001:db8:1:1::1"),
+            identity(),
+        )
+        .await;
+    assert_eq!(code(malformed), ErrorCode::RateLimited);
+}

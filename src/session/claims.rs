@@ -46,9 +46,11 @@ impl ClaimPolicy {
 
     /// Whether the session holds at least one required role (true when none is required).
     /// Roles are read from the roles claim: an array of role names (Keycloak's
-    /// `realm_access.roles`), or an object whose keys are role names (Zitadel's
-    /// `urn:zitadel:iam:org:project:roles`: `{"chat-user": {"<orgId>": "<domain>"}}`). Any
-    /// other shape holds no role.
+    /// `realm_access.roles`; only its strings count), or an object whose keys are role names
+    /// (Zitadel's `urn:zitadel:iam:org:project:roles`: `{"chat-user": {"<orgId>": "<domain>"}}`),
+    /// where a key counts only when its value is an object (Zitadel's grant) or `true`: a
+    /// provider that writes `{"chat-user": false}` is saying the user lacks the role. Any other
+    /// shape holds no role.
     fn holds_role(&self, claims: &Claims) -> bool {
         let Some(RoleRule {
             claim: name,
@@ -63,7 +65,10 @@ impl ClaimPolicy {
         let held = |role: &str| required.iter().any(|r| r.as_str() == role);
         match claim(claims, name.as_str()) {
             Some(Value::Array(items)) => items.iter().filter_map(Value::as_str).any(held),
-            Some(Value::Object(roles)) => roles.keys().any(|role| held(role)),
+            Some(Value::Object(roles)) => roles
+                .iter()
+                .filter(|(_, grant)| matches!(grant, Value::Object(_) | Value::Bool(true)))
+                .any(|(role, _)| held(role)),
             Some(_) => {
                 // The shape, never the roles: a misconfigured roles_claim is found from this.
                 tracing::debug!(
@@ -190,6 +195,30 @@ mod tests {
         let p = policy(scoped, &["chat-user"]);
         let ok = json!({"sub": "u", scoped: {"chat-user": {"1": "a"}}});
         assert_eq!(decide(&p, ok), Ok("u".into()));
+    }
+
+    #[test]
+    fn an_object_role_counts_only_when_granted() {
+        let p = policy(ZITADEL, &["chat-user"]);
+        for denied in [
+            json!(false),
+            json!(null),
+            json!(0),
+            json!(""),
+            json!("false"),
+            json!([]),
+        ] {
+            let claims = json!({"sub": "u", ZITADEL: {"chat-user": denied}});
+            assert_eq!(decide(&p, claims.clone()), Err("forbidden"), "{claims}");
+        }
+        for granted in [
+            json!(true),
+            json!({}),
+            json!({"2876543210": "acme.example.com"}),
+        ] {
+            let claims = json!({"sub": "u", ZITADEL: {"chat-user": granted}});
+            assert_eq!(decide(&p, claims.clone()), Ok("u".into()), "{claims}");
+        }
     }
 
     #[test]

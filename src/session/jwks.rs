@@ -7,11 +7,14 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
+use base64::Engine;
+use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
 use serde::Deserialize;
 use tracing::Instrument;
 
+use crate::secrets::client_key::{MIN_RSA_BITS, modulus_bits};
 use crate::telemetry::metrics::{IssuerIndexLabels, IssuerLabels, Metrics};
 
 /// An unknown `kid` triggers at most one fetch per this window, so a storm of forged kids costs
@@ -466,7 +469,15 @@ fn parse_key(raw: serde_json::Value) -> Result<VerifyKey, &'static str> {
         return Err("not a signature key");
     }
     let family = match &jwk.algorithm {
-        AlgorithmParameters::RSA(_) => Family::Rsa,
+        AlgorithmParameters::RSA(rsa) => {
+            let n = URL_SAFE_NO_PAD
+                .decode(rsa.n.trim_end_matches('='))
+                .map_err(|_| "invalid key material")?;
+            if modulus_bits(&n) < MIN_RSA_BITS {
+                return Err("RSA key shorter than 2048 bits");
+            }
+            Family::Rsa
+        }
         AlgorithmParameters::EllipticCurve(p) => match p.curve {
             EllipticCurve::P256 => Family::P256,
             EllipticCurve::P384 => Family::P384,
@@ -534,6 +545,27 @@ mod tests {
         assert!(key.fits(Algorithm::RS256));
         assert!(!key.fits(Algorithm::PS256), "the JWK pins RS256");
         assert!(!key.fits(Algorithm::HS256));
+    }
+
+    #[test]
+    fn rsa_keys_under_2048_bits_are_refused_counting_the_modulus_exactly() {
+        let jwk: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/rsa-2047-jwk.json")).unwrap();
+        assert_eq!(
+            parse_key(jwk).err(),
+            Some("RSA key shorter than 2048 bits"),
+            "256 bytes, 2047 bits"
+        );
+        // A leading zero byte does not make a key longer.
+        let padded = {
+            let mut n = vec![0u8];
+            n.extend(URL_SAFE_NO_PAD.decode(RSA_N).unwrap());
+            URL_SAFE_NO_PAD.encode(n)
+        };
+        assert!(parse_key(json!({"kty":"RSA","n":padded,"e":"AQAB","alg":"RS256"})).is_ok());
+        assert_eq!(modulus_bits(&[0, 0, 0b0100_0000, 0]), 15);
+        assert_eq!(modulus_bits(&[0xff; 256]), 2048);
+        assert_eq!(modulus_bits(&[0]), 0);
     }
 
     #[test]

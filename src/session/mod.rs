@@ -113,6 +113,14 @@ impl Issuer {
     fn policy(&self, alg: Algorithm) -> Option<&AlgorithmPolicy> {
         self.policies.iter().find(|p| p.alg == alg)
     }
+
+    /// Whether it can verify a session: a shared secret always can, a key set once loaded.
+    fn keys_loaded(&self) -> bool {
+        match &self.keys {
+            IssuerKeys::Hmac(_) => true,
+            IssuerKeys::Jwks(cache) => cache.is_loaded(),
+        }
+    }
 }
 
 /// Why a token was not verified locally; some of these let introspection have a go.
@@ -361,10 +369,18 @@ impl SessionVerifier {
 
     /// True when every JWKS issuer has loaded its keys at least once.
     pub fn keys_loaded(&self) -> bool {
-        self.issuers.iter().all(|i| match &i.keys {
-            IssuerKeys::Hmac(_) => true,
-            IssuerKeys::Jwks(cache) => cache.is_loaded(),
-        })
+        self.issuers.iter().all(Issuer::keys_loaded)
+    }
+
+    /// The `[[session.jwt]]` indices of the issuers whose keys never loaded (the admin
+    /// listener's `/readyz`).
+    pub(crate) fn issuers_without_keys(&self) -> Vec<usize> {
+        self.issuers
+            .iter()
+            .enumerate()
+            .filter(|(_, issuer)| !issuer.keys_loaded())
+            .map(|(index, _)| index)
+            .collect()
     }
 
     /// A session HS256 secret rotated. A secret is rotated when it may be compromised: sessions

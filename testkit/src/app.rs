@@ -18,6 +18,8 @@ use crate::consts::{API_KEY, ORG};
 pub struct TestApp {
     pub base: String,
     pub admin: Option<String>,
+    /// The backend listener (`backend.listen`), the only one serving the sidecar route.
+    pub backend: Option<String>,
     pub sim: Arc<SimulatorState>,
     pub client: reqwest::Client,
     pub shutdown: ShutdownHandle,
@@ -78,6 +80,7 @@ pub async fn spawn_app_with_simulator(
         .unwrap();
     let base = format!("http://{}", app.public_addr());
     let admin = app.admin_addr().map(|a| format!("http://{a}"));
+    let backend = app.backend_addr().map(|a| format!("http://{a}"));
     let shutdown = app.shutdown_handle();
     let parts = app.parts();
     tokio::spawn(app.run_until_stopped());
@@ -85,6 +88,7 @@ pub async fn spawn_app_with_simulator(
     let test_app = TestApp {
         base,
         admin,
+        backend,
         sim,
         client,
         shutdown,
@@ -134,9 +138,28 @@ impl TestApp {
             .unwrap()
     }
 
+    /// A URL on the backend listener.
+    pub fn backend_url(&self, path: &str) -> String {
+        let base = self
+            .backend
+            .as_deref()
+            .expect("this broker has a backend listener ([backend])");
+        format!("{base}{path}")
+    }
+
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        let base = self
+            .admin
+            .as_deref()
+            .expect("this broker has an admin listener (TestConfig::admin)");
+        format!("{base}{path}")
+    }
+
+    /// `POST /v1/backend/token` on the backend listener.
     pub async fn backend(&self, secret: &str, body: Value) -> reqwest::Response {
         self.client
-            .post(self.url("/v1/backend/token"))
+            .post(self.backend_url("/v1/backend/token"))
             .bearer_auth(secret)
             .json(&body)
             .send()

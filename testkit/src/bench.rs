@@ -90,12 +90,13 @@ impl Fixture {
         }
     }
 
-    /// A complete config: HS256 and RS256 sessions, the backend route, the cache, `intellia` lines
-    /// added to that table, and `tail` (e.g. `[rate_limit.*]` tables) at the end.
+    /// A complete config: HS256 and RS256 sessions, the backend route on `backend`, the cache,
+    /// `intellia` lines added to that table, and `tail` (e.g. `[rate_limit.*]` tables) at the end.
     pub fn config(
         &self,
         name: &str,
         listen: std::net::SocketAddr,
+        backend: std::net::SocketAddr,
         intellia: &str,
         tail: &str,
     ) -> PathBuf {
@@ -130,6 +131,7 @@ algorithms = ["RS256"]
 user_id_prefix = "rs:"
 
 [backend]
+listen = "{backend}"
 secret_file = "{d}/backend"
 
 [cache]
@@ -165,17 +167,19 @@ enabled = true
         env: &[(&str, &str)],
     ) -> (BrokerProcess, Duration) {
         let addr = free_addr();
-        let config = self.config(name, addr, intellia, tail);
+        let backend = free_addr();
+        let config = self.config(name, addr, backend, intellia, tail);
         let started = Instant::now();
         let mut cmd = Command::new(broker_bin());
         cmd.args(["serve", "--config"]).arg(&config);
         cmd.envs(env.iter().copied());
-        let broker = BrokerProcess::spawn_to_files(
+        let mut broker = BrokerProcess::spawn_to_files(
             cmd,
             addr,
             &self.dir.join(format!("{name}.log")),
             &self.dir.join(format!("{name}.stderr")),
         );
+        broker.backend = Some(backend);
         let Some(ready) = wait_ok(addr, "/readyz", started, Duration::from_secs(10)).await else {
             panic!("broker {name} not ready:\n{}", broker.output());
         };
@@ -203,6 +207,22 @@ impl Drop for Fixture {
     }
 }
 
+/// The listener of `broker` that serves `requests`: the backend listener for the sidecar
+/// route, the public one for everything else. One run goes to one listener.
+pub fn listener_for(broker: &BrokerProcess, requests: &[Request]) -> std::net::SocketAddr {
+    let backend = |r: &Request| r.starts_with(b"POST /v1/backend/token ");
+    if requests.iter().all(backend) && !requests.is_empty() {
+        return broker
+            .backend
+            .expect("a bench broker has a backend listener");
+    }
+    assert!(
+        !requests.iter().any(backend),
+        "a run mixes the sidecar route with the public routes; they are on different listeners"
+    );
+    broker.addr
+}
+
 /// `POST /v1/token` with a bearer session.
 pub fn token_request(token: &str) -> Request {
     request(
@@ -213,7 +233,8 @@ pub fn token_request(token: &str) -> Request {
     )
 }
 
-/// `POST /v1/backend/token` with the backend secret and this JSON body.
+/// `POST /v1/backend/token` with the backend secret and this JSON body (for the backend
+/// listener, [`BrokerProcess::backend`]).
 pub fn backend_request(body: &str) -> Request {
     request(
         "POST",

@@ -13,7 +13,10 @@ pub struct TestConfig {
     pub per_ip: Option<(u32, u32)>,
     pub upstream: Option<(u32, u32)>,
     pub cache: bool,
+    /// A `[backend]` section, listening on a free loopback port.
     pub backend: bool,
+    /// Appended to the `[backend]` table as is (e.g. `max_failures_per_minute`).
+    pub backend_toml: String,
     pub trusted_proxies: Vec<String>,
     pub allowed_origins: Vec<String>,
     pub timeout_ms: u64,
@@ -43,6 +46,7 @@ impl Default for TestConfig {
             upstream: None,
             cache: true,
             backend: true,
+            backend_toml: String::new(),
             trusted_proxies: Vec::new(),
             allowed_origins: vec![ALLOWED_ORIGIN.to_owned(), WILDCARD_ORIGIN.to_owned()],
             timeout_ms: 2000,
@@ -171,8 +175,9 @@ min_remaining_secs = 900
     );
     if cfg.backend {
         text.push_str(&format!(
-            "\n[backend]\nsecret_file = \"{}/backend\"\n",
-            dir.display()
+            "\n[backend]\nlisten = \"127.0.0.1:0\"\nsecret_file = \"{}/backend\"\n{}",
+            dir.display(),
+            cfg.backend_toml
         ));
     }
     if let Some((per_minute, burst)) = cfg.per_user {

@@ -48,7 +48,9 @@ use intellia_token_broker::testing::Credential;
 use intellia_token_broker::testing::Identity;
 use intellia_token_broker::testing::Settings;
 use intellia_token_broker::testing::UpstreamError;
-use intellia_token_broker::testing::{AppParts, Application, BuildOptions, public_app};
+use intellia_token_broker::testing::{
+    AppParts, Application, BuildOptions, backend_app, public_app,
+};
 use intellia_token_broker::testing::{BrokerError, ErrorCode, PROBLEM_JSON};
 use intellia_token_broker::testing::{Simulator, SimulatorConfig};
 use intellia_token_broker::testing::{TokenResponse, token_response};
@@ -68,9 +70,11 @@ pub enum Verdict {
 }
 
 pub const HS_SECRET: &str = "fuzz-hs256-secret-that-is-long-enough-0123456789";
+/// The claims issuer's own HS256 secret: two issuers never share one.
+pub const CLAIMS_HS_SECRET: &str = "fuzz-claims-hs256-secret-long-enough-9876543210";
 pub const API_KEY: &str = "sk_fuzz_intellia_api_key_DO_NOT_LEAK_1c0ffee";
 pub const BACKEND_SECRET: &str = "backend-secret-fuzz-DO-NOT-LEAK-9b7e";
-const SECRETS: [&str; 3] = [HS_SECRET, API_KEY, BACKEND_SECRET];
+const SECRETS: [&str; 4] = [HS_SECRET, CLAIMS_HS_SECRET, API_KEY, BACKEND_SECRET];
 pub const AUDIENCE: &str = "chat-widget";
 pub const ORG: &str = "org-fuzz";
 const COOKIE: &str = "site_session";
@@ -122,10 +126,56 @@ struct Answer {
 type BoxedPayloadStream = Pin<Box<dyn futures_util::Stream<Item = Result<Bytes, PayloadError>>>>;
 type CallFn = Box<dyn Fn(test::TestRequest, Payload) -> LocalBoxFuture<'static, Answer>>;
 
+/// The application of each listener, driven in process.
+struct Calls {
+    public: CallFn,
+    backend: CallFn,
+}
+
 struct World {
     system: actix_web::rt::SystemRunner,
     parts: AppParts,
-    call: CallFn,
+    call: Calls,
+}
+
+/// A [`CallFn`] for an application: the real service, built as a listener's worker builds it.
+macro_rules! caller {
+    ($app:expr) => {{
+        let service = std::rc::Rc::new(test::init_service($app).await);
+        let call: CallFn = Box::new(move |request: test::TestRequest, payload: Payload| {
+            let service = std::rc::Rc::clone(&service);
+            Box::pin(async move {
+                let (request, _) = request.to_request().replace_payload(payload);
+                match service.call(request).await {
+                    Ok(response) => {
+                        let status = response.status().as_u16();
+                        let headers = response.headers().clone();
+                        let body = actix_web::body::to_bytes(response.into_body())
+                            .await
+                            .unwrap_or_default();
+                        Answer {
+                            status,
+                            headers,
+                            body,
+                        }
+                    }
+                    // What the HTTP dispatcher does with an error that left the app.
+                    Err(error) => {
+                        let response = error.error_response();
+                        let status = response.status().as_u16();
+                        let headers = response.headers().clone();
+                        let body = response.into_body().try_into_bytes().unwrap_or_default();
+                        Answer {
+                            status,
+                            headers,
+                            body,
+                        }
+                    }
+                }
+            })
+        });
+        call
+    }};
 }
 
 thread_local! {
@@ -181,7 +231,7 @@ user_id_prefix = "jwks:"
 [[session.jwt]]
 issuer = "{claims}"
 audience = "{AUDIENCE}"
-hs256_secret_file = "{dir}/hs256"
+hs256_secret_file = "{dir}/claims-hs256"
 algorithms = ["HS256"]
 user_id_claim = "uid"
 email_claim = "contact.email"
@@ -191,6 +241,7 @@ required_claims = ["realm_access.roles=chat"]
 leeway_secs = {claims_leeway}
 
 [backend]
+listen = "127.0.0.1:0"
 secret_file = "{dir}/backend"
 
 [rate_limit.per_user]
@@ -277,6 +328,7 @@ impl World {
             std::fs::create_dir_all(&dir).expect("temp dir");
             std::fs::write(dir.join("api-key"), API_KEY).expect("write key");
             std::fs::write(dir.join("hs256"), HS_SECRET).expect("write secret");
+            std::fs::write(dir.join("claims-hs256"), CLAIMS_HS_SECRET).expect("write secret");
             std::fs::write(dir.join("backend"), BACKEND_SECRET).expect("write secret");
             let settings = Settings::from_toml_with_env(
                 &config_text(&dir, &simulator_url, &jwks),
@@ -297,40 +349,11 @@ impl World {
             }
             assert!(parts.verifier.keys_loaded(), "the JWKS never loaded");
 
-            let service = std::rc::Rc::new(test::init_service(public_app(parts.clone())).await);
-            let call: CallFn = Box::new(move |request: test::TestRequest, payload: Payload| {
-                let service = std::rc::Rc::clone(&service);
-                Box::pin(async move {
-                    let (request, _) = request.to_request().replace_payload(payload);
-                    match service.call(request).await {
-                        Ok(response) => {
-                            let status = response.status().as_u16();
-                            let headers = response.headers().clone();
-                            let body = actix_web::body::to_bytes(response.into_body())
-                                .await
-                                .unwrap_or_default();
-                            Answer {
-                                status,
-                                headers,
-                                body,
-                            }
-                        }
-                        // What the HTTP dispatcher does with an error that left the app.
-                        Err(error) => {
-                            let response = error.error_response();
-                            let status = response.status().as_u16();
-                            let headers = response.headers().clone();
-                            let body = response.into_body().try_into_bytes().unwrap_or_default();
-                            Answer {
-                                status,
-                                headers,
-                                body,
-                            }
-                        }
-                    }
-                })
-            });
-            // The public listener was bound but is never polled: requests go through `call`.
+            let call = Calls {
+                public: caller!(public_app(parts.clone())),
+                backend: caller!(backend_app(parts.clone())),
+            };
+            // The listeners were bound but are never polled: requests go through `call`.
             drop(app);
             // One mint before any input, so every server thread has built its routes and opened
             // its connections (one-time allocations that leak checks would blame on the first input).
@@ -343,7 +366,7 @@ impl World {
             let body: BoxedPayloadStream = Box::pin(futures_util::stream::iter([Ok(
                 Bytes::from_static(br#"{"userId":"warm-up"}"#),
             )]));
-            let answer = call(warm_up, Payload::from(body)).await;
+            let answer = (call.backend)(warm_up, Payload::from(body)).await;
             assert_eq!(answer.status, 200, "warm-up mint: {:?}", answer.body);
             (parts, call)
         });
@@ -389,8 +412,8 @@ fn algorithm(name: &str) -> Option<Algorithm> {
 }
 
 /// `<header>.<claims>.<signature>` signed with the key the header's `alg` names: the fixture RSA or
-/// P-256 key for asymmetric algorithms, the issuers' HS256 secret otherwise. `alg: none` gets an
-/// empty signature.
+/// P-256 key for asymmetric algorithms, otherwise the HS256 secret of the issuer the claims name
+/// (the HS256 issuer's for any other). `alg: none` gets an empty signature.
 pub fn sign(header: &[u8], claims: &[u8]) -> String {
     let message = format!("{}.{}", b64(header), b64(claims));
     let alg = serde_json::from_slice::<Value>(header)
@@ -410,9 +433,21 @@ pub fn sign(header: &[u8], claims: &[u8]) -> String {
         Some(a @ (Algorithm::HS384 | Algorithm::HS512)) => a,
         _ => Algorithm::HS256,
     };
-    let key = EncodingKey::from_secret(HS_SECRET.as_bytes());
+    let iss = serde_json::from_slice::<Value>(claims)
+        .ok()
+        .and_then(|c| c.get("iss").and_then(Value::as_str).map(str::to_owned));
+    let key = EncodingKey::from_secret(hs_secret(iss.as_deref()).as_bytes());
     let signature = jsonwebtoken::crypto::sign(message.as_bytes(), &key, alg).expect("signing");
     format!("{message}.{signature}")
+}
+
+/// The HS256 secret of the issuer named `iss`: each HS256 issuer has its own.
+fn hs_secret(iss: Option<&str>) -> &'static str {
+    if iss == Some(CLAIMS_ISSUER.iss) {
+        CLAIMS_HS_SECRET
+    } else {
+        HS_SECRET
+    }
 }
 
 /// RSA and ECDSA signatures through ring (as rustls exposes it): the pure-Rust `rsa` crate takes
@@ -501,7 +536,9 @@ fn split_sign_input(rest: &[u8]) -> (&[u8], &[u8]) {
 /// The keys an issuer's tokens may genuinely be signed with.
 fn issuer_keys(issuer: &IssuerSpec) -> Vec<DecodingKey> {
     if issuer.algorithms == ["HS256"] {
-        return vec![DecodingKey::from_secret(HS_SECRET.as_bytes())];
+        return vec![DecodingKey::from_secret(
+            hs_secret(Some(issuer.iss)).as_bytes(),
+        )];
     }
     let all: Value = serde_json::from_str(JWKS).expect("fixture JWKS");
     ["rsa-1", "ec-1"]
@@ -822,7 +859,11 @@ fn request_route(route: Route, data: &[u8]) -> Verdict {
     with_world(|world| {
         let answer = world.system.block_on(async {
             settle().await;
-            (world.call)(request, Payload::from(stream)).await
+            let call = match route {
+                Route::Token => &world.call.public,
+                Route::Backend => &world.call.backend,
+            };
+            call(request, Payload::from(stream)).await
         });
         check_answer(data, &method, &answer)
     })

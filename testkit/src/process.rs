@@ -52,6 +52,38 @@ pub fn run_broker(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) 
     )
 }
 
+/// Runs the binary with `args` for at most `limit`: a `serve` that ought to refuse to start must
+/// fail a test, not hang it, when it starts after all. Returns the exit code (`None`: it was still
+/// running and was killed) and stderr.
+pub fn run_broker_bounded(args: &[&str], limit: Duration) -> (Option<i32>, String) {
+    let mut child = Command::new(broker_bin())
+        .args(args)
+        .env_remove("BROKER_CONFIG")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut pipe = child.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut pipe, &mut text);
+        text
+    });
+    let started = Instant::now();
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        if started.elapsed() > limit {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    (code, reader.join().unwrap_or_default())
+}
+
 pub fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr")
@@ -103,6 +135,9 @@ pub struct BrokerProcess {
     child: Child,
     pub base: String,
     pub addr: SocketAddr,
+    /// The backend and admin listeners, as its "broker listening" line names them.
+    pub backend: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
     output: Output,
 }
 
@@ -161,14 +196,15 @@ impl BrokerProcess {
                         && let Ok(v) = serde_json::from_str::<Value>(&chunk)
                         && let Some(listen) = v["listen"].as_str()
                     {
-                        let _ = addr_tx.send(listen.to_owned());
+                        let other = |name: &str| v[name].as_str().map(str::to_owned);
+                        let _ = addr_tx.send((listen.to_owned(), other("backend"), other("admin")));
                     }
                     text.lock().unwrap().push_str(&chunk);
                     line.clear();
                 }
             }));
         }
-        let Ok(addr) = addr_rx.recv_timeout(Duration::from_secs(20)) else {
+        let Ok((addr, backend, admin)) = addr_rx.recv_timeout(Duration::from_secs(20)) else {
             let _ = child.kill();
             let _ = child.wait();
             panic!(
@@ -181,6 +217,8 @@ impl BrokerProcess {
             child,
             base: format!("http://{addr}"),
             addr,
+            backend: backend.map(|b| b.parse().unwrap()),
+            admin: admin.map(|a| a.parse().unwrap()),
             output: Output::Captured { text, readers },
         }
     }
@@ -205,6 +243,8 @@ impl BrokerProcess {
             child,
             base: format!("http://{addr}"),
             addr,
+            backend: None,
+            admin: None,
             output: Output::Files {
                 stdout: stdout.to_owned(),
                 stderr: stderr.to_owned(),
@@ -218,6 +258,14 @@ impl BrokerProcess {
 
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.base)
+    }
+
+    /// A URL on the backend listener, the only one serving the sidecar route.
+    pub fn backend_url(&self, path: &str) -> String {
+        let addr = self
+            .backend
+            .expect("this broker has a backend listener ([backend])");
+        format!("http://{addr}{path}")
     }
 
     /// Everything printed so far (stderr first when it went to files).

@@ -181,6 +181,9 @@ chmod 600 "$WORK/api-key" "$WORK/hs256-secret" "$WORK/backend-secret"
 
 PORT="$(free_port)"
 BASE="http://127.0.0.1:$PORT"
+# The sidecar route is served on its own listener only (backend.listen).
+BACKEND_PORT="$(free_port)"
+BACKEND_BASE="http://127.0.0.1:$BACKEND_PORT"
 # No [rate_limit.*] sections: fuzzing must not be throttled (429 stays a
 # documented answer all the same).
 cat > "$WORK/broker.toml" <<EOF
@@ -208,6 +211,7 @@ algorithms = ["HS256"]
 cookie = "site_session"
 
 [backend]
+listen = "127.0.0.1:$BACKEND_PORT"
 secret_file = "$WORK/backend-secret"
 EOF
 
@@ -229,15 +233,15 @@ export FUZZ_SESSION_TOKEN FUZZ_BACKEND_SECRET   # read by schemathesis.toml
 
 # Sanity: both credentials work on their own route, so the fuzz run really
 # reaches the authenticated code paths (and a broken setup fails here, clearly).
-if "$VPY" - "$BASE" <<'PY'
+if "$VPY" - "$BASE" "$BACKEND_BASE" <<'PY'
 import json, os, sys, urllib.request
-base = sys.argv[1]
+base, backend = sys.argv[1], sys.argv[2]
 cases = [
-    ("/v1/token", os.environ["FUZZ_SESSION_TOKEN"], b""),
-    ("/v1/backend/token", os.environ["FUZZ_BACKEND_SECRET"], json.dumps({"userId": "fuzz-backend-user"}).encode()),
+    (base, "/v1/token", os.environ["FUZZ_SESSION_TOKEN"], b""),
+    (backend, "/v1/backend/token", os.environ["FUZZ_BACKEND_SECRET"], json.dumps({"userId": "fuzz-backend-user"}).encode()),
 ]
 ok = True
-for path, token, body in cases:
+for base, path, token, body in cases:
     req = urllib.request.Request(base + path, data=body, method="POST",
                                  headers={"Authorization": "Bearer " + token, "Content-Type": "application/json"})
     try:
@@ -258,11 +262,11 @@ fi
 
 # ---------------------------------------------------------------------------
 if [ -n "${FUZZ_SCHEMA:-}" ]; then
-  SCHEMA_ARGS=("$(cd "$(dirname "$FUZZ_SCHEMA")" && pwd)/$(basename "$FUZZ_SCHEMA")" --url "$BASE")
-  step "schemathesis $SCHEMATHESIS_VERSION with $FUZZ_SCHEMA (FUZZ_SCHEMA) against $BASE"
+  SCHEMA="$(cd "$(dirname "$FUZZ_SCHEMA")" && pwd)/$(basename "$FUZZ_SCHEMA")"
+  SCHEMA_NAME="$FUZZ_SCHEMA (FUZZ_SCHEMA)"
 else
-  SCHEMA_ARGS=("$BASE/openapi.json")
-  step "schemathesis $SCHEMATHESIS_VERSION against $BASE/openapi.json"
+  SCHEMA="$BASE/openapi.json"
+  SCHEMA_NAME="$BASE/openapi.json"
 fi
 # --checks all: every check schemathesis has. The stateful ones
 # (use_after_free, ensure_resource_availability, object_level_authorization)
@@ -271,42 +275,53 @@ fi
 # /v1/backend/token) comes from [auth.openapi.*] in schemathesis.toml; the
 # missing_required_header / ignored_auth checks and the coverage phase still
 # send requests without or with wrong credentials.
-ST_CMD=(
-  "$VENV/bin/schemathesis" --config-file "$HERE/schemathesis.toml" run "${SCHEMA_ARGS[@]}"
-  --checks all
-  --phases examples,coverage,fuzzing,stateful
-  --mode all
-  --max-examples "$MAX_EXAMPLES"
-  --seed "$SEED"
-  --workers 1
-  --continue-on-failure
-  --request-timeout 10
-  # hypothesis' too_slow health check times data generation, not the API; a
-  # debug build on a 2-core runner must not turn it into a flaky failure.
-  --suppress-health-check too_slow
-  --report junit,ndjson --report-dir "$REPORTS"
-  --no-color
-)
-echo "+ ${ST_CMD[*]}"
+# Two runs, one per listener: the sidecar route against the backend listener,
+# every other operation against the public one. Each has half the time limit.
 LOG_MARK="$(wc -l < "$WORK/broker.log")"
-# cwd is the temp dir so schemathesis' own cache/files never land in the
-# repository. Run in the background and `wait`, so an INT/TERM to this script
-# is handled at once (the EXIT trap then stops schemathesis, broker and simulator).
-(cd "$WORK" && exec timeout --signal=INT --kill-after=10 "$TIME_LIMIT" "${ST_CMD[@]}") &
-ST_PID=$!
-PIDS=("$ST_PID" "${PIDS[@]}")
-set +e
-wait "$ST_PID"
-ST_RC=$?
-set -e
-PIDS=("${PIDS[@]:1}")
-if [ "$ST_RC" -eq 0 ]; then
-  pass "schemathesis: no failures (checks: all; $MAX_EXAMPLES examples/operation; seed $SEED)"
-elif [ "$ST_RC" -eq 124 ] || [ "$ST_RC" -eq 137 ]; then
-  fail "schemathesis: did not finish within FUZZ_TIME_LIMIT=${TIME_LIMIT}s"
-else
-  fail "schemathesis: failures found (exit $ST_RC; see the report above, and tests/api-fuzz/FINDINGS.md for known ones)"
-fi
+for run in public backend; do
+  if [ "$run" = public ]; then
+    URL="$BASE"; FILTER=(--exclude-path /v1/backend/token)
+  else
+    URL="$BACKEND_BASE"; FILTER=(--include-path /v1/backend/token)
+  fi
+  step "schemathesis $SCHEMATHESIS_VERSION with $SCHEMA_NAME against the $run listener $URL"
+  ST_CMD=(
+    "$VENV/bin/schemathesis" --config-file "$HERE/schemathesis.toml" run "$SCHEMA" --url "$URL"
+    "${FILTER[@]}"
+    --checks all
+    --phases examples,coverage,fuzzing,stateful
+    --mode all
+    --max-examples "$MAX_EXAMPLES"
+    --seed "$SEED"
+    --workers 1
+    --continue-on-failure
+    --request-timeout 10
+    # hypothesis' too_slow health check times data generation, not the API; a
+    # debug build on a 2-core runner must not turn it into a flaky failure.
+    --suppress-health-check too_slow
+    --report junit,ndjson --report-dir "$REPORTS/$run"
+    --no-color
+  )
+  echo "+ ${ST_CMD[*]}"
+  # cwd is the temp dir so schemathesis' own cache/files never land in the
+  # repository. Run in the background and `wait`, so an INT/TERM to this script
+  # is handled at once (the EXIT trap then stops schemathesis, broker and simulator).
+  (cd "$WORK" && exec timeout --signal=INT --kill-after=10 "$((TIME_LIMIT / 2))" "${ST_CMD[@]}") &
+  ST_PID=$!
+  PIDS=("$ST_PID" "${PIDS[@]}")
+  set +e
+  wait "$ST_PID"
+  ST_RC=$?
+  set -e
+  PIDS=("${PIDS[@]:1}")
+  if [ "$ST_RC" -eq 0 ]; then
+    pass "schemathesis ($run listener): no failures (checks: all; $MAX_EXAMPLES examples/operation; seed $SEED)"
+  elif [ "$ST_RC" -eq 124 ] || [ "$ST_RC" -eq 137 ]; then
+    fail "schemathesis ($run listener): did not finish within FUZZ_TIME_LIMIT/2=$((TIME_LIMIT / 2))s"
+  else
+    fail "schemathesis ($run listener): failures found (exit $ST_RC; see the report above, and tests/api-fuzz/FINDINGS.md for known ones)"
+  fi
+done
 
 # The broker must have survived the run and still be ready.
 if wait_200 "$BASE/readyz" 5; then

@@ -310,7 +310,7 @@ async fn wrong_backend_credentials_are_refused() {
     assert_problem(session_token, 401, "unauthenticated").await;
     let none = app
         .client
-        .post(app.url("/v1/backend/token"))
+        .post(app.backend_url("/v1/backend/token"))
         .json(&body)
         .send()
         .await
@@ -343,4 +343,112 @@ async fn a_kid_of_another_issuers_key_is_refused() {
     );
     assert_eq!(app.token(&genuine).await.status(), 200);
     assert_eq!(app.sim.calls(), 1);
+}
+
+/// A 2041–2047-bit RSA key signs 256-byte signatures, as a 2048-bit one does, and so passed a
+/// size check that counted bytes. Counted exactly, it is refused: in an issuer's JWKS (its
+/// tokens are 401 while a 2048-bit key of the same set still verifies) and as the introspection
+/// client key (`check-config` and `serve` refuse it, naming its size).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rsa_keys_a_few_bits_short_of_2048_are_refused() {
+    let weak: Value =
+        serde_json::from_str(&std::fs::read_to_string(fixture("rsa-2047-jwk.json")).unwrap())
+            .unwrap();
+    let jwks = testkit::idp::serve_jwks(
+        json!({"keys": [weak, testkit::idp::fixture_jwks()["rsa-1"].clone()]}),
+        None,
+    )
+    .await;
+    let issuer = "https://weak-keys.example";
+    let app = spawn_app(TestConfig {
+        extra_issuers: jwks_issuer(issuer, &format!("jwks_url = \"http://{jwks}/jwks.json\"")),
+        ..TestConfig::default()
+    })
+    .await;
+    let mut c = claims("walter");
+    c["iss"] = json!(issuer);
+    refused(
+        &app,
+        &rs256(&c, Some("rsa-2047"), "rsa-2047-private.pem"),
+        "2047-bit key",
+    )
+    .await;
+    assert_eq!(
+        app.token(&rs256(&c, Some("rsa-1"), "rsa-private.pem"))
+            .await
+            .status(),
+        200,
+        "the set's 2048-bit key still verifies"
+    );
+    assert_eq!(app.sim.minted(), 1);
+
+    let dir = default_config_dir();
+    let key = json!({
+        "type": "application", "keyId": "1", "appId": "2", "clientId": "broker",
+        "key": std::fs::read_to_string(fixture("rsa-2047-private.pem")).unwrap(),
+    });
+    std::fs::write(dir.join("client-key.json"), key.to_string()).unwrap();
+    let config = dir.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "\n[[session.jwt]]\n",
+        "\n[[session.jwt]]\nuser_id_prefix = \"site:\"\n",
+        1,
+    ) + &format!(
+        "\n[session.introspection]\nurl = \"https://idp.example/introspect\"\nclient_auth = \"private_key_jwt\"\nclient_key_file = \"{}/client-key.json\"\naudience = \"site\"\nuser_id_prefix = \"op:\"\n",
+        dir.display()
+    );
+    std::fs::write(&config, text).unwrap();
+    for command in ["check-config", "serve"] {
+        let (code, stderr) = testkit::process::run_broker_bounded(
+            &[command, "--config", config.to_str().unwrap()],
+            std::time::Duration::from_secs(20),
+        );
+        assert!(code.is_some_and(|c| c != 0), "{command}: {code:?}");
+        assert!(
+            stderr.contains("session.introspection.client_key_file")
+                && stderr.contains("holds a 2047-bit RSA key; at least 2048 bits are required"),
+            "{command}: {stderr}"
+        );
+    }
+}
+
+/// `{"chat-user": false}` says the user lacks the role; it once granted it, since any key of the
+/// object counted. A role counts only as an object (Zitadel's grant) or `true`, and in an array
+/// only as a string.
+#[tokio::test]
+async fn a_role_written_as_false_grants_nothing() {
+    let app = spawn_app(TestConfig {
+        hs256_toml: "roles_claim = \"urn:zitadel:iam:org:project:roles\"\nrequired_roles = [\"chat-user\"]\n".into(),
+        ..TestConfig::default()
+    })
+    .await;
+    let with_roles = |roles: Value| {
+        let mut c = claims("rolf");
+        c["urn:zitadel:iam:org:project:roles"] = roles;
+        hs256(&c)
+    };
+    for roles in [
+        json!({"chat-user": false}),
+        json!({"chat-user": null}),
+        json!({"chat-user": 0}),
+        json!({"chat-user": "no"}),
+        json!({"chat-user": []}),
+        json!([{"chat-user": true}]),
+        json!([true, 1]),
+    ] {
+        let resp = app.token(&with_roles(roles.clone())).await;
+        assert_problem(resp, 403, "forbidden").await;
+    }
+    assert_eq!(app.sim.calls(), 0, "nothing minted for a refused role");
+    for roles in [
+        json!({"chat-user": true}),
+        json!({"chat-user": {"2876543210": "acme.example.com"}}),
+        json!(["chat-user"]),
+    ] {
+        assert_eq!(
+            app.token(&with_roles(roles.clone())).await.status(),
+            200,
+            "{roles}"
+        );
+    }
 }

@@ -342,3 +342,98 @@ async fn session_endpoints_must_answer_signed_out_without_a_session() {
     let call = site.last("/me").unwrap();
     assert!(call.header("cookie").is_none() && call.header("authorization").is_none());
 }
+
+/// A server that answers every request with `answer(path)`: (status, JSON body).
+async fn hostile_server(answer: fn(&str) -> (u16, String)) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut head = Vec::new();
+                let mut buf = [0u8; 4096];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => head.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let text = String::from_utf8_lossy(&head);
+                let path = text.split(' ').nth(1).unwrap_or("/").to_owned();
+                let (status, body) = answer(&path);
+                let response = format!(
+                    "HTTP/1.1 {status} X\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+            });
+        }
+    });
+    base
+}
+
+/// The attack of the last review: an identity provider's answer carried escape codes and a line
+/// break, and wrote a fake "ok" line into the report. Everything a server sent is escaped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_servers_answer_cannot_forge_a_line_of_the_report() {
+    const FORGED: &str =
+        "\u{1b}[2K\r\nok   issuer[7] https://trusted.example: discovery ok\u{1b}[1A\u{202e}";
+    let base = hostile_server(|path| match path {
+        "/.well-known/openid-configuration" => (
+            200,
+            serde_json::json!({
+                "issuer": format!("https://evil{FORGED}"),
+                "jwks_uri": "http://127.0.0.1:9/keys",
+            })
+            .to_string(),
+        ),
+        _ => (401, serde_json::json!({ "error": FORGED }).to_string()),
+    })
+    .await;
+    let dir = temp_dir();
+    std::fs::write(dir.join("introspection-secret"), "client-secret").unwrap();
+    let cfg = TestConfig {
+        extra_toml: format!(
+            "\n[[session.jwt]]\nissuer = \"{base}\"\naudience = \"{AUDIENCE}\"\ndiscovery = true\nalgorithms = [\"RS256\"]\nuser_id_prefix = \"evil:\"\n\n[session.introspection]\nurl = \"{base}/introspect\"\nclient_id = \"broker\"\nclient_secret_file = \"{}/introspection-secret\"\naudience = \"{AUDIENCE}\"\nuser_id_prefix = \"op:\"\n",
+            dir.display()
+        ),
+        ..TestConfig::default()
+    };
+    let (sim_url, _sim) = start_simulator(simulator_config(&[]));
+    write_config(&cfg, &dir, &sim_url, "127.0.0.1:0");
+    let report = doctor(&dir, &[]).await;
+    assert_eq!(report.code, 1, "{}", report.stdout);
+    report.assert_fail(&format!("issuer[1] {base}"), "issuer mismatch");
+    report.assert_fail("introspection", "credentials refused: HTTP 401");
+    assert!(
+        !report
+            .stdout
+            .chars()
+            .any(|c| (c.is_control() && c != '\n') || c == '\u{202e}'),
+        "{:?}",
+        report.stdout
+    );
+    // Every line is one of doctor's own: a check, a flag, or the summary.
+    for line in report.stdout.lines() {
+        assert!(
+            ["ok   ", "FAIL ", "warn "]
+                .iter()
+                .any(|mark| line.starts_with(mark))
+                || line.contains(" checks, "),
+            "a line doctor did not write: {line:?}"
+        );
+    }
+    assert!(
+        !report.stdout.contains("\nok   issuer[7]"),
+        "{}",
+        report.stdout
+    );
+    assert!(
+        report
+            .line(&format!("issuer[1] {base}"))
+            .contains("\\u{1b}[2K\\u{d}\\u{a}ok   issuer[7]"),
+        "the text is shown, escaped: {}",
+        report.stdout
+    );
+}

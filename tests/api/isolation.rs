@@ -57,6 +57,11 @@ fn run(args: &[&str]) -> (i32, String) {
     (code, stderr)
 }
 
+/// `run_broker_bounded` for 20 s.
+fn run_bounded(args: &[&str]) -> (Option<i32>, String) {
+    testkit::process::run_broker_bounded(args, Duration::from_secs(20))
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_sub_at_two_issuers_is_two_users_with_two_tokens() {
     let idp = FakeIdp::start(&["rsa-1"]);
@@ -166,6 +171,68 @@ async fn forged_forwarded_for_lines_ports_and_ipv6_sweeps_do_not_dodge_the_per_i
             "a forged address {forged} reached the logs"
         );
     }
+}
+
+/// The attack of the last review: one byte ≥ 0x80 in the client's own hop made the whole line
+/// undecodable, so the proxy became the client: a fresh bucket, and the attacker's address gone
+/// from the logs. The hop the proxy appended must still decide.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_byte_that_is_not_text_in_the_clients_hop_does_not_hide_the_proxys_hop() {
+    use reqwest::header::HeaderValue;
+    let (broker, _sim, _dir) = serve(behind_proxy("")).await;
+    let s = session("oscar");
+    let send = |lines: Vec<Vec<u8>>| {
+        let mut request = http_client().post(broker.url("/v1/token")).bearer_auth(&s);
+        for line in lines {
+            request = request.header(
+                "X-Forwarded-For",
+                HeaderValue::from_bytes(&line).expect("obs-text is a valid header value"),
+            );
+        }
+        request.send()
+    };
+    // What a proxy does with the client's junk: appends the real peer to the same line.
+    for n in 0..2u8 {
+        let line = [b"6.6.6.".as_slice(), &[0xff, b'0' + n], b", 198.51.100.77"].concat();
+        let resp = send(vec![line]).await.unwrap();
+        assert_eq!(resp.status(), 200, "request {n}");
+    }
+    let resp = send(vec![b"\xc3\x28\xa0\xa1, 198.51.100.77".to_vec()])
+        .await
+        .unwrap();
+    assert_problem(resp, 429, "rate_limited").await;
+    // The same client without junk is the same bucket; a proxy appending a line of its own
+    // after a junk line is read alike.
+    let resp = send(vec![b"198.51.100.77".to_vec()]).await.unwrap();
+    assert_problem(resp, 429, "rate_limited").await;
+    let resp = send(vec![b"\xfe\xff".to_vec(), b"198.51.100.77".to_vec()])
+        .await
+        .unwrap();
+    assert_problem(resp, 429, "rate_limited").await;
+    // The proxy's own bucket (127.0.0.1) was never charged.
+    let resp = send(vec![b"198.51.100.78".to_vec()]).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let resp = send(Vec::new()).await.unwrap();
+    assert_eq!(
+        resp.status(),
+        200,
+        "the proxy's own address has its whole bucket"
+    );
+
+    let (_, output) = broker.stop().await;
+    let lines: Vec<&str> = output
+        .lines()
+        .filter(|l| l.contains("\"message\":\"request\"") && l.contains("/v1/token"))
+        .collect();
+    assert_eq!(lines.len(), 7, "{output}");
+    assert_eq!(
+        lines
+            .iter()
+            .filter(|l| l.contains("\"client_ip\":\"198.51.100.77\""))
+            .count(),
+        5,
+        "the attacker's address is in the logs: {lines:#?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -322,46 +389,263 @@ async fn only_opaque_tokens_and_the_introspection_issuers_jwts_are_introspected(
     broker.stop().await;
 }
 
+/// The attack of the last review: two sites' HS256 issuers on one secret, so either site could
+/// sign sessions the other's issuer accepts, for any of its users. Refused at start-up (the same
+/// file twice, or two files holding one value) and on rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_hs256_issuers_never_share_one_secret() {
+    use jsonwebtoken::{Algorithm, EncodingKey, Header};
+    const SITE_B: &str = "https://shop.example";
+    const B_SECRET: &str = "shop-hs256-secret-that-is-long-enough-DO-NOT-LEAK-42";
+    let secrets = temp_dir();
+    let issuer_b = |file: &str| TestConfig {
+        extra_issuers: format!(
+            "\n[[session.jwt]]\nissuer = \"{SITE_B}\"\naudience = \"{AUDIENCE}\"\nhs256_secret_file = \"{}\"\nalgorithms = [\"HS256\"]\nuser_id_prefix = \"shop:\"\n",
+            secrets.join(file).display()
+        ),
+        ..TestConfig::default()
+    };
+    // Site A's secret in a file of its own, named by issuer B: one line naming the key.
+    std::fs::write(secrets.join("copy-of-a"), format!("{HS_SECRET}\n")).unwrap();
+    let dir = temp_dir();
+    write_config(
+        &issuer_b("copy-of-a"),
+        &dir,
+        "http://127.0.0.1:9",
+        "127.0.0.1:0",
+    );
+    for command in ["serve", "check-config"] {
+        let (code, stderr) = run_bounded(&[
+            command,
+            "--config",
+            dir.join("config.toml").to_str().unwrap(),
+        ]);
+        assert!(code.is_some_and(|c| c != 0), "{command}: {code:?}");
+        assert!(
+            stderr.contains("session.jwt[1].hs256_secret_file")
+                && stderr.contains("same secret as session.jwt[0].hs256_secret_file"),
+            "{command}: {stderr}"
+        );
+        assert!(!stderr.contains(HS_SECRET), "{stderr}");
+    }
+    // The same file named twice: refused before any file is read.
+    let text = std::fs::read_to_string(dir.join("config.toml"))
+        .unwrap()
+        .replace(
+            &secrets.join("copy-of-a").display().to_string(),
+            &dir.join("hs256").display().to_string(),
+        );
+    std::fs::write(dir.join("config.toml"), text).unwrap();
+    let (code, stderr) = run(&[
+        "check-config",
+        "--config",
+        dir.join("config.toml").to_str().unwrap(),
+    ]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("config key `session.jwt[1].hs256_secret_file`: is also session.jwt[0].hs256_secret_file"),
+        "{stderr}"
+    );
+
+    // Distinct secrets serve; a rotation of B's file to A's secret is refused and B keeps its own.
+    std::fs::write(secrets.join("b"), B_SECRET).unwrap();
+    let (broker, _sim, _dir) = serve(issuer_b("b")).await;
+    let sign = |secret: &str, sub: &str| {
+        let mut claims = claims(sub);
+        claims["iss"] = serde_json::json!(SITE_B);
+        jsonwebtoken::encode(
+            &Header::new(Algorithm::HS256),
+            &claims,
+            &EncodingKey::from_secret(secret.as_bytes()),
+        )
+        .unwrap()
+    };
+    let resp = token_from(&broker, &sign(B_SECRET, "bea"), &[]).await;
+    assert_eq!(resp.status(), 200);
+    // Site A's operator knows only A's secret: a "shop" session signed with it is refused...
+    let forged = sign(HS_SECRET, "bea");
+    assert_problem(
+        token_from(&broker, &forged, &[]).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    // ...also after someone rotates B's file to A's value.
+    std::fs::write(secrets.join("b"), HS_SECRET).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_problem(
+        token_from(&broker, &forged, &[]).await,
+        401,
+        "unauthenticated",
+    )
+    .await;
+    let resp = token_from(&broker, &sign(B_SECRET, "bea"), &[]).await;
+    assert_eq!(resp.status(), 200, "the last good secret stays in use");
+    let (_, output) = broker.stop().await;
+    assert!(
+        output.contains("same secret as session.jwt[0].hs256_secret_file"),
+        "operators see why"
+    );
+    assert!(!output.contains(HS_SECRET) && !output.contains(B_SECRET));
+}
+
+/// The attack of the last review: with a one-byte `redis.cache_secret_file`, a chat token cached
+/// in Redis was decrypted by trying 95 values. The cache secret is held to 32 bytes like every
+/// shared secret: at start-up, and on rotation.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_redis_cache_secret_is_never_short() {
+    let secrets = temp_dir();
+    let cache = secrets.join("cache-secret");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let cfg = TestConfig {
+        admin: true,
+        extra_toml: format!(
+            "\n[redis]\nurl = \"redis://{closed}\"\non_unavailable = \"local\"\ncache_secret_file = \"{}\"\n",
+            cache.display()
+        ),
+        ..TestConfig::default()
+    };
+    for short in ["x", "0123456789abcdef0123456789abcde"] {
+        std::fs::write(&cache, short).unwrap();
+        let dir = temp_dir();
+        write_config(&cfg, &dir, "http://127.0.0.1:9", "127.0.0.1:0");
+        for command in ["serve", "check-config"] {
+            let (code, stderr) = run_bounded(&[
+                command,
+                "--config",
+                dir.join("config.toml").to_str().unwrap(),
+            ]);
+            assert!(
+                code.is_some_and(|c| c != 0),
+                "{command} took {} bytes",
+                short.len()
+            );
+            assert!(
+                stderr.contains("redis.cache_secret_file")
+                    && stderr.contains("shorter than 32 bytes"),
+                "{command}: {stderr}"
+            );
+        }
+    }
+    std::fs::write(&cache, "0123456789abcdef0123456789abcdef").unwrap();
+    let (broker, _sim, _dir) = serve(cfg).await;
+    assert_eq!(
+        token_from(&broker, &session("cara"), &[]).await.status(),
+        200
+    );
+    std::fs::write(&cache, "x").unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    let admin = broker.admin.expect("an admin listener");
+    let ready: Value = http_client()
+        .get(format!("http://{admin}/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ready["stale_secrets"],
+        json!(["redis.cache_secret"]),
+        "{ready}"
+    );
+    assert_eq!(
+        token_from(&broker, &session("cara"), &[]).await.status(),
+        200
+    );
+    let (_, output) = broker.stop().await;
+    assert!(
+        output.contains("shorter than 32 bytes"),
+        "operators see why"
+    );
+}
+
+/// A client of the backend listener at a loopback address of its own (all of 127.0.0.0/8 is
+/// local): distinct callers without any header trickery.
+fn client_at(ip: &str) -> reqwest::Client {
+    intellia_token_broker::testing::install_crypto_provider();
+    reqwest::Client::builder()
+        .local_address(Some(ip.parse().unwrap()))
+        .build()
+        .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn backend_secrets_are_long_and_guessing_them_is_limited_per_client() {
     let cfg = TestConfig {
-        trusted_proxies: vec!["127.0.0.1/32".to_owned()],
-        extra_toml: String::new(),
+        // Believed on the public listener; never on the backend listener.
+        trusted_proxies: vec!["127.0.0.0/8".to_owned()],
+        admin: true,
         ..TestConfig::default()
     };
     let (broker, _sim, dir) = serve(cfg).await;
-    let client = http_client();
-    let attempt = |secret: &'static str, from: &'static str| {
-        client
-            .post(broker.url("/v1/backend/token"))
-            .bearer_auth(secret)
-            .header("X-Forwarded-For", from)
-            .json(&json!({"userId": "bob"}))
-            .send()
+    let url = broker.backend_url("/v1/backend/token");
+    let attempt = |from: &str, secret: Option<&str>, forwarded: Option<&str>| {
+        let mut request = client_at(from).post(&url).json(&json!({"userId": "bob"}));
+        if let Some(secret) = secret {
+            request = request.bearer_auth(secret);
+        }
+        if let Some(forwarded) = forwarded {
+            request = request.header("X-Forwarded-For", forwarded);
+        }
+        async move { request.send().await.unwrap() }
     };
-    // The default: 10 failures per minute per client, then 429 even for the right secret.
+    let guess = Some("guess-guess-guess-guess-guess-guess");
+    // The attack of the last review: the attacker shares the backend's address (here: is on
+    // it) and spends its allowance: 10 wrong secrets per minute, then 429 for wrong ones...
     for n in 0..10 {
-        let resp = attempt("guess-guess-guess-guess-guess-guess", "203.0.113.50")
-            .await
-            .unwrap();
+        let resp = attempt("127.0.0.50", guess, None).await;
         assert_eq!(resp.status(), 401, "failure {n}");
     }
-    let resp = attempt("guess-guess-guess-guess-guess-guess", "203.0.113.50")
-        .await
-        .unwrap();
+    let resp = attempt("127.0.0.50", guess, None).await;
     assert!(resp.headers().contains_key("retry-after"));
     assert_problem(resp, 429, "rate_limited").await;
-    let resp = attempt(BACKEND_SECRET, "203.0.113.50").await.unwrap();
-    assert_problem(resp, 429, "rate_limited").await;
-    // Another client is not affected.
-    let resp = attempt(BACKEND_SECRET, "203.0.113.51").await.unwrap();
-    assert_eq!(resp.status(), 200);
+    // ...while the backend on that very address, with the right secret, is never refused, and
+    // the attacker's wrong secrets between its requests stay refused.
+    for n in 0..40 {
+        let resp = attempt("127.0.0.50", Some(BACKEND_SECRET), None).await;
+        assert_eq!(resp.status(), 200, "the right secret, request {n}");
+        let resp = attempt("127.0.0.50", guess, None).await;
+        assert_eq!(resp.status(), 429, "a wrong secret between them, {n}");
+    }
+    // Claiming the backend's address in X-Forwarded-For charges the claimer's own address: the
+    // backend listener believes no header, whatever trusted_proxies says.
+    for _ in 0..11 {
+        attempt("127.0.0.51", guess, Some("127.0.0.60")).await;
+    }
+    assert_eq!(attempt("127.0.0.51", guess, None).await.status(), 429);
+    assert_eq!(attempt("127.0.0.60", guess, None).await.status(), 401);
+    assert_eq!(
+        attempt("127.0.0.60", Some(BACKEND_SECRET), None)
+            .await
+            .status(),
+        200
+    );
+    // Requests without a credential are a plain 401 and count for nothing.
+    for _ in 0..30 {
+        let resp = attempt("127.0.0.52", None, None).await;
+        assert_problem(resp, 401, "unauthenticated").await;
+    }
+    assert_eq!(attempt("127.0.0.52", guess, None).await.status(), 401);
+    // The public listener does not serve the route at all, right secret or not.
+    let resp = client_at("127.0.0.53")
+        .post(broker.url("/v1/backend/token"))
+        .bearer_auth(BACKEND_SECRET)
+        .json(&json!({"userId": "bob"}))
+        .send()
+        .await
+        .unwrap();
+    assert_problem(resp, 404, "not_found").await;
 
     // A rotated secret shorter than 32 bytes is refused; the last good one stays in use.
     std::fs::write(dir.join("backend"), "too-short").unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let ready: Value = client
-        .get(broker.url("/readyz"))
+    let admin = broker.admin.expect("an admin listener");
+    let ready: Value = http_client()
+        .get(format!("http://{admin}/readyz"))
         .send()
         .await
         .unwrap()
@@ -370,9 +654,8 @@ async fn backend_secrets_are_long_and_guessing_them_is_limited_per_client() {
         .unwrap();
     assert_eq!(ready["stale_secrets"], json!(["backend.secret"]), "{ready}");
     assert_eq!(
-        attempt(BACKEND_SECRET, "203.0.113.52")
+        attempt("127.0.0.54", Some(BACKEND_SECRET), None)
             .await
-            .unwrap()
             .status(),
         200
     );

@@ -306,6 +306,7 @@ async fn api_key_rotation_through_a_kubernetes_style_symlink_swap() {
     let app = spawn_app_with_simulator(
         TestConfig {
             cache: false,
+            admin: true,
             ..TestConfig::default()
         },
         url,
@@ -345,7 +346,25 @@ async fn api_key_rotation_through_a_kubernetes_style_symlink_swap() {
         "Bearer rotated-key-two"
     );
     assert_eq!(app.parts.secrets.stale(), vec!["intellia.api_key"]);
-    let (_, ready) = app.readyz().await;
+    let ready: Value = app
+        .client
+        .get(app.admin_url("/readyz"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
     assert_eq!(ready["checks"]["secrets"], "stale");
+    assert_eq!(
+        ready["stale_secrets"],
+        serde_json::json!(["intellia.api_key"])
+    );
     assert_eq!(ready["status"], "ready");
+    // The public listener says ready, and nothing about which secret is stale.
+    let (status, public) = app.readyz().await;
+    assert_eq!(
+        (status, public),
+        (200, serde_json::json!({"status": "ready"}))
+    );
 }

@@ -127,6 +127,7 @@ async fn secrets_never_appear_in_logs_or_responses() {
     write_config(&cfg, &dir, &sim_url, "127.0.0.1:0");
     let broker = BrokerProcess::serve(&dir, "trace");
     let base = broker.base.clone();
+    let backend = broker.backend_url("");
     let client = http_client();
     let session_token = session("alice");
     let cookie_token = session("bob");
@@ -144,11 +145,11 @@ async fn secrets_never_appear_in_logs_or_responses() {
             .header("Cookie", format!("site_session={cookie_token}"))
             .header("Origin", "https://evil.test"),
         client
-            .post(format!("{base}/v1/backend/token"))
+            .post(format!("{backend}/v1/backend/token"))
             .bearer_auth(BACKEND_SECRET)
             .json(&json!({"userId": "carol", "userEmail": "carol.secret.mail@example.com"})),
         client
-            .post(format!("{base}/v1/backend/token"))
+            .post(format!("{backend}/v1/backend/token"))
             .bearer_auth("wrong-secret-guess"),
         client.post(format!("{base}/v1/token?access_token={session_token}")),
     ];
@@ -393,6 +394,175 @@ async fn json_config_is_checked_and_served() {
     assert!(status.success(), "{status:?}: {logs}");
 }
 
+/// The backend listener is bound like the others: a taken `backend.listen` is one clear line.
+#[test]
+fn a_taken_backend_listen_address_is_one_clear_line() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = taken.local_addr().unwrap();
+    let dir = default_config_dir();
+    let config = dir.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap().replacen(
+        "[backend]\nlisten = \"127.0.0.1:0\"",
+        &format!("[backend]\nlisten = \"{addr}\""),
+        1,
+    );
+    assert!(text.contains(&addr.to_string()));
+    std::fs::write(&config, text).unwrap();
+    let (code, _, err) = run(&["serve", "--config", config.to_str().unwrap()], &[]);
+    assert_ne!(code, 0);
+    assert_one_clear_line(&err, &[&format!("cannot listen on {addr}")]);
+}
+
+/// The attack of the last review: a second `cors` object (or `trusted_proxies` list) later in a
+/// JSON config silently replaced the first, leaving an attacker's origin (or 0.0.0.0/0). A key
+/// named twice is refused, naming it, by `check-config` and `serve` alike.
+#[test]
+fn a_json_key_named_twice_is_refused_naming_it() {
+    let dir = default_config_dir();
+    let toml = std::fs::read_to_string(dir.join("config.toml")).unwrap();
+    let settings =
+        intellia_token_broker::testing::Settings::from_toml_with_env(&toml, Vec::new()).unwrap();
+    let json = serde_json::to_string_pretty(&settings).unwrap();
+    let cases = [
+        (
+            "cors",
+            json.replacen(
+                "\n  \"cors\": {",
+                "\n  \"cors\": {\"allowed_origins\": [\"https://evil.example\"]},\n  \"cors\": {",
+                1,
+            ),
+        ),
+        (
+            "server.trusted_proxies",
+            json.replacen(
+                "\"trusted_proxies\": [",
+                "\"trusted_proxies\": [\"0.0.0.0/0\"], \"trusted_proxies\": [",
+                1,
+            ),
+        ),
+        (
+            "session.jwt[0].audience",
+            json.replacen(
+                "\"audience\": ",
+                "\"audience\": \"someone-elses-app\", \"audience\": ",
+                1,
+            ),
+        ),
+    ];
+    for (key, text) in cases {
+        assert_ne!(text, json, "{key}: the duplicate was inserted");
+        let path = dir.join("twice.json");
+        std::fs::write(&path, &text).unwrap();
+        for command in ["check-config", "serve"] {
+            let (code, _, err) = run(&[command, "--config", path.to_str().unwrap()], &[]);
+            assert_ne!(code, 0, "{command} accepted {key} twice");
+            assert_one_clear_line(
+                &err,
+                &["twice.json", &format!("config key `{key}`"), "twice"],
+            );
+        }
+    }
+}
+
+/// The API key travels to `intellia.base_url` with every mint: plain HTTP beyond loopback is
+/// refused. Other plain-HTTP endpoints to other hosts, and introspection without an audience,
+/// work but are named: one WARN each at start-up, a warning from `check-config`, a `warn` line
+/// from `doctor` (which does not fail the run for it).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plain_http_and_introspection_without_audience_are_named() {
+    let dir = default_config_dir();
+    let config = dir.join("config.toml");
+    let text = std::fs::read_to_string(&config).unwrap();
+    for base in ["http://api.intellia.com.au", "http://127.0.0.1.nip.io:8080"] {
+        let bad = text.replacen(
+            "base_url = \"http://127.0.0.1:9\"",
+            &format!("base_url = \"{base}\""),
+            1,
+        );
+        assert_ne!(bad, text);
+        std::fs::write(&config, bad).unwrap();
+        for command in ["check-config", "serve"] {
+            let (code, _, err) = run(&[command, "--config", config.to_str().unwrap()], &[]);
+            assert_ne!(code, 0, "{command} accepted {base}");
+            assert_one_clear_line(&err, &["intellia.base_url", "must be https://"]);
+        }
+    }
+    std::fs::write(dir.join("introspection-secret"), "client-secret").unwrap();
+    let weak = format!(
+        "{text}\n[[session.jwt]]\nissuer = \"https://idp.example\"\naudience = \"{AUDIENCE}\"\njwks_url = \"http://idp.invalid/keys\"\nalgorithms = [\"RS256\"]\nuser_id_prefix = \"idp:\"\n\n[session.introspection]\nurl = \"http://idp.invalid/introspect\"\nclient_id = \"broker\"\nclient_secret_file = \"{}/introspection-secret\"\nuser_id_prefix = \"op:\"\n",
+        dir.display()
+    )
+    .replacen("\n[[session.jwt]]\nissuer = \"https://auth.test.example\"", "\n[[session.jwt]]\nuser_id_prefix = \"site:\"\nissuer = \"https://auth.test.example\"", 1);
+    std::fs::write(&config, &weak).unwrap();
+    let keys = [
+        "session.jwt[1].jwks_url",
+        "session.introspection.url",
+        "session.introspection.audience",
+    ];
+
+    let (code, _, err) = run(&["check-config", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!(code, 0, "{err}");
+    for key in keys {
+        assert_eq!(
+            err.lines()
+                .filter(
+                    |l| l.starts_with("warning: config key `") && l.contains(&format!("`{key}`"))
+                )
+                .count(),
+            1,
+            "{key}: {err}"
+        );
+    }
+
+    let broker = BrokerProcess::serve(&dir, "info");
+    let (_, output) = broker.stop().await;
+    for key in keys {
+        let warned: Vec<&str> = output
+            .lines()
+            .filter(|l| {
+                l.contains("\"level\":\"WARN\"") && l.contains(&format!("\"key\":\"{key}\""))
+            })
+            .collect();
+        assert_eq!(warned.len(), 1, "one WARN for {key}: {output}");
+    }
+
+    let (code, stdout, _) = run(
+        &[
+            "doctor",
+            "--config",
+            config.to_str().unwrap(),
+            "--timeout-secs",
+            "2",
+        ],
+        &[],
+    );
+    assert_eq!(code, 1, "the unreachable provider fails: {stdout}");
+    for key in keys {
+        assert!(
+            stdout
+                .lines()
+                .any(|l| l.starts_with(&format!("warn config {key}: "))),
+            "{key}: {stdout}"
+        );
+    }
+    assert!(stdout.contains("3 warnings"), "{stdout}");
+    assert!(
+        !stdout.contains("5 failed"),
+        "warnings are not failures: {stdout}"
+    );
+
+    // With an audience and HTTPS endpoints there is nothing to say.
+    let strong = weak
+        .replace("http://idp.invalid", "https://idp.invalid")
+        .replace(
+            "user_id_prefix = \"op:\"\n",
+            "user_id_prefix = \"op:\"\naudience = \"site\"\n",
+        );
+    std::fs::write(&config, strong).unwrap();
+    let (code, _, err) = run(&["check-config", "--config", config.to_str().unwrap()], &[]);
+    assert_eq!((code, err.as_str()), (0, ""));
+}
+
 /// `dev` is read by a person: short plain lines (no JSON, no colour codes in a pipe, no actix
 /// start-up chatter) around its banner. `--log-format json` still gives JSON lines. (`serve`
 /// keeps JSON as its default: `BrokerProcess::serve` finds its address in the JSON listening line.)
@@ -524,4 +694,80 @@ fn every_shipped_example_passes_check_config() {
         assert_eq!(code, 0, "{}: {err}", file.display());
         assert!(out.contains("is valid"), "{}: {out}", file.display());
     }
+}
+
+/// Every readable, writable mapping of a process (heap, stacks, allocator arenas), read through
+/// `/proc/<pid>/mem`: what a core dump or a memory-reading attacker on the host would see.
+fn process_memory(pid: u32) -> Vec<u8> {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut all = Vec::new();
+    for line in maps.lines() {
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(perms)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        if !perms.starts_with("rw") || line.contains("[vvar") || line.contains("[vsyscall") {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (start, end) = (
+            u64::from_str_radix(start, 16).unwrap(),
+            u64::from_str_radix(end, 16).unwrap(),
+        );
+        let mut at = start;
+        let mut chunk = vec![0u8; 1 << 20];
+        while at < end {
+            let len = ((end - at) as usize).min(chunk.len());
+            match mem.read_at(&mut chunk[..len], at) {
+                Ok(n) if n > 0 => all.extend_from_slice(&chunk[..n]),
+                _ => {}
+            }
+            at += len as u64;
+        }
+    }
+    all
+}
+
+/// Secret files are re-read every `secret_poll_secs`. Each read's buffers are wiped: once a
+/// secret is rotated away, no copy of it is left in the broker's memory for a core dump or an
+/// attacker who can read it to find.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rotated_secret_leaves_no_copy_in_memory() {
+    const OLD: &str = "rotated-away-backend-secret-OLD-MARKER-0123456789";
+    const NEW: &str = "current-backend-secret-NEW-MARKER-that-is-a-good-deal-longer-than-the-old-one-0123456789abcdef0123456789abcdef";
+    let dir = default_config_dir();
+    std::fs::write(dir.join("backend"), format!("{OLD}\n")).unwrap();
+    let broker = BrokerProcess::serve(&dir, "info");
+    let attempt = |secret: &'static str| {
+        http_client()
+            .post(broker.backend_url("/v1/backend/token"))
+            .bearer_auth(secret)
+            .json(&json!({"userId": "memory-user"}))
+            .send()
+    };
+    // A few polls with the old secret in place, each reading it again. (No request carries it:
+    // a request's own bytes are the client's, not the broker's copy.)
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    std::fs::write(dir.join("backend"), format!("{NEW}\n")).unwrap();
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        attempt(NEW).await.unwrap().status(),
+        503,
+        "the new secret is in use"
+    );
+    let memory = process_memory(broker.pid());
+    let found = |needle: &str| memory.windows(needle.len()).any(|w| w == needle.as_bytes());
+    assert!(
+        found(NEW),
+        "the scan reads the broker's memory: the current secret is there"
+    );
+    assert!(
+        !found(OLD),
+        "a copy of the rotated-away secret is left in memory"
+    );
+    broker.stop().await;
 }

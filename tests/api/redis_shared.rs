@@ -322,3 +322,60 @@ async fn concurrent_decisions_batched_into_shared_script_calls_stay_exact() {
         "240 concurrent decisions took {calls} script calls: not batched"
     );
 }
+
+/// The attack of the last review: the shared cache stored a token under the `userId` Intellia
+/// echoed, so an answer naming someone else (a faulty or compromised upstream, a proxy in
+/// between) put one person's token in another's slot, for every replica. The answer must name the
+/// user asked for: otherwise 502 `upstream_rejected`, and nothing is cached, in memory or Redis.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_naming_another_user_is_refused_and_never_cached() {
+    use intellia_token_broker::testing::Fault;
+    let redis = RedisServer::start();
+    let (apps, sim) = replicas(2, || TestConfig {
+        extra_toml: section(&redis, "deny"),
+        ..TestConfig::default()
+    })
+    .await;
+    for app in &apps {
+        wait_for_redis(app).await;
+    }
+    let expires = time::OffsetDateTime::now_utc() + time::Duration::hours(2);
+    let expires = expires
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap();
+    let body = |user: &str| {
+        serde_json::json!({
+            "token": "sim_minted_for_mallory_DO_NOT_LEAK", "expiresAt": expires,
+            "userId": user, "organizationId": ORG, "role": "chat",
+        })
+        .to_string()
+    };
+    let keys_before = redis.cli(&["DBSIZE"]);
+    sim.set_always(Some(Fault::body(body("victim"))));
+    let resp = apps[0].token(&session("mallory")).await;
+    assert_problem(resp, 502, "upstream_rejected").await;
+    // The sidecar route alike.
+    let resp = apps[0]
+        .backend(BACKEND_SECRET, serde_json::json!({"userId": "mallory"}))
+        .await;
+    assert_problem(resp, 502, "upstream_rejected").await;
+    assert_eq!(
+        redis.cli(&["DBSIZE"]),
+        keys_before,
+        "nothing written to Redis"
+    );
+    // The victim, on either replica, gets a token of their own.
+    sim.set_always(None);
+    let calls = sim.calls();
+    for app in &apps {
+        let resp = app.token(&session("victim")).await;
+        assert_eq!(resp.status(), 200);
+        let token: Value = resp.json().await.unwrap();
+        assert_ne!(token["token"], "sim_minted_for_mallory_DO_NOT_LEAK");
+        assert_eq!(token["userId"], "victim");
+    }
+    assert_eq!(sim.calls(), calls + 1, "one mint for the victim, shared");
+    // An answer naming the right user is taken as before.
+    sim.set_always(Some(Fault::body(body("mallory"))));
+    assert_eq!(apps[1].token(&session("mallory")).await.status(), 200);
+}

@@ -210,7 +210,7 @@ async fn caller_trace_is_continued_carried_to_intellia_and_holds_no_secret() {
 
     // Sidecar path with an e-mail, then a second (cached) request: more spans, still no secret.
     let resp = client
-        .post(proc.url("/v1/backend/token"))
+        .post(proc.backend_url("/v1/backend/token"))
         .bearer_auth(BACKEND_SECRET)
         .json(&json!({"userId": "side-user", "userEmail": "side.user@example.com", "userName": "Side User"}))
         .send()
@@ -544,7 +544,7 @@ async fn latency(proc: &BrokerProcess, n: usize) -> (f64, f64) {
     for i in 0..n {
         let started = Instant::now();
         let resp = client
-            .post(proc.url("/v1/backend/token"))
+            .post(proc.backend_url("/v1/backend/token"))
             .bearer_auth(BACKEND_SECRET)
             .json(&json!({"userId": format!("lat-{}", i % 4)}))
             .timeout(Duration::from_secs(10))

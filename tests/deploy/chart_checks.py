@@ -56,7 +56,8 @@ UID = 65532
 # intellia.breaker_open_secs; in [redis] timeout_ms, replicas, key_prefix,
 # cache_secret_file), and v0.2: roles,
 # introspection client_auth/client_key_file/key_id, backend.max_failures_per_minute,
-# rate_limit.per_ip.ipv6_prefix, redis password_file/ca_file/cluster, [telemetry].
+# rate_limit.per_ip.ipv6_prefix, redis password_file/ca_file/cluster, [telemetry]; v0.3:
+# backend.listen (the sidecar route's own listener).
 # The rendered config must use no other (the broker rejects unknown keys).
 DESIGN_KEYS: dict[str, set[str]] = {
     "server": {"listen", "admin_listen", "trusted_proxies", "max_body_bytes", "shutdown_grace_secs",
@@ -279,7 +280,9 @@ def assert_api_key_is_a_file(docs: list[dict[str, Any]], values: dict[str, Any],
     assert conf["intellia"]["api_key_file"] == API_KEY_FILE and "api_key_env" not in conf["intellia"], \
         "config must read the key from the mounted file"
     # 4. a plaintext secret value never appears outside a Secret
-    plain = [v for v in (values.get("secret", {}).get("values", {}) or {}).values() if v]
+    given = (values.get("secret", {}).get("values", {}) or {})
+    plain = [v for v in given.values() if v and isinstance(v, str)]
+    plain += [v for v in (given.get("hs256Secrets") or {}).values() if v]
     for d in docs:
         if d["kind"] == "Secret":
             for k, v in (d.get("data") or {}).items():
@@ -1008,6 +1011,20 @@ def assert_backend_port(docs: list[dict[str, Any]], hooks: list[dict[str, Any]],
     assert otlp and otlp[0]["to"] == values["networkPolicy"]["egress"]["otlp"]["to"], np["egress"]
 
 
+def assert_hs256_per_issuer(docs: list[dict[str, Any]], hooks: list[dict[str, Any]], values: dict[str, Any]) -> None:
+    """Each HS256 issuer reads a file of its own, from a Secret key of its own, with a value of its own."""
+    files = [j["hs256_secret_file"] for j in broker_config(docs)["session"]["jwt"]]
+    assert files == ["/var/run/secrets/broker/hs256-secret", "/var/run/secrets/broker/hs256/shop-hs256"], files
+    spec = pod_spec(docs)
+    items = {v["name"]: v for v in spec["volumes"]}["broker-secrets"]["secret"]["items"]
+    assert {(i["key"], i["path"]) for i in items} == {("hs256-secret", "hs256-secret"),
+                                                      ("shop-hs256", "hs256/shop-hs256")}, items
+    data = one(docs, "Secret")["data"]
+    hs = [base64.b64decode(data[k]).decode() for k in ("hs256-secret", "shop-hs256")]
+    assert hs == [values["secret"]["values"]["hs256Secret"], values["secret"]["values"]["hs256Secrets"]["shop-hs256"]] \
+        and hs[0] != hs[1], "two values, one per issuer"
+
+
 SET_CHECKS: dict[str, tuple[str, Callable[..., None]]] = {
     "default": ("no Deployment annotations, startupProbe, envFrom, extra volumes or IP families unless asked",
                 assert_no_extras),
@@ -1017,6 +1034,8 @@ SET_CHECKS: dict[str, tuple[str, Callable[..., None]]] = {
                          "annotations apart from pod annotations, startupProbe, HPA behavior; doctor mounts it too",
                          assert_extras),
     "global": ("global accepted, the chart's values unaffected", assert_global),
+    "hs256-per-issuer": ("one HS256 secret per issuer: own file, own Secret key, own value (chart-made or existing "
+                         "Secret)", assert_hs256_per_issuer),
     "ipv6-only": ("Service IPv6 SingleStack, broker listens on [::], trusted proxies of both families",
                   assert_ipv6),
     "dual-stack-ingress": ("Service RequireDualStack [IPv6, IPv4], [::] listeners, Ingress, http ingress "
@@ -1199,12 +1218,13 @@ def sidecar_checks(path: Path, out: Path) -> int:
         conf = tomllib.loads(text)
         check_design_keys(conf)
         assert conf["server"]["listen"] == "127.0.0.1:8080", "the sidecar listens on loopback only"
+        assert conf["backend"].get("listen") == "127.0.0.1:8081", \
+            "the sidecar route on its own loopback listener (backend.listen)"
         assert conf["backend"]["secret_file"].startswith("/var/run/secrets/"), "backend secret from a file"
-        assert conf["backend"].get("listen", "127.0.0.1:8081") == "127.0.0.1:8081", \
-            "the sidecar route on its own loopback listener"
-        app = [c for c in pod_spec(docs)["containers"]][0]
-        url = {e["name"]: e.get("value") for e in app.get("env", [])}.get("TOKEN_BROKER_URL")
-        assert url == "http://127.0.0.1:8081/v1/backend/token", f"the app calls the backend listener: {url}"
+        app = pod_spec(docs)["containers"][0]
+        urls = [e["value"] for e in app.get("env", []) if e["name"] == "TOKEN_BROKER_URL"]
+        assert urls == ["http://127.0.0.1:8081/v1/backend/token"], \
+            f"the app calls the backend listener, not the public one: {urls}"
         assert conf["intellia"]["api_key_file"] == API_KEY_FILE, "API key from the mounted file"
 
     def security() -> None:
@@ -1219,7 +1239,8 @@ def sidecar_checks(path: Path, out: Path) -> int:
             for e in c.get("env", []):
                 assert not re.search(r"API_?KEY", e["name"], re.I), f"env {e['name']}"
 
-    checks.check(f"{path.name}: broker config parses, configuration-reference keys, listen 127.0.0.1:8080, [backend]", config)
+    checks.check(f"{path.name}: broker config parses, configuration-reference keys, listen 127.0.0.1:8080, "
+                 "[backend] on 127.0.0.1:8081, the app calling it there", config)
     checks.check(f"{path.name}: broker container hardened, native sidecar, API key hidden from the app", security)
     return 1 if checks.failed else 0
 
@@ -1287,7 +1308,7 @@ def main() -> int:
     }
     # Operators' environments (issue #17): OpenShift's restricted SCC, a private CA bundle and the
     # other pod extras, a parent chart's `global`, IPv6-only and dual-stack with an Ingress.
-    for extra in ("openshift", "extras-ca-bundle", "global", "ipv6-only", "dual-stack-ingress"):
+    for extra in ("openshift", "extras-ca-bundle", "global", "ipv6-only", "dual-stack-ingress", "hs256-per-issuer"):
         sets[extra] = here / "values" / f"{extra}.yaml"
     # How charts are consumed: a private registry for the whole umbrella, the extension points,
     # Gateway API, OpenShift's DNS, the backend route on its own port.
@@ -1388,6 +1409,18 @@ def main() -> int:
         if name in SET_CHECKS:
             what, fn = SET_CHECKS[name]
             checks.check(f"{name}: {what}", lambda fn=fn: fn(docs, hooks, values))
+
+    def hs256_from_an_existing_secret() -> None:
+        values = load_values(here / "values" / "hs256-per-issuer.yaml")
+        values["secret"] = {"existingSecret": "site-secrets"}
+        docs = [d for d in render(chart, values) if not is_hook(d)]
+        assert "Secret" not in kinds(docs), "no chart-made Secret"
+        secret = {v["name"]: v for v in pod_spec(docs)["volumes"]}["broker-secrets"]["secret"]
+        assert secret["secretName"] == "site-secrets" and \
+            {(i["key"], i["path"]) for i in secret["items"]} == {("hs256-secret", "hs256-secret"),
+                                                                 ("shop-hs256", "hs256/shop-hs256")}, secret
+
+    checks.check("hs256-per-issuer with secret.existingSecret: each issuer's key mounted from it", hs256_from_an_existing_secret)
 
     checks.check("subchart: a parent chart's `global` imageRegistry and imagePullSecrets reach every pod (and "
                  "values under the chart's name reach the config)",
@@ -1543,6 +1576,7 @@ def main() -> int:
         ("bad-backend-max-failures.yaml", r"backendRoute/maxFailuresPerMinute", True),
         ("bad-prometheusrule-threshold.yaml", r"prometheusRule/thresholds/upstreamErrorRatio", True),
         ("bad-base-url-query.yaml", r"intellia/base_url", True),
+        ("bad-base-url-plain-http.yaml", r"intellia/base_url", True),
         # issue #17: the operator-facing values
         ("bad-global-not-object.yaml", r"global.*(got string|want object)", True),
         ("bad-pod-security-context-key.yaml", r"podSecurityContext.*runAsUsr", True),
@@ -1573,6 +1607,11 @@ def main() -> int:
         ("bad-global-image-registry.yaml", r"global/imageRegistry", True),
         ("bad-pull-secret.yaml", r"imagePullSecrets/0", True),
         ("bad-dns-ports-empty.yaml", r"networkPolicy/egress/dnsPorts", True),
+        # one HS256 secret per issuer
+        ("bad-hs256-shared-file.yaml", r"session.jwt\[1\].hs256_secret_file is also config.session.jwt\[0\]'s", False),
+        ("bad-hs256-same-value.yaml", r"hs256Secrets.shop-hs256 equals another HS256 issuer's secret", False),
+        ("bad-hs256-key-of-another-secret.yaml", r'names Secret key "api-key", which holds another secret', False),
+        ("bad-hs256-file-elsewhere.yaml", r"session/jwt/0/hs256_secret_file", True),
     ]
     for fname, want, by_schema in negative:
         values = load_values(here / "values" / fname)

@@ -87,7 +87,7 @@ def from_broker(binary: Path, timeout: float = 30) -> set[str]:
         d = Path(tmp)
         (d / "api-key").write_text("metrics-check-api-key-not-real\n")
         (d / "backend-secret").write_text("metrics-check-backend-secret-not-real-0123456789\n")
-        http, admin, closed = _free_port(), _free_port(), _free_port()
+        http, admin, backend, closed = _free_port(), _free_port(), _free_port(), _free_port()
         (d / "config.toml").write_text(f"""
 [server]
 listen = "127.0.0.1:{http}"
@@ -98,6 +98,7 @@ base_url = "http://127.0.0.1:{closed}"
 organization_id = "org-metrics-check"
 api_key_file = "{d}/api-key"
 [backend]
+listen = "127.0.0.1:{backend}"
 secret_file = "{d}/backend-secret"
 [[session.jwt]]
 issuer = "http://127.0.0.1:{closed}/issuer"
@@ -140,7 +141,7 @@ on_unavailable = "local"
             _request(base + "/v1/token", b"{}", {"Authorization": "Bearer not-a-token", "Origin": "http://x"})
             secret = (d / "backend-secret").read_text().strip()
             for _ in range(4):  # upstream down, then the per-user limit
-                _request(base + "/v1/backend/token", b'{"userId":"metrics-check"}',
+                _request(f"http://127.0.0.1:{backend}/v1/backend/token", b'{"userId":"metrics-check"}',
                          {"Authorization": f"Bearer {secret}", "Content-Type": "application/json"})
             (d / "api-key").write_text("metrics-check-api-key-rotated-not-real\n")
             (d / "backend-secret").unlink()

@@ -315,6 +315,11 @@ stand_in_secrets() {
   for f in backend-secret hs256-secret introspection-secret redis-cache-secret; do
     printf 'test-%s-not-real-0123456789abcdef0123456789\n' "$f" > "$secrets/broker/$f"
   done
+  # One HS256 secret per issuer: files under hs256/<key>, each its own value.
+  mkdir -p "$secrets/broker/hs256"
+  for f in $(grep -ho '/var/run/secrets/broker/hs256/[-._a-zA-Z0-9]*' "$OUT"/*.config.json 2>/dev/null | sort -u); do
+    printf 'test-%s-not-real-0123456789abcdef0123456789\n' "$(basename "$f")" > "$secrets/broker/hs256/$(basename "$f")"
+  done
   # managed-services: a Zitadel key JSON (a real RSA key, a made-up id), a
   # Redis CA and an ACL password, at the paths the chart mounts them.
   mkdir -p "$secrets/redis" "$secrets/redis-ca"

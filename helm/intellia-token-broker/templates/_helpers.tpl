@@ -126,6 +126,7 @@ Fixed paths and ports, shared with the Dockerfile and the README.
 {{- define "itb.brokerSecretsDir" -}}/var/run/secrets/broker{{- end }}
 {{- define "itb.redisCacheSecretPath" -}}/var/run/secrets/broker/redis-cache-secret{{- end }}
 {{- define "itb.hs256SecretPath" -}}/var/run/secrets/broker/hs256-secret{{- end }}
+{{- define "itb.hs256IssuerDir" -}}/var/run/secrets/broker/hs256/{{- end }}
 {{- define "itb.introspectionKeyPath" -}}/var/run/secrets/broker/introspection-client-key.json{{- end }}
 {{- define "itb.redisCaDir" -}}/etc/redis-ca{{- end }}
 {{- define "itb.redisPasswordDir" -}}/var/run/secrets/redis{{- end }}
@@ -184,9 +185,41 @@ Redis is down, so together they never exceed it.
 {{- min (max $n 1) 1000 }}
 {{- end }}
 
+{{/*
+"true" when an issuer uses the one shared HS256 path (secret.keys.hs256Secret).
+*/}}
 {{- define "itb.needsHs256Secret" -}}
 {{- range (dig "session" "jwt" list .Values.config) }}
-{{- if hasKey . "hs256_secret_file" }}true{{ end }}
+{{- if eq (toString (get . "hs256_secret_file")) (include "itb.hs256SecretPath" $) }}true{{ end }}
+{{- end }}
+{{- end }}
+
+{{/*
+The Secret keys of the HS256 issuers with a file of their own
+(/var/run/secrets/broker/hs256/<key>), space-separated. Fails when two issuers
+name one file, or when an issuer's key is one the chart uses for another secret:
+two issuers on one HS256 secret could each sign sessions for the other's users.
+*/}}
+{{- define "itb.hs256IssuerKeys" -}}
+{{- $dir := include "itb.hs256IssuerDir" . }}
+{{- $seen := dict }}
+{{- range $i, $jwt := (dig "session" "jwt" list .Values.config) }}
+{{- with $jwt.hs256_secret_file }}
+{{- if hasKey $seen . }}
+{{- fail (printf "config.session.jwt[%d].hs256_secret_file is also config.session.jwt[%s]'s: each HS256 issuer needs a secret of its own (%s<key>), or either site could sign sessions for the other's users" $i (get $seen .) $dir) }}
+{{- end }}
+{{- $_ := set $seen . (toString $i) }}
+{{- end }}
+{{- end }}
+{{- $others := values (omit .Values.secret.keys "hs256Secret") }}
+{{- if include "itb.needsHs256Secret" . }}{{ $others = append $others .Values.secret.keys.hs256Secret }}{{ end }}
+{{- range $path := keys $seen | sortAlpha }}
+{{- if hasPrefix $dir $path }}
+{{- $key := trimPrefix $dir $path }}
+{{- if has $key $others }}
+{{- fail (printf "config.session.jwt[%s].hs256_secret_file names Secret key %q, which holds another secret (secret.keys): give each HS256 issuer a key of its own" (get $seen $path) $key) }}
+{{- end }}
+{{- $key }} {{ end }}
 {{- end }}
 {{- end }}
 
@@ -201,6 +234,10 @@ Items of the broker-secrets volume (mounted at /var/run/secrets/broker).
 {{- if include "itb.needsHs256Secret" . }}
 - key: {{ .Values.secret.keys.hs256Secret }}
   path: hs256-secret
+{{- end }}
+{{- range (include "itb.hs256IssuerKeys" . | splitList " " | compact) }}
+- key: {{ . }}
+  path: hs256/{{ . }}
 {{- end }}
 {{- if include "itb.needsIntrospectionSecret" . }}
 - key: {{ .Values.secret.keys.introspectionClientSecret }}

@@ -59,6 +59,35 @@ impl Matrix {
         (resp.status().as_u16(), resp.json().await.unwrap())
     }
 
+    /// `GET /readyz` on the admin listener: what operators see (stale secrets, issuers).
+    pub async fn admin_readyz(&self) -> (u16, Value) {
+        let admin = self
+            .broker
+            .admin
+            .expect("the matrix broker has an admin listener");
+        let resp = self
+            .client
+            .get(format!("http://{admin}/readyz"))
+            .send()
+            .await
+            .unwrap();
+        (resp.status().as_u16(), resp.json().await.unwrap())
+    }
+
+    /// Polls the admin listener's `/readyz` until `done` holds (at most ten seconds).
+    pub async fn wait_for_admin(&self, what: &str, done: impl Fn((u16, Value)) -> bool) {
+        for _ in 0..200 {
+            if done(self.admin_readyz().await) {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!(
+            "{what}: never happened; the admin listener's readyz says {:?}",
+            self.admin_readyz().await
+        );
+    }
+
     pub async fn wait_ready(&self) {
         self.wait_for("readiness", |(status, _)| status == 200)
             .await;

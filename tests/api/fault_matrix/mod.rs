@@ -14,7 +14,7 @@ use futures_util::StreamExt;
 use intellia_token_broker::testing::SimulatorConfig;
 use serde_json::{Value, json};
 use testkit::prelude::*;
-use tokio::io::AsyncWriteExt;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use harness::{
@@ -320,6 +320,7 @@ async fn secret_files_deleted_emptied_rotated() {
     let (sim_url, sim) = intellia_simulator(&[ROTATED]);
     let cfg = TestConfig {
         cache: false,
+        admin: true,
         ..TestConfig::default()
     };
     let mut m = Matrix::start(&cfg, &sim_url).await;
@@ -338,13 +339,15 @@ async fn secret_files_deleted_emptied_rotated() {
 
     let row = "API key file deleted";
     std::fs::remove_file(m.dir.join("api-key")).unwrap();
-    m.wait_for(row, stale("intellia.api_key")).await;
+    m.wait_for_admin(row, stale("intellia.api_key")).await;
     m.still_serving(row).await;
     assert_eq!(
         sent_key(),
         format!("Bearer {API_KEY}"),
         "{row}: last good key"
     );
+    // Anyone who can reach the public listener learns that it is ready, nothing more.
+    assert_eq!(m.readyz().await, (200, json!({"status": "ready"})), "{row}");
 
     let row = "API key file rotated";
     let tmp = m.dir.join("api-key.tmp");
@@ -361,12 +364,12 @@ async fn secret_files_deleted_emptied_rotated() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(rotated, "{row}: the new key was picked up");
-    m.wait_for(row, |(_, body)| body["checks"]["secrets"] == "ok")
+    m.wait_for_admin(row, |(_, body)| body["checks"]["secrets"] == "ok")
         .await;
 
     let row = "API key file emptied";
     std::fs::write(m.dir.join("api-key"), "").unwrap();
-    m.wait_for(row, stale("intellia.api_key")).await;
+    m.wait_for_admin(row, stale("intellia.api_key")).await;
     m.still_serving(row).await;
     assert_eq!(
         sent_key(),
@@ -376,10 +379,10 @@ async fn secret_files_deleted_emptied_rotated() {
 
     let row = "backend secret file deleted";
     std::fs::remove_file(m.dir.join("backend")).unwrap();
-    m.wait_for(row, stale("backend.secret")).await;
+    m.wait_for_admin(row, stale("backend.secret")).await;
     let resp = m
         .client
-        .post(m.broker.url("/v1/backend/token"))
+        .post(m.broker.backend_url("/v1/backend/token"))
         .bearer_auth(BACKEND_SECRET)
         .json(&json!({"userId": "backend-user"}))
         .send()
@@ -388,7 +391,7 @@ async fn secret_files_deleted_emptied_rotated() {
     m.minted(resp, row).await;
     let resp = m
         .client
-        .post(m.broker.url("/v1/backend/token"))
+        .post(m.broker.backend_url("/v1/backend/token"))
         .bearer_auth("not-the-backend-secret")
         .json(&json!({"userId": "backend-user"}))
         .send()
@@ -398,7 +401,7 @@ async fn secret_files_deleted_emptied_rotated() {
 
     let row = "session HS256 secret file deleted";
     std::fs::remove_file(m.dir.join("hs256")).unwrap();
-    m.wait_for(row, stale("session.hs256_secret")).await;
+    m.wait_for_admin(row, stale("session.hs256_secret")).await;
     m.still_serving(row).await;
 
     let output = m.finish(&[ROTATED]).await;
@@ -510,6 +513,112 @@ async fn slow_clients_are_cut_off_while_others_are_served() {
     );
     assert!(closed.is_some(), "{row}: closed after one response");
     m.still_serving(row).await;
+    m.finish(&[]).await;
+}
+
+/// actix times only the first request head on a connection; the broker bounds the others: once a
+/// request is answered, the next head must arrive within `keep_alive_secs + request_timeout_ms`,
+/// or the connection is closed. Measured here against the real binary, on the public and the
+/// backend listener, with `request_timeout_ms = 1000` and `keep_alive_secs = 2`: a bound of 3 s.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_head_on_a_kept_alive_connection_is_cut_off() {
+    let (sim_url, _sim) = intellia_simulator(&[]);
+    let cfg = TestConfig {
+        server_toml: "request_timeout_ms = 1000\nkeep_alive_secs = 2".to_owned(),
+        ..TestConfig::default()
+    };
+    let mut m = Matrix::start(&cfg, &sim_url).await;
+    m.wait_ready().await;
+    let bound = Duration::from_secs(3);
+
+    // One complete request, its answer read, then the next head a byte every 200 ms.
+    let kept_alive_slowloris = |addr: std::net::SocketAddr, first: &'static str| async move {
+        let stream = TcpStream::connect(addr).await.unwrap();
+        let (mut rd, mut wr) = stream.into_split();
+        wr.write_all(first.as_bytes()).await.unwrap();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("\r\n\r\n") {
+            let n = rd.read(&mut chunk).await.unwrap();
+            assert!(n > 0, "closed before the first answer");
+            answer.extend_from_slice(&chunk[..n]);
+        }
+        let answered = Instant::now();
+        let drip = tokio::spawn(async move {
+            let mut sent = 0usize;
+            for byte in b"GET /healthz HTTP/1.1\r\nHost: broker\r\nX-Slow: "
+                .iter()
+                .chain([b'1'; 200].iter())
+            {
+                if wr.write_all(&[*byte]).await.is_err() {
+                    break;
+                }
+                sent += 1;
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            sent
+        });
+        let (rest, closed) = read_until_closed(&mut rd, Duration::from_secs(20)).await;
+        drip.abort();
+        let closed = closed.map(|_| answered.elapsed());
+        (String::from_utf8_lossy(&answer).into_owned(), rest, closed)
+    };
+
+    for (row, addr, first) in [
+        (
+            "slowloris head after a first request (public listener)",
+            m.broker.addr,
+            "GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\n",
+        ),
+        (
+            "slowloris head after a first request (backend listener)",
+            m.broker.backend.unwrap(),
+            "POST /v1/backend/token HTTP/1.1\r\nHost: broker\r\nContent-Length: 0\r\n\r\n",
+        ),
+    ] {
+        let slow = tokio::spawn(kept_alive_slowloris(addr, first));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        m.still_serving(&format!("{row}, while it drips")).await;
+        let (first_answer, rest, closed) = slow.await.unwrap();
+        assert!(
+            first_answer.starts_with("HTTP/1.1 "),
+            "{row}: {first_answer}"
+        );
+        let closed = closed.unwrap_or_else(|| panic!("{row}: still open after 20 s"));
+        assert!(
+            rest.is_empty(),
+            "{row}: answered a head that never finished: {rest}"
+        );
+        assert!(
+            closed >= bound - Duration::from_millis(300)
+                && closed <= bound + Duration::from_millis(1500),
+            "{row}: closed {closed:?} after the answer; the bound is {bound:?}"
+        );
+        m.still_serving(row).await;
+    }
+
+    // An honest client that idles within keep_alive_secs, then sends its next request at once,
+    // is served on the same connection.
+    let row = "a kept-alive client idle 1.5 s, then a whole head";
+    let mut stream = TcpStream::connect(m.broker.addr).await.unwrap();
+    for n in 0..2 {
+        stream
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: broker\r\n\r\n")
+            .await
+            .unwrap();
+        let mut answer = Vec::new();
+        let mut chunk = [0u8; 4096];
+        while !String::from_utf8_lossy(&answer).contains("{\"status\":\"ok\"}") {
+            let got = stream.read(&mut chunk).await.unwrap();
+            assert!(got > 0, "{row}: closed before answer {n}");
+            answer.extend_from_slice(&chunk[..got]);
+        }
+        assert!(
+            String::from_utf8_lossy(&answer).starts_with("HTTP/1.1 200 "),
+            "{row}"
+        );
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
     m.finish(&[]).await;
 }
 
