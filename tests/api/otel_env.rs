@@ -55,7 +55,7 @@ const EP: (&str, &str) = ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9");
 async fn traced_request(proc: &BrokerProcess, user: &str) -> String {
     let trace_id = random_hex(16);
     let resp = http_client()
-        .post(proc.url("/v1/backend/token"))
+        .post(proc.backend_url("/v1/backend/token"))
         .bearer_auth(BACKEND_SECRET)
         .header("traceparent", format!("00-{trace_id}-{}-01", random_hex(8)))
         .json(&json!({"userId": user}))
@@ -490,7 +490,7 @@ async fn otel_propagators_b3_b3multi_and_baggage_are_read_and_carried_on() {
     // A user of its own per request: a cached token would not call Intellia.
     let send = |user: &str, headers: Vec<(&'static str, String)>| {
         let mut req = client
-            .post(proc.url("/v1/backend/token"))
+            .post(proc.backend_url("/v1/backend/token"))
             .bearer_auth(BACKEND_SECRET)
             .json(&json!({ "userId": user }));
         for (k, v) in headers {
@@ -562,7 +562,7 @@ async fn otel_propagators_b3_b3multi_and_baggage_are_read_and_carried_on() {
     let (proc, _sim) = with_env(&quick(&receiver.endpoint)).await;
     let b3_trace = random_hex(16);
     let resp = http_client()
-        .post(proc.url("/v1/backend/token"))
+        .post(proc.backend_url("/v1/backend/token"))
         .bearer_auth(BACKEND_SECRET)
         .header("b3", format!("{b3_trace}-{}-1", random_hex(8)))
         .json(&json!({"userId": "default-propagators"}))

@@ -266,7 +266,7 @@ async fn a_retried_call_counts_its_resends() {
     );
     let proc = broker(&dir, &quick(&receiver.endpoint));
     let resp = http_client()
-        .post(proc.url("/v1/backend/token"))
+        .post(proc.backend_url("/v1/backend/token"))
         .bearer_auth(BACKEND_SECRET)
         .json(&json!({"userId": "retried"}))
         .send()
@@ -400,7 +400,7 @@ async fn probes_and_scrapes_are_not_traced_and_latency_has_exemplars() {
     let _ = metrics_of(&proc).await;
     let trace_id = random_hex(16);
     let resp = client
-        .post(proc.url("/v1/backend/token"))
+        .post(proc.backend_url("/v1/backend/token"))
         .bearer_auth(BACKEND_SECRET)
         .header("traceparent", format!("00-{trace_id}-{}-01", random_hex(8)))
         .json(&json!({"userId": "exemplar-user"}))
@@ -464,7 +464,7 @@ async fn a_failing_collector_shows_in_the_log_the_metric_and_doctor() {
     let client = http_client();
     for i in 0..4 {
         let resp = client
-            .post(proc.url("/v1/backend/token"))
+            .post(proc.backend_url("/v1/backend/token"))
             .bearer_auth(BACKEND_SECRET)
             .json(&json!({"userId": format!("failing-{i}")}))
             .send()
