@@ -3,7 +3,6 @@
 //! as JSON, modes that make it fail (`500`) or hang, TLS with a client certificate, and a gRPC
 //! port that refuses compressed messages.
 
-use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -78,10 +77,11 @@ impl OtlpReceiver {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the OTLP receiver");
-        let mut line = String::new();
-        std::io::BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the receiver's ready line");
+        let line = crate::process::ready_line(
+            &mut child,
+            "the OTLP receiver",
+            Duration::from_secs(60),
+        );
         let ready: Value = serde_json::from_str(&line).expect("a JSON ready line");
         // The control API is on the same (TLS) port as the OTLP/HTTP export.
         let client = match &options.tls {

@@ -35,7 +35,6 @@ pub fn broker_bin() -> PathBuf {
     bin
 }
 
-/// A loopback address with a port that was free a moment ago.
 /// Runs the binary to completion with `args` and `env` (never `$BROKER_CONFIG`); returns its exit
 /// code, stdout and stderr.
 pub fn run_broker(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
@@ -84,6 +83,29 @@ pub fn run_broker_bounded(args: &[&str], limit: Duration) -> (Option<i32>, Strin
     (code, reader.join().unwrap_or_default())
 }
 
+/// The one line a fixture process (OpenID provider, test site, OTLP receiver) prints on stdout
+/// once it listens. A fixture that hangs while starting fails its test after `within` (its child
+/// killed) instead of holding the whole run until CI's limit.
+pub fn ready_line(child: &mut Child, what: &str, within: Duration) -> String {
+    let stdout = child.stdout.take().expect("the fixture's stdout is piped");
+    let (sent, received) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut line = String::new();
+        let read = std::io::BufReader::new(stdout).read_line(&mut line);
+        let _ = sent.send(read.map(|_| line));
+    });
+    match received.recv_timeout(within) {
+        Ok(Ok(line)) => line,
+        Ok(Err(e)) => panic!("{what}: reading its ready line: {e}"),
+        Err(_) => {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} printed no ready line within {within:?} (killed)")
+        }
+    }
+}
+
+/// A loopback address with a port that was free a moment ago.
 pub fn free_addr() -> SocketAddr {
     let l = TcpListener::bind("127.0.0.1:0").expect("bind a free port");
     l.local_addr().expect("local addr")

@@ -6,7 +6,6 @@
 //! - [`HostileSite`]: a site that misbehaves on purpose (huge, slow, redirecting, odd answers)
 //!   and records what the broker sent it.
 
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -110,10 +109,11 @@ impl SiteProcess {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the test site");
-        let mut line = String::new();
-        BufReader::new(child.stdout.take().expect("stdout"))
-            .read_line(&mut line)
-            .expect("the site's ready line");
+        let line = crate::process::ready_line(
+            &mut child,
+            &format!("the {framework:?} site"),
+            Duration::from_secs(60),
+        );
         let ready: Value = serde_json::from_str(&line)
             .unwrap_or_else(|e| panic!("{framework:?} site did not start ({e}): {line:?}"));
         SiteProcess {

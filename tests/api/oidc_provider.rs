@@ -1,13 +1,15 @@
 //! End to end with a real OpenID provider (`oidc-provider` on Node, tests/oidc-provider): discovery,
 //! JWKS, RS256/ES256/EdDSA access tokens minted by the provider, key rotation, and an outage.
 
-use std::io::{BufRead, BufReader};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::{Value, json};
 
 use testkit::prelude::*;
+
+/// How long the provider may take to generate its keys and listen (it takes about a second).
+const READY_WITHIN: Duration = Duration::from_secs(60);
 
 /// The provider as a child process (also used by `zitadel.rs`).
 pub(crate) struct Provider {
@@ -39,9 +41,7 @@ impl Provider {
             .stderr(Stdio::null())
             .spawn()
             .expect("node starts the OIDC fixture");
-        let stdout = child.stdout.take().unwrap();
-        let mut line = String::new();
-        BufReader::new(stdout).read_line(&mut line).unwrap();
+        let line = testkit::process::ready_line(&mut child, "the OIDC fixture", READY_WITHIN);
         let info: Value = serde_json::from_str(&line).expect("the fixture prints its endpoints");
         Provider {
             child,

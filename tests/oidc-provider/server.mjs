@@ -10,6 +10,8 @@
 import * as crypto from 'node:crypto';
 import * as fs from 'node:fs';
 import * as http from 'node:http';
+import * as v8 from 'node:v8';
+import * as vm from 'node:vm';
 
 // oidc-provider prints notices with console.info (stdout); keep stdout for the ready line only.
 // This must happen before oidc-provider is imported.
@@ -206,6 +208,20 @@ const customClaims = new Set([
 // ---------------------------------------------------------------------------------------------
 // keys
 
+// Node 20 can deadlock for good when the garbage collector frees a key-generation job while a
+// JWK export of the key that job made holds the key's lock (seen in a test run: the main thread
+// in ~KeyGenJob, called from a GC inside ExportJWKRsaKey). So every pair is generated here, and
+// the finished job collected at once, before anything exports the key.
+v8.setFlagsFromString('--expose-gc');
+const collectGarbage = vm.runInNewContext('gc');
+if (typeof collectGarbage !== 'function') throw new Error('--expose-gc did not take effect');
+
+function generateKeyPair(type, options) {
+  const pair = crypto.generateKeyPairSync(type, options);
+  collectGarbage();
+  return pair;
+}
+
 const SIGNING_ALGS = ['RS256', 'ES256', 'EdDSA'];
 let generation = 0;
 let keySets = []; // newest first: [{ generation, keys: [privateJwk...] }]
@@ -213,9 +229,9 @@ let keySets = []; // newest first: [{ generation, keys: [privateJwk...] }]
 function newKeySet() {
   generation += 1;
   const tag = `g${generation}-${crypto.randomBytes(4).toString('hex')}`;
-  const rsa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey;
-  const ec = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey;
-  const ed = crypto.generateKeyPairSync('ed25519').privateKey;
+  const rsa = generateKeyPair('rsa', { modulusLength: 2048 }).privateKey;
+  const ec = generateKeyPair('ec', { namedCurve: 'P-256' }).privateKey;
+  const ed = generateKeyPair('ed25519').privateKey;
   return {
     generation,
     keys: [
@@ -237,7 +253,7 @@ const zitadelId = () => String(100_000_000_000_000_000n
   + (BigInt(`0x${crypto.randomBytes(8).toString('hex')}`) % 900_000_000_000_000_000n));
 
 function newClientKey({ keyId = zitadelId(), appId = zitadelId() } = {}) {
-  const { privateKey, publicKey } = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 });
+  const { privateKey, publicKey } = generateKeyPair('rsa', { modulusLength: 2048 });
   return {
     keyId,
     appId,
