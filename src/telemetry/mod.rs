@@ -117,6 +117,12 @@ pub(crate) fn init(
                     .with_location(false)
                     .with_threads(false)
                     .with_tracked_inactivity(false)
+                    // Parents come from the span tree and outgoing calls take their context from
+                    // the span (traces::traced); activating an OpenTelemetry context on every
+                    // enter and exit of a request's span (each poll) would only cost.
+                    .with_context_activation(false)
+                    // Every span of ours has the same target; as an attribute it only adds bytes.
+                    .with_target(false)
                     .with_filter(spans)
                     .boxed(),
             );

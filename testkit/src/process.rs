@@ -246,7 +246,7 @@ impl BrokerProcess {
     }
 
     /// Runs `cmd`, which will listen on `addr`, with stdout and stderr written to these files and
-    /// `RUST_LOG` unset; returns at once (wait with [`wait_ok`]).
+    /// `RUST_LOG` unset unless `cmd` sets it; returns at once (wait with [`wait_ok`]).
     pub fn spawn_to_files(
         mut cmd: Command,
         addr: SocketAddr,
@@ -254,8 +254,12 @@ impl BrokerProcess {
         stderr: &Path,
     ) -> BrokerProcess {
         let file = |path: &Path| Stdio::from(std::fs::File::create(path).expect("log file"));
+        // The caller's RUST_LOG stands (a benchmark runs at `warn`, as the numbers were
+        // taken); only the one this process inherited is dropped.
+        if !cmd.get_envs().any(|(name, _)| name == "RUST_LOG") {
+            cmd.env_remove("RUST_LOG");
+        }
         let child = cmd
-            .env_remove("RUST_LOG")
             .env_remove("BROKER_CONFIG")
             .stdout(file(stdout))
             .stderr(file(stderr))

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use opentelemetry_http::{Bytes, HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
-use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::error::{OTelSdkError, OTelSdkResult};
 use opentelemetry_sdk::trace::{SpanData, SpanExporter};
 use prometheus_client::metrics::counter::Counter;
 
@@ -61,8 +61,8 @@ fn failed(spans: usize, error: &str) {
     );
 }
 
-/// Counts an export that never finished: the batch processor gave up on it
-/// (`OTEL_BSP_EXPORT_TIMEOUT`) and dropped it.
+/// Counts an export that never finished: it was given up after `OTEL_BSP_EXPORT_TIMEOUT` and
+/// dropped.
 struct Unfinished(Option<usize>);
 
 impl Drop for Unfinished {
@@ -79,12 +79,12 @@ type LastCause = Arc<Mutex<Option<String>>>;
 
 /// The SDK's exporter, with its failures counted and logged.
 #[derive(Debug)]
-pub(crate) struct Counted {
+struct Inner {
     exporter: opentelemetry_otlp::SpanExporter,
     last_cause: LastCause,
 }
 
-impl SpanExporter for Counted {
+impl Inner {
     async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
         let mut pending = Unfinished(Some(batch.len()));
         let _ = self
@@ -106,26 +106,67 @@ impl SpanExporter for Counted {
         }
         result
     }
+}
+
+/// The exporter the batch processor's thread calls: each export runs on the Tokio runtime (the
+/// HTTP and gRPC clients live there) and is given up after `OTEL_BSP_EXPORT_TIMEOUT`.
+///
+/// The SDK's thread-based processor is used because it wakes its thread once per batch; the
+/// runtime-based one wakes a task for every span, which cost more than half of a traced cache
+/// hit's throughput (BENCHMARKS.md).
+#[derive(Debug)]
+pub(crate) struct Counted {
+    inner: Arc<Inner>,
+    runtime: tokio::runtime::Handle,
+    export_timeout: Duration,
+}
+
+impl SpanExporter for Counted {
+    async fn export(&self, batch: Vec<SpanData>) -> OTelSdkResult {
+        let inner = Arc::clone(&self.inner);
+        let limit = self.export_timeout;
+        let task = self.runtime.spawn(async move {
+            // Dropping the export on time counts it (`Unfinished`).
+            tokio::time::timeout(limit, inner.export(batch)).await
+        });
+        match task.await {
+            Ok(Ok(result)) => result,
+            Ok(Err(_)) => Err(OTelSdkError::Timeout(limit)),
+            Err(e) => Err(OTelSdkError::InternalFailure(format!(
+                "the export task failed: {e}"
+            ))),
+        }
+    }
 
     fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
-        self.exporter.shutdown_with_timeout(timeout)
+        self.inner.exporter.shutdown_with_timeout(timeout)
     }
 
     fn force_flush(&self) -> OTelSdkResult {
-        self.exporter.force_flush()
+        self.inner.exporter.force_flush()
     }
 
     fn set_resource(&mut self, resource: &opentelemetry_sdk::Resource) {
-        self.exporter.set_resource(resource);
+        // Called while the provider is built, before any export holds a clone.
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.exporter.set_resource(resource);
+        }
     }
 }
 
-/// The exporter the pipeline runs, failures counted.
+/// The exporter the pipeline runs, failures counted. Must run inside the Tokio runtime that will
+/// carry the exports.
 pub(crate) fn counted(config: &TraceConfig) -> Result<Counted, String> {
     let last_cause = LastCause::default();
-    exporter(config, &last_cause).map(|exporter| Counted {
-        exporter,
-        last_cause,
+    let exporter = exporter(config, &last_cause)?;
+    Ok(Counted {
+        inner: Arc::new(Inner {
+            exporter,
+            last_cause,
+        }),
+        runtime: tokio::runtime::Handle::try_current()
+            .map_err(|_| "traces: no async runtime for the exporter".to_owned())?,
+        export_timeout: config.export_timeout,
     })
 }
 

@@ -6,8 +6,9 @@
 //! ([`environment`]). Without an endpoint nothing is installed: no layer, no propagation, and a
 //! request records no span field of OpenTelemetry's.
 //!
-//! Export is batched on the Tokio runtime through a bounded queue with one export at a time
-//! (`OTEL_BSP_*`), each bounded by the exporter's timeout: a dead or hanging collector costs
+//! Export is batched through a bounded queue by the SDK's processor thread, which wakes once per
+//! batch, with one export at a time (`OTEL_BSP_*`) run on the Tokio runtime and bounded by
+//! `OTEL_BSP_EXPORT_TIMEOUT` and the exporter's timeout: a dead or hanging collector costs
 //! dropped spans, a WARN a minute and `broker_trace_export_failures_total`, never request latency
 //! or memory.
 //!
@@ -28,8 +29,7 @@ use opentelemetry::propagation::{
     Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
 };
 use opentelemetry::trace::{TraceContextExt, TraceId, TracerProvider as _};
-use opentelemetry_sdk::trace::span_processor_with_async_runtime::BatchSpanProcessor;
-use opentelemetry_sdk::trace::{BatchConfigBuilder, SdkTracerProvider};
+use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
 use environment::TraceConfig;
@@ -73,8 +73,9 @@ impl TracePipeline {
         config: &TraceConfig,
     ) -> Result<(TracePipeline, opentelemetry_sdk::trace::Tracer), String> {
         let exporter = export::counted(config)?;
-        // Sizes, delays and the export timeout come from OTEL_BSP_* (or the SDK's defaults).
-        let processor = BatchSpanProcessor::builder(exporter, opentelemetry_sdk::runtime::Tokio)
+        // Sizes and delays come from OTEL_BSP_* (or the SDK's defaults); the exporter applies
+        // the export timeout.
+        let processor = BatchSpanProcessor::builder(exporter)
             .with_batch_config(BatchConfigBuilder::default().build())
             .build();
         // The SDK's detectors read OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES; what is added

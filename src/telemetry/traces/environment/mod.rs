@@ -257,6 +257,8 @@ pub(crate) struct TraceConfig {
     pub(crate) endpoint: Endpoint,
     /// The exporter's per-request timeout (the SDK's for gRPC; ours on the HTTP client).
     pub(crate) timeout: Duration,
+    /// How long the batch processor lets one export run (`OTEL_BSP_EXPORT_TIMEOUT`).
+    pub(crate) export_timeout: Duration,
     pub(crate) gzip: bool,
     pub(crate) tls: TlsFiles,
     /// `service.name` to set; `None` when a variable names it and the SDK reads it right.
@@ -445,7 +447,7 @@ pub(crate) fn resolve(settings: &TelemetrySettings, env: &OtelEnv) -> Result<Res
     let gzip = gzip(env)?;
     let header_names = headers(env)?;
     let tls = tls(env, &endpoint, &mut notes)?;
-    numbers(env, &mut notes)?;
+    let export_timeout = numbers(env, &mut notes)?;
     let (service_name, resource) = resource(env, settings)?;
     let sampler = sampler(env, settings, &mut notes)?;
     let propagators = propagators(env)?;
@@ -453,6 +455,7 @@ pub(crate) fn resolve(settings: &TelemetrySettings, env: &OtelEnv) -> Result<Res
         protocol,
         endpoint,
         timeout,
+        export_timeout,
         gzip,
         tls,
         service_name,
@@ -487,9 +490,13 @@ fn percent_decoded(value: &str) -> Option<String> {
     String::from_utf8(out).ok()
 }
 
+/// The batch processor's export timeout (the specification's default).
+const EXPORT_TIMEOUT: Duration = Duration::from_secs(30);
+
 /// The batch processor's sizes and delays and the span limits: whole numbers the SDK would
-/// otherwise drop without a word.
-fn numbers(env: &OtelEnv, notes: &mut Vec<Note>) -> Result<(), String> {
+/// otherwise drop without a word. Returns the export timeout, which the exporter applies (the
+/// SDK's processor reads the rest).
+fn numbers(env: &OtelEnv, notes: &mut Vec<Note>) -> Result<Duration, String> {
     let mut read = BTreeMap::new();
     for (name, least) in NUMBERS {
         let Some(value) = env.get(name) else {
@@ -514,7 +521,14 @@ fn numbers(env: &OtelEnv, notes: &mut Vec<Note>) -> Result<(), String> {
             "OTEL_BSP_MAX_EXPORT_BATCH_SIZE={batch} is larger than OTEL_BSP_MAX_QUEUE_SIZE={queue}: batches hold at most {queue} spans"
         )));
     }
-    Ok(())
+    if let Some(n) = read.get("OTEL_BSP_MAX_CONCURRENT_EXPORTS").filter(|n| **n > 1) {
+        notes.push(Note::Warn(format!(
+            "OTEL_BSP_MAX_CONCURRENT_EXPORTS={n} is not used: the broker exports one batch at a time"
+        )));
+    }
+    Ok(read
+        .get("OTEL_BSP_EXPORT_TIMEOUT")
+        .map_or(EXPORT_TIMEOUT, |ms| Duration::from_millis(*ms)))
 }
 
 /// `service.name` and the resource attributes to set: the variables first (read by the SDK),
