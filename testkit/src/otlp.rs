@@ -77,11 +77,8 @@ impl OtlpReceiver {
             .stderr(Stdio::null())
             .spawn()
             .expect("start the OTLP receiver");
-        let line = crate::process::ready_line(
-            &mut child,
-            "the OTLP receiver",
-            Duration::from_secs(60),
-        );
+        let line =
+            crate::process::ready_line(&mut child, "the OTLP receiver", Duration::from_secs(60));
         let ready: Value = serde_json::from_str(&line).expect("a JSON ready line");
         // The control API is on the same (TLS) port as the OTLP/HTTP export.
         let client = match &options.tls {

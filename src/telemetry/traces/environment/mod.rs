@@ -521,7 +521,10 @@ fn numbers(env: &OtelEnv, notes: &mut Vec<Note>) -> Result<Duration, String> {
             "OTEL_BSP_MAX_EXPORT_BATCH_SIZE={batch} is larger than OTEL_BSP_MAX_QUEUE_SIZE={queue}: batches hold at most {queue} spans"
         )));
     }
-    if let Some(n) = read.get("OTEL_BSP_MAX_CONCURRENT_EXPORTS").filter(|n| **n > 1) {
+    if let Some(n) = read
+        .get("OTEL_BSP_MAX_CONCURRENT_EXPORTS")
+        .filter(|n| **n > 1)
+    {
         notes.push(Note::Warn(format!(
             "OTEL_BSP_MAX_CONCURRENT_EXPORTS={n} is not used: the broker exports one batch at a time"
         )));

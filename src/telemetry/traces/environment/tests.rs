@@ -517,6 +517,23 @@ fn contradictions_warn() {
 }
 
 #[test]
+fn the_export_timeout_is_read_and_concurrent_exports_are_named() {
+    assert_eq!(config("", &[EP]).export_timeout, Duration::from_secs(30));
+    assert_eq!(
+        config("", &[EP, ("OTEL_BSP_EXPORT_TIMEOUT", "500")]).export_timeout,
+        Duration::from_millis(500)
+    );
+    let concurrency = |n: &str| {
+        let r = resolved("", &[EP, ("OTEL_BSP_MAX_CONCURRENT_EXPORTS", n)]).unwrap();
+        warnings(&r)
+            .iter()
+            .any(|w| w.contains("OTEL_BSP_MAX_CONCURRENT_EXPORTS"))
+    };
+    assert!(concurrency("4"));
+    assert!(!concurrency("1"));
+}
+
+#[test]
 fn the_description_has_no_credentials() {
     let c = config(
         "",
