@@ -18,27 +18,13 @@
 
 use std::process::Command;
 
-use testkit::bench::{Fixture, otlp_sink};
+use testkit::bench::{Fixture, HIGH_LIMITS, otlp_sink};
 use testkit::process::BrokerProcess;
 
 const THREADS: &str = "2";
 const CONNECTIONS: &str = "32";
 const RUN_SECS: u64 = 5;
 const ROUNDS: usize = 3;
-
-const HIGH_LIMITS: &str = r#"
-[rate_limit.per_user]
-per_minute = 1000000000
-burst = 1000000000
-
-[rate_limit.per_ip]
-per_minute = 1000000000
-burst = 1000000000
-
-[rate_limit.upstream]
-per_second = 1000
-burst = 1000
-"#;
 
 /// What one wrk run reports.
 struct Run {

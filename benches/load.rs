@@ -271,19 +271,7 @@ async fn bench(table: &mut Table) {
 /// Redis round trip, concurrent ones sharing script calls; the cached token from the in-memory
 /// tier), with Redis's own CPU and script calls per request during the run.
 async fn shared_limits_ratio(fixture: &Fixture, table: &mut Table) {
-    let limits = r#"
-[rate_limit.per_user]
-per_minute = 1000000000
-burst = 1000000000
-
-[rate_limit.per_ip]
-per_minute = 1000000000
-burst = 1000000000
-
-[rate_limit.upstream]
-per_second = 1000
-burst = 1000
-"#;
+    let limits = testkit::bench::HIGH_LIMITS;
     let Ok(redis) = testkit::redis::RedisServer::builder().try_start() else {
         table.row("cache hit with [redis]", "skipped: no redis-server");
         return;

@@ -156,6 +156,18 @@ impl TestApp {
         format!("{base}{path}")
     }
 
+    /// `GET /metrics` on the admin listener: the exposition text.
+    pub async fn metrics_text(&self) -> String {
+        self.client
+            .get(self.admin_url("/metrics"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
     /// `POST /v1/backend/token` on the backend listener.
     pub async fn backend(&self, secret: &str, body: Value) -> reqwest::Response {
         self.client

@@ -207,6 +207,22 @@ impl Drop for Fixture {
     }
 }
 
+/// Limits set so high that no request of a run is refused, while every request still passes
+/// through all three (per user, per IP, upstream).
+pub const HIGH_LIMITS: &str = r#"
+[rate_limit.per_user]
+per_minute = 1000000000
+burst = 1000000000
+
+[rate_limit.per_ip]
+per_minute = 1000000000
+burst = 1000000000
+
+[rate_limit.upstream]
+per_second = 1000
+burst = 1000
+"#;
+
 /// The listener of `broker` that serves `requests`: the backend listener for the sidecar
 /// route, the public one for everything else. One run goes to one listener.
 pub fn listener_for(broker: &BrokerProcess, requests: &[Request]) -> std::net::SocketAddr {

@@ -294,6 +294,14 @@ impl BrokerProcess {
         format!("http://{addr}{path}")
     }
 
+    /// A URL on the admin listener.
+    pub fn admin_url(&self, path: &str) -> String {
+        let addr = self
+            .admin
+            .expect("this broker has an admin listener (server.admin_listen)");
+        format!("http://{addr}{path}")
+    }
+
     /// Everything printed so far (stderr first when it went to files).
     pub fn output(&self) -> String {
         match &self.output {

@@ -538,9 +538,8 @@ async fn the_redis_cache_secret_is_never_short() {
     );
     std::fs::write(&cache, "x").unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let admin = broker.admin.expect("an admin listener");
     let ready: Value = http_client()
-        .get(format!("http://{admin}/readyz"))
+        .get(broker.admin_url("/readyz"))
         .send()
         .await
         .unwrap()
@@ -643,9 +642,8 @@ async fn backend_secrets_are_long_and_guessing_them_is_limited_per_client() {
     // A rotated secret shorter than 32 bytes is refused; the last good one stays in use.
     std::fs::write(dir.join("backend"), "too-short").unwrap();
     tokio::time::sleep(Duration::from_millis(2500)).await;
-    let admin = broker.admin.expect("an admin listener");
     let ready: Value = http_client()
-        .get(format!("http://{admin}/readyz"))
+        .get(broker.admin_url("/readyz"))
         .send()
         .await
         .unwrap()

@@ -37,15 +37,7 @@ async fn every_family_the_chart_names_is_exposed() {
     m.count_redis_failure("timeout");
     // This broker asks no site ([[session.endpoint]]).
     m.observe_session_endpoint(0, "signed_in", std::time::Duration::from_millis(1));
-    let text = app
-        .client
-        .get(format!("{}/metrics", app.admin.clone().unwrap()))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     let listed = std::fs::read_to_string(concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/tests/deploy/metrics.txt"

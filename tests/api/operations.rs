@@ -242,16 +242,7 @@ async fn metrics_are_on_the_admin_listener_only() {
     );
     let public = app.client.get(app.url("/metrics")).send().await.unwrap();
     assert_eq!(public.status(), 404);
-    let admin = app.admin.clone().unwrap();
-    let text = app
-        .client
-        .get(format!("{admin}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = app.metrics_text().await;
     for series in [
         "broker_requests_total{route=\"/v1/token\",code=\"ok\"} 2",
         "broker_requests_total{route=\"/v1/token\",code=\"unauthenticated\"} 1",

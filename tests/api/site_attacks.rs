@@ -154,15 +154,7 @@ async fn concurrent_first_requests_with_one_cookie_ask_once() {
             again,
             "cache_secs = {cache_secs}"
         );
-        let metrics = app
-            .client
-            .get(format!("{}/metrics", app.admin.as_ref().unwrap()))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
+        let metrics = app.metrics_text().await;
         assert!(
             metrics.contains(&format!(
                 "broker_session_endpoint_requests_total{{endpoint=\"0\",outcome=\"signed_in\"}} {again}"

@@ -2,16 +2,7 @@
 import { test } from "node:test";
 import assert from "node:assert/strict";
 import { IntelliaTokenClient } from "../intellia-token-client.js";
-import { FakeClock, fakeFetch, deferredFetch, okResponse, tokenBody, baseOptions, flush } from "../testing/support.mjs";
-
-async function rejection(promise) {
-  try {
-    await promise;
-  } catch (err) {
-    return err;
-  }
-  assert.fail("expected the promise to reject");
-}
+import { FakeClock, fakeFetch, deferredFetch, okResponse, tokenBody, baseOptions, flush, rejection } from "../testing/support.mjs";
 
 test("an already aborted signal rejects at once with its reason and sends nothing", async () => {
   const clock = new FakeClock();

@@ -10,19 +10,11 @@ import {
   tokenBody,
   baseOptions,
   flush,
+  rejection,
   ENDPOINT,
 } from "../testing/support.mjs";
 
 const SECOND = 1000;
-
-async function rejection(promise) {
-  try {
-    await promise;
-  } catch (err) {
-    return err;
-  }
-  assert.fail("expected the promise to reject");
-}
 
 test("getToken returns the broker's token and caches it", async () => {
   const clock = new FakeClock();

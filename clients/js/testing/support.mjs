@@ -1,6 +1,18 @@
 // Test doubles for the client's injected dependencies: a fake clock with fake timers, a scripted
 // fake fetch that records every request, and event targets standing in for document/window.
 
+import assert from "node:assert/strict";
+
+/** The reason `promise` rejects with; the test fails if it fulfils. */
+export async function rejection(promise) {
+  try {
+    await promise;
+  } catch (err) {
+    return err;
+  }
+  assert.fail("expected the promise to reject");
+}
+
 /** Lets pending promise callbacks (fetch → text → state updates) run. */
 export async function flush() {
   for (let i = 0; i < 10; i++) await new Promise((resolve) => setImmediate(resolve));
