@@ -19,6 +19,7 @@ use ipnet::IpNet;
 
 use super::connection::HeadClock;
 use super::request_log::RequestContext;
+use super::routes::Route;
 use crate::config::ClientIpHeader;
 use crate::http::cors::CorsPolicy;
 
@@ -126,10 +127,12 @@ pub(crate) async fn request_context(
     if let Some(policy) = &policy {
         bound_body(&mut req, policy.request_timeout);
     }
+    let route = Route::of_path(req.path());
     req.extensions_mut().insert(RequestContext {
         id,
         client_ip,
         start,
+        route,
     });
     let draining = policy.as_ref().is_some_and(|p| p.drain.is_draining());
     // The connection's clock for the next head (connection.rs): none is due while this request

@@ -28,6 +28,9 @@ pub(crate) struct RequestContext {
     pub(crate) client_ip: Option<IpAddr>,
     /// When the request arrived, for the latency in its log line.
     pub(crate) start: Instant,
+    /// The route its path names (`None`: no route), found once for the span, the log line and
+    /// the metrics.
+    pub(crate) route: Option<Route>,
 }
 
 impl RequestContext {
@@ -75,7 +78,7 @@ impl RootSpanBuilder for BrokerRootSpan {
         let context = ext.get::<RequestContext>();
         let request_id = context.map_or("", |c| c.id.to_str().unwrap_or_default());
         let client_ip = context.and_then(|c| c.client_ip);
-        let route = Route::of_path(request.path());
+        let route = context.map_or_else(|| Route::of_path(request.path()), |c| c.route);
         let label = Route::label(route);
         if !traced(route) {
             let span = request_span!(
@@ -145,11 +148,10 @@ impl RootSpanBuilder for BrokerRootSpan {
                 |c| c.0.as_str(),
             );
         let request = response.request();
-        let latency = request
-            .extensions()
-            .get::<RequestContext>()
-            .map_or(0.0, |c| c.start.elapsed().as_secs_f64());
-        let route = Route::of_path(request.path());
+        let (latency, route) = request.extensions().get::<RequestContext>().map_or_else(
+            || (0.0, Route::of_path(request.path())),
+            |c| (c.start.elapsed().as_secs_f64(), c.route),
+        );
         let label = Route::label(route);
         let exemplar = if traced(route) {
             crate::telemetry::traces::end_server_span(&span, status.as_u16())
