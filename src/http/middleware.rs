@@ -21,7 +21,9 @@ use super::connection::HeadClock;
 use super::request_log::RequestContext;
 use super::routes::Route;
 use crate::config::ClientIpHeader;
+use crate::error::OutcomeCode;
 use crate::http::cors::CorsPolicy;
+use crate::telemetry::traces::{ServerRequest, ServerSpan};
 
 /// Set once SIGTERM (or a shutdown handle) starts draining; read by `/readyz` and here.
 #[derive(Debug, Clone, Default)]
@@ -128,11 +130,25 @@ pub(crate) async fn request_context(
         bound_body(&mut req, policy.request_timeout);
     }
     let route = Route::of_path(req.path());
+    let server = if route.is_none_or(Route::is_traced) {
+        ServerSpan::start(&ServerRequest {
+            method: req.method().as_str(),
+            route: route.map(Route::path),
+            scheme: policy.as_ref().map_or("http", |p| p.forwarded_scheme(&req)),
+            client_address: client_ip,
+            request_id: id.to_str().unwrap_or_default(),
+            headers: req.headers(),
+        })
+    } else {
+        None
+    };
+    let trace = server.as_ref().map(ServerSpan::handle);
     req.extensions_mut().insert(RequestContext {
         id,
         client_ip,
         start,
         route,
+        server,
     });
     let draining = policy.as_ref().is_some_and(|p| p.drain.is_draining());
     // The connection's clock for the next head (connection.rs): none is due while this request
@@ -141,11 +157,22 @@ pub(crate) async fn request_context(
     if let Some(clock) = &clock {
         clock.request_started();
     }
-    let res = next.call(req).await;
+    let res = match &trace {
+        Some(trace) => trace.serve(|| next.call(req)).await,
+        None => next.call(req).await,
+    };
     if let Some(clock) = &clock {
         clock.request_answered();
     }
-    let mut res = res?;
+    let mut res = match res {
+        Ok(res) => res,
+        Err(e) => {
+            if let Some(trace) = &trace {
+                trace.unanswered();
+            }
+            return Err(e);
+        }
+    };
     if draining {
         // Clients should not reuse this connection: idle keep-alive connections would otherwise
         // hold the graceful stop open until its timeout.
@@ -156,6 +183,14 @@ pub(crate) async fn request_context(
     // The log line is written by now: the id moves to the response instead of being copied.
     let context = res.request().extensions_mut().remove::<RequestContext>();
     if let Some(context) = context {
+        if let Some(server) = context.server {
+            let outcome = res
+                .response()
+                .extensions()
+                .get::<OutcomeCode>()
+                .map_or("internal_error", |c| c.0.as_str());
+            server.end(res.status().as_u16(), outcome);
+        }
         res.headers_mut().insert(X_REQUEST_ID, context.id);
     }
     Ok(res)

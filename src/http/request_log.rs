@@ -1,7 +1,8 @@
 //! The request log and the per-request context: a request id honoured from `X-Request-Id` or
 //! generated, the client IP as far as trusted proxies vouch for it, and one line per request with
 //! route, status, latency, outcome code and user id — never the query string, headers, tokens,
-//! keys or e-mails. The same root span carries the request's trace.
+//! keys or e-mails. The line names the request's trace; the exported server span is
+//! [`ServerSpan`]'s.
 
 use std::net::IpAddr;
 use std::time::Instant;
@@ -13,10 +14,10 @@ use actix_web::{Error, HttpMessage, web};
 use tracing::Span;
 use tracing_actix_web::RootSpanBuilder;
 
-use super::middleware::ConnectionPolicy;
 use super::routes::Route;
 use crate::error::OutcomeCode;
 use crate::telemetry::metrics::Metrics;
+use crate::telemetry::traces::ServerSpan;
 
 /// What the outermost middleware learns about a request before anything else runs: one
 /// extension, so the request's extension map holds one box for it, not three.
@@ -31,6 +32,8 @@ pub(crate) struct RequestContext {
     /// The route its path names (`None`: no route), found once for the span, the log line and
     /// the metrics.
     pub(crate) route: Option<Route>,
+    /// The exported server span, when traces are on and the route is traced.
+    pub(crate) server: Option<ServerSpan>,
 }
 
 impl RequestContext {
@@ -48,78 +51,44 @@ const TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 /// The root span of every request, and the one log line written when it ends.
 pub(crate) struct BrokerRootSpan;
 
-/// The root span, under `target`: the same fields for traced and untraced routes.
-macro_rules! request_span {
-    ($target:expr, $request_id:expr, $method:expr, $route:expr, $client_ip:expr) => {
-        tracing::info_span!(
-            target: $target,
-            "request",
-            request_id = %$request_id,
-            method = %$method,
-            route = $route,
-            client_ip = $client_ip.map(tracing::field::display),
-            user_id = tracing::field::Empty,
-            trace_id = tracing::field::Empty,
-            otel.name = tracing::field::Empty,
-            otel.kind = tracing::field::Empty,
-            otel.status_code = tracing::field::Empty,
-        )
-    };
-}
-
-/// Whether a request on this route has a trace: health checks and scrapes do not.
-fn traced(route: Option<Route>) -> bool {
-    crate::telemetry::traces::enabled() && route.is_none_or(Route::is_traced)
-}
-
 impl RootSpanBuilder for BrokerRootSpan {
+    // The log line's span. Exported traces have their own server span (`ServerSpan`, started by
+    // the request-context middleware), so this one is never exported.
     fn on_request_start(request: &ServiceRequest) -> Span {
         let ext = request.extensions();
         let context = ext.get::<RequestContext>();
         let request_id = context.map_or("", |c| c.id.to_str().unwrap_or_default());
         let client_ip = context.and_then(|c| c.client_ip);
         let route = context.map_or_else(|| Route::of_path(request.path()), |c| c.route);
-        let label = Route::label(route);
-        if !traced(route) {
-            let span = request_span!(
-                crate::telemetry::traces::untraced_target!(),
-                request_id,
-                request.method(),
-                label,
-                client_ip
-            );
-            // No trace of ours: the log line still names the caller's.
-            if let Some(trace_id) = request
-                .headers()
-                .get(TRACEPARENT)
-                .and_then(|v| v.to_str().ok())
-                .and_then(crate::telemetry::traces::traceparent_trace_id)
-            {
-                span.record("trace_id", trace_id);
-            }
+        let span = tracing::info_span!(
+            target: crate::telemetry::traces::untraced_target!(),
+            "request",
+            request_id = %request_id,
+            method = %request.method(),
+            route = Route::label(route),
+            client_ip = client_ip.map(tracing::field::display),
+            user_id = tracing::field::Empty,
+            trace_id = tracing::field::Empty,
+        );
+        if span.is_disabled() {
             return span;
         }
-        let span = request_span!(
-            module_path!(),
-            request_id,
-            request.method(),
-            label,
-            client_ip
-        );
-        let scheme = request
-            .app_data::<web::Data<ConnectionPolicy>>()
-            .map_or("http", |p| p.forwarded_scheme(request));
-        let trace_id = crate::telemetry::traces::start_server_span(
-            &span,
-            &crate::telemetry::traces::ServerRequest {
-                method: request.method().as_str(),
-                route: route.map(Route::path),
-                scheme,
-                client_address: client_ip,
-                headers: request.headers(),
-            },
-        );
-        span.record("trace_id", tracing::field::display(trace_id));
+        match context.and_then(|c| c.server.as_ref()) {
+            Some(server) => {
+                span.record("trace_id", tracing::field::display(server.trace_id()));
+            }
+            // No trace of ours: the log line still names the caller's.
+            None => {
+                if let Some(trace_id) = request
+                    .headers()
+                    .get(TRACEPARENT)
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(crate::telemetry::traces::traceparent_trace_id)
+                {
+                    span.record("trace_id", trace_id);
+                }
+            }
+        }
         span
     }
 
@@ -148,16 +117,17 @@ impl RootSpanBuilder for BrokerRootSpan {
                 |c| c.0.as_str(),
             );
         let request = response.request();
-        let (latency, route) = request.extensions().get::<RequestContext>().map_or_else(
-            || (0.0, Route::of_path(request.path())),
-            |c| (c.start.elapsed().as_secs_f64(), c.route),
+        let (latency, route, exemplar) = request.extensions().get::<RequestContext>().map_or_else(
+            || (0.0, Route::of_path(request.path()), None),
+            |c| {
+                (
+                    c.start.elapsed().as_secs_f64(),
+                    c.route,
+                    c.server.as_ref().and_then(ServerSpan::sampled_trace_id),
+                )
+            },
         );
         let label = Route::label(route);
-        let exemplar = if traced(route) {
-            crate::telemetry::traces::end_server_span(&span, status.as_u16())
-        } else {
-            None
-        };
         if let Some(metrics) = request.app_data::<web::Data<Metrics>>() {
             metrics.count_request(label, code);
             metrics.observe_request(label, status.as_u16(), latency, exemplar);

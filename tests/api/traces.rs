@@ -156,7 +156,32 @@ async fn caller_trace_is_continued_carried_to_intellia_and_holds_no_secret() {
     assert_eq!(attributes["http.response.status_code"], json!(200));
     assert_eq!(attributes["client.address"], "127.0.0.1");
     assert_eq!(attributes["url.scheme"], "http");
-    assert_eq!(attributes["route"], "/v1/token");
+    assert_eq!(attributes["request_id"].as_str().map(str::len), Some(36));
+    assert_eq!(attributes["user_id"], minted["userId"]);
+    // Only these: the log line's fields are not copied onto the span.
+    let mut names: Vec<&str> = attributes
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    names.sort_unstable();
+    assert_eq!(
+        names,
+        [
+            "client.address",
+            "http.request.method",
+            "http.response.status_code",
+            "http.route",
+            "request_id",
+            "url.scheme",
+            "user_id"
+        ]
+    );
+    assert!(
+        server["events"].as_array().is_none_or(Vec::is_empty),
+        "{server}"
+    );
     assert_eq!(
         server["resource_attributes"]["service.name"],
         "broker-under-test"
@@ -420,7 +445,7 @@ async fn probes_and_scrapes_are_not_traced_and_latency_has_exemplars() {
     let (_, output) = proc.stop().await;
     let spans = receiver.spans("", 0, Duration::ZERO).await;
     for s in &spans {
-        let route = s["attributes"]["route"].as_str().unwrap_or("");
+        let route = s["attributes"]["http.route"].as_str().unwrap_or("");
         assert!(
             !["/healthz", "/readyz", "/metrics"].contains(&route),
             "a probe was traced: {s}"

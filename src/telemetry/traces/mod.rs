@@ -1,6 +1,7 @@
-//! OpenTelemetry traces: the `tracing` spans exported over OTLP (HTTP with protobuf, or gRPC), a
-//! caller's trace context continued (but never its sampling decision), and the current trace
-//! carried on to Intellia and the identity provider.
+//! OpenTelemetry traces: each request's server span ([`ServerSpan`], recorded into the SDK
+//! directly) and the `tracing` spans of its work beneath it, exported over OTLP (HTTP with
+//! protobuf, or gRPC); a caller's trace context continued (but never its sampling decision), and
+//! the current trace carried on to Intellia and the identity provider.
 //!
 //! Configured by the `OTEL_*` variables of the SDK environment specification, then `[telemetry]`
 //! ([`environment`]). Without an endpoint nothing is installed: no layer, no propagation, and a
@@ -25,10 +26,14 @@ use std::sync::OnceLock;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
+use opentelemetry::KeyValue;
+use opentelemetry::context::{FutureExt as _, WithContext};
 use opentelemetry::propagation::{
     Extractor, Injector, TextMapCompositePropagator, TextMapPropagator,
 };
-use opentelemetry::trace::{TraceContextExt, TraceId, TracerProvider as _};
+use opentelemetry::trace::{
+    SpanKind, Status, TraceContextExt, TraceId, Tracer as _, TracerProvider as _,
+};
 use opentelemetry_sdk::trace::{BatchConfigBuilder, BatchSpanProcessor, SdkTracerProvider};
 use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -36,6 +41,9 @@ use environment::TraceConfig;
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
 static PROPAGATOR: OnceLock<TextMapCompositePropagator> = OnceLock::new();
+/// The tracer server spans are started with; the first installed pipeline's, as for the
+/// subscriber.
+static TRACER: OnceLock<opentelemetry_sdk::trace::Tracer> = OnceLock::new();
 
 /// Whether traces are being recorded (an endpoint is configured and the pipeline is installed).
 pub(crate) fn enabled() -> bool {
@@ -99,6 +107,7 @@ impl TracePipeline {
             .build();
         let tracer = provider.tracer("intellia-token-broker");
         let _ = PROPAGATOR.set(propagation::composite(&config.propagators));
+        let _ = TRACER.set(tracer.clone());
         ENABLED.store(true, Ordering::Relaxed);
         Ok((TracePipeline { provider }, tracer))
     }
@@ -146,7 +155,7 @@ fn server_span_name(method: Option<&'static str>, route: Option<&'static str>) -
     }
 }
 
-/// What the server span of a request records beyond its log fields.
+/// What the server span of a request records.
 #[derive(Debug)]
 pub(crate) struct ServerRequest<'a> {
     pub(crate) method: &'a str,
@@ -155,43 +164,129 @@ pub(crate) struct ServerRequest<'a> {
     /// `http` or `https`, as the client sent it (a trusted proxy says so).
     pub(crate) scheme: &'static str,
     pub(crate) client_address: Option<std::net::IpAddr>,
+    /// The request id the log line and the `X-Request-Id` answer carry.
+    pub(crate) request_id: &'a str,
     pub(crate) headers: &'a actix_web::http::header::HeaderMap,
 }
 
-/// Names `span` (a request's root span, declaring `otel.name` and `otel.kind`), records the HTTP
-/// server attributes of the semantic conventions, and continues the caller's trace context when
-/// one of the configured propagators finds it. Returns the request's trace id, for its log line.
-/// Call only when [`enabled`].
-pub(crate) fn start_server_span(span: &tracing::Span, request: &ServerRequest<'_>) -> TraceId {
-    let method = known_method(request.method);
-    span.record("otel.name", server_span_name(method, request.route));
-    span.record("otel.kind", "server");
-    let parent = propagator().extract_with_context(
-        &opentelemetry::Context::new(),
-        &ActixHeaders(request.headers),
-    );
-    let _ = span.set_parent(parent);
-    span.set_attribute("http.request.method", method.unwrap_or("_OTHER"));
-    if let Some(route) = request.route {
-        span.set_attribute("http.route", route);
-    }
-    span.set_attribute("url.scheme", request.scheme);
-    if let Some(ip) = request.client_address {
-        span.set_attribute("client.address", ip.to_string());
-    }
-    span.context().span().span_context().trace_id()
+/// A request's server span, recorded straight into the OpenTelemetry SDK rather than through a
+/// `tracing` span: the request's `tracing` span is only its log line's, and building the
+/// exported span through `tracing-opentelemetry` (every log field formatted into an attribute,
+/// every attribute set through the subscriber, the log line copied in as a span event) cost more
+/// than the rest of a cache hit. While the request's future is polled the span's context is the
+/// current OpenTelemetry context ([`ServerSpan::context`]), so the `tracing` spans of the request
+/// (session, limits, cache, the call to Intellia) are its children.
+pub(crate) struct ServerSpan {
+    context: opentelemetry::Context,
 }
 
-/// Records the response on a server span: its status code, and an error status for 5xx. Returns
-/// the trace id when the span is sampled (exported), for the latency histogram's exemplar.
-pub(crate) fn end_server_span(span: &tracing::Span, status: u16) -> Option<TraceId> {
-    span.set_attribute("http.response.status_code", i64::from(status));
-    if status >= 500 {
-        span.record("otel.status_code", "error");
+impl std::fmt::Debug for ServerSpan {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerSpan")
+            .field("span_context", self.context.span().span_context())
+            .finish()
     }
-    let context = span.context();
-    let span_context = context.span().span_context().clone();
-    span_context.is_sampled().then(|| span_context.trace_id())
+}
+
+impl ServerSpan {
+    /// Starts the span of `request` with the HTTP server attributes of the semantic conventions,
+    /// continuing the caller's trace when one of the configured propagators finds it (the
+    /// sampler decides whether it is recorded). `None` when traces are off.
+    pub(crate) fn start(request: &ServerRequest<'_>) -> Option<ServerSpan> {
+        if !enabled() {
+            return None;
+        }
+        let tracer = TRACER.get()?;
+        let method = known_method(request.method);
+        let parent = propagator().extract_with_context(
+            &opentelemetry::Context::new(),
+            &ActixHeaders(request.headers),
+        );
+        let mut attributes = Vec::with_capacity(6);
+        attributes.push(KeyValue::new(
+            "http.request.method",
+            method.unwrap_or("_OTHER"),
+        ));
+        if let Some(route) = request.route {
+            attributes.push(KeyValue::new("http.route", route));
+        }
+        attributes.push(KeyValue::new("url.scheme", request.scheme));
+        if let Some(ip) = request.client_address {
+            attributes.push(KeyValue::new("client.address", ip.to_string()));
+        }
+        attributes.push(KeyValue::new("request_id", request.request_id.to_owned()));
+        let builder = tracer
+            .span_builder(server_span_name(method, request.route))
+            .with_kind(SpanKind::Server)
+            .with_attributes(attributes);
+        let span = tracer.build_with_context(builder, &parent);
+        Some(ServerSpan {
+            context: parent.with_span(span),
+        })
+    }
+
+    /// A handle to serve the request in this span's context.
+    pub(crate) fn handle(&self) -> ServerTrace {
+        ServerTrace(self.context.clone())
+    }
+
+    /// The request's trace id (the caller's, when it sent one), for its log line.
+    pub(crate) fn trace_id(&self) -> TraceId {
+        self.context.span().span_context().trace_id()
+    }
+
+    /// The trace id when the span is recorded and exported: the latency histogram's exemplar.
+    pub(crate) fn sampled_trace_id(&self) -> Option<TraceId> {
+        let span_context = self.context.span().span_context().clone();
+        span_context.is_sampled().then(|| span_context.trace_id())
+    }
+
+    /// Ends the span with the response's status code; a 5xx is an error named by the request's
+    /// outcome code.
+    pub(crate) fn end(self, status: u16, outcome: &'static str) {
+        let span = self.context.span();
+        span.set_attribute(KeyValue::new(
+            "http.response.status_code",
+            i64::from(status),
+        ));
+        if status >= 500 {
+            span.set_status(Status::error(outcome));
+        }
+        span.end();
+    }
+}
+
+/// The context of a request's server span, held by whoever serves the request.
+#[derive(Debug)]
+pub(crate) struct ServerTrace(opentelemetry::Context);
+
+impl ServerTrace {
+    /// Calls `call` and polls the future it returns with the server span's context current, so
+    /// the spans of the request's work are its children.
+    pub(crate) fn serve<F: std::future::Future>(&self, call: impl FnOnce() -> F) -> WithContext<F> {
+        let future = {
+            let _current = self.0.clone().attach();
+            call()
+        };
+        future.with_context(self.0.clone())
+    }
+
+    /// Ends the span of a request that got no response (a middleware failed).
+    pub(crate) fn unanswered(&self) {
+        let span = self.0.span();
+        span.set_status(Status::error("internal_error"));
+        span.end();
+    }
+}
+
+/// Names the user on the current request's server span (the log line's `user_id`).
+pub(crate) fn record_user(user_id: &str) {
+    if enabled() {
+        opentelemetry::Context::map_current(|cx| {
+            cx.span()
+                .set_attribute(KeyValue::new("user_id", user_id.to_owned()));
+        });
+    }
 }
 
 /// Sets `http.response.status_code` on a client span (the log line has its own `status`).
@@ -288,9 +383,13 @@ pub(crate) fn traced(request: reqwest::RequestBuilder) -> reqwest::RequestBuilde
         }
         span.set_attribute("url.full", full_url(url));
     }
-    let context = span.context();
+    let mut context = span.context();
     if !context.span().span_context().is_valid() {
-        return request;
+        // Called outside a span of ours: the request's server span, if any.
+        context = opentelemetry::Context::current();
+        if !context.span().span_context().is_valid() {
+            return request;
+        }
     }
     let mut headers = reqwest::header::HeaderMap::new();
     propagator().inject_context(&context, &mut ReqwestHeaders(&mut headers));
