@@ -6,13 +6,15 @@
 //! broker and the simulator run as processes on loopback, `RUST_LOG=warn`, limits set high (every
 //! request still passes through them), one valid session, the cache on. Each scenario alternates
 //! `/healthz` and `/v1/token` runs, so every ratio compares runs seconds apart; the median of the
-//! rounds is the scenario's figure.
+//! rounds is the scenario's figure. Each run also reads the broker's CPU time (`/proc`): the CPU
+//! a token request costs the server ÷ what `/healthz` costs, a steadier figure on a shared machine
+//! than throughput, which also moves with the client's and the scheduler's share of the cores.
 //!
 //! `cargo bench --bench http_floor [-- SCENARIO...]` (or `./scripts/bench.sh floor`); scenarios:
 //! `local` (traces off), `traced` (every request traced, exported over OTLP/HTTP to a local sink),
 //! `redis` (per-user + per-IP + upstream limits in a local `redis-server`). Prints a table, then one
 //! `floor-ratio SCENARIO VALUE` line each, which `./scripts/bench.sh check` compares with the
-//! committed baseline.
+//! committed baseline, and a `floor-cpu SCENARIO VALUE` line each.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -23,15 +25,37 @@ use testkit::process::BrokerProcess;
 
 const THREADS: &str = "2";
 const CONNECTIONS: &str = "32";
-const RUN_SECS: u64 = 5;
-const ROUNDS: usize = 3;
+const RUN_SECS: u64 = 4;
+const ROUNDS: usize = 5;
 
-/// What one wrk run reports.
+/// What one wrk run reports, and the broker's CPU time per request meanwhile.
 struct Run {
     rps: f64,
+    requests: f64,
     p50_ms: f64,
     p99_ms: f64,
     errors: u64,
+    cpu_us: f64,
+}
+
+/// User + system CPU time of process `pid` so far, in microseconds (`/proc/PID/stat`, clock
+/// ticks of 10 ms).
+fn cpu_time_us(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The command name may hold spaces; the fields after its closing parenthesis do not.
+    let fields: Vec<&str> = stat
+        .rsplit_once(')')
+        .map_or("", |(_, rest)| rest)
+        .split_whitespace()
+        .collect();
+    let ticks = |i: usize| {
+        fields
+            .get(i)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(0.0)
+    };
+    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
+    (ticks(11) + ticks(12)) * 10_000.0
 }
 
 fn millis(text: &str) -> f64 {
@@ -46,8 +70,8 @@ fn millis(text: &str) -> f64 {
     }
 }
 
-/// Runs wrk against `url` (a POST with `authorization` when given).
-fn wrk(url: &str, authorization: Option<&str>, scratch: &std::path::Path) -> Run {
+/// Runs wrk against `url` (a POST with `authorization` when given), timing the CPU of `pid`.
+fn wrk(url: &str, authorization: Option<&str>, scratch: &std::path::Path, pid: u32) -> Run {
     let mut cmd = Command::new("wrk");
     cmd.args(["-t", THREADS, "-c", CONNECTIONS, "-d"])
         .arg(format!("{RUN_SECS}s"))
@@ -61,18 +85,23 @@ fn wrk(url: &str, authorization: Option<&str>, scratch: &std::path::Path) -> Run
         .expect("lua script");
         cmd.arg("-s").arg(script);
     }
+    let cpu_before = cpu_time_us(pid);
     let out = cmd.arg(url).output().expect("wrk (Debian package `wrk`)");
+    let cpu = cpu_time_us(pid) - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut run = Run {
         rps: 0.0,
+        requests: 0.0,
         p50_ms: f64::NAN,
         p99_ms: f64::NAN,
         errors: 0,
+        cpu_us: f64::NAN,
     };
     for line in text.lines() {
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["Requests/sec:", value] => run.rps = value.parse().unwrap_or(0.0),
+            [n, "requests", "in", ..] => run.requests = n.parse().unwrap_or(0.0),
             ["50%", value] => run.p50_ms = millis(value),
             ["99%", value] => run.p99_ms = millis(value),
             ["Non-2xx", "or", "3xx", "responses:", n] => run.errors += n.parse().unwrap_or(0),
@@ -81,12 +110,16 @@ fn wrk(url: &str, authorization: Option<&str>, scratch: &std::path::Path) -> Run
         }
     }
     assert!(run.rps > 0.0, "wrk reported nothing:\n{text}");
+    run.cpu_us = cpu / run.requests;
     run
 }
 
 struct Scenario {
     name: &'static str,
     ratio: f64,
+    /// The broker's CPU time per token request ÷ per `/healthz` request (median of the rounds):
+    /// what the route costs the server, without the client's and the scheduler's share.
+    cpu_ratio: f64,
     rows: Vec<(String, String)>,
 }
 
@@ -103,35 +136,50 @@ async fn scenario(
         .await;
     let token = fixture.hs_token("floor-user");
     let base = format!("http://{}", broker.addr);
+    let pid = broker.pid();
     // Warm-up: the first mint, the verified-session cache, connections.
     tokio::task::block_in_place(|| {
-        wrk(&format!("{base}/v1/token"), Some(&token), fixture.dir());
+        wrk(
+            &format!("{base}/v1/token"),
+            Some(&token),
+            fixture.dir(),
+            pid,
+        );
     });
     let mut rows = Vec::new();
     let mut ratios = Vec::new();
+    let mut cpu_ratios = Vec::new();
     for round in 1..=ROUNDS {
         let (health, token_run) = tokio::task::block_in_place(|| {
             (
-                wrk(&format!("{base}/healthz"), None, fixture.dir()),
-                wrk(&format!("{base}/v1/token"), Some(&token), fixture.dir()),
+                wrk(&format!("{base}/healthz"), None, fixture.dir(), pid),
+                wrk(
+                    &format!("{base}/v1/token"),
+                    Some(&token),
+                    fixture.dir(),
+                    pid,
+                ),
             )
         });
         assert_eq!(token_run.errors, 0, "{name}: token requests failed");
         let ratio = token_run.rps / health.rps;
         ratios.push(ratio);
+        cpu_ratios.push(token_run.cpu_us / health.cpu_us);
         rows.push((
             format!("{name}, round {round}"),
             format!(
-                "healthz {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms); token {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms); **{ratio:.2} × healthz**",
-                health.rps, health.p50_ms, health.p99_ms, token_run.rps, token_run.p50_ms, token_run.p99_ms
+                "healthz {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms, broker CPU {:.1} µs/req); token {:.0} req/s (p50 {:.2} ms, p99 {:.2} ms, broker CPU {:.1} µs/req); **{ratio:.2} × healthz**",
+                health.rps, health.p50_ms, health.p99_ms, health.cpu_us, token_run.rps, token_run.p50_ms, token_run.p99_ms, token_run.cpu_us
             ),
         ));
     }
     check_quiet(&broker);
     ratios.sort_by(f64::total_cmp);
+    cpu_ratios.sort_by(f64::total_cmp);
     Scenario {
         name,
         ratio: ratios[ratios.len() / 2],
+        cpu_ratio: cpu_ratios[cpu_ratios.len() / 2],
         rows,
     }
 }
@@ -200,5 +248,8 @@ fn main() {
     println!();
     for s in &scenarios {
         println!("floor-ratio {} {:.3}", s.name, s.ratio);
+    }
+    for s in &scenarios {
+        println!("floor-cpu {} {:.3}", s.name, s.cpu_ratio);
     }
 }

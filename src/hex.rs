@@ -6,9 +6,17 @@ const DIGITS: &[u8; 16] = b"0123456789abcdef";
 /// Appends `bytes` to `out` as lowercase hex.
 pub(crate) fn push(out: &mut String, bytes: &[u8]) {
     out.reserve(bytes.len() * 2);
-    for b in bytes {
-        out.push(char::from(DIGITS[usize::from(b >> 4)]));
-        out.push(char::from(DIGITS[usize::from(b & 0x0f)]));
+    // Sixteen bytes at a time through a stack buffer: a `push` per digit checks the capacity
+    // and encodes a `char` each time.
+    let mut buf = [0u8; 32];
+    for chunk in bytes.chunks(16) {
+        for (pair, b) in buf.chunks_exact_mut(2).zip(chunk) {
+            pair[0] = DIGITS[usize::from(b >> 4)];
+            pair[1] = DIGITS[usize::from(b & 0x0f)];
+        }
+        let digits = &buf[..chunk.len() * 2];
+        // Only ASCII digits were written.
+        out.push_str(std::str::from_utf8(digits).unwrap_or_default());
     }
 }
 

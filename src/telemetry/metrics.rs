@@ -421,7 +421,7 @@ impl Metrics {
         exemplar: Option<opentelemetry::trace::TraceId>,
     ) {
         let exemplar = exemplar.map(|id| TraceExemplar {
-            trace_id: format!("{id:032x}"),
+            trace_id: crate::hex::encode(&id.to_bytes()),
         });
         let timestamp = exemplar.as_ref().map(|_| std::time::SystemTime::now());
         self.request_duration

@@ -104,12 +104,18 @@ pub(crate) fn init(
         notes = resolved.notes;
         if let Some(config) = resolved.config {
             let (pipeline, tracer) = traces::TracePipeline::build(&config)?;
-            // This crate's spans only (decided once per call site), and not the ones of health
-            // checks and scrapes.
+            // This crate's spans only (decided once per call site), not the ones of health
+            // checks and scrapes, and of its events the warnings and errors, which become span
+            // events: an INFO line (each request's own, among others) would only add bytes.
             let spans = tracing_subscriber::filter::filter_fn(|meta| {
+                let level = if meta.is_event() {
+                    Level::WARN
+                } else {
+                    Level::INFO
+                };
                 meta.target().starts_with(env!("CARGO_CRATE_NAME"))
                     && !meta.target().ends_with(traces::UNTRACED_SUFFIX)
-                    && *meta.level() <= Level::INFO
+                    && *meta.level() <= level
             });
             layers.push(
                 tracing_opentelemetry::layer()
