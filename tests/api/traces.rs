@@ -316,6 +316,34 @@ async fn a_retried_call_counts_its_resends() {
         [(json!(200), json!(1)), (json!(503), Value::Null)],
         "{attempts:#?}"
     );
+    // A warning becomes an event of the span it was logged in; an INFO line does not.
+    let event_names = |s: &Value| -> Vec<String> {
+        s["events"]
+            .as_array()
+            .map(|events| {
+                events
+                    .iter()
+                    .filter_map(|e| e["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let failed = attempts
+        .iter()
+        .find(|s| s["attributes"]["http.response.status_code"] == json!(503))
+        .unwrap();
+    assert_eq!(
+        event_names(failed),
+        ["Intellia answered with an error"],
+        "{failed}"
+    );
+    let call = receiver
+        .spans("name=intellia.assume_role", 1, Duration::from_secs(15))
+        .await;
+    assert!(
+        call.iter().all(|s| event_names(s).is_empty()),
+        "the INFO line \"retrying Intellia\" became a span event: {call:#?}"
+    );
 }
 
 /// Sends `n` unauthenticated token requests, each with a sampled `traceparent` of its own, and
