@@ -174,7 +174,7 @@ pub(crate) struct ServerRequest<'a> {
 /// exported span through `tracing-opentelemetry` (every log field formatted into an attribute,
 /// every attribute set through the subscriber, the log line copied in as a span event) cost more
 /// than the rest of a cache hit. While the request's future is polled the span's context is the
-/// current OpenTelemetry context ([`ServerSpan::context`]), so the `tracing` spans of the request
+/// current OpenTelemetry context ([`ServerTrace::serve`]), so the `tracing` spans of the request
 /// (session, limits, cache, the call to Intellia) are its children.
 pub(crate) struct ServerSpan {
     context: opentelemetry::Context,
