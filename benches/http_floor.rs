@@ -118,7 +118,7 @@ struct Scenario {
     name: &'static str,
     ratio: f64,
     /// The broker's CPU time per token request ÷ per `/healthz` request (median of the rounds):
-    /// what the route costs the server, without the client's and the scheduler's share.
+    /// what the route costs the server (its code and its system calls), without the client's.
     cpu_ratio: f64,
     rows: Vec<(String, String)>,
 }
