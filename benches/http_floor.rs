@@ -38,26 +38,6 @@ struct Run {
     cpu_us: f64,
 }
 
-/// User + system CPU time of process `pid` so far, in microseconds (`/proc/PID/stat`, clock
-/// ticks of 10 ms).
-fn cpu_time_us(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
-    // The command name may hold spaces; the fields after its closing parenthesis do not.
-    let fields: Vec<&str> = stat
-        .rsplit_once(')')
-        .map_or("", |(_, rest)| rest)
-        .split_whitespace()
-        .collect();
-    let ticks = |i: usize| {
-        fields
-            .get(i)
-            .and_then(|v| v.parse::<f64>().ok())
-            .unwrap_or(0.0)
-    };
-    // utime and stime are fields 14 and 15 of the line, 12 and 13 after the name.
-    (ticks(11) + ticks(12)) * 10_000.0
-}
-
 fn millis(text: &str) -> f64 {
     let (number, unit) = text
         .find(|c: char| c.is_ascii_alphabetic())
@@ -85,9 +65,9 @@ fn wrk(url: &str, authorization: Option<&str>, scratch: &std::path::Path, pid: u
         .expect("lua script");
         cmd.arg("-s").arg(script);
     }
-    let cpu_before = cpu_time_us(pid);
+    let cpu_before = testkit::procfs::cpu_secs(pid);
     let out = cmd.arg(url).output().expect("wrk (Debian package `wrk`)");
-    let cpu = cpu_time_us(pid) - cpu_before;
+    let cpu_us = (testkit::procfs::cpu_secs(pid) - cpu_before) * 1_000_000.0;
     let text = String::from_utf8_lossy(&out.stdout);
     let mut run = Run {
         rps: 0.0,
@@ -110,7 +90,7 @@ fn wrk(url: &str, authorization: Option<&str>, scratch: &std::path::Path, pid: u
         }
     }
     assert!(run.rps > 0.0, "wrk reported nothing:\n{text}");
-    run.cpu_us = cpu / run.requests;
+    run.cpu_us = cpu_us / run.requests;
     run
 }
 
