@@ -50,18 +50,8 @@ pub(crate) fn named<'a>(spans: &'a [Value], name: &str) -> Vec<&'a Value> {
 
 /// The admin listener's `/metrics` of a broker started with `admin = true`.
 pub(crate) async fn metrics_of(proc: &BrokerProcess) -> String {
-    let output = proc.output();
-    let admin = output
-        .lines()
-        .filter(|l| l.contains("\"broker listening\""))
-        .find_map(|l| {
-            serde_json::from_str::<Value>(l).ok()?["admin"]
-                .as_str()
-                .map(str::to_owned)
-        })
-        .expect("an admin listener");
     http_client()
-        .get(format!("http://{admin}/metrics"))
+        .get(proc.admin_url("/metrics"))
         .send()
         .await
         .unwrap()
