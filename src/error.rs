@@ -285,6 +285,16 @@ pub(crate) struct Problem {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct OutcomeCode(pub ErrorCode);
 
+impl OutcomeCode {
+    /// The code an error response carries; `None` for a response no `BrokerError` built.
+    pub(crate) fn of<B>(response: &actix_web::HttpResponse<B>) -> Option<&'static str> {
+        response
+            .extensions()
+            .get::<OutcomeCode>()
+            .map(|c| c.0.as_str())
+    }
+}
+
 pub const PROBLEM_JSON: &str = "application/problem+json";
 
 impl ResponseError for BrokerError {

@@ -184,11 +184,7 @@ pub(crate) async fn request_context(
     let context = res.request().extensions_mut().remove::<RequestContext>();
     if let Some(context) = context {
         if let Some(server) = context.server {
-            let outcome = res
-                .response()
-                .extensions()
-                .get::<OutcomeCode>()
-                .map_or("internal_error", |c| c.0.as_str());
+            let outcome = OutcomeCode::of(res.response()).unwrap_or("internal_error");
             server.end(res.status().as_u16(), outcome);
         }
         res.headers_mut().insert(X_REQUEST_ID, context.id);

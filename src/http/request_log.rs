@@ -102,20 +102,13 @@ impl RootSpanBuilder for BrokerRootSpan {
             return;
         };
         let status = response.status();
-        let code = response
-            .response()
-            .extensions()
-            .get::<OutcomeCode>()
-            .map_or_else(
-                || {
-                    if status.is_success() || status.is_redirection() {
-                        "ok"
-                    } else {
-                        "error"
-                    }
-                },
-                |c| c.0.as_str(),
-            );
+        let code = OutcomeCode::of(response.response()).unwrap_or(
+            if status.is_success() || status.is_redirection() {
+                "ok"
+            } else {
+                "error"
+            },
+        );
         let request = response.request();
         let (latency, route, exemplar) = request.extensions().get::<RequestContext>().map_or_else(
             || (0.0, Route::of_path(request.path()), None),
